@@ -1,0 +1,186 @@
+"""Command line: parse, build a configuration, call one library function.
+
+User mistakes (:class:`featx.errors.FeatxError`) print one line and exit with
+code 2; Ctrl-C exits with 130 after the extraction has saved its progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import FeatxError
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("featx")
+
+DEFAULT_DATA = Path("data")
+
+
+# --------------------------------------------------------------------------- extract
+
+
+def _add_extract(sub: argparse._SubParsersAction) -> None:
+    from .pooling import POOLS
+
+    p = sub.add_parser(
+        "extract",
+        help="extract layer activations of a pretrained CNN into an HDF5 store",
+        description="Extract activations of one or more layers of a torchvision model for every image "
+        "of a folder into an HDF5 feature store (resumable; re-running a finished extraction is a no-op).",
+    )
+    p.add_argument("--data", type=Path, default=None, help="image folder (default: data/, the built-in dataset)")
+    p.add_argument("--model", default="resnet50", help="torchvision model name (default: resnet50)")
+    p.add_argument(
+        "--layer", dest="layers", action="append", metavar="NAME",
+        help="graph node, module path or alias (penultimate, conv5, fc7, block2_pool, ...); "
+        "repeat for several layers from one forward pass (default: penultimate)",
+    )
+    p.add_argument("--weights", default="DEFAULT", help="DEFAULT, a weights name such as IMAGENET1K_V1, or none")
+    p.add_argument("--weights-file", type=Path, help="state dict to load (torch.load with weights_only=True)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation with --weights none")
+    p.add_argument("--image-size", type=int, help="crop size (default: the weights' own, usually 224)")
+    p.add_argument("--pool", choices=list(POOLS), default="avg", help="pooling of convolutional outputs (default: avg)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: all cores on a GPU, half on the CPU)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="compute precision")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="storage precision")
+    p.add_argument("--compression", choices=["gzip", "lzf"], help="compress the feature datasets")
+    p.add_argument("--out", type=Path, help="store path (default: features/<dataset>/<model>-<weights>.h5)")
+    p.add_argument("--overwrite", action="store_true", help="replace a store made with another configuration")
+    p.add_argument(
+        "--checkpoint-seconds", type=float, default=10.0,
+        help="save progress at least this often (default: 10; 0 = after every batch)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_extract)
+
+
+def _data_folder(args: argparse.Namespace) -> Path:
+    return args.data if args.data is not None else DEFAULT_DATA
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    from .extract import ExtractConfig, extract_features
+
+    config = ExtractConfig(
+        data=_data_folder(args),
+        model=args.model,
+        layers=tuple(args.layers or ("penultimate",)),
+        weights=args.weights,
+        weights_file=args.weights_file,
+        seed=args.seed,
+        image_size=args.image_size,
+        pool=args.pool,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        precision=args.precision,
+        dtype=args.dtype,
+        compression=args.compression,
+        out=args.out,
+        overwrite=args.overwrite,
+        checkpoint_seconds=args.checkpoint_seconds,
+        progress=not args.no_progress,
+    )
+    result = extract_features(config)
+    layers = ", ".join(f"{name} ({dim:,})" for name, dim in result.layers.items())
+    if result.up_to_date:
+        print(f"up to date: {result.path} ({result.rows:,} images; {layers})")
+        return 0
+    print(f"wrote {result.path}: {result.rows:,} images; layers {layers}")
+    if result.images:
+        print(f"  {result.images:,} images in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s)")
+    if result.failed:
+        print(f"  {len(result.failed)} image(s) could not be used (listed in /failed):")
+        for image_id, reason in result.failed:
+            print(f"    {image_id}: {reason}")
+    return 0
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _add_layers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "layers",
+        help="list a model's layers with aliases, output shapes and parameters",
+        description="List the layer names of a model (graph nodes), their aliases, output shapes "
+        "(channels x height x width) and parameter counts, like a Keras model.summary().",
+    )
+    p.add_argument("--model", default="resnet50", help="torchvision model name (default: resnet50)")
+    p.add_argument("--image-size", type=int, help="input size (default: the weights' crop size, usually 224)")
+    p.add_argument("--all", action="store_true", help="also list nodes without parameters or aliases")
+    p.set_defaults(run=_run_layers)
+
+
+def _run_layers(args: argparse.Namespace) -> int:
+    from .layers import LayerIndex
+    from .models import load_model
+
+    loaded = load_model(args.model, weights="none")
+    size = args.image_size or loaded.preprocessing.crop
+    index = LayerIndex(loaded.module, image_size=size)
+    rows = index.describe()
+    shown = [r for r in rows if args.all or r.aliases or r.params or r.node == rows[-1].node]
+    table = [("layer (graph node)", "aliases", "output shape", "params")]
+    table += [(r.node, ", ".join(r.aliases), "x".join(map(str, r.shape)), f"{r.params:,}") for r in shown]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    print(f"{args.model} at {size}x{size}: {len(rows)} layers" + ("" if args.all else f" ({len(shown)} shown; --all for every node)"))
+    for i, row in enumerate(table):
+        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}")
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    total = sum(p.numel() for p in loaded.module.parameters())
+    print(f"total params: {total:,}")
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_extract, _add_layers]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_pipeline.py",
+        description="featx: extract CNN features into HDF5 stores and train classifiers on them.",
+    )
+    parser.add_argument("--version", action="version", version=f"featx {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code (0 ok, 2 user error, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.quiet)
+    try:
+        return args.run(args)
+    except FeatxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: progress so far is saved; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""Image discovery and decoding.
+
+A data folder is an image folder in the torchvision/Keras sense::
+
+    root/<class>/<image>                  labelled, no split
+    root/{train,val,test}/<class>/<image> labelled, with a split
+    root/<image>                          unlabelled (label -1)
+
+Sample ids are paths relative to ``root`` with ``/`` separators, sorted, so the
+row order of a store never depends on the file system's listing order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SPLIT_NAMES",
+    "MAX_IMAGE_PIXELS",
+    "ImageCollection",
+    "ImageDecodeError",
+    "discover_images",
+    "collect_images",
+    "load_image",
+    "ImageDataset",
+    "ImageBatch",
+    "collate_images",
+]
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+SPLIT_NAMES = ("train", "val", "test")
+# PIL's own default; images above it are refused before their pixels are decoded.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+@dataclass(frozen=True)
+class ImageCollection:
+    """The images of a data folder, in sorted id order.
+
+    Attributes
+    ----------
+    root : Path
+        The data folder; ids are relative to it.
+    ids : tuple of str, (n_images,)
+        Relative paths with ``/`` separators, sorted.
+    labels : ndarray of int32, (n_images,)
+        Index into ``classes``, ``-1`` for unlabelled images.
+    splits : tuple of str, (n_images,)
+        ``'train'``, ``'val'``, ``'test'`` or ``''``.
+    classes : tuple of str
+        Class names, sorted.
+    fingerprint : str
+        Hash of the ids and file sizes: tells whether the folder changed.
+    """
+
+    root: Path
+    ids: tuple[str, ...]
+    labels: np.ndarray
+    splits: tuple[str, ...]
+    classes: tuple[str, ...]
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def path(self, index: int) -> Path:
+        return self.root / self.ids[index]
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _walk_images(root: Path) -> list[str]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel = Path(dirpath).relative_to(root)
+        for name in filenames:
+            if _is_image_name(name):
+                found.append((rel / name).as_posix())
+    return sorted(found)
+
+
+def _fingerprint(root: Path, ids: Sequence[str]) -> str:
+    digest = hashlib.sha1()
+    for image_id in ids:
+        try:
+            size = os.stat(root / image_id).st_size
+        except OSError:
+            size = -1  # a broken link: still a sample, it fails at decoding
+        digest.update(f"{image_id}\0{size}\n".encode())
+    return digest.hexdigest()
+
+
+def discover_images(root: str | os.PathLike) -> ImageCollection:
+    """List the images of a data folder with their labels and splits.
+
+    Parameters
+    ----------
+    root : path
+        The data folder (see the module docstring for the layouts understood).
+
+    Raises
+    ------
+    DataError
+        The folder does not exist, is not a folder, or holds no image.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(
+            f"data folder not found: '{root}' does not exist; pass --data DIR with a folder of "
+            "images, one subfolder per class (optionally under train/, val/, test/)"
+        )
+    if not root.is_dir():
+        raise DataError(f"--data must be a folder, got the file '{root}'; give the folder that holds it")
+    ids = _walk_images(root)
+    if not ids:
+        raise DataError(
+            f"no images found in '{root}': looked for files ending in "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))}; put images in one subfolder per class"
+        )
+    top_dirs = {i.split("/", 1)[0] for i in ids if "/" in i}
+    has_splits = bool(top_dirs & set(SPLIT_NAMES))
+
+    labels_by_id: list[str | None] = []
+    splits: list[str] = []
+    for image_id in ids:
+        parts = image_id.split("/")
+        split = ""
+        if has_splits and parts[0] in SPLIT_NAMES:
+            split, parts = parts[0], parts[1:]
+        labels_by_id.append(parts[0] if len(parts) > 1 else None)
+        splits.append(split)
+    classes = tuple(sorted({c for c in labels_by_id if c is not None}))
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[c] if c is not None else -1 for c in labels_by_id], dtype=np.int32)
+    return ImageCollection(
+        root=root,
+        ids=tuple(ids),
+        labels=labels,
+        splits=tuple(splits),
+        classes=classes,
+        fingerprint=_fingerprint(root, ids),
+    )
+
+
+def collect_images(paths: Iterable[str | os.PathLike]) -> ImageCollection:
+    """Build an unlabelled-or-labelled collection from folders and/or image files.
+
+    A single folder is read with :func:`discover_images`.  Loose files (or several
+    folders) become one collection rooted at their common parent, unlabelled.
+    """
+    paths = [Path(p).expanduser() for p in paths]
+    if len(paths) == 1 and paths[0].is_dir():
+        return discover_images(paths[0])
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files.extend(p / i for i in _walk_images(p))
+        elif p.exists() or p.is_symlink():
+            files.append(p)
+        else:
+            raise DataError(f"image not found: '{p}' does not exist; pass image files or folders")
+    if not files:
+        raise DataError(f"no images found in {', '.join(map(str, paths))}")
+    absolute = [f.absolute() for f in files]
+    root = Path(os.path.commonpath([f.parent for f in absolute]))
+    ids = sorted({f.relative_to(root).as_posix() for f in absolute})
+    return ImageCollection(
+        root=root,
+        ids=tuple(ids),
+        labels=np.full(len(ids), -1, dtype=np.int32),
+        splits=("",) * len(ids),
+        classes=(),
+        fingerprint=_fingerprint(root, ids),
+    )
+
+
+class ImageDecodeError(Exception):
+    """An image file could not be turned into RGB pixels; the message is the reason."""
+
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB.
+
+    ``convert('RGB')`` saturates 16-bit and 32-bit integer images at 255, which turns
+    most of a 16-bit photograph white; those are rescaled to 8 bits first.
+    """
+    if image.mode in _SIXTEEN_BIT_MODES:
+        pixels = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.rint(pixels / 257.0), 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if pixels.size and np.nanmax(pixels) <= 1.0 else 1.0
+        image = Image.fromarray(np.clip(np.nan_to_num(pixels * scale), 0, 255).astype(np.uint8), mode="L")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode one image file into an 8-bit RGB PIL image.
+
+    Raises
+    ------
+    ImageDecodeError
+        With a short reason: empty, unreadable, not an image, truncated, too large.
+    """
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise ImageDecodeError(f"unreadable: {exc.strerror or exc}") from None
+    if size == 0:
+        raise ImageDecodeError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                pixels = image.width * image.height
+                if pixels > max_pixels:
+                    raise ImageDecodeError(
+                        f"decompression bomb refused: {image.width}x{image.height} = {pixels:,} pixels, "
+                        f"more than the limit of {max_pixels:,}"
+                    )
+                image.load()
+                return _to_rgb(image)
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image: the file's content is no image format Pillow can read") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot decode: {exc}") from None
+    except (ValueError, SyntaxError, MemoryError, EOFError) as exc:
+        raise ImageDecodeError(f"cannot decode: {type(exc).__name__}: {exc}") from None
+
+
+@dataclass
+class ImageBatch:
+    """What the DataLoader yields: decoded images of one batch and the ones that failed.
+
+    Attributes
+    ----------
+    indices : list of int
+        Collection indices of the images in ``pixels``, in order.
+    pixels : torch.Tensor or None, (n_ok, 3, H, W)
+        Preprocessed images; ``None`` when every image of the batch failed.
+    failures : list of (int, str)
+        Collection index and reason of each image that could not be used.
+    """
+
+    indices: list[int]
+    pixels: object
+    failures: list[tuple[int, str]]
+
+    def pin_memory(self) -> "ImageBatch":
+        # Called by the DataLoader's pinning thread when pin_memory=True.
+        if self.pixels is not None:
+            self.pixels = self.pixels.pin_memory()
+        return self
+
+
+class ImageDataset:
+    """Map-style dataset: collection index -> ``(index, pixels or None, reason or None)``.
+
+    Decoding errors are returned, not raised, so that one bad file never stops a run.
+    """
+
+    def __init__(
+        self,
+        collection: ImageCollection,
+        transform: Callable[[Image.Image], object],
+        *,
+        max_pixels: int = MAX_IMAGE_PIXELS,
+    ) -> None:
+        self.collection = collection
+        self.transform = transform
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.collection)
+
+    def __getitem__(self, index: int):
+        try:
+            image = load_image(self.collection.path(index), max_pixels=self.max_pixels)
+            return index, self.transform(image), None
+        except ImageDecodeError as exc:
+            return index, None, str(exc)
+        except Exception as exc:  # a transform failing on one odd image must not stop the run
+            return index, None, f"cannot preprocess: {type(exc).__name__}: {exc}"
+
+
+def collate_images(items) -> ImageBatch:
+    """Stack the decoded images of a batch; keep failures aside with their reasons."""
+    import torch
+
+    ok = [(i, x) for i, x, reason in items if reason is None]
+    failures = [(i, reason) for i, _, reason in items if reason is not None]
+    pixels = torch.stack([x for _, x in ok]) if ok else None
+    return ImageBatch(indices=[i for i, _ in ok], pixels=pixels, failures=failures)

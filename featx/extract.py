@@ -1,0 +1,444 @@
+"""The batch extraction engine: image folder -> HDF5 feature store.
+
+One forward pass of a network truncated after the deepest requested layer
+(``create_feature_extractor`` keeps only the graph those outputs need) gives
+every requested layer.  Images are decoded in DataLoader worker processes;
+batches go to the device with pinned memory and non-blocking copies; pooled
+features go to a writer thread, so HDF5 writes overlap the next forward pass.
+Batches always cover the same image ranges (multiples of the batch size), so a
+resumed run computes exactly the batches an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch.utils.data import DataLoader
+from torchvision.models.feature_extraction import create_feature_extractor
+from tqdm.auto import tqdm
+
+from . import __version__
+from .data import MAX_IMAGE_PIXELS, ImageCollection, ImageDataset, collate_images, discover_images
+from .errors import DeviceError, FeatxError
+from .layers import LayerIndex
+from .models import LoadedModel, load_model
+from .pooling import POOLS, effective_pool, pool_features
+from .store import LayerSpec, StoreWriter
+
+__all__ = [
+    "PRECISIONS",
+    "ExtractConfig",
+    "ExtractResult",
+    "extract_features",
+    "default_store_path",
+    "resolve_device",
+    "build_extractor",
+    "FeatureExtractor",
+]
+
+log = logging.getLogger("featx")
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+STORAGE_DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything an extraction depends on.  See ``run_pipeline.py extract --help``.
+
+    Parameters
+    ----------
+    data : path
+        Image folder (class subfolders, optionally under train/val/test).
+    model : str
+        torchvision classification model name.
+    layers : tuple of str
+        Graph nodes, module paths or aliases (``penultimate``, ``conv5``, ...).
+    weights : str
+        ``DEFAULT``, a weights name, or ``none`` (seeded random init).
+    weights_file : path, optional
+        State dict to load instead of torchvision's weights.
+    pool : str
+        Pooling of 4-D/3-D outputs: one of :data:`featx.pooling.POOLS`.
+    out : path, optional
+        Store path; by default :func:`default_store_path`.
+    """
+
+    data: Path = Path("data")
+    model: str = "resnet50"
+    layers: tuple[str, ...] = ("penultimate",)
+    weights: str = "DEFAULT"
+    weights_file: Path | None = None
+    seed: int = 0
+    image_size: int | None = None
+    pool: str = "avg"
+    batch_size: int = 64
+    workers: int | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    dtype: str = "float32"
+    compression: str | None = None
+    out: Path | None = None
+    features_dir: Path = Path("features")
+    overwrite: bool = False
+    checkpoint_seconds: float = 10.0
+    progress: bool = True
+    max_pixels: int = MAX_IMAGE_PIXELS
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise FeatxError("no layer requested: pass at least one --layer NAME")
+        if self.pool not in POOLS:
+            raise FeatxError(f"unknown pool '{self.pool}': choose one of {', '.join(POOLS)}")
+        if self.precision not in PRECISIONS:
+            raise FeatxError(f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
+        if self.dtype not in STORAGE_DTYPES:
+            raise FeatxError(f"unknown storage dtype '{self.dtype}': choose one of {', '.join(STORAGE_DTYPES)}")
+        if self.batch_size < 1:
+            raise FeatxError(f"--batch-size must be a positive integer, got {self.batch_size}")
+        if self.workers is not None and self.workers < 0:
+            raise FeatxError(f"--workers must be 0 or more, got {self.workers}")
+        if self.compression not in (None, "gzip", "lzf"):
+            raise FeatxError(f"unknown compression '{self.compression}': choose gzip, lzf or none")
+        if len(set(self.layers)) != len(self.layers):
+            raise FeatxError(f"a layer is requested twice: {', '.join(self.layers)}")
+
+
+@dataclass
+class ExtractResult:
+    """What an extraction did.
+
+    Attributes
+    ----------
+    path : Path
+        The store.
+    rows : int
+        Images in the store.
+    layers : dict of str -> int
+        Layers written (or already present) and their widths D.
+    failed : list of (id, reason)
+        Images that could not be used in this run.
+    up_to_date : bool
+        The store already held every requested layer; nothing was computed.
+    seconds : float
+        Wall time of the extraction loop.
+    images : int
+        Images processed by this run.
+    """
+
+    path: Path
+    rows: int
+    layers: dict[str, int]
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    up_to_date: bool = False
+    seconds: float = 0.0
+    images: int = 0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; refuse devices this machine lacks."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device '{name}' is not available: no CUDA GPU is visible to torch "
+                f"(torch {torch.__version__}); use --device cpu or --device auto"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device '{name}' is not available: this machine has {torch.cuda.device_count()} CUDA "
+                f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
+    elif device.type != "cpu":
+        raise DeviceError(f"unsupported device '{name}': use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def default_store_path(config: ExtractConfig, loaded: LoadedModel, collection: ImageCollection) -> Path:
+    """``features/<dataset>/<model>-<weights>[-s<seed>][-<size>].h5``, deterministic from the configuration."""
+    dataset = collection.root.resolve().name or "data"
+    weights = loaded.weights.replace("file:", "file-").rsplit(".", 1)[0] if loaded.weights.startswith("file:") else loaded.weights
+    parts = [loaded.name, weights]
+    if loaded.seed:
+        parts.append(f"s{loaded.seed}")
+    if config.image_size is not None:
+        parts.append(str(config.image_size))
+    return config.features_dir / dataset / ("-".join(parts) + ".h5")
+
+
+class FeatureExtractor(torch.nn.Module):
+    """A network truncated after the deepest requested node, returning pooled features.
+
+    Parameters
+    ----------
+    model : nn.Module
+    nodes : dict of layer name -> graph node
+    pools : dict of layer name -> pool name
+    """
+
+    def __init__(self, model: torch.nn.Module, nodes: dict[str, str], pools: dict[str, str]) -> None:
+        super().__init__()
+        self.nodes = nodes
+        self.pools = pools
+        unique = sorted(set(nodes.values()))
+        self.body = create_feature_extractor(model, return_nodes={n: n for n in unique})
+
+    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = self.body(pixels)
+        return {name: pool_features(outputs[node], self.pools[name]) for name, node in self.nodes.items()}
+
+
+def build_extractor(
+    loaded: LoadedModel, layer_names: tuple[str, ...], pool: str
+) -> tuple[FeatureExtractor, dict[str, tuple[int, ...]], dict[str, str]]:
+    """Resolve layer names and build the truncated extractor.
+
+    Returns
+    -------
+    extractor : FeatureExtractor
+    source_shapes : dict of name -> per-sample output shape before pooling
+    nodes : dict of name -> graph node
+    """
+    index = LayerIndex(loaded.module, image_size=loaded.preprocessing.crop)
+    nodes = {name: index.resolve(name) for name in layer_names}
+    probe = create_feature_extractor(loaded.module, return_nodes={n: n for n in set(nodes.values())}).eval()
+    with torch.inference_mode():
+        outputs = probe(torch.zeros(1, 3, loaded.preprocessing.crop, loaded.preprocessing.crop))
+    for name, node in nodes.items():
+        if not isinstance(outputs[node], torch.Tensor):
+            raise FeatxError(f"layer '{name}' (node {node}) does not output a tensor; choose another layer")
+    source_shapes = {name: tuple(outputs[node].shape[1:]) for name, node in nodes.items()}
+    pools = {name: effective_pool(pool, len(shape) + 1) for name, shape in source_shapes.items()}
+    return FeatureExtractor(loaded.module, nodes, pools).eval(), source_shapes, nodes
+
+
+def _layer_specs(config: ExtractConfig, extractor: FeatureExtractor, source_shapes, nodes) -> list[LayerSpec]:
+    with torch.inference_mode():
+        dims = {
+            name: int(pool_features(torch.zeros(1, *shape), extractor.pools[name]).shape[1])
+            for name, shape in source_shapes.items()
+        }
+    return [
+        LayerSpec(
+            name=name,
+            node=nodes[name],
+            pool=extractor.pools[name],
+            dim=dims[name],
+            source_shape=source_shapes[name],
+            precision=config.precision,
+            dtype=config.dtype,
+        )
+        for name in config.layers
+    ]
+
+
+def _default_workers(device: torch.device) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # On a GPU, decoding is the CPU's only job; on the CPU, decoding and the
+    # forward pass share the cores.
+    return min(16, cores) if device.type == "cuda" else max(1, cores // 2)
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+class _WriterThread(threading.Thread):
+    """Writes finished batches to the store while the next ones are computed."""
+
+    def __init__(self, writer: StoreWriter, depth: int = 3) -> None:
+        super().__init__(name="featx-writer", daemon=True)
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # drain after a failure so that put() never blocks forever
+            try:
+                self.writer.add(**item)
+            except BaseException as exc:  # re-raised in the main thread
+                self.error = exc
+
+    def put(self, item: dict) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _meta(config: ExtractConfig, loaded: LoadedModel, collection: ImageCollection) -> dict:
+    return {
+        "featx_version": __version__,
+        **loaded.attrs(),
+        "data_root": str(collection.root.resolve()),
+        "data_fingerprint": collection.fingerprint,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+    }
+
+
+def extract_features(config: ExtractConfig) -> ExtractResult:
+    """Extract the configured layers of every image of a folder into a store.
+
+    Resumes an unfinished store, reuses a finished one, adds new layers to a
+    store of the same configuration.  See :class:`ExtractConfig`.
+
+    Raises
+    ------
+    FeatxError
+        For every user mistake (unknown model/layer, missing folder, no GPU,
+        a store made with another configuration, ...).
+    """
+    collection = discover_images(config.data)
+    device = resolve_device(config.device)
+    loaded = load_model(
+        config.model,
+        weights=config.weights,
+        weights_file=config.weights_file,
+        seed=config.seed,
+        image_size=config.image_size,
+    )
+    extractor, source_shapes, nodes = build_extractor(loaded, config.layers, config.pool)
+    specs = _layer_specs(config, extractor, source_shapes, nodes)
+    path = Path(config.out) if config.out is not None else default_store_path(config, loaded, collection)
+    writer = StoreWriter(
+        path,
+        meta=_meta(config, loaded, collection),
+        layers=specs,
+        samples=collection,
+        overwrite=config.overwrite,
+        checkpoint_seconds=config.checkpoint_seconds,
+        compression=config.compression,
+    )
+    dims = {spec.name: spec.dim for spec in specs}
+    if writer.up_to_date:
+        log.info(f"{path} already holds {', '.join(config.layers)} for these images: nothing to do")
+        from .store import open_store
+
+        with open_store(path) as store:
+            return ExtractResult(path=path, rows=len(store), layers=dims, up_to_date=True)
+
+    todo = writer.todo
+    if len(todo) < len(specs):
+        log.info(f"{path} already holds {', '.join(s.name for s in specs if s not in todo)}; adding {', '.join(s.name for s in todo)}")
+        extractor = FeatureExtractor(loaded.module, {s.name: s.node for s in todo}, {s.name: s.pool for s in todo}).eval()
+    remaining = range(writer.start, len(collection))
+    for spec in todo:
+        itemsize = np.dtype(spec.dtype).itemsize
+        log.info(
+            f"{spec.name} (node {spec.node}, {'x'.join(map(str, spec.source_shape))}, pool {spec.pool}): "
+            f"{len(collection):,} rows x {spec.dim:,} x {itemsize} B = {_format_bytes(len(collection) * spec.dim * itemsize)}"
+        )
+    if writer.resuming:
+        log.info(f"resuming {path}: {writer.start:,} of {len(collection):,} images already done")
+
+    workers = config.workers if config.workers is not None else _default_workers(device)
+    return _run(config, collection, loaded, extractor, writer, remaining, device, workers, path, dims)
+
+
+def _run(config, collection, loaded, extractor, writer, remaining, device, workers, path, dims) -> ExtractResult:
+    on_cuda = device.type == "cuda"
+    extractor = extractor.to(device)
+    if on_cuda:
+        extractor = extractor.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    autocast_dtype = PRECISIONS[config.precision]
+    loader = DataLoader(
+        ImageDataset(collection, loaded.preprocessing, max_pixels=config.max_pixels),
+        batch_size=config.batch_size,
+        sampler=remaining,
+        num_workers=workers,
+        collate_fn=collate_images,
+        pin_memory=on_cuda,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+    failed: list[tuple[str, str]] = []
+    thread = _WriterThread(writer)
+    thread.start()
+    bar = tqdm(
+        total=len(collection),
+        initial=writer.start,
+        unit="img",
+        desc=f"{loaded.name} {','.join(s.name for s in writer.todo)}",
+        disable=not config.progress,
+        dynamic_ncols=True,
+    )
+    started = time.perf_counter()
+    processed = 0
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                features = {}
+                if batch.pixels is not None:
+                    pixels = batch.pixels.to(device, non_blocking=on_cuda)
+                    if on_cuda:
+                        pixels = pixels.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                        outputs = extractor(pixels)
+                    features = {name: value.cpu().numpy() for name, value in outputs.items()}
+                last = max([*batch.indices, *(i for i, _ in batch.failures)])
+                thread.put(dict(stop=last + 1, indices=batch.indices, features=features, failures=batch.failures))
+                failed.extend((collection.ids[i], reason) for i, reason in batch.failures)
+                n = len(batch.indices) + len(batch.failures)
+                processed += n
+                bar.update(n)
+        thread.close()
+    except BaseException:
+        bar.close()
+        # Keep every batch computed so far: let the writer finish, then commit.
+        try:
+            thread.close()
+            writer.commit()
+        except BaseException:
+            writer.abort()
+        raise
+    bar.close()
+    seconds = time.perf_counter() - started
+    writer.finish()
+    from .store import open_store
+
+    with open_store(path) as store:
+        rows = len(store)
+    return ExtractResult(
+        path=path, rows=rows, layers=dims, failed=failed, seconds=seconds, images=processed
+    )

@@ -1,0 +1,277 @@
+"""Layer names: graph nodes, module paths and familiar aliases.
+
+Any node of torchvision's FX graph of the model works (``features.11``,
+``layer4.2.relu_2``), as does a module path, which means the last node inside
+that module (``layer4``), as in ``create_feature_extractor``.  On top of that,
+the aliases users know from Caffe, Keras and the papers resolve to
+post-activation outputs:
+
+* every model: ``penultimate`` (input of the final classifier layer),
+  ``logits`` (the output), ``last_conv`` (the last convolutional feature map);
+* AlexNet: ``conv1``..``conv5``, ``pool1``, ``pool2``, ``pool5``, ``fc6``..``fc8``;
+* VGG: Keras ``block1_conv1``.., ``block1_pool``.., ``fc1``, ``fc2``, ``predictions``;
+  Caffe ``conv1_1``.., ``pool1``.., ``fc6``..``fc8``; ``conv1``..``conv5`` = last
+  conv of each block;
+* ResNet (and ResNeXt, Wide ResNet): ``conv1`` (stem), ``conv2``..``conv5`` =
+  ``layer1``..``layer4``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+from .errors import UnknownLayerError, close_matches
+
+__all__ = ["LayerInfo", "LayerIndex"]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One row of a layer listing.
+
+    Attributes
+    ----------
+    node : str
+        Graph node name.
+    aliases : tuple of str
+        Alias names that resolve to this node.
+    shape : tuple of int
+        Output shape of one sample (without the batch dimension).
+    params : int
+        Parameters of the module that computes the node (0 for functional ops).
+    """
+
+    node: str
+    aliases: tuple[str, ...]
+    shape: tuple[int, ...]
+    params: int
+
+
+def _next_of_type(children: list[tuple[str, nn.Module]], start: int, kind: type) -> int | None:
+    for j in range(start, len(children)):
+        if isinstance(children[j][1], kind):
+            return j
+    return None
+
+
+def _post_activation(children: list[tuple[str, nn.Module]], i: int, stop_kinds: tuple[type, ...]) -> str:
+    """Name of the ReLU that follows child *i* before the next *stop_kinds* layer, else child *i*."""
+    for j in range(i + 1, len(children)):
+        if isinstance(children[j][1], stop_kinds):
+            break
+        if isinstance(children[j][1], nn.ReLU):
+            return children[j][0]
+    return children[i][0]
+
+
+def _classifier_aliases(model: nn.Module, names: list[str]) -> dict[str, str]:
+    children = list(model.classifier.named_children())
+    linears = [i for i, (_, m) in enumerate(children) if isinstance(m, nn.Linear)]
+    return {
+        alias: f"classifier.{_post_activation(children, i, (nn.Linear,))}"
+        for alias, i in zip(names, linears)
+    }
+
+
+def _alexnet_aliases(model: nn.Module) -> dict[str, str]:
+    children = list(model.features.named_children())
+    aliases, convs = {}, 0
+    for i, (_, module) in enumerate(children):
+        if isinstance(module, nn.Conv2d):
+            convs += 1
+            aliases[f"conv{convs}"] = f"features.{_post_activation(children, i, (nn.Conv2d, nn.MaxPool2d))}"
+        elif isinstance(module, nn.MaxPool2d):
+            aliases[f"pool{convs}"] = f"features.{children[i][0]}"  # Caffe numbers pools by the conv before
+    aliases.update(_classifier_aliases(model, ["fc6", "fc7", "fc8"]))
+    return aliases
+
+
+def _vgg_aliases(model: nn.Module) -> dict[str, str]:
+    children = list(model.features.named_children())
+    aliases, block, conv = {}, 1, 0
+    for i, (name, module) in enumerate(children):
+        if isinstance(module, nn.Conv2d):
+            conv += 1
+            node = f"features.{_post_activation(children, i, (nn.Conv2d, nn.MaxPool2d))}"
+            aliases[f"block{block}_conv{conv}"] = node
+            aliases[f"conv{block}_{conv}"] = node
+            aliases[f"conv{block}"] = node  # the last conv of the block wins
+        elif isinstance(module, nn.MaxPool2d):
+            aliases[f"block{block}_pool"] = f"features.{name}"
+            aliases[f"pool{block}"] = f"features.{name}"
+            block, conv = block + 1, 0
+    aliases.update(_classifier_aliases(model, ["fc6", "fc7", "fc8"]))
+    aliases.update(_classifier_aliases(model, ["fc1", "fc2", "predictions"]))
+    return aliases
+
+
+def _resnet_aliases(model: nn.Module) -> dict[str, str]:
+    aliases = {"conv1": "relu"}
+    for stage in range(1, 5):
+        aliases[f"conv{stage + 1}"] = f"layer{stage}"
+    return aliases
+
+
+# Family aliases: (model class, function of the model -> {alias: node or module path}).
+FAMILY_ALIASES: list[tuple[type, Callable[[nn.Module], dict[str, str]]]] = [
+    (torchvision.models.AlexNet, _alexnet_aliases),
+    (torchvision.models.VGG, _vgg_aliases),
+    (torchvision.models.ResNet, _resnet_aliases),
+]
+GENERIC_ALIASES = ("penultimate", "logits", "last_conv")
+
+
+class LayerIndex:
+    """Names, aliases and shapes of the layers of one model.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A torchvision classification model (in eval mode).
+    image_size : int
+        Input size used when output shapes are needed.
+    """
+
+    def __init__(self, model: nn.Module, *, image_size: int = 224) -> None:
+        self.model = model
+        self.image_size = image_size
+        with warnings.catch_warnings():
+            # "eval nodes are a subsequence of train nodes": expected, we extract in eval mode.
+            warnings.simplefilter("ignore", UserWarning)
+            self.nodes: list[str] = list(get_graph_node_names(model)[1])
+        self._node_set = set(self.nodes)
+        self._modules = dict(model.named_modules())
+
+    # names ------------------------------------------------------------------------
+    def _last_node_in(self, prefix: str) -> str | None:
+        inside = [n for n in self.nodes if n == prefix or n.startswith(prefix + ".")]
+        return inside[-1] if inside else None
+
+    @cached_property
+    def _module_paths(self) -> set[str]:
+        paths = set()
+        for node in self.nodes:
+            parts = node.split(".")
+            paths.update(".".join(parts[:k]) for k in range(1, len(parts)))
+        return paths - self._node_set
+
+    def _has_conv(self, node: str) -> bool:
+        # torchvision traces some blocks (Conv2dNormActivation, ...) as single leaf nodes.
+        module = self._modules.get(node)
+        return module is not None and any(isinstance(m, nn.Conv2d) for m in module.modules())
+
+    def _final_classifier_node(self) -> str | None:
+        """The last Linear, or for all-convolutional nets (SqueezeNet) the last conv."""
+        linears = [n for n in self.nodes if isinstance(self._modules.get(n), nn.Linear)]
+        if linears:
+            return linears[-1]
+        convs = [n for n in self.nodes if self._has_conv(n)]
+        return convs[-1] if convs else None
+
+    def _penultimate(self, final: str) -> str | None:
+        """The node feeding *final*, looking through dropout, which is the identity at inference."""
+        for node in reversed(self.nodes[: self.nodes.index(final)]):
+            if not isinstance(self._modules.get(node), (nn.Dropout, nn.Identity)):
+                return node
+        return None
+
+    @cached_property
+    def aliases(self) -> dict[str, str]:
+        """Alias -> graph node, for the aliases this model has."""
+        aliases: dict[str, str] = {}
+        for kind, make in FAMILY_ALIASES:
+            if isinstance(self.model, kind):
+                for alias, target in make(self.model).items():
+                    node = target if target in self._node_set else self._last_node_in(target)
+                    if node is not None:
+                        aliases[alias] = node
+        final = self._final_classifier_node()
+        penultimate = self._penultimate(final) if final is not None else None
+        if penultimate is not None:
+            aliases["penultimate"] = penultimate
+        aliases["logits"] = self.nodes[-1]
+        aliases["last_conv"] = "last_conv"  # resolved lazily: it needs output shapes
+        return aliases
+
+    def resolve(self, name: str) -> str:
+        """Graph node of a node name, module path or alias.
+
+        Raises
+        ------
+        UnknownLayerError
+            With the closest valid names and a pointer to the ``layers`` command.
+        """
+        if name in self._node_set:
+            return name
+        if name in self.aliases:
+            return self._last_conv() if name == "last_conv" else self.aliases[name]
+        if name in self._module_paths:
+            return self._last_node_in(name)
+        choices = [*self.aliases, *self.nodes, *self._module_paths]
+        raise UnknownLayerError(
+            f"unknown layer '{name}' for {type(self.model).__name__}: {close_matches(name, choices)}"
+            f"valid names are graph nodes, module paths and aliases ({', '.join(list(self.aliases)[:8])}, ...); "
+            "list them with `run_pipeline.py layers --model MODEL`"
+        )
+
+    # shapes --------------------------------------------------------------------------
+    @cached_property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-sample output shape of every tensor-valued node at ``image_size``."""
+        extractor = create_feature_extractor(self.model, return_nodes={n: n for n in self.nodes})
+        extractor.eval()
+        with torch.inference_mode():
+            outputs = extractor(torch.zeros(1, 3, self.image_size, self.image_size))
+        return {
+            node: tuple(value.shape[1:])
+            for node, value in outputs.items()
+            if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == 1
+        }
+
+    def _last_conv(self) -> str:
+        """Last node with the spatial size of the last convolution's output.
+
+        That is the post-activation (post-residual, post-concatenation) output of
+        the last convolutional stage, before global pooling.
+        """
+        shapes = self.shapes
+        final = self._final_classifier_node()
+        convs = [n for n in self.nodes if n != final and n in shapes and len(shapes[n]) == 3 and self._has_conv(n)]
+        if not convs:
+            raise UnknownLayerError(
+                f"{type(self.model).__name__} has no convolution, so no 'last_conv'; "
+                "list its layers with `run_pipeline.py layers --model MODEL`"
+            )
+        spatial = shapes[convs[-1]][1:]
+        end = self.nodes.index(final) if final is not None else len(self.nodes)
+        after = self.nodes[self.nodes.index(convs[-1]) : end]
+        same = [n for n in after if n in shapes and len(shapes[n]) == 3 and shapes[n][1:] == spatial]
+        return same[-1]
+
+    def describe(self) -> list[LayerInfo]:
+        """One :class:`LayerInfo` per tensor-valued node, in execution order."""
+        by_node: dict[str, list[str]] = {}
+        for alias in self.aliases:
+            try:
+                by_node.setdefault(self.resolve(alias), []).append(alias)
+            except UnknownLayerError:
+                continue  # e.g. no last_conv in a model without convolutions
+        for path in sorted(self._module_paths, key=lambda p: (p.count("."), p)):
+            if path.count(".") == 0:
+                by_node.setdefault(self._last_node_in(path), []).append(path)
+        rows = []
+        for node in self.nodes:
+            if node not in self.shapes:
+                continue
+            module = self._modules.get(node)
+            params = sum(p.numel() for p in module.parameters()) if module is not None else 0
+            rows.append(LayerInfo(node, tuple(by_node.get(node, ())), self.shapes[node], params))
+        return rows

@@ -1,0 +1,364 @@
+"""Model registry, weights and preprocessing.
+
+Models are torchvision's classification models, by the names of
+``torchvision.models.list_models(module=torchvision.models)``.  Weights come
+from torchvision's weights API and cache (``TORCH_HOME``), from a state-dict
+file, or are a seeded random initialisation.  Preprocessing is the weights' own
+(resize, centre crop, normalisation) and is recorded with every store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as F
+
+from .errors import UnknownModelError, WeightsError, close_matches
+
+__all__ = [
+    "Preprocessing",
+    "LoadedModel",
+    "list_model_names",
+    "load_model",
+    "weights_cache_path",
+    "weights_label",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@lru_cache(maxsize=1)
+def list_model_names() -> tuple[str, ...]:
+    """Names of torchvision's image classification models."""
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+def _check_model_name(name: str) -> None:
+    names = list_model_names()
+    if name not in names:
+        raise UnknownModelError(
+            f"unknown model '{name}': {close_matches(name, names)}it must be one of torchvision's "
+            f"{len(names)} classification models ({', '.join(names[:6])}, ...; "
+            "see torchvision.models.list_models(module=torchvision.models))"
+        )
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side, centre-crop, scale to [0, 1] and normalise.
+
+    The same operations, in the same order, as torchvision's
+    ``ImageClassification`` preset that the weights' ``transforms()`` return, so
+    features equal a direct torchvision computation.  Picklable, so that
+    DataLoader workers can use it.
+    """
+
+    resize: int
+    crop: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        image = F.resize(image, [self.resize], interpolation=InterpolationMode(self.interpolation), antialias=True)
+        image = F.center_crop(image, [self.crop])
+        if not isinstance(image, torch.Tensor):
+            image = F.pil_to_tensor(image)
+        image = F.convert_image_dtype(image, torch.float)
+        return F.normalize(image, mean=list(self.mean), std=list(self.std))
+
+    def attrs(self) -> dict[str, Any]:
+        return {
+            "image_size": self.crop,
+            "resize": self.resize,
+            "crop": self.crop,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+        }
+
+    def with_image_size(self, size: int) -> "Preprocessing":
+        """The same preprocessing at another crop size, keeping the resize/crop ratio."""
+        return Preprocessing(
+            resize=round(size * self.resize / self.crop),
+            crop=size,
+            mean=self.mean,
+            std=self.std,
+            interpolation=self.interpolation,
+        )
+
+
+def _preprocessing_of(weights: Any) -> Preprocessing:
+    if weights is None:
+        return Preprocessing(resize=256, crop=224)
+    preset = weights.transforms()
+    return Preprocessing(
+        resize=int(preset.resize_size[0]),
+        crop=int(preset.crop_size[0]),
+        mean=tuple(float(m) for m in preset.mean),
+        std=tuple(float(s) for s in preset.std),
+        interpolation=preset.interpolation.value,
+    )
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for feature extraction, with what is needed to describe it.
+
+    Attributes
+    ----------
+    name : str
+        torchvision model name.
+    module : nn.Module
+        The network, in eval mode, on the CPU.
+    weights : str
+        ``'IMAGENET1K_V1'``-style name, ``'none'`` or ``'file:<name>'``.
+    preprocessing : Preprocessing
+    weights_sha256 : str or None
+        Hash of a ``--weights-file``.
+    seed : int or None
+        Seed of the random initialisation when ``weights == 'none'``.
+    """
+
+    name: str
+    module: nn.Module
+    weights: str
+    preprocessing: Preprocessing
+    weights_sha256: str | None = None
+    seed: int | None = None
+
+    def attrs(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "weights": self.weights,
+            "weights_sha256": self.weights_sha256,
+            "seed": self.seed,
+            **self.preprocessing.attrs(),
+        }
+
+
+def _weights_enum(name: str):
+    try:
+        return torchvision.models.get_model_weights(name)
+    except (ValueError, KeyError):
+        return None
+
+
+def _resolve_weights(model: str, weights: str):
+    enum = _weights_enum(model)
+    choices = ["DEFAULT", *(w.name for w in enum)] if enum is not None else []
+    if enum is None or weights not in choices:
+        allowed = ", ".join([*choices, "none"])
+        raise WeightsError(
+            f"unknown weights '{weights}' for {model}: choose one of {allowed}, "
+            "or pass a state dict with --weights-file PATH"
+        )
+    return enum[weights]
+
+
+def weights_cache_path(weights: Any) -> Path:
+    """Where torch's hub cache keeps (or will keep) the file of torchvision weights.
+
+    The folder is ``$TORCH_HOME/hub/checkpoints`` (``~/.cache/torch/hub/checkpoints``
+    by default): the same place torchvision itself reads and downloads to.
+    """
+    filename = os.path.basename(urlparse(weights.url).path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+@contextlib.contextmanager
+def _weights_only_loading() -> Iterator[None]:
+    """Make every ``torch.load`` in the block use ``weights_only=True``.
+
+    torchvision's builders read their checkpoints through
+    ``torch.hub.load_state_dict_from_url``, whose default is
+    ``weights_only=False``; this documented torch switch makes that read refuse
+    arbitrary pickled code, without re-implementing each builder's quirks.
+    """
+    key = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+    previous = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = previous
+
+
+def _build_pretrained(name: str, weights: Any) -> nn.Module:
+    cached = weights_cache_path(weights)
+    try:
+        with _weights_only_loading():
+            return torchvision.models.get_model(name, weights=weights)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError
+        if cached.exists():
+            raise WeightsError(
+                f"the cached weights file '{cached}' for {name} ({weights}) could not be loaded ({exc}); "
+                "delete it so that it is downloaded again, or pass --weights-file PATH"
+            ) from None
+        raise WeightsError(
+            f"pretrained weights {type(weights).__name__}.{weights.name} for {name} are not cached and "
+            f"could not be downloaded ({getattr(exc, 'reason', exc)}): expected the file '{cached}' "
+            "(set TORCH_HOME to use another cache folder); copy it there, or pass --weights-file PATH, "
+            "or --weights none for a seeded random initialisation"
+        ) from None
+
+
+def _final_linear(module: nn.Module) -> tuple[str, nn.Module] | None:
+    last = None
+    for name, child in module.named_modules():
+        if isinstance(child, nn.Linear):
+            last = (name, child)
+    return last
+
+
+def _unwrap_checkpoint(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(
+            f"'{path}' does not hold a state dict (a mapping of parameter names to tensors); "
+            "save one with torch.save(model.state_dict(), path)"
+        )
+    # Checkpoints saved from nn.DataParallel prefix every key with 'module.'.
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _build_from_file(name: str, path: Path, seed: int) -> nn.Module:
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: '{path}' does not exist; check --weights-file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ...
+        raise WeightsError(
+            f"'{path}' could not be loaded with torch.load(weights_only=True) ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); it must be a state dict saved with "
+            "torch.save(model.state_dict(), path)"
+        ) from None
+    state = _unwrap_checkpoint(state, path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torchvision.models.get_model(name, weights=None)
+        final = _final_linear(model)
+        if final is not None:
+            weight = state.get(f"{final[0]}.weight")
+            if weight is not None and weight.ndim == 2 and weight.shape[0] != final[1].out_features:
+                # A fine-tuned checkpoint: the architecture follows its number of classes.
+                model = torchvision.models.get_model(name, weights=None, num_classes=int(weight.shape[0]))
+    result = model.load_state_dict(state, strict=False)
+    shape_errors = []
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            shape_errors.append(f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}")
+    if result.missing_keys or result.unexpected_keys or shape_errors:
+        details = []
+        if result.missing_keys:
+            details.append(f"missing {len(result.missing_keys)} keys (e.g. {', '.join(result.missing_keys[:3])})")
+        if result.unexpected_keys:
+            details.append(
+                f"{len(result.unexpected_keys)} unexpected keys (e.g. {', '.join(result.unexpected_keys[:3])})"
+            )
+        if shape_errors:
+            details.append(f"shape mismatches: {', '.join(shape_errors[:3])}")
+        raise WeightsError(
+            f"'{path}' does not match the {name} architecture: {'; '.join(details)}; "
+            "pass the --model the checkpoint was trained with"
+        )
+    return model
+
+
+def load_model(
+    name: str,
+    *,
+    weights: str = "DEFAULT",
+    weights_file: str | os.PathLike | None = None,
+    seed: int = 0,
+    image_size: int | None = None,
+) -> LoadedModel:
+    """Build a torchvision classification model with its weights and preprocessing.
+
+    Parameters
+    ----------
+    name : str
+        A torchvision classification model name, e.g. ``'resnet50'``.
+    weights : str
+        ``'DEFAULT'``, a weights name such as ``'IMAGENET1K_V1'``, or ``'none'``
+        for a random initialisation seeded with *seed*.
+    weights_file : path, optional
+        A state dict to load instead (``torch.load(weights_only=True)``).
+    seed : int
+        Seed of the random initialisation (``weights='none'``).
+    image_size : int, optional
+        Crop size to use instead of the weights' own; the resize keeps the
+        weights' resize/crop ratio.
+    """
+    _check_model_name(name)
+    enum = _weights_enum(name)
+    default = enum.DEFAULT if enum is not None and hasattr(enum, "DEFAULT") else None
+    sha = None
+    used_seed = None
+    if weights_file is not None:
+        path = Path(weights_file).expanduser()
+        module = _build_from_file(name, path, seed)
+        label = f"file:{path.name}"
+        sha = _sha256(path)
+        preprocessing = _preprocessing_of(default)
+    elif weights.lower() == "none":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = torchvision.models.get_model(name, weights=None)
+        label, used_seed = "none", seed
+        preprocessing = _preprocessing_of(default)
+    else:
+        resolved = _resolve_weights(name, weights)
+        module = _build_pretrained(name, resolved)
+        label = resolved.name
+        preprocessing = _preprocessing_of(resolved)
+    if image_size is not None:
+        preprocessing = preprocessing.with_image_size(image_size)
+    module.eval()
+    return LoadedModel(
+        name=name,
+        module=module,
+        weights=label,
+        preprocessing=preprocessing,
+        weights_sha256=sha,
+        seed=used_seed,
+    )
+
+
+def weights_label(weights: str, weights_file: str | os.PathLike | None = None) -> str:
+    """Short label of a weights choice, as used in default store names."""
+    if weights_file is not None:
+        return "file-" + Path(weights_file).stem
+    return weights
