@@ -224,6 +224,10 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_IMAGE_PIXELS) -
     try:
         size = os.stat(path).st_size
     except OSError as exc:
+        if os.path.islink(path):
+            raise ImageDecodeError(
+                f"broken symbolic link: it points to '{os.readlink(path)}', which cannot be read ({exc.strerror})"
+            ) from None
         raise ImageDecodeError(f"unreadable: {exc.strerror or exc}") from None
     if size == 0:
         raise ImageDecodeError("empty file (0 bytes)")

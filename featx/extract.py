@@ -201,10 +201,32 @@ class FeatureExtractor(torch.nn.Module):
         self.pools = pools
         unique = sorted(set(nodes.values()))
         self.body = create_feature_extractor(model, return_nodes={n: n for n in unique})
+        _copy_reused_outputs(self.body)
 
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         outputs = self.body(pixels)
         return {name: pool_features(outputs[node], self.pools[name]) for name, node in self.nodes.items()}
+
+
+def _copy_reused_outputs(body: torch.fx.GraphModule) -> None:
+    """Return a copy of every requested output that later operations also consume.
+
+    Networks overwrite intermediate tensors in place (AlexNet's and VGG's
+    ``ReLU(inplace=True)``, ResNet's ReLU after its batch norms): without a copy,
+    asking for AlexNet's ``features.0`` together with a deeper layer returns the
+    values after the ReLU.  ``create_feature_extractor`` does not guard against
+    this; the copy is made right after the node runs, before any consumer.
+    """
+    graphs = [getattr(body, "train_graph", None), getattr(body, "eval_graph", None), body.graph]
+    for graph in {id(g): g for g in graphs if g is not None}.values():
+        output = next(node for node in graph.nodes if node.op == "output")
+        for node in list(output.all_input_nodes):
+            if any(user is not output for user in node.users):
+                with graph.inserting_after(node):
+                    copy = graph.call_method("clone", (node,))
+                output.replace_input_with(node, copy)
+        graph.lint()
+    body.recompile()
 
 
 def build_extractor(
@@ -218,7 +240,7 @@ def build_extractor(
     source_shapes : dict of name -> per-sample output shape before pooling
     nodes : dict of name -> graph node
     """
-    index = LayerIndex(loaded.module, image_size=loaded.preprocessing.crop)
+    index = LayerIndex(loaded.module, image_size=loaded.preprocessing.crop, name=loaded.name)
     nodes = {name: index.resolve(name) for name in layer_names}
     probe = create_feature_extractor(loaded.module, return_nodes={n: n for n in set(nodes.values())}).eval()
     with torch.inference_mode():

@@ -14,6 +14,10 @@ post-activation outputs:
   conv of each block;
 * ResNet (and ResNeXt, Wide ResNet): ``conv1`` (stem), ``conv2``..``conv5`` =
   ``layer1``..``layer4``.
+
+An alias wins over a graph node of the same name: ResNet's ``conv1`` is the
+stem's output after batch norm and ReLU (node ``relu``), as in the paper, not
+the node ``conv1`` (the bare convolution) that shares its name.
 """
 
 from __future__ import annotations
@@ -138,11 +142,14 @@ class LayerIndex:
         A torchvision classification model (in eval mode).
     image_size : int
         Input size used when output shapes are needed.
+    name : str, optional
+        torchvision name of the model, used in error messages.
     """
 
-    def __init__(self, model: nn.Module, *, image_size: int = 224) -> None:
+    def __init__(self, model: nn.Module, *, image_size: int = 224, name: str | None = None) -> None:
         self.model = model
         self.image_size = image_size
+        self.name = name
         with warnings.catch_warnings():
             # "eval nodes are a subsequence of train nodes": expected, we extract in eval mode.
             warnings.simplefilter("ignore", UserWarning)
@@ -209,17 +216,20 @@ class LayerIndex:
         UnknownLayerError
             With the closest valid names and a pointer to the ``layers`` command.
         """
-        if name in self._node_set:
-            return name
+        # Aliases first: ResNet's node 'conv1' (the bare stem convolution) shares
+        # its name with the paper's conv1 stage (after BN and ReLU).
         if name in self.aliases:
             return self._last_conv() if name == "last_conv" else self.aliases[name]
+        if name in self._node_set:
+            return name
         if name in self._module_paths:
             return self._last_node_in(name)
         choices = [*self.aliases, *self.nodes, *self._module_paths]
+        model = self.name or type(self.model).__name__
         raise UnknownLayerError(
-            f"unknown layer '{name}' for {type(self.model).__name__}: {close_matches(name, choices)}"
+            f"unknown layer '{name}' for {model}: {close_matches(name, choices)}"
             f"valid names are graph nodes, module paths and aliases ({', '.join(list(self.aliases)[:8])}, ...); "
-            "list them with `run_pipeline.py layers --model MODEL`"
+            f"list them with `run_pipeline.py layers --model {self.name or 'MODEL'}`"
         )
 
     # shapes --------------------------------------------------------------------------
@@ -247,13 +257,21 @@ class LayerIndex:
         convs = [n for n in self.nodes if n != final and n in shapes and len(shapes[n]) == 3 and self._has_conv(n)]
         if not convs:
             raise UnknownLayerError(
-                f"{type(self.model).__name__} has no convolution, so no 'last_conv'; "
-                "list its layers with `run_pipeline.py layers --model MODEL`"
+                f"{self.name or type(self.model).__name__} has no convolution, so no 'last_conv'; "
+                f"list its layers with `run_pipeline.py layers --model {self.name or 'MODEL'}`"
             )
         spatial = shapes[convs[-1]][1:]
         end = self.nodes.index(final) if final is not None else len(self.nodes)
         after = self.nodes[self.nodes.index(convs[-1]) : end]
-        same = [n for n in after if n in shapes and len(shapes[n]) == 3 and shapes[n][1:] == spatial]
+        same = [
+            n
+            for n in after
+            if n in shapes
+            and len(shapes[n]) == 3
+            and shapes[n][1:] == spatial
+            # SqueezeNet's classifier starts with a dropout: the identity at inference, not a layer of its own.
+            and not isinstance(self._modules.get(n), (nn.Dropout, nn.Identity))
+        ]
         return same[-1]
 
     def describe(self) -> list[LayerInfo]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import pickle
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -200,16 +201,31 @@ def _weights_only_loading() -> Iterator[None]:
             os.environ[key] = previous
 
 
+def _first_line(exc: BaseException) -> str:
+    """Why ``torch.load`` failed, in one line (torch's messages run over many)."""
+    lines = str(exc).strip().splitlines()
+    if lines and lines[0].startswith("Weights only load failed"):
+        # torch's text here is a page of advice with terminal escapes; this is its gist.
+        return "it holds pickled Python objects other than tensors, which are refused as they could run code"
+    detail = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    if isinstance(exc, (pickle.UnpicklingError, KeyError, EOFError)):
+        # What torch.load's pickle reader says about a file that torch.save did not write.
+        return f"not a file written by torch.save: {detail}"
+    return detail
+
+
 def _build_pretrained(name: str, weights: Any) -> nn.Module:
     cached = weights_cache_path(weights)
     try:
         with _weights_only_loading():
             return torchvision.models.get_model(name, weights=weights)
-    except (OSError, RuntimeError) as exc:  # URLError is an OSError
+    # URLError is an OSError; a file holding pickled code fails with UnpicklingError.
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         if cached.exists():
             raise WeightsError(
-                f"the cached weights file '{cached}' for {name} ({weights}) could not be loaded ({exc}); "
-                "delete it so that it is downloaded again, or pass --weights-file PATH"
+                f"the cached weights file '{cached}' for {name} ({weights}) could not be loaded with "
+                f"torch.load(weights_only=True) ({_first_line(exc)}); delete it so that it is downloaded "
+                "again, or pass --weights-file PATH"
             ) from None
         raise WeightsError(
             f"pretrained weights {type(weights).__name__}.{weights.name} for {name} are not cached and "
@@ -255,14 +271,14 @@ def _sha256(path: Path) -> str:
 
 def _build_from_file(name: str, path: Path, seed: int) -> nn.Module:
     if not path.is_file():
-        raise WeightsError(f"weights file not found: '{path}' does not exist; check --weights-file")
+        problem = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise WeightsError(f"weights file not found: '{path}' {problem}; check --weights-file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ...
         raise WeightsError(
-            f"'{path}' could not be loaded with torch.load(weights_only=True) ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); it must be a state dict saved with "
-            "torch.save(model.state_dict(), path)"
+            f"'{path}' could not be loaded with torch.load(weights_only=True) ({_first_line(exc)}); "
+            "it must be a state dict saved with torch.save(model.state_dict(), path)"
         ) from None
     state = _unwrap_checkpoint(state, path)
     with torch.random.fork_rng(devices=[]):
@@ -274,26 +290,29 @@ def _build_from_file(name: str, path: Path, seed: int) -> nn.Module:
             if weight is not None and weight.ndim == 2 and weight.shape[0] != final[1].out_features:
                 # A fine-tuned checkpoint: the architecture follows its number of classes.
                 model = torchvision.models.get_model(name, weights=None, num_classes=int(weight.shape[0]))
-    result = model.load_state_dict(state, strict=False)
-    shape_errors = []
+    # Compared before loading: load_state_dict raises a multi-line RuntimeError on shapes.
     own = model.state_dict()
-    for key, value in state.items():
-        if key in own and own[key].shape != value.shape:
-            shape_errors.append(f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}")
-    if result.missing_keys or result.unexpected_keys or shape_errors:
+    # Old checkpoints lack BatchNorm's num_batches_tracked; torch fills it in, so do we.
+    missing = [key for key in own if key not in state and not key.endswith(".num_batches_tracked")]
+    unexpected = [key for key in state if key not in own]
+    shape_errors = [
+        f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}"
+        for key, value in state.items()
+        if key in own and own[key].shape != value.shape
+    ]
+    if missing or unexpected or shape_errors:
         details = []
-        if result.missing_keys:
-            details.append(f"missing {len(result.missing_keys)} keys (e.g. {', '.join(result.missing_keys[:3])})")
-        if result.unexpected_keys:
-            details.append(
-                f"{len(result.unexpected_keys)} unexpected keys (e.g. {', '.join(result.unexpected_keys[:3])})"
-            )
+        if missing:
+            details.append(f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
         if shape_errors:
             details.append(f"shape mismatches: {', '.join(shape_errors[:3])}")
         raise WeightsError(
             f"'{path}' does not match the {name} architecture: {'; '.join(details)}; "
             "pass the --model the checkpoint was trained with"
         )
+    model.load_state_dict(state)
     return model
 
 

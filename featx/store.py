@@ -221,20 +221,37 @@ class FeatureStore:
         ----------
         name : str
             Layer name, one of :attr:`layers`.
-        rows : slice or sequence of int, optional
-            Rows to read (all by default).  Only those rows are read from disk.
+        rows : slice, sequence of int or boolean mask, optional
+            Rows to read (all by default), in the order given; negative indices
+            count from the end, a boolean mask of length N selects rows (e.g.
+            ``store.splits == 'train'``).  Only those rows are read from disk.
         """
         dataset = self._dataset(name)
         if rows is None:
             return dataset[()]
         if isinstance(rows, slice):
             return dataset[rows]
-        rows = np.asarray(rows, dtype=np.int64)
+        rows = self._row_indices(rows, dataset.shape[0])
         if rows.size == 0:
             return np.empty((0, dataset.shape[1]), dtype=dataset.dtype)
         # h5py wants increasing indices; read sorted unique rows, then reorder.
         unique, inverse = np.unique(rows, return_inverse=True)
         return dataset[unique][inverse]
+
+    def _row_indices(self, rows: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            # Without this, a mask would be read as the indices 0 and 1.
+            if rows.shape != (n,):
+                raise StoreError(f"a boolean row mask must have one value per row ({n}), got shape {rows.shape}")
+            return np.flatnonzero(rows)
+        if rows.size and not np.issubdtype(rows.dtype, np.integer):
+            raise StoreError(f"rows must be integers or a boolean mask, got {rows.dtype} values")
+        rows = rows.astype(np.int64).ravel()
+        bad = rows[(rows < -n) | (rows >= n)]
+        if bad.size:
+            raise StoreError(f"row {bad[0]} is out of range: '{self.path}' has {n} rows (0 to {n - 1})")
+        return np.where(rows < 0, rows + n, rows)
 
     def iter_features(self, name: str, batch_rows: int = 4096) -> Iterator[tuple[slice, np.ndarray]]:
         """Yield ``(row_slice, block)`` pairs covering a layer in row order."""
@@ -312,6 +329,16 @@ def _write_atomically(path: Path, fill) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _set_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
@@ -404,6 +431,7 @@ class StoreWriter:
         self._started = time.monotonic()
         self._last_commit = self._started
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temporaries()
         if overwrite:
             self._remove_all()
         self.existing_layers: dict[str, dict[str, Any]] = {}
@@ -477,11 +505,39 @@ class StoreWriter:
                             f"layer '{spec.name}' already exists in '{self.path}' with other settings: "
                             f"{'; '.join(diffs)}. Use --overwrite to re-extract the store, or --out PATH"
                         )
+                self._remove_finished_parts(existing)
                 layers = [spec for spec in layers if spec.name not in existing]
                 if not layers:
                     return []
         self._load_parts(layers)
         return layers
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete the half-written final file of a run killed while writing it."""
+        if os.name != "posix":
+            return  # os.kill(pid, 0) below only probes a process on POSIX
+        for tmp in self.path.parent.glob(f".{self.path.name}.tmp-*"):
+            pid = tmp.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and (int(pid) == os.getpid() or not _process_exists(int(pid))):
+                tmp.unlink(missing_ok=True)
+
+    def _remove_finished_parts(self, existing: Mapping[str, Any]) -> None:
+        """Delete parts whose layers are all in the complete store.
+
+        They are left when a run is killed after its final file replaced the
+        index but before the parts were deleted.
+        """
+        if not self.parts.is_dir():
+            return
+        for path in self.parts.iterdir():
+            if _PART_NAME.match(path.name):
+                with h5py.File(path, "r") as f:
+                    finished = set(f["features"]) <= set(existing)
+                if finished:
+                    path.unlink()
+        if not any(self.parts.iterdir()):
+            self.parts.rmdir()
+
 
     def _load_parts(self, layers: list[LayerSpec]) -> None:
         if not self.parts.is_dir():

@@ -66,3 +66,118 @@ def run_cli(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def saved_weights(tmp_path_factory):
+    """Factory: ``saved_weights(name) -> Path`` of a seeded random state dict, saved once per session.
+
+    The file is what ``torch.save(model.state_dict(), path)`` writes, so it loads
+    through ``--weights-file`` (``torch.load(weights_only=True)``) without a network.
+    """
+    import torch
+    import torchvision
+
+    folder = tmp_path_factory.mktemp("weights")
+    saved: dict[str, Path] = {}
+
+    def save(name: str) -> Path:
+        if name not in saved:
+            torch.manual_seed(1234)
+            model = torchvision.models.get_model(name, weights=None)
+            saved[name] = folder / f"{name}.pt"
+            torch.save(model.state_dict(), saved[name])
+        return saved[name]
+
+    return save
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims *width* x *height* grayscale pixels (its data is a few bytes)."""
+    import struct
+    import zlib
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+# Bad files of `odd_images` and the reason each must be listed with (a regex).
+ODD_BAD = {
+    "bad/empty.jpg": r"^empty file \(0 bytes\)$",
+    "bad/truncated.jpg": r"^cannot decode: image file is truncated",
+    "bad/text.jpg": r"^not an image: ",
+    "bad/broken_link.jpg": r"^broken symbolic link: it points to '.*missing\.jpg', which cannot be read",
+    "bad/bomb.png": r"^decompression bomb refused: .*400000000 pixels",
+}
+# Good files of `odd_images`: the PIL mode each is saved in.
+ODD_GOOD = {
+    "good/cmyk.jpg": "CMYK",
+    "good/gray16.png": "I;16",
+    "good/gray8.png": "L",
+    "good/palette.png": "P",
+    "good/rgba.png": "RGBA",
+    "good/rgb.jpg": "RGB",
+}
+
+
+@pytest.fixture
+def odd_images(tmp_path: Path, hymenoptera: Path) -> Path:
+    """A folder of broken files (``ODD_BAD``) and images in odd modes (``ODD_GOOD``).
+
+    ``good/gray16.png`` is 16-bit and holds ``good/gray8.png``'s pixels times 257.
+    """
+    root = tmp_path / "odd"
+    (root / "bad").mkdir(parents=True)
+    (root / "good").mkdir()
+    photo = Image.open(real_jpegs(hymenoptera / "train" / "ants", 1)[0]).convert("RGB")
+    photo = photo.resize((96, 80))
+    jpeg = real_jpegs(hymenoptera / "train" / "bees", 1)[0].read_bytes()
+
+    (root / "bad/empty.jpg").write_bytes(b"")
+    (root / "bad/truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (root / "bad/text.jpg").write_text("this is not a picture\n")
+    (root / "bad/broken_link.jpg").symlink_to(root / "bad/missing.jpg")
+    (root / "bad/bomb.png").write_bytes(bomb_png(20000, 20000))
+
+    photo.save(root / "good/rgb.jpg", quality=95)
+    photo.convert("CMYK").save(root / "good/cmyk.jpg", quality=95)
+    gray = np.asarray(photo.convert("L"))
+    Image.fromarray(gray).save(root / "good/gray8.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(root / "good/gray16.png")
+    photo.convert("P", palette=Image.Palette.ADAPTIVE, colors=32).save(root / "good/palette.png")
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(photo.size))
+    rgba.save(root / "good/rgba.png")
+    return root
+
+
+def quick_extract(data: Path, out: Path, **overrides):
+    """Extract with a tiny, fast configuration (ResNet-18, random weights, 64x64); returns the ExtractResult."""
+    from featx.extract import ExtractConfig, extract_features
+
+    settings = dict(
+        data=data,
+        out=out,
+        model="resnet18",
+        layers=("conv2", "penultimate"),
+        weights="none",
+        image_size=64,
+        batch_size=4,
+        workers=0,
+        device="cpu",
+        progress=False,
+    )
+    settings.update(overrides)
+    return extract_features(ExtractConfig(**settings))
