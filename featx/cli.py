@@ -142,9 +142,137 @@ def _run_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- classify
+
+
+def _add_classify(sub: argparse._SubParsersAction) -> None:
+    from .classifiers import FAMILIES, all_params, param_help
+    from .classify import NORMALIZERS
+
+    p = sub.add_parser(
+        "classify",
+        help="train and compare classifiers on feature stores",
+        description="Train classifiers on cached features (several stores are joined on sample id), evaluate "
+        "them on the stored train/val|test split (else a stratified hold-out or --cv K), print a comparison "
+        "table and write a run folder with results.json, predictions, confusion matrices and the classifiers.",
+    )
+    p.add_argument(
+        "--features", action="append", required=True, metavar="STORE[:LAYER]",
+        help="a feature store and layer (the layer may be left out when the store has one); "
+        "repeat to concatenate several inputs, joined on sample id",
+    )
+    p.add_argument(
+        "--model", default="svm", metavar="NAME[,NAME...]",
+        help=f"classifier(s), comma-separated: {', '.join(FAMILIES)} (default: svm)",
+    )
+    p.add_argument(
+        "--normalize", choices=NORMALIZERS, default="standard",
+        help="normalisation of each input, fitted on training rows (default: standard)",
+    )
+    p.add_argument("--pca", type=int, metavar="K", help="keep K principal components (fitted on training rows)")
+    p.add_argument(
+        "--test-size", type=float, default=0.25,
+        help="fraction held out when the stores have no train/val|test split (default: 0.25)",
+    )
+    p.add_argument("--cv", type=int, metavar="K", help="stratified K-fold cross-validation over all labelled samples")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits and the classifiers (default: 0)")
+    p.add_argument("--search", action="store_true", help="cross-validated grid search over the main parameters")
+    p.add_argument("--out", type=Path, help="run folder (default: a new runs/<timestamp>/)")
+    p.add_argument("--no-plots", action="store_true", help="do not draw confusion matrices")
+    group = p.add_argument_group("classifier parameters (each applies to the chosen classifiers that declare it)")
+    for name in all_params():
+        group.add_argument(f"--{name.replace('_', '-')}", dest=f"param_{name}", metavar="VALUE", help=param_help(name))
+    p.set_defaults(run=_run_classify)
+
+
+def _run_classify(args: argparse.Namespace) -> int:
+    from .classifiers import all_params
+    from .classify import ClassifyConfig, format_results, run_classification
+
+    params = {name: getattr(args, f"param_{name}") for name in all_params()}
+    config = ClassifyConfig(
+        features=tuple(args.features),
+        models=args.model,
+        normalize=args.normalize,
+        pca=args.pca,
+        test_size=args.test_size,
+        cv=args.cv,
+        seed=args.seed,
+        search=args.search,
+        out=args.out,
+        params={name: value for name, value in params.items() if value is not None},
+        plots=not args.no_plots,
+    )
+    print(format_results(run_classification(config)))
+    return 0
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="classify new images with a saved classifier",
+        description="Extract the features a saved classifier was trained on from new images (same model, "
+        "weights, preprocessing, layers and pooling) and predict their classes, with probabilities when the "
+        "classifier has them.  Writes CSV: id, [true,] predicted, proba_<class>...",
+    )
+    p.add_argument("--classifier", type=Path, required=True, metavar="ARTIFACT", help="classifier-<model>.zip of a classify run")
+    p.add_argument(
+        "--data", type=Path, nargs="+", required=True, metavar="DIR_OR_FILE",
+        help="an image folder (class subfolders named like the classes give an accuracy), or image files",
+    )
+    p.add_argument("--out", type=Path, help="CSV file to write (default: CSV on standard output)")
+    p.add_argument(
+        "--weights-file", dest="weights_files", type=Path, action="append", default=[],
+        help="state dict of an input extracted with --weights-file (repeat for several)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: as for extract)")
+    p.add_argument("--work-dir", type=Path, help="folder for the temporary feature stores (default: system temp)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from .predict import predict_images
+
+    result = predict_images(
+        args.classifier,
+        args.data,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        weights_files=args.weights_files,
+        progress=not args.no_progress,
+        out=args.out,
+        work_dir=args.work_dir,
+    )
+    frame = result.predictions
+    counts = frame["predicted"].value_counts()
+    summary = [
+        f"{len(frame):,} images predicted by {result.classifier.family} ({args.classifier}): "
+        + ", ".join(f"{name} {counts.get(name, 0):,}" for name in result.classes)
+    ]
+    if result.accuracy is not None:
+        summary.append(f"accuracy on the labelled images: {result.accuracy:.3f}")
+    if result.failed:
+        summary.append(f"{len(result.failed)} image(s) could not be used:")
+        summary += [f"  {image_id}: {reason}" for image_id, reason in result.failed]
+    if result.out is None:
+        print(frame.to_csv(index=False), end="")
+        for line in summary:
+            log.info(line)
+    else:
+        print("\n".join([*summary, f"predictions written to {result.out}"]))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_extract, _add_layers]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_extract, _add_layers, _add_classify, _add_predict]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,262 @@
+"""Saving and loading fitted classifiers without pickle.
+
+An artifact is one zip file::
+
+    manifest.json    format, versions, classifier, classes, and every input:
+                     store, layer, model, weights (+sha256), preprocessing,
+                     pooling, normalisation
+    pipeline.skops   the scikit-learn pipeline (skops.io), for xgboost without
+                     its last step
+    booster.ubj      xgboost only: the booster in xgboost's own UBJSON format
+
+``pickle``/``joblib`` would run arbitrary code while loading a file someone
+sent.  skops.io rebuilds objects only from types it is told to trust: its
+own default list (scikit-learn and numpy types) plus :data:`TRUSTED_TYPES`
+here; a file naming any other type is refused before anything is built.
+xgboost's UBJSON is data, not code, and round-trips the model bit for bit
+(JSON would round floats through text).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import ClassifyError
+from .report import json_default
+
+__all__ = [
+    "ARTIFACT_FORMAT",
+    "ARTIFACT_VERSION",
+    "TRUSTED_TYPES",
+    "FittedClassifier",
+    "save_classifier",
+    "load_classifier",
+]
+
+log = logging.getLogger("featx")
+
+ARTIFACT_FORMAT = "featx-classifier"
+ARTIFACT_VERSION = 1
+MANIFEST = "manifest.json"
+PIPELINE = "pipeline.skops"
+BOOSTER = "booster.ubj"
+# Types a featx pipeline holds that skops does not trust by default.  Anything
+# else that skops reports as untrusted makes loading fail.
+TRUSTED_TYPES = (
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+)
+_MAX_MEMBER_BYTES = 8 << 30
+
+
+@dataclass
+class FittedClassifier:
+    """A loaded classifier: the fitted pipeline and what it was trained on.
+
+    Attributes
+    ----------
+    pipeline : sklearn.pipeline.Pipeline
+        Block normalisation, optional PCA, then the estimator.
+    manifest : dict
+        Everything recorded with it (see the module docstring).
+    path : Path, optional
+        The file it was loaded from.
+    """
+
+    pipeline: Any
+    manifest: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    @property
+    def family(self) -> str:
+        return self.manifest["classifier"]["family"]
+
+    @property
+    def blocks(self) -> list[dict[str, Any]]:
+        return list(self.manifest["inputs"])
+
+    @property
+    def has_proba(self) -> bool:
+        return hasattr(self.pipeline, "predict_proba")
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Class indices (into :attr:`classes`) of ``X`` ``(n_samples, n_features)``."""
+        return np.asarray(self.pipeline.predict(X), dtype=np.int64)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray | None:
+        """Per-class probabilities ``(n_samples, n_classes)``, or ``None`` for a model without them."""
+        return np.asarray(self.pipeline.predict_proba(X), dtype=np.float64) if self.has_proba else None
+
+
+def _versions() -> dict[str, str]:
+    import sklearn
+    import skops
+    import xgboost
+
+    return {
+        "featx": __version__,
+        "scikit-learn": sklearn.__version__,
+        "skops": skops.__version__,
+        "xgboost": xgboost.__version__,
+    }
+
+
+def _is_xgboost(estimator: Any) -> bool:
+    return type(estimator).__module__.startswith("xgboost")
+
+
+def save_classifier(path: str | os.PathLike, pipeline: Any, manifest: Mapping[str, Any]) -> Path:
+    """Write a fitted pipeline and its manifest to *path* (replaced atomically).
+
+    Parameters
+    ----------
+    path : path
+        The artifact file (``.zip``).
+    pipeline : sklearn.pipeline.Pipeline
+        Fitted; its last step is the estimator.
+    manifest : mapping
+        JSON-serialisable description; format and version fields are added.
+    """
+    import skops.io as sio
+
+    path = Path(path)
+    estimator = pipeline.steps[-1][1]
+    booster = _is_xgboost(estimator)
+    full = {
+        "format": ARTIFACT_FORMAT,
+        "format_version": ARTIFACT_VERSION,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        **manifest,
+        "files": {"pipeline": PIPELINE, "booster": BOOSTER if booster else None},
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(MANIFEST, json.dumps(full, indent=2, default=json_default))
+            archive.writestr(PIPELINE, sio.dumps(pipeline[:-1] if booster else pipeline))
+            if booster:
+                with tempfile.TemporaryDirectory() as folder:
+                    # XGBModel.save_model keeps the sklearn wrapper's attributes (classes, ...).
+                    file = Path(folder) / BOOSTER
+                    estimator.save_model(file)
+                    archive.write(file, BOOSTER)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise ClassifyError(
+            f"'{path}' is not a complete featx classifier: it lacks '{name}'; re-run classify to make a new one"
+        ) from None
+    if info.file_size > _MAX_MEMBER_BYTES:
+        raise ClassifyError(f"'{path}': member '{name}' is {info.file_size:,} bytes, too large for a classifier")
+    return archive.read(name)
+
+
+def _check_manifest(manifest: Any, path: Path) -> None:
+    if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
+        raise ClassifyError(
+            f"'{path}' is not a featx classifier (its manifest has no format '{ARTIFACT_FORMAT}'); "
+            "pass a classifier-<model>.zip from a classify run folder"
+        )
+    version = manifest.get("format_version")
+    if version != ARTIFACT_VERSION:
+        written_by = manifest.get("versions", {}).get("featx", "an unknown version")
+        raise ClassifyError(
+            f"classifier '{path}' has featx classifier format {version!r} (written by featx {written_by}); "
+            f"this featx {__version__} reads format {ARTIFACT_VERSION} only: re-run classify with this "
+            f"featx, or use featx {written_by} to predict"
+        )
+
+
+def _load_pipeline(data: bytes, path: Path) -> Any:
+    import skops.io as sio
+
+    try:
+        untrusted = sio.get_untrusted_types(data=data)
+    except Exception as exc:  # a damaged skops file
+        raise ClassifyError(f"'{path}': its pipeline cannot be read by skops ({type(exc).__name__}: {exc})") from None
+    refused = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    if refused:
+        raise ClassifyError(
+            f"'{path}' holds types featx does not trust ({', '.join(refused)}); it was not written by "
+            "featx classify, refusing to load it"
+        )
+    return sio.loads(data, trusted=list(untrusted))
+
+
+def _load_booster(data: bytes) -> Any:
+    from xgboost import XGBClassifier
+
+    from .classifiers import xgboost_device
+
+    model = XGBClassifier()
+    model.load_model(bytearray(data))
+    # Trained on a GPU, used where there may be none (and the other way round).
+    model.set_params(device=xgboost_device())
+    return model
+
+
+def load_classifier(path: str | os.PathLike) -> FittedClassifier:
+    """Load an artifact written by :func:`save_classifier`.
+
+    Raises
+    ------
+    ClassifyError
+        The file is missing, not a featx classifier, from an incompatible
+        format version, or holds types that are not trusted.
+    """
+    from sklearn.pipeline import Pipeline
+
+    path = Path(path)
+    if not path.is_file():
+        raise ClassifyError(
+            f"classifier not found: '{path}' is not a file; pass --classifier RUN/classifier-<model>.zip "
+            "from a classify run folder"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            try:
+                manifest = json.loads(_read_member(archive, MANIFEST, path))
+            except json.JSONDecodeError as exc:
+                raise ClassifyError(f"'{path}': its manifest is not valid JSON ({exc})") from None
+            _check_manifest(manifest, path)
+            pipeline = _load_pipeline(_read_member(archive, PIPELINE, path), path)
+            if manifest.get("files", {}).get("booster"):
+                booster = _load_booster(_read_member(archive, BOOSTER, path))
+                pipeline = Pipeline([*pipeline.steps, ("clf", booster)])
+    except zipfile.BadZipFile:
+        raise ClassifyError(
+            f"'{path}' is not a featx classifier (not a zip file); pass a classifier-<model>.zip "
+            "from a classify run folder"
+        ) from None
+    saved_with = manifest.get("versions", {}).get("scikit-learn")
+    current = _versions()["scikit-learn"]
+    if saved_with != current:
+        log.warning(
+            f"'{path}' was saved with scikit-learn {saved_with}, this is {current}: its predictions may differ "
+            "slightly; re-run classify to refit it with this version"
+        )
+    return FittedClassifier(pipeline=pipeline, manifest=manifest, path=path)

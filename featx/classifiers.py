@@ -1,0 +1,357 @@
+"""The classifier registry: five families built from scikit-learn and xgboost.
+
+Each family is a :class:`Family`: the hyper-parameters it declares (with
+defaults, a parser for command-line text and the sklearn-style range check),
+a function that builds the estimator, and the grid ``--search`` explores.
+Nothing here is a re-implementation: the estimators are scikit-learn's and
+xgboost's own.
+
+========  ==============================================================
+svm       ``LinearSVC`` (``kernel='linear'``, scales to many samples) or
+          ``SVC`` with an RBF kernel (``kernel='rbf'``)
+logreg    multinomial ``LogisticRegression`` (lbfgs)
+bayes     ``GaussianNB``
+xgboost   ``XGBClassifier``, ``tree_method='hist'``, on CUDA when torch sees a GPU
+mlp       ``MLPClassifier``: a few dense layers on top of the frozen features
+========  ==============================================================
+
+Scaling is not part of a family: every block of features is normalised by the
+pipeline in front of the classifier (``--normalize``, standard by default),
+which is what the linear, kernel and neural families need and what trees and
+Gaussian naive Bayes are indifferent to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ClassifyError, close_matches
+
+__all__ = [
+    "Param",
+    "Family",
+    "FAMILIES",
+    "family",
+    "parse_models",
+    "all_params",
+    "param_help",
+    "resolve_params",
+    "xgboost_device",
+]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyper-parameter: its default, what values are allowed, and how to read text.
+
+    Attributes
+    ----------
+    default : object
+        Value used when the parameter is not set.
+    allowed : str
+        The allowed values in words, as in scikit-learn's messages
+        (``"a float in the range (0, inf)"``).
+    parse : callable
+        ``value -> value``: converts text (or a Python value) and raises
+        ``ValueError`` when the value is not allowed.
+    help : str
+        One line for ``--help``.
+    """
+
+    default: Any
+    allowed: str
+    parse: Callable[[Any], Any]
+    help: str
+
+
+def _positive_float(value: Any) -> float:
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError
+    return number
+
+
+def _fraction(value: Any) -> float:
+    number = float(value)
+    if not 0 < number <= 1:
+        raise ValueError
+    return number
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError
+    number = int(value.strip()) if isinstance(value, str) else int(value)
+    if number < 1:
+        raise ValueError
+    return number
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if str(value) not in choices:
+            raise ValueError
+        return str(value)
+
+    return parse
+
+
+def _gamma(value: Any) -> str | float:
+    return str(value) if str(value) in ("scale", "auto") else _positive_float(value)
+
+
+def _hidden(value: Any) -> tuple[int, ...]:
+    """``"256"``, ``"512,256"``, ``256`` or ``(512, 256)`` -> a tuple of layer widths."""
+    if isinstance(value, str):
+        items = value.replace(" ", "").split(",")
+    elif isinstance(value, int):
+        items = [value]
+    else:
+        items = list(value)
+    if not items or "" in items:
+        raise ValueError
+    return tuple(_positive_int(v) for v in items)
+
+
+_C = Param(1.0, "a float in the range (0, inf)", _positive_float, "inverse regularisation strength")
+
+
+def xgboost_device() -> str:
+    """``'cuda'`` when torch sees a GPU (xgboost then trains there), else ``'cpu'``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class Family:
+    """A classifier family of the registry.
+
+    Attributes
+    ----------
+    name : str
+        Registry key, what ``--model`` takes.
+    description : str
+        The estimator, in words.
+    params : dict of str -> Param
+        Hyper-parameters it declares.
+    build : callable
+        ``(params, seed) -> estimator`` with every declared parameter in *params*.
+    grid : callable
+        ``params -> {name: [values]}``: what ``--search`` tries (may depend on
+        a fixed parameter such as the SVM kernel).
+    """
+
+    name: str
+    description: str
+    params: Mapping[str, Param]
+    build: Callable[[Mapping[str, Any], int], Any]
+    grid: Callable[[Mapping[str, Any]], dict[str, list[Any]]]
+
+
+def _build_svm(params: Mapping[str, Any], seed: int):
+    from sklearn.svm import SVC, LinearSVC
+
+    if params["kernel"] == "linear":
+        return LinearSVC(C=params["C"], max_iter=params["max_iter"], random_state=seed)
+    return SVC(kernel="rbf", C=params["C"], gamma=params["gamma"], max_iter=-1, random_state=seed)
+
+
+def _svm_grid(params: Mapping[str, Any]) -> dict[str, list[Any]]:
+    if params["kernel"] == "linear":
+        return {"C": [0.001, 0.01, 0.1, 1.0, 10.0]}
+    return {"C": [0.1, 1.0, 10.0, 100.0], "gamma": ["scale", 1e-4, 1e-3]}
+
+
+def _build_logreg(params: Mapping[str, Any], seed: int):
+    from sklearn.linear_model import LogisticRegression
+
+    # lbfgs fits the multinomial (softmax) model whatever the number of classes.
+    return LogisticRegression(C=params["C"], max_iter=params["max_iter"], solver="lbfgs", random_state=seed)
+
+
+def _build_bayes(params: Mapping[str, Any], seed: int):
+    from sklearn.naive_bayes import GaussianNB
+
+    return GaussianNB(var_smoothing=params["var_smoothing"])
+
+
+def _build_xgboost(params: Mapping[str, Any], seed: int):
+    from xgboost import XGBClassifier
+
+    return XGBClassifier(
+        tree_method="hist",
+        device=xgboost_device(),
+        n_estimators=params["n_estimators"],
+        max_depth=params["max_depth"],
+        learning_rate=params["learning_rate"],
+        subsample=params["subsample"],
+        random_state=seed,
+    )
+
+
+def _build_mlp(params: Mapping[str, Any], seed: int):
+    from sklearn.neural_network import MLPClassifier
+
+    return MLPClassifier(
+        hidden_layer_sizes=params["hidden"],
+        alpha=params["alpha"],
+        max_iter=params["max_iter"],
+        random_state=seed,
+    )
+
+
+FAMILIES: dict[str, Family] = {
+    "svm": Family(
+        "svm",
+        "support vector machine: LinearSVC, or SVC with --kernel rbf",
+        {
+            "C": _C,
+            "kernel": Param("linear", "one of 'linear', 'rbf'", _choice("linear", "rbf"), "kernel: linear or rbf"),
+            "gamma": Param("scale", "'scale', 'auto' or a float in the range (0, inf)", _gamma, "rbf kernel width"),
+            "max_iter": Param(10_000, "an int in the range [1, inf)", _positive_int, "iteration limit"),
+        },
+        _build_svm,
+        _svm_grid,
+    ),
+    "logreg": Family(
+        "logreg",
+        "multinomial logistic regression (LogisticRegression, lbfgs)",
+        {
+            "C": _C,
+            "max_iter": Param(1_000, "an int in the range [1, inf)", _positive_int, "iteration limit"),
+        },
+        _build_logreg,
+        lambda params: {"C": [0.001, 0.01, 0.1, 1.0, 10.0]},
+    ),
+    "bayes": Family(
+        "bayes",
+        "Gaussian naive Bayes (GaussianNB)",
+        {
+            "var_smoothing": Param(
+                1e-9, "a float in the range (0, inf)", _positive_float, "variance added for stability"
+            ),
+        },
+        _build_bayes,
+        lambda params: {"var_smoothing": [1e-9, 1e-6, 1e-3, 1e-1]},
+    ),
+    "xgboost": Family(
+        "xgboost",
+        "gradient-boosted trees (XGBClassifier, hist; CUDA when present)",
+        {
+            "n_estimators": Param(100, "an int in the range [1, inf)", _positive_int, "boosting rounds"),
+            "max_depth": Param(6, "an int in the range [1, inf)", _positive_int, "tree depth"),
+            "learning_rate": Param(0.3, "a float in the range (0, inf)", _positive_float, "shrinkage"),
+            "subsample": Param(1.0, "a float in the range (0, 1]", _fraction, "row subsampling per tree"),
+        },
+        _build_xgboost,
+        lambda params: {"max_depth": [3, 6], "learning_rate": [0.05, 0.1, 0.3], "n_estimators": [100, 300]},
+    ),
+    "mlp": Family(
+        "mlp",
+        "a small fully-connected network on the features (MLPClassifier)",
+        {
+            "hidden": Param(
+                (256,), "comma-separated ints in the range [1, inf), e.g. 512,256", _hidden,
+                "hidden layer widths, e.g. 512,256",
+            ),
+            "alpha": Param(1e-4, "a float in the range (0, inf)", _positive_float, "L2 penalty"),
+            "max_iter": Param(200, "an int in the range [1, inf)", _positive_int, "iteration limit"),
+        },
+        _build_mlp,
+        lambda params: {"alpha": [1e-4, 1e-2, 1.0], "hidden": [(256,), (512, 256)]},
+    ),
+}
+
+
+def family(name: str) -> Family:
+    """The registry entry of *name*; an unknown name is a :class:`ClassifyError`."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ClassifyError(
+            f"unknown classifier '{name}': {close_matches(name, FAMILIES)}choose from "
+            f"{', '.join(FAMILIES)} (several at once: --model svm,logreg)"
+        ) from None
+
+
+def parse_models(models: Sequence[str] | str) -> tuple[str, ...]:
+    """``"svm,logreg"`` or ``("svm", "logreg")`` -> checked, de-duplicated names in order."""
+    items = models.split(",") if isinstance(models, str) else [m for item in models for m in item.split(",")]
+    names = tuple(dict.fromkeys(m.strip() for m in items if m.strip()))
+    if not names:
+        raise ClassifyError(f"no classifier given: pass --model with one or more of {', '.join(FAMILIES)}")
+    for name in names:
+        family(name)
+    return names
+
+
+def all_params() -> dict[str, dict[str, Param]]:
+    """Every declared parameter name -> {family: its declaration there}."""
+    found: dict[str, dict[str, Param]] = {}
+    for fam in FAMILIES.values():
+        for name, param in fam.params.items():
+            found.setdefault(name, {})[fam.name] = param
+    return found
+
+
+def param_help(name: str) -> str:
+    """``--help`` text of a parameter: what it is and its default in each family."""
+    declared = all_params()[name]
+    first = next(iter(declared.values()))
+    defaults = ", ".join(f"{fam} {_show(p.default)}" for fam, p in declared.items())
+    return f"{first.help} (default: {defaults})"
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def resolve_params(models: Sequence[str], params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Check user-set parameters and give each family its full parameter set.
+
+    Parameters
+    ----------
+    models : sequence of str
+        Family names (already checked).
+    params : mapping
+        User-set values, as text (from the command line) or Python values.
+
+    Returns
+    -------
+    dict of family name -> dict of parameter -> value
+        Defaults with the user's values applied where the family declares them.
+
+    Raises
+    ------
+    ClassifyError
+        A parameter no chosen family declares, or a value out of range.
+    """
+    known = all_params()
+    for name, value in params.items():
+        if name not in known:
+            raise ClassifyError(
+                f"unknown classifier parameter '{name}': {close_matches(name, known)}"
+                f"choose from {', '.join(sorted(known))}"
+            )
+        owners = list(known[name])
+        if not set(owners) & set(models):
+            raise ClassifyError(
+                f"parameter '{name}' is not used by {', '.join(models)}; it applies to {', '.join(owners)}"
+            )
+    resolved: dict[str, dict[str, Any]] = {}
+    for model in models:
+        fam = FAMILIES[model]
+        values = {}
+        for name, param in fam.params.items():
+            value = params.get(name, param.default)
+            try:
+                values[name] = param.parse(value)
+            except (ValueError, TypeError):
+                raise ClassifyError(
+                    f"the '{name}' parameter of {model} must be {param.allowed}; got {value!r} instead"
+                ) from None
+        resolved[model] = values
+    return resolved

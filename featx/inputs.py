@@ -1,0 +1,289 @@
+"""Feature inputs of a classifier: ``STORE[:LAYER]`` specs joined on sample id.
+
+Several stores (AlexNet ``fc7``, ResNet ``penultimate``, ...) are combined
+column-wise.  Rows are matched by sample id, never by position: stores of the
+same folder can differ in their rows (an image that failed in one network, a
+store extracted before images were added), so the join keeps the ids every
+input has and reports the others.  Features are read through
+:func:`featx.store.open_store` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ClassifyError, StoreError
+from .store import IDENTITY_KEYS, FeatureStore, open_store
+
+__all__ = ["FeatureBlock", "JoinedFeatures", "parse_feature_spec", "join_features"]
+
+# Root attributes that say how a block's features were computed; kept with
+# every classifier so that `predict` can compute the same features again.
+PROVENANCE_KEYS = (*IDENTITY_KEYS, "data_root", "featx_version")
+LAYER_KEYS = ("node", "pool", "requested", "precision", "dtype")
+_EXAMPLES = 3
+
+
+@dataclass
+class FeatureBlock:
+    """One input of the join: a layer of a store, and where its columns went.
+
+    Attributes
+    ----------
+    spec : str
+        ``STORE:LAYER`` as a label for tables and messages.
+    store : Path
+        The store file.
+    layer : str
+        The feature dataset used.
+    dim : int
+        Its number of columns.
+    start : int
+        First column of the block in the joined matrix.
+    provenance : dict
+        Model, weights, preprocessing and data attributes of the store.
+    layer_info : dict
+        ``node``, ``pool``, ``requested``, ``precision``, ``dtype`` of the layer.
+    """
+
+    spec: str
+    store: Path
+    layer: str
+    dim: int
+    start: int
+    provenance: dict[str, Any]
+    layer_info: dict[str, Any]
+
+    @property
+    def columns(self) -> slice:
+        return slice(self.start, self.start + self.dim)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "store": str(self.store),
+            "layer": self.layer,
+            "dim": self.dim,
+            "start": self.start,
+            "provenance": self.provenance,
+            "layer_info": self.layer_info,
+        }
+
+
+@dataclass
+class JoinedFeatures:
+    """Samples present in every input, with their concatenated features.
+
+    Attributes
+    ----------
+    ids : ndarray of str, (n_samples,)
+        Sorted sample ids.
+    X : ndarray of float32, (n_samples, n_features)
+        Blocks side by side, in input order.
+    labels : ndarray of int, (n_samples,)
+        Index into ``classes``; ``-1`` for unlabelled samples.
+    classes : list of str
+        Names of the classes that labelled samples have, sorted.
+    splits : ndarray of str, (n_samples,)
+        ``'train'``, ``'val'``, ``'test'`` or ``''``.
+    blocks : list of FeatureBlock
+    missing : dict of str -> list of str
+        For each input spec, the ids another input has and it lacks (left out).
+    """
+
+    ids: np.ndarray
+    X: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    splits: np.ndarray
+    blocks: list[FeatureBlock]
+    missing: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def n_missing(self) -> int:
+        """Number of distinct ids left out because an input lacks them."""
+        return len({i for ids in self.missing.values() for i in ids})
+
+
+def parse_feature_spec(spec: str | os.PathLike) -> tuple[Path, str | None]:
+    """``"STORE[:LAYER]"`` -> ``(store path, layer or None)``.
+
+    A path that exists as given is taken whole, so a store whose name holds a
+    colon still works; otherwise the text after the last colon is the layer.
+    """
+    text = os.fspath(spec)
+    if Path(text).exists() or ":" not in text:
+        return Path(text), None
+    store, layer = text.rsplit(":", 1)
+    if not store or not layer or "/" in layer or os.sep in layer:
+        return Path(text), None
+    return Path(store), layer
+
+
+def _choose_layer(store: FeatureStore, layer: str | None) -> str:
+    layers = store.layers
+    if layer is not None:
+        if layer not in layers:
+            raise StoreError(
+                f"layer '{layer}' is not in store '{store.path}'; it holds {', '.join(layers) or 'no layers'}: "
+                f"use --features {store.path}:NAME with one of them, or extract the layer first"
+            )
+        return layer
+    if len(layers) == 1:
+        return layers[0]
+    if not layers:
+        raise StoreError(f"store '{store.path}' holds no feature layer; extract one with `run_pipeline.py extract`")
+    raise StoreError(
+        f"store '{store.path}' holds several layers ({', '.join(layers)}): "
+        f"name one, e.g. --features {store.path}:{layers[-1]}"
+    )
+
+
+def _check_complete(store: FeatureStore) -> None:
+    if not store.complete:
+        done, total = store.meta.get("candidates_done", "?"), store.meta.get("candidates", "?")
+        raise StoreError(
+            f"store '{store.path}' is incomplete: its extraction stopped after {done} of {total} images; "
+            "finish it by running the same extract command again"
+        )
+
+
+def _class_names(store: FeatureStore, rows: np.ndarray) -> np.ndarray:
+    """Class name of each row (``''`` when unlabelled), so stores are compared by name."""
+    names = np.array([*store.classes, ""], dtype=object)
+    return names[store.labels[rows]]
+
+
+def _examples(ids: Sequence[str]) -> str:
+    shown = ", ".join(f"'{i}'" for i in list(ids)[:_EXAMPLES])
+    return shown + (", ..." if len(ids) > _EXAMPLES else "")
+
+
+def _no_common_ids(stores: list[FeatureStore]) -> ClassifyError:
+    described = "; ".join(
+        f"'{s.path}' has {len(s):,} ids (e.g. {_examples(s.ids[:1])}) from {s.meta.get('data_root', '?')}"
+        for s in stores
+    )
+    return ClassifyError(
+        f"the feature inputs share no sample id, so they cannot be joined: {described}; "
+        "join stores extracted from the same data folder"
+    )
+
+
+def _read_block(store: FeatureStore, layer: str, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    values = np.asarray(store.features(layer, rows), dtype=np.float32)
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        bad = ids[~finite]
+        raise ClassifyError(
+            f"store '{store.path}' layer '{layer}' holds NaN or infinite features in {len(bad)} of "
+            f"{len(ids)} rows (e.g. {_examples(bad)}); re-extract it with --precision fp32 --dtype float32 "
+            "--overwrite, or use another layer"
+        )
+    return values
+
+
+def join_features(specs: Sequence[str | os.PathLike]) -> JoinedFeatures:
+    """Read the inputs and join them on sample id.
+
+    Parameters
+    ----------
+    specs : sequence of str
+        ``STORE[:LAYER]`` for each input; a layer may be left out when the store
+        holds only one.
+
+    Returns
+    -------
+    JoinedFeatures
+        The samples every input has, sorted by id, with features side by side.
+
+    Raises
+    ------
+    StoreError
+        A store is missing, unreadable, incomplete or lacks the layer.
+    ClassifyError
+        The inputs share no id, disagree on a sample's label or split, or hold
+        NaN/inf features.
+    """
+    if not specs:
+        raise ClassifyError("no features given: pass --features STORE[:LAYER] (repeat it to join several stores)")
+    parsed = [parse_feature_spec(s) for s in specs]
+    with contextlib.ExitStack() as stack:
+        stores = [stack.enter_context(open_store(path)) for path, _ in parsed]
+        layers = []
+        for store, (_, layer) in zip(stores, parsed):
+            _check_complete(store)
+            layers.append(_choose_layer(store, layer))
+        labels_of = [f"{store.path}:{layer}" for store, layer in zip(stores, layers)]
+        if len(set(labels_of)) < len(labels_of):
+            twice = sorted({s for s in labels_of if labels_of.count(s) > 1})
+            raise ClassifyError(f"a feature input is given twice: {', '.join(twice)}; give each STORE:LAYER once")
+
+        id_sets = [set(store.ids.tolist()) for store in stores]
+        common = np.array(sorted(set.intersection(*id_sets)), dtype=object)
+        if common.size == 0:
+            raise _no_common_ids(stores)
+        everywhere = set.union(*id_sets)
+        missing = {label: sorted(everywhere - ids) for label, ids in zip(labels_of, id_sets) if everywhere - ids}
+
+        rows = []
+        for store in stores:
+            position = {image_id: row for row, image_id in enumerate(store.ids.tolist())}
+            rows.append(np.fromiter((position[i] for i in common), dtype=np.int64, count=common.size))
+
+        names = _class_names(stores[0], rows[0])
+        splits = stores[0].splits[rows[0]]
+        for store, label, r in zip(stores[1:], labels_of[1:], rows[1:]):
+            other = _class_names(store, r)
+            differ = common[names != other]
+            if differ.size:
+                raise ClassifyError(
+                    f"'{labels_of[0]}' and '{label}' disagree on the class of {differ.size} sample(s) "
+                    f"(e.g. {_examples(differ)}); join stores extracted from the same labelled data folder"
+                )
+            differ = common[splits != store.splits[r]]
+            if differ.size:
+                raise ClassifyError(
+                    f"'{labels_of[0]}' and '{label}' disagree on the split (train/val/test) of {differ.size} "
+                    f"sample(s) (e.g. {_examples(differ)}); join stores extracted from the same data folder"
+                )
+
+        blocks: list[FeatureBlock] = []
+        matrices: list[np.ndarray] = []
+        start = 0
+        for store, layer, label, r in zip(stores, layers, labels_of, rows):
+            values = _read_block(store, layer, r, common)
+            info = store.layer_info(layer)
+            blocks.append(
+                FeatureBlock(
+                    spec=label,
+                    store=store.path,
+                    layer=layer,
+                    dim=values.shape[1],
+                    start=start,
+                    provenance={k: store.meta.get(k) for k in PROVENANCE_KEYS},
+                    layer_info={k: info.get(k) for k in LAYER_KEYS},
+                )
+            )
+            matrices.append(values)
+            start += values.shape[1]
+
+    classes = sorted({n for n in names if n})
+    index = {name: i for i, name in enumerate(classes)}
+    labels = np.array([index.get(n, -1) for n in names], dtype=np.int64)
+    return JoinedFeatures(
+        ids=common,
+        X=np.concatenate(matrices, axis=1) if len(matrices) > 1 else matrices[0],
+        labels=labels,
+        classes=classes,
+        splits=np.asarray(splits, dtype=object),
+        blocks=blocks,
+        missing=missing,
+    )

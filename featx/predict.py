@@ -1,0 +1,280 @@
+"""Predicting new images with a saved classifier.
+
+The classifier's manifest says how each of its input blocks was computed
+(model, weights, preprocessing, layer, pooling, precision).  The same features
+are extracted from the new images by the extraction engine itself
+(:func:`featx.extract.extract_features`) into temporary stores, checked
+against the manifest, joined on image id exactly as at training time, and fed
+to the fitted pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifact import FittedClassifier, load_classifier
+from .errors import ClassifyError
+from .inputs import join_features
+from .models import _sha256 as sha256_file  # the hash extraction records as weights_sha256
+from .report import predictions_frame
+from .store import IDENTITY_KEYS, LAYER_IDENTITY_KEYS
+
+__all__ = ["PredictResult", "predict_images"]
+
+log = logging.getLogger("featx")
+
+# Store attributes that must come out the same for the features to be the same
+# (the data folder is, by design, another one).
+_SAME_MODEL = tuple(k for k in IDENTITY_KEYS if k != "data_fingerprint")
+_SAME_LAYER = LAYER_IDENTITY_KEYS
+
+
+@dataclass
+class PredictResult:
+    """Predictions for new images.
+
+    Attributes
+    ----------
+    predictions : pandas.DataFrame
+        ``id, [true,] predicted, [proba_<class>...]``, one row per usable image.
+    classes : list of str
+        The classifier's classes.
+    failed : list of (id, reason)
+        Images that could not be used.
+    accuracy : float or None
+        When the images sit in class subfolders named like the classifier's
+        classes: the accuracy on them.
+    classifier : FittedClassifier
+    out : Path or None
+        The CSV written, if any.
+    """
+
+    predictions: Any
+    classes: list[str]
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    accuracy: float | None = None
+    classifier: FittedClassifier | None = None
+    out: Path | None = None
+
+
+def _image_folder(data: Sequence[Path], scratch: Path) -> tuple[Path, bool, dict[str, str]]:
+    """A folder the extraction engine can read, whether it got a folder or loose files.
+
+    Returns ``(folder, labelled, names)``: *labelled* is whether class
+    subfolders may carry labels (only for one folder given as is); *names* maps
+    ids in *folder* to what is shown to the user.
+    """
+    from .data import collect_images
+
+    if len(data) == 1 and data[0].is_dir():
+        return data[0], True, {}
+    collection = collect_images(data)
+    # extract_features reads whole folders: link just these files into one.
+    folder = scratch / "images"
+    for image_id in collection.ids:
+        link = folder / image_id
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to((collection.root / image_id).absolute())
+    return folder, False, {i: str(collection.root / i) for i in collection.ids}
+
+
+def _weights_of(provenance: dict[str, Any], weights_files: Sequence[Path]) -> tuple[str, Path | None]:
+    """``(weights, weights_file)`` for ExtractConfig; a needed file is found by its sha256."""
+    weights = str(provenance["weights"])
+    if not weights.startswith("file:"):
+        return weights, None
+    name, sha = weights[len("file:"):], provenance.get("weights_sha256")
+    needed = (
+        f"the classifier's {provenance['model']} features were computed with the weights file '{name}' "
+        f"(sha256 {sha})"
+    )
+    if not weights_files:
+        raise ClassifyError(f"{needed}; pass that file with --weights-file PATH")
+    hashes = {}
+    for path in weights_files:
+        if not path.is_file():
+            raise ClassifyError(f"weights file not found: '{path}' does not exist; check --weights-file")
+        hashes[path] = sha256_file(path)
+        if hashes[path] == sha:
+            return "DEFAULT", path
+    given = ", ".join(f"'{p}' has sha256 {h}" for p, h in hashes.items())
+    raise ClassifyError(f"{needed}, but no --weights-file is that file: {given}; pass the file used at extraction")
+
+
+def _group_key(block: dict[str, Any]) -> tuple:
+    """Blocks with the same key come from one extraction (one forward pass)."""
+    prov, info = block["provenance"], block["layer_info"]
+    model = tuple(str(prov.get(k)) for k in _SAME_MODEL)
+    pool = info["pool"] if info["pool"] != "none" else "avg"  # 'none': the output was already 2-D
+    return (*model, pool, info["precision"], info["dtype"])
+
+
+def _differences(wanted: dict[str, Any], got: dict[str, Any], keys: Sequence[str]) -> list[str]:
+    diffs = []
+    for key in keys:
+        a, b = wanted.get(key), got.get(key)
+        if isinstance(a, list) or isinstance(b, list):
+            same = a is not None and b is not None and len(a) == len(b) and np.allclose(a, b, rtol=0, atol=1e-12)
+        else:
+            same = a == b
+        if not same:
+            diffs.append(f"{key} is {b!r} now, {a!r} at training")
+    return diffs
+
+
+def _extract_group(blocks: list[dict[str, Any]], folder: Path, store: Path, options: dict[str, Any]) -> None:
+    from .extract import ExtractConfig, extract_features
+    from .store import open_store
+
+    prov, info = blocks[0]["provenance"], blocks[0]["layer_info"]
+    weights, weights_file = _weights_of(prov, options.pop("weights_files"))
+    layers = tuple(dict.fromkeys(b["layer"] for b in blocks))
+    log.info(f"extracting {', '.join(layers)} of {prov['model']} ({prov['weights']}) for the new images")
+    extract_features(
+        ExtractConfig(
+            data=folder,
+            model=prov["model"],
+            layers=layers,
+            weights=weights,
+            weights_file=weights_file,
+            seed=prov.get("seed") or 0,
+            image_size=prov["crop"],
+            pool=info["pool"] if info["pool"] != "none" else "avg",
+            precision=info["precision"],
+            dtype=info["dtype"],
+            out=store,
+            **options,
+        )
+    )
+    with open_store(store) as made:
+        for block in blocks:
+            diffs = _differences(block["provenance"], made.meta, _SAME_MODEL)
+            diffs += _differences(block["layer_info"], made.layer_info(block["layer"]), _SAME_LAYER)
+            if diffs:
+                raise ClassifyError(
+                    f"the {block['spec']} features of the new images would not match the classifier's: "
+                    f"{'; '.join(diffs)}; predict with the featx and torchvision versions used for training"
+                )
+
+
+def predict_images(
+    classifier: str | os.PathLike | FittedClassifier,
+    data: Sequence[str | os.PathLike],
+    *,
+    device: str = "auto",
+    batch_size: int = 64,
+    workers: int | None = None,
+    weights_files: Sequence[str | os.PathLike] = (),
+    progress: bool = True,
+    out: str | os.PathLike | None = None,
+    work_dir: str | os.PathLike | None = None,
+) -> PredictResult:
+    """Classify images with a saved classifier.
+
+    Parameters
+    ----------
+    classifier : path or FittedClassifier
+        A ``classifier-<model>.zip`` from a classify run.
+    data : sequence of path
+        One image folder (class subfolders are read as true labels when they
+        are the classifier's classes), or image files and folders.
+    device, batch_size, workers, progress
+        As for ``extract``.
+    weights_files : sequence of path
+        State dicts, needed when a feature input was made with ``--weights-file``.
+    out : path, optional
+        CSV file to write the predictions to.
+    work_dir : path, optional
+        Where the temporary feature stores go (the system's temporary folder by default).
+
+    Raises
+    ------
+    FeatxError
+        A bad classifier file, missing images or weights, or features that
+        cannot be reproduced.
+    """
+    clf = classifier if isinstance(classifier, FittedClassifier) else load_classifier(classifier)
+    paths = [Path(p).expanduser() for p in data]
+    if not paths:
+        raise ClassifyError("no images given: pass --data with an image folder or image files")
+    groups: dict[tuple, list[int]] = {}
+    for i, block in enumerate(clf.blocks):
+        groups.setdefault(_group_key(block), []).append(i)
+
+    with tempfile.TemporaryDirectory(prefix="featx-predict-", dir=work_dir) as scratch:
+        scratch = Path(scratch)
+        folder, labelled, names = _image_folder(paths, scratch)
+        specs: list[str] = [""] * len(clf.blocks)
+        for g, members in enumerate(groups.values()):
+            store = scratch / f"features-{g}.h5"
+            options = dict(
+                device=device, batch_size=batch_size, workers=workers, progress=progress,
+                weights_files=[Path(p).expanduser() for p in weights_files],
+            )
+            _extract_group([clf.blocks[i] for i in members], folder, store, options)
+            for i in members:
+                specs[i] = f"{store}:{clf.blocks[i]['layer']}"
+        failed = _failures(scratch, len(groups))
+        joined = join_features(specs)
+
+    if joined.X.shape[1] != clf.manifest["n_features"]:
+        raise ClassifyError(
+            f"the new images give {joined.X.shape[1]:,} feature columns, the classifier expects "
+            f"{clf.manifest['n_features']:,}; the extraction does not reproduce the training features"
+        )
+    reasons = dict(failed)
+    for spec, ids in joined.missing.items():
+        for image_id in ids:
+            reasons.setdefault(image_id, f"no features in {spec}")
+    failed = sorted(reasons.items())
+    predicted = clf.predict(joined.X)
+    proba = clf.predict_proba(joined.X)
+    true = _true_labels(joined, clf.classes) if labelled else None
+    accuracy = None
+    if true is not None:
+        known = true >= 0
+        accuracy = float(np.mean(predicted[known] == true[known]))
+    ids = [names.get(i, i) for i in joined.ids]
+    frame = predictions_frame(ids, predicted, clf.classes, true=true, proba=proba)
+    written = None
+    if out is not None:
+        written = Path(out)
+        written.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(written, index=False)
+    return PredictResult(
+        predictions=frame,
+        classes=clf.classes,
+        failed=[(names.get(i, i), reason) for i, reason in failed],
+        accuracy=accuracy,
+        classifier=clf,
+        out=written,
+    )
+
+
+def _failures(scratch: Path, n_stores: int) -> list[tuple[str, str]]:
+    from .store import open_store
+
+    failed: dict[str, str] = {}
+    for g in range(n_stores):
+        with open_store(scratch / f"features-{g}.h5") as store:
+            frame = store.failed
+            failed.update(zip(frame["id"], frame["reason"]))
+    return sorted(failed.items())
+
+
+def _true_labels(joined, classes: Sequence[str]) -> np.ndarray | None:
+    """True labels in the classifier's class order, when the folder names are its classes."""
+    folder_names = np.array([*joined.classes, ""], dtype=object)[joined.labels]
+    present = {n for n in folder_names if n}
+    if not present or not present <= set(classes):
+        return None
+    index = {name: i for i, name in enumerate(classes)}
+    return np.array([index.get(n, -1) for n in folder_names], dtype=np.int64)

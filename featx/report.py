@@ -1,0 +1,158 @@
+"""Metrics, prediction files, confusion-matrix plots and text tables.
+
+Metrics are scikit-learn's; plots are drawn on a bare matplotlib ``Figure``
+with the Agg canvas, so no GUI backend is ever selected and the user's
+pyplot state is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["classification_metrics", "predictions_frame", "plot_confusion", "format_table", "json_default"]
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, macro F1 and per-class precision/recall/F1.
+
+    Parameters
+    ----------
+    y_true, y_pred : ndarray of int, (n_samples,)
+        Class indices into *classes*.
+    classes : sequence of str
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``balanced_accuracy``, ``macro_f1`` (floats) and
+        ``per_class``: ``{class: {precision, recall, f1, support}}``.
+    """
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_recall_fscore_support
+
+    with warnings.catch_warnings():
+        # A class the model never predicts has an undefined precision: reported as 0.
+        warnings.simplefilter("ignore", UserWarning)
+        precision, recall, f1, support = precision_recall_fscore_support(
+            y_true, y_pred, labels=np.arange(len(classes)), zero_division=0
+        )
+        result = {
+            "accuracy": float(accuracy_score(y_true, y_pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        }
+    result["per_class"] = {
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(classes, precision, recall, f1, support)
+    }
+    return result
+
+
+def predictions_frame(
+    ids: Sequence[str],
+    predicted: np.ndarray,
+    classes: Sequence[str],
+    *,
+    true: np.ndarray | None = None,
+    proba: np.ndarray | None = None,
+    extra: Mapping[str, Sequence[Any]] | None = None,
+):
+    """A DataFrame ``id, [true,] predicted, [extra...,] [proba_<class>...]`` with class names.
+
+    Parameters
+    ----------
+    ids : sequence of str, (n_samples,)
+    predicted : ndarray of int, (n_samples,)
+        Class indices.
+    classes : sequence of str
+    true : ndarray of int, optional
+        Class indices; ``-1`` (unlabelled) is written as an empty cell.
+    proba : ndarray of float, (n_samples, n_classes), optional
+        Per-class probabilities, in *classes* order.
+    extra : mapping of column -> values, optional
+        More columns (``split``, ``fold``) placed before the probabilities.
+    """
+    import pandas as pd
+
+    names = np.array([*classes, ""], dtype=object)
+    frame = pd.DataFrame({"id": np.asarray(ids, dtype=object)})
+    if true is not None:
+        frame["true"] = names[np.asarray(true)]
+    frame["predicted"] = names[np.asarray(predicted)]
+    for column, values in (extra or {}).items():
+        frame[column] = list(values)
+    if proba is not None:
+        # float64 so that the text written round-trips to the exact values computed.
+        proba = np.asarray(proba, dtype=np.float64)
+        for j, name in enumerate(classes):
+            frame[f"proba_{name}"] = proba[:, j]
+    return frame
+
+
+def plot_confusion(
+    path: str | os.PathLike, y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], title: str
+) -> Path:
+    """Save the confusion matrix (rows: true class, columns: predicted) as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    n = len(classes)
+    size = min(4 + 0.45 * n, 30)
+    figure = Figure(figsize=(size, size * 0.85), dpi=100)
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    ConfusionMatrixDisplay.from_predictions(
+        y_true,
+        y_pred,
+        labels=np.arange(n),
+        display_labels=list(classes),
+        ax=ax,
+        colorbar=n > 2,
+        include_values=n <= 30,  # numbers in hundreds of cells are unreadable
+        xticks_rotation="vertical" if n > 6 else "horizontal",
+        cmap="Blues",
+    )
+    ax.set_title(title)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path)
+    return path
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, align: str | None = None) -> str:
+    """Rows of text as aligned columns under a ruled header.
+
+    Parameters
+    ----------
+    header : sequence of str
+    rows : sequence of sequence of str
+    align : str, optional
+        One character per column, ``'<'`` or ``'>'``; the first column is
+        left-aligned and the others right-aligned by default.
+    """
+    align = align or "<" + ">" * (len(header) - 1)
+    table = [list(header), *[list(r) for r in rows]]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = []
+    for k, row in enumerate(table):
+        lines.append("  ".join(f"{cell:{a}{w}}" for cell, a, w in zip(row, align, widths)).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy scalars and arrays, tuples and paths."""
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, (np.ndarray, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
