@@ -131,7 +131,7 @@ class ExtractResult:
     up_to_date : bool
         The store already held every requested layer; nothing was computed.
     seconds : float
-        Wall time of the extraction loop.
+        Wall time from the first image to the finished store.
     images : int
         Images processed by this run.
     """
@@ -397,22 +397,67 @@ def extract_features(config: ExtractConfig) -> ExtractResult:
     return _run(config, collection, loaded, extractor, writer, remaining, device, workers, path, dims)
 
 
-def _run(config, collection, loaded, extractor, writer, remaining, device, workers, path, dims) -> ExtractResult:
-    on_cuda = device.type == "cuda"
+def prepare_extractor(extractor: FeatureExtractor, device: torch.device) -> FeatureExtractor:
+    """Move an extractor to *device* the way the engine runs it.
+
+    On CUDA: ``channels_last`` (what tensor cores want) and cuDNN autotuning.
+    The CPU keeps the default layout: oneDNN's ``channels_last`` kernels sum in
+    another order, and CPU features must not depend on such settings.
+    """
     extractor = extractor.to(device)
-    if on_cuda:
+    if device.type == "cuda":
         extractor = extractor.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    autocast_dtype = PRECISIONS[config.precision]
-    loader = DataLoader(
-        ImageDataset(collection, loaded.preprocessing, max_pixels=config.max_pixels),
-        batch_size=config.batch_size,
-        sampler=remaining,
+    return extractor
+
+
+def to_device(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch of preprocessed images, on *device* in the layout :func:`prepare_extractor` chose."""
+    if device.type != "cuda":
+        return pixels
+    # Non-blocking: the copy from pinned memory overlaps the host's next steps.
+    return pixels.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of a precision (``fp32``: disabled)."""
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def image_loader(
+    collection: ImageCollection,
+    preprocessing,
+    *,
+    indices,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> DataLoader:
+    """The engine's input pipeline: file bytes -> preprocessed :class:`ImageBatch` es."""
+    return DataLoader(
+        ImageDataset(collection, preprocessing, max_pixels=max_pixels),
+        batch_size=batch_size,
+        sampler=indices,
         num_workers=workers,
         collate_fn=collate_images,
-        pin_memory=on_cuda,
+        pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
+    )
+
+
+def _run(config, collection, loaded, extractor, writer, remaining, device, workers, path, dims) -> ExtractResult:
+    extractor = prepare_extractor(extractor, device)
+    loader = image_loader(
+        collection,
+        loaded.preprocessing,
+        indices=remaining,
+        batch_size=config.batch_size,
+        workers=workers,
+        device=device,
+        max_pixels=config.max_pixels,
     )
     failed: list[tuple[str, str]] = []
     thread = _WriterThread(writer)
@@ -432,11 +477,8 @@ def _run(config, collection, loaded, extractor, writer, remaining, device, worke
             for batch in loader:
                 features = {}
                 if batch.pixels is not None:
-                    pixels = batch.pixels.to(device, non_blocking=on_cuda)
-                    if on_cuda:
-                        pixels = pixels.contiguous(memory_format=torch.channels_last)
-                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                        outputs = extractor(pixels)
+                    with autocast(device, config.precision):
+                        outputs = extractor(to_device(batch.pixels, device))
                     features = {name: value.cpu().numpy() for name, value in outputs.items()}
                 last = max([*batch.indices, *(i for i, _ in batch.failures)])
                 thread.put(dict(stop=last + 1, indices=batch.indices, features=features, failures=batch.failures))
@@ -455,8 +497,8 @@ def _run(config, collection, loaded, extractor, writer, remaining, device, worke
             writer.abort()
         raise
     bar.close()
-    seconds = time.perf_counter() - started
     writer.finish()
+    seconds = time.perf_counter() - started
     from .store import open_store
 
     with open_store(path) as store:
