@@ -171,13 +171,13 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--pca", type=int, metavar="K", help="keep K principal components (fitted on training rows)")
     p.add_argument(
-        "--test-size", type=float, default=0.25,
+        "--test-size", type=float, default=0.25, metavar="FRACTION",
         help="fraction held out when the stores have no train/val|test split (default: 0.25)",
     )
     p.add_argument("--cv", type=int, metavar="K", help="stratified K-fold cross-validation over all labelled samples")
     p.add_argument("--seed", type=int, default=0, help="seed of the splits and the classifiers (default: 0)")
     p.add_argument("--search", action="store_true", help="cross-validated grid search over the main parameters")
-    p.add_argument("--out", type=Path, help="run folder (default: a new runs/<timestamp>/)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="run folder (default: a new runs/<timestamp>/)")
     p.add_argument("--no-plots", action="store_true", help="do not draw confusion matrices")
     group = p.add_argument_group("classifier parameters (each applies to the chosen classifiers that declare it)")
     for name in all_params():
@@ -223,15 +223,17 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "--data", type=Path, nargs="+", required=True, metavar="DIR_OR_FILE",
         help="an image folder (class subfolders named like the classes give an accuracy), or image files",
     )
-    p.add_argument("--out", type=Path, help="CSV file to write (default: CSV on standard output)")
+    p.add_argument("--out", type=Path, metavar="FILE", help="CSV file to write (default: CSV on standard output)")
     p.add_argument(
-        "--weights-file", dest="weights_files", type=Path, action="append", default=[],
+        "--weights-file", dest="weights_files", type=Path, action="append", default=[], metavar="PATH",
         help="state dict of an input extracted with --weights-file (repeat for several)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     p.add_argument("--workers", type=int, help="decoding processes (default: as for extract)")
-    p.add_argument("--work-dir", type=Path, help="folder for the temporary feature stores (default: system temp)")
+    p.add_argument(
+        "--work-dir", type=Path, metavar="DIR", help="folder for the temporary feature stores (default: system temp)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_predict)
 

@@ -130,12 +130,15 @@ def _differences(wanted: dict[str, Any], got: dict[str, Any], keys: Sequence[str
     return diffs
 
 
-def _extract_group(blocks: list[dict[str, Any]], folder: Path, store: Path, options: dict[str, Any]) -> None:
+def _extract_group(
+    blocks: list[dict[str, Any]], folder: Path, store: Path, weights_files: Sequence[Path], **options: Any
+) -> None:
+    """Extract the layers of *blocks* (one network) from *folder* into *store*; check they match."""
     from .extract import ExtractConfig, extract_features
     from .store import open_store
 
     prov, info = blocks[0]["provenance"], blocks[0]["layer_info"]
-    weights, weights_file = _weights_of(prov, options.pop("weights_files"))
+    weights, weights_file = _weights_of(prov, weights_files)
     layers = tuple(dict.fromkeys(b["layer"] for b in blocks))
     log.info(f"extracting {', '.join(layers)} of {prov['model']} ({prov['weights']}) for the new images")
     extract_features(
@@ -212,17 +215,20 @@ def predict_images(
     with tempfile.TemporaryDirectory(prefix="featx-predict-", dir=work_dir) as scratch:
         scratch = Path(scratch)
         folder, labelled, names = _image_folder(paths, scratch)
+        files = [Path(p).expanduser() for p in weights_files]
         specs: list[str] = [""] * len(clf.blocks)
         for g, members in enumerate(groups.values()):
             store = scratch / f"features-{g}.h5"
-            options = dict(
+            _extract_group(
+                [clf.blocks[i] for i in members], folder, store, files,
                 device=device, batch_size=batch_size, workers=workers, progress=progress,
-                weights_files=[Path(p).expanduser() for p in weights_files],
             )
-            _extract_group([clf.blocks[i] for i in members], folder, store, options)
             for i in members:
                 specs[i] = f"{store}:{clf.blocks[i]['layer']}"
-        failed = _failures(scratch, len(groups))
+        failed, usable = _failures(scratch, len(groups))
+        if usable == 0:
+            examples = "; ".join(f"{names.get(i, i)}: {reason}" for i, reason in failed[:3])
+            raise ClassifyError(f"none of the {len(failed)} images could be used ({examples}); pass image files")
         joined = join_features(specs)
 
     if joined.X.shape[1] != clf.manifest["n_features"]:
@@ -259,15 +265,18 @@ def predict_images(
     )
 
 
-def _failures(scratch: Path, n_stores: int) -> list[tuple[str, str]]:
+def _failures(scratch: Path, n_stores: int) -> tuple[list[tuple[str, str]], int]:
+    """Images an extraction could not use, with reasons; and the fewest rows a store got."""
     from .store import open_store
 
     failed: dict[str, str] = {}
+    rows = []
     for g in range(n_stores):
         with open_store(scratch / f"features-{g}.h5") as store:
             frame = store.failed
             failed.update(zip(frame["id"], frame["reason"]))
-    return sorted(failed.items())
+            rows.append(len(store))
+    return sorted(failed.items()), min(rows)
 
 
 def _true_labels(joined, classes: Sequence[str]) -> np.ndarray | None:

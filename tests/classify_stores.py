@@ -46,9 +46,14 @@ def write_store(
     *,
     splits: list[str] | None = None,
     classes: tuple[str, ...] = ("a", "b", "c"),
+    finish: bool = True,
     **meta,
 ) -> Path:
-    """Write a complete store whose row i is ``ids[i]`` (in the order given)."""
+    """Write a store whose row i is ``ids[i]`` (in the order given).
+
+    With ``finish=False`` the rows are committed but the extraction is left
+    unfinished, as after an interrupted run.
+    """
     samples = SimpleNamespace(
         ids=tuple(ids),
         labels=np.asarray(labels, dtype=np.int32),
@@ -61,7 +66,7 @@ def write_store(
     ]
     writer = StoreWriter(path, meta={**META, **meta}, layers=specs, samples=samples, checkpoint_seconds=1e9)
     writer.add(stop=len(ids), indices=list(range(len(ids))), features=features)
-    writer.finish()
+    writer.finish() if finish else writer.commit()
     return path
 
 

@@ -246,6 +246,20 @@ def test_holdout_is_stratified_and_seeded(tmp_path):
     assert runs[0].evaluation.mode == "holdout"
 
 
+def test_a_test_split_is_preferred_to_val(tmp_path):
+    ids, labels, splits = dataset()
+    splits = ["test" if s == "val" and i % 2 else s for i, s in enumerate(splits)]
+    store = write_store(tmp_path / "tvt.h5", ids, labels, {"f": blobs(labels, 3, seed=0)}, splits=splits)
+    run = run_classification(_config(tmp_path, [store], models=("bayes",)))
+    frame = pd.read_csv(run.results[0].predictions)
+    assert set(frame["split"]) == {"test"}
+    assert len(frame) == splits.count("test")
+    assert run.evaluation.description == (
+        f"stored split: train on train (24), evaluate on test ({splits.count('test')}); "
+        f"{splits.count('val')} labelled samples of other splits unused"
+    )
+
+
 def test_block_normalisation_and_pca_are_fitted_on_training_rows(tmp_path, two_stores):
     alexnet, resnet = two_stores
     run = run_classification(_config(tmp_path, [f"{alexnet}:fc7", resnet], models=("logreg",), pca=5))
@@ -314,6 +328,16 @@ def test_missing_ids_are_reported_and_listed(tmp_path, two_stores):
 
 
 # --------------------------------------------------------------------------- bad input
+
+
+def test_an_unfinished_store(tmp_path):
+    ids, labels, splits = dataset()
+    store = write_store(tmp_path / "half.h5", ids, labels, {"f": blobs(labels, 2, 0)}, splits=splits, finish=False)
+    with pytest.raises(StoreError, match=re.escape(
+        f"store '{store}' is incomplete: its extraction stopped after 36 of 36 images; "
+        "finish it by running the same extract command again"
+    )):
+        run_classification(_config(tmp_path, [store]))
 
 
 def test_store_without_labels(tmp_path):

@@ -16,8 +16,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-import torchvision
 
 import featx.extract
 from featx.classify import ClassifyConfig, run_classification
@@ -106,6 +104,12 @@ def test_predict_loose_files_and_report_the_ones_that_fail(trained, tmp_path):
     assert result.accuracy is None
     assert [(i, r.split(":")[0]) for i, r in result.failed] == [(str(broken.absolute()), "not an image")]
 
+    with pytest.raises(ClassifyError, match=re.escape(
+        f"none of the 1 images could be used ({broken.absolute()}: not an image: the file's content is no image "
+        "format Pillow can read); pass image files"
+    )):
+        predict_images(artifact, [broken], workers=0, progress=False)
+
 
 def test_cli_writes_the_predictions(trained, tmp_path, run_cli):
     data, run = trained
@@ -134,35 +138,33 @@ def test_cli_writes_the_predictions(trained, tmp_path, run_cli):
     assert list(printed["predicted"]) == list(expected["predicted"])
 
 
-def test_features_made_with_a_weights_file_need_that_file(trained, tmp_path, run_cli):
+def test_features_made_with_a_weights_file_need_that_file(trained, tmp_path, run_cli, saved_weights):
     data, _ = trained
-    torch.manual_seed(3)
-    weights = tmp_path / "mine.pth"
-    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    weights = saved_weights("resnet18")
     store = tmp_path / "file.h5"
     extract_features(ExtractConfig(data=data, model="resnet18", weights_file=weights, out=store, **FAST))
     run = run_classification(ClassifyConfig(features=(str(store),), models=("bayes",), out=tmp_path / "run", plots=False))
     artifact = run.results[0].artifact
-    sha = run.inputs[0].provenance["weights_sha256"]
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert run.inputs[0].provenance["weights_sha256"] == sha
 
     code, _, stderr = run_cli("predict", "--classifier", artifact, "--data", data / "val", "--workers", "0")
     assert (code, stderr) == (
         2,
-        f"error: the classifier's resnet18 features were computed with the weights file 'mine.pth' (sha256 {sha}); "
-        "pass that file with --weights-file PATH\n",
+        f"error: the classifier's resnet18 features were computed with the weights file '{weights.name}' "
+        f"(sha256 {sha}); pass that file with --weights-file PATH\n",
     )
 
-    other = tmp_path / "other.pth"
-    torch.manual_seed(4)
-    torch.save(torchvision.models.resnet18().state_dict(), other)
+    other = tmp_path / weights.name  # same name, other content: found by content, not by name
+    other.write_bytes(b"other weights")
     with pytest.raises(ClassifyError, match=re.escape(
-        f"the classifier's resnet18 features were computed with the weights file 'mine.pth' (sha256 {sha}), "
-        f"but no --weights-file is that file: '{other}' has sha256 {hashlib.sha256(other.read_bytes()).hexdigest()}; "
+        f"the classifier's resnet18 features were computed with the weights file '{weights.name}' (sha256 {sha}), "
+        f"but no --weights-file is that file: '{other}' has sha256 {hashlib.sha256(b'other weights').hexdigest()}; "
         "pass the file used at extraction"
     )):
         predict_images(artifact, [data / "val"], weights_files=[other], workers=0, progress=False)
 
-    # Found by its content whatever the order, and verified again on the store it produces.
     result = predict_images(artifact, [data / "val"], weights_files=[other, weights], workers=0, progress=False)
     expected = pd.read_csv(run.results[0].predictions)
+    assert list("val/" + result.predictions["id"]) == list(expected["id"])
     assert list(result.predictions["predicted"]) == list(expected["predicted"])
