@@ -72,6 +72,10 @@ LAYER_IDENTITY_KEYS = ("node", "pool", "precision", "dtype")
 _PART_NAME = re.compile(r"^part-(\d{6})\.h5$")
 _CHUNK_BYTES = 1 << 20
 _COPY_BYTES = 64 << 20
+# Attributes of the HDF5 dimension-scale API (see _label_dimensions).
+_DIMENSION_ATTRS = ("CLASS", "NAME", "REFERENCE_LIST", "DIMENSION_LIST")
+# netCDF-4's mark of a dimension scale that has no values of its own.
+_NOT_A_VARIABLE = "This is a netCDF dimension but not a netCDF variable."
 
 
 def parts_dir(path: str | os.PathLike) -> Path:
@@ -126,6 +130,11 @@ class LayerSpec:
 
 def _strings(dataset: h5py.Dataset) -> np.ndarray:
     return dataset.asstr()[()] if dataset.shape[0] else np.array([], dtype=object)
+
+
+def _is_layer(obj: Any) -> bool:
+    """Whether an object under ``/features`` is a feature dataset (not a dimension scale)."""
+    return isinstance(obj, h5py.Dataset) and "node" in obj.attrs
 
 
 def _attr_value(value: Any) -> Any:
@@ -198,7 +207,8 @@ class FeatureStore:
 
     @property
     def layers(self) -> list[str]:
-        return sorted(self._file["features"].keys())
+        group = self._file["features"]
+        return sorted(name for name in group if _is_layer(group[name]))
 
     def layer_info(self, name: str) -> dict[str, Any]:
         """Attributes of one feature dataset plus its ``shape`` and ``dtype``."""
@@ -208,7 +218,7 @@ class FeatureStore:
         return info
 
     def _dataset(self, name: str) -> h5py.Dataset:
-        if name not in self._file["features"]:
+        if name not in self._file["features"] or not _is_layer(self._file["features"][name]):
             raise StoreError(
                 f"layer '{name}' is not in store '{self.path}'; it holds {', '.join(self.layers) or 'no layers'}"
             )
@@ -477,6 +487,7 @@ class StoreWriter:
                     existing = {
                         name: {k: _attr_value(v) for k, v in f["features"][name].attrs.items()}
                         for name in f.get("features", {})
+                        if _is_layer(f["features"][name])
                     }
             except OSError as exc:
                 raise StoreError(
@@ -765,12 +776,20 @@ class StoreWriter:
 
             def fill(f: h5py.File) -> None:
                 with h5py.File(self.path, "r") as old:
-                    for key in ("samples", "classes", "failed", "features"):
-                        old.copy(old[key], f, name=key)
+                    # Copied without the dimension-scale attributes: their object
+                    # references point into the old file; _label_dimensions redoes them.
+                    for key in ("samples", "classes", "failed"):
+                        old.copy(old[key], f, name=key, without_attrs=True)
+                    features = f.create_group("features")
+                    for name, source in old["features"].items():
+                        if _is_layer(source):
+                            old.copy(source, features, name=name, without_attrs=True)
+                            _set_attrs(features[name], {k: v for k, v in source.attrs.items() if k not in _DIMENSION_ATTRS})
                     _set_attrs(f, {k: v for k, v in old.attrs.items()})
                 for spec in self.todo:
                     self._copy_layer(f, spec, len(ids))
                 f.attrs["modified_utc"] = self.meta.get("created_utc")
+                _label_dimensions(f)
 
         else:
 
@@ -780,9 +799,47 @@ class StoreWriter:
                 f.create_group("features")
                 for spec in self.todo:
                     self._copy_layer(f, spec, len(ids))
+                _label_dimensions(f)
 
         _write_atomically(self.path, fill)
         for part in self._committed:
             part.path.unlink()
         if self.parts.is_dir() and not any(self.parts.iterdir()):
             self.parts.rmdir()
+
+
+def _label_dimensions(f: h5py.File) -> None:
+    """Attach HDF5 dimension scales, the netCDF-4 way, to a finished store.
+
+    With them, xarray (``engine="h5netcdf"``), netCDF libraries and MATLAB see
+    ``/features/<layer>`` as an ``(id, <layer>_column)`` array labelled by sample
+    id, and ``/samples`` and ``/failed`` as tables indexed by ``id``.  netCDF
+    looks a variable's dimensions up in its own group and the group's
+    ancestors only, so ``/features/id`` is a hard link to ``/samples/id`` (the
+    same object, not a copy), and each layer gets a scale without values for
+    its column axis (no storage is allocated for it).  Objects in ``/features``
+    that are not layers carry no ``node`` attribute.
+    """
+    sample_id = f["samples/id"]
+    sample_id.make_scale("id")
+    for name in ("label", "split"):
+        f["samples"][name].dims[0].attach_scale(sample_id)
+    f["classes"].make_scale("classes")
+    failed_id = f["failed/id"]
+    failed_id.make_scale("id")
+    f["failed/reason"].dims[0].attach_scale(failed_id)
+    features = f["features"]
+    layers = [name for name in features if _is_layer(features[name])]
+    if "id" in features:  # a layer named 'id': leave its axes unnamed rather than guess
+        return
+    features["id"] = sample_id
+    for name in layers:
+        dataset = features[name]
+        column_name = f"{name}_column"
+        if column_name in features:
+            continue
+        column = features.create_dataset(column_name, shape=(dataset.shape[1],), dtype=np.float32)
+        # netCDF-C writes the length right-aligned in 10 characters after the mark.
+        column.make_scale(f"{_NOT_A_VARIABLE}{dataset.shape[1]:10d}")
+        dataset.dims[0].attach_scale(sample_id)
+        dataset.dims[1].attach_scale(column)
