@@ -34,7 +34,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
         description="Extract activations of one or more layers of a torchvision model for every image "
         "of a folder into an HDF5 feature store (resumable; re-running a finished extraction is a no-op).",
     )
-    p.add_argument("--data", type=Path, default=None, help="image folder (default: data/, the built-in dataset)")
+    p.add_argument("--data", type=Path, default=None, help="image folder (default: data/digits, the built-in handwritten digits)")
     p.add_argument("--model", default="resnet50", help="torchvision model name (default: resnet50)")
     p.add_argument(
         "--layer", dest="layers", action="append", metavar="NAME",
@@ -63,7 +63,12 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
 
 
 def _data_folder(args: argparse.Namespace) -> Path:
-    return args.data if args.data is not None else DEFAULT_DATA
+    """``--data``, or the built-in digits, written to ``data/digits`` the first time."""
+    if args.data is not None:
+        return args.data
+    from .digits import materialise_digits
+
+    return materialise_digits(DEFAULT_DATA / "digits")
 
 
 def _run_extract(args: argparse.Namespace) -> int:
@@ -272,9 +277,126 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- info
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info",
+        help="show what a feature store holds",
+        description="Describe a feature store: model, weights (random initialisation is flagged), preprocessing, "
+        "layers with shapes and pooling, samples per class and split, failed images, whether the extraction "
+        "finished, and the size on disk.",
+    )
+    p.add_argument("store", type=Path, metavar="STORE", help="an HDF5 feature store")
+    p.set_defaults(run=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from .info import describe_store
+
+    print(describe_store(args.store))
+    return 0
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from .export import EXPORT_FORMATS
+
+    p = sub.add_parser(
+        "export",
+        help="write a store as npz, Parquet or CSV for tools that do not read HDF5",
+        description="Write the sample ids, labels, classes, splits and features of a store to npz, Parquet or "
+        "CSV, in row blocks (memory stays bounded). Columns: id, label, class, split, <layer>_0 .. <layer>_{D-1}.",
+    )
+    p.add_argument("store", type=Path, metavar="STORE", help="an HDF5 feature store")
+    p.add_argument("--format", choices=EXPORT_FORMATS, help="output format (default: from the --out suffix)")
+    p.add_argument("--out", type=Path, required=True, help="file to write")
+    p.add_argument("--layer", dest="layers", action="append", metavar="NAME", help="layer to export (repeat; default: all)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import export_store
+    from .extract import _format_bytes
+
+    result = export_store(args.store, args.out, format=args.format, layers=args.layers, overwrite=args.overwrite)
+    layers = ", ".join(f"{name} ({dim:,})" for name, dim in result.layers.items())
+    print(
+        f"wrote {result.path} ({result.format}, {_format_bytes(result.bytes)}): {result.rows:,} rows; "
+        f"layers {layers}; {result.seconds:.1f} s"
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from .demo import DEMO_CLASSIFIERS, DEMO_NETWORKS
+
+    p = sub.add_parser(
+        "demo",
+        help="the whole workflow on the built-in digits: two networks, four classifiers, one table",
+        description="Write scikit-learn's handwritten digits to data/digits (once), extract the penultimate "
+        "features of two networks (pretrained when the weights are cached or downloadable, else a seeded "
+        "random initialisation, said in one line and labelled random-init), train svm, logreg, bayes and "
+        "xgboost on each network and on their concatenation, and print a comparison table.",
+    )
+    p.add_argument(
+        "--network", dest="networks", action="append", metavar="MODEL",
+        help=f"torchvision model (repeat; default: {' and '.join(DEMO_NETWORKS)})",
+    )
+    p.add_argument("--image-size", type=int, default=64, help="input size the 8x8 digits are scaled to (default: 64)")
+    p.add_argument(
+        "--classifiers", default=",".join(DEMO_CLASSIFIERS),
+        help=f"comma-separated classifier families (default: {','.join(DEMO_CLASSIFIERS)})",
+    )
+    p.add_argument(
+        "--weights", choices=["auto", "DEFAULT", "none"], default="auto",
+        help="auto: pretrained when cached or downloadable, else random init (default: auto)",
+    )
+    p.add_argument("--offline", action="store_true", help="with --weights auto, do not try to download weights")
+    p.add_argument("--per-class", type=int, help="only this many digits per class and split (a quick run)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA / "digits", help="where the digits are written (default: data/digits)")
+    p.add_argument("--features-dir", type=Path, default=Path("features"), help="parent of the stores (default: features)")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs/demo"), help="parent of the run folders (default: runs/demo)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: as for extract)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import DEMO_NETWORKS, DemoConfig, format_demo, run_demo
+
+    config = DemoConfig(
+        data=args.data,
+        networks=tuple(args.networks or DEMO_NETWORKS),
+        image_size=args.image_size,
+        classifiers=tuple(c.strip() for c in args.classifiers.split(",") if c.strip()),
+        weights=args.weights,
+        download=not args.offline,
+        features_dir=args.features_dir,
+        runs_dir=args.runs_dir,
+        per_class=args.per_class,
+        device=args.device,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(format_demo(run_demo(config)))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_extract, _add_layers, _add_classify, _add_predict]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_extract, _add_layers, _add_classify, _add_predict,
+    _add_info, _add_export, _add_demo,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

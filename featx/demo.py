@@ -1,0 +1,295 @@
+"""The main job: the whole workflow on the built-in digits, one command.
+
+``run_pipeline.py demo`` (``make demo``) writes scikit-learn's digits as PNGs,
+extracts the penultimate features of two small networks, trains svm, logreg,
+bayes and xgboost on each network and on both concatenated, and prints one
+table: network x classifier -> accuracy and fit time, with the paths of the
+stores and run folders.
+
+Pretrained weights are used when they are in torch's cache or can be
+downloaded.  When they cannot, one line says so and the networks get a seeded
+random initialisation (``--weights none``); stores, run folders and table rows
+are then all labelled ``random-init``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torchvision
+
+from .classify import ClassifyConfig, ClassifyRun, run_classification
+from .digits import materialise_digits
+from .errors import FeatxError, UnknownModelError, WeightsError, close_matches
+from .extract import ExtractConfig, extract_features
+from .models import list_model_names, load_model, weights_cache_path
+from .report import format_table
+
+__all__ = ["DEMO_NETWORKS", "DEMO_CLASSIFIERS", "DemoError", "DemoConfig", "DemoRow", "DemoResult",
+           "choose_weights", "run_demo", "format_demo"]
+
+log = logging.getLogger("featx")
+
+# Small, fast on two CPU cores, and different in kind (residual vs. depthwise).
+DEMO_NETWORKS = ("resnet18", "mobilenet_v3_small")
+DEMO_CLASSIFIERS = ("svm", "logreg", "bayes", "xgboost")
+LAYER = "penultimate"
+# An RBF SVM fits 1,347 digits in well under a second and beats the linear
+# default here (which is there to scale to many samples).
+CLASSIFIER_PARAMS = {"kernel": "rbf"}
+RANDOM_INIT = "random-init"
+# Smaller inputs shrink the last feature maps of these networks below 1x1.
+MIN_IMAGE_SIZE = 32
+
+
+class DemoError(FeatxError, ValueError):
+    """A demo option is out of range."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs.  See ``run_pipeline.py demo --help``.
+
+    Parameters
+    ----------
+    data : path
+        Where the digits are written (once).
+    networks : tuple of str
+        torchvision models whose penultimate features are extracted.
+    image_size : int
+        Input size the 8x8 digits are scaled to.
+    classifiers : tuple of str
+        Classifier families trained on every network and on the concatenation.
+    weights : {'auto', 'DEFAULT', 'none'}
+        ``auto``: pretrained when cached or downloadable, else random init.
+    download : bool
+        With ``auto``, try to download weights that are not cached.
+    features_dir, runs_dir : path
+        Parents of the stores and of the classification run folders.
+    per_class : int, optional
+        Keep only this many digits per class and split (a quick run).
+    """
+
+    data: Path = Path("data/digits")
+    networks: tuple[str, ...] = DEMO_NETWORKS
+    image_size: int = 64
+    classifiers: tuple[str, ...] = DEMO_CLASSIFIERS
+    weights: str = "auto"
+    download: bool = True
+    features_dir: Path = Path("features")
+    runs_dir: Path = Path("runs/demo")
+    per_class: int | None = None
+    seed: int = 0
+    batch_size: int = 64
+    workers: int | None = None
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.weights not in ("auto", "DEFAULT", "none"):
+            raise DemoError(f"unknown demo weights '{self.weights}': choose auto, DEFAULT or none")
+        if not self.networks:
+            raise DemoError("the demo needs at least one network: pass --network NAME")
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise DemoError(
+                f"--image-size must be at least {MIN_IMAGE_SIZE}, got {self.image_size}; the default is 64"
+            )
+        names = list_model_names()
+        for name in self.networks:
+            if name not in names:
+                raise UnknownModelError(
+                    f"unknown network '{name}': {close_matches(name, names)}choose torchvision classification "
+                    "models (see torchvision.models.list_models(module=torchvision.models))"
+                )
+
+
+@dataclass
+class DemoRow:
+    """One line of the table: a network (or the concatenation) and its classification run."""
+
+    label: str
+    stores: list[Path]
+    dim: int
+    run: ClassifyRun
+
+
+@dataclass
+class DemoResult:
+    """What the demo did."""
+
+    config: DemoConfig
+    data: Path
+    n_images: int
+    n_train: int
+    n_test: int
+    weights: dict[str, str]
+    weights_note: str | None
+    rows: list[DemoRow] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _pretrained_available(name: str, download: bool) -> bool:
+    cached = weights_cache_path(torchvision.models.get_model_weights(name).DEFAULT)
+    if cached.exists():
+        return True
+    if not download:
+        return False
+    # torch.hub reports its download attempt and progress on stdout and stderr;
+    # the demo says what came of it in one line instead.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            load_model(name, weights="DEFAULT")
+        except WeightsError:
+            return False
+    log.info(f"downloaded the pretrained weights of {name} to {cached}")
+    return True
+
+
+def choose_weights(networks: tuple[str, ...], *, weights: str = "auto", download: bool = True) -> tuple[dict[str, str], str | None]:
+    """Weights of each network, and the one line to print when pretrained ones are missing.
+
+    Returns
+    -------
+    chosen : dict of network -> ``'DEFAULT'`` or ``'none'``
+    note : str or None
+        Set when ``weights='auto'`` fell back to random initialisation.
+    """
+    if weights != "auto":
+        return {name: weights for name in networks}, None
+    chosen = {name: "DEFAULT" if _pretrained_available(name, download) else "none" for name in networks}
+    missing = [name for name, w in chosen.items() if w == "none"]
+    if not missing:
+        return chosen, None
+    files = ", ".join(str(weights_cache_path(torchvision.models.get_model_weights(n).DEFAULT)) for n in missing)
+    how = "could not be downloaded" if download else "were not downloaded (--offline)"
+    note = (
+        f"pretrained weights for {', '.join(missing)} are not cached ({files}) and {how}: using a seeded "
+        f"random initialisation (--weights none) instead; every store and result is labelled {RANDOM_INIT}"
+    )
+    return chosen, note
+
+
+def _weights_label(weights: str) -> str:
+    return RANDOM_INIT if weights == "none" else "pretrained"
+
+
+def _extract(config: DemoConfig, data: Path, network: str, weights: str) -> tuple[Path, int]:
+    out = config.features_dir / data.name / f"{network}-{_weights_label(weights)}-{config.image_size}.h5"
+    result = extract_features(
+        ExtractConfig(
+            data=data,
+            model=network,
+            layers=(LAYER,),
+            weights=weights,
+            seed=config.seed,
+            image_size=config.image_size,
+            batch_size=config.batch_size,
+            workers=config.workers,
+            device=config.device,
+            out=out,
+            progress=config.progress,
+        )
+    )
+    return result.path, result.layers[LAYER]
+
+
+def _classify(config: DemoConfig, stores: list[Path], name: str) -> ClassifyRun:
+    return run_classification(
+        ClassifyConfig(
+            features=tuple(f"{store}:{LAYER}" for store in stores),
+            models=config.classifiers,
+            normalize="standard",
+            params=CLASSIFIER_PARAMS if "svm" in config.classifiers else {},
+            seed=config.seed,
+            out=config.runs_dir / name,
+            plots=False,
+        )
+    )
+
+
+def run_demo(config: DemoConfig) -> DemoResult:
+    """Digits -> features of each network -> four classifiers on each and on their concatenation.
+
+    Raises
+    ------
+    FeatxError
+        Unknown network or classifier, a store in the way made with another
+        configuration, weights asked for explicitly that cannot be loaded.
+    """
+    started = time.perf_counter()
+    data = materialise_digits(config.data, per_class=config.per_class)
+    chosen, note = choose_weights(config.networks, weights=config.weights, download=config.download)
+    if note:
+        print(note, flush=True)
+    result = DemoResult(config=config, data=data, n_images=0, n_train=0, n_test=0, weights=chosen, weights_note=note)
+    extracted = []
+    for network in config.networks:
+        log.info(f"extracting {network} {LAYER} features ({_weights_label(chosen[network])}) ...")
+        extracted.append((network, *_extract(config, data, network, chosen[network])))
+    # (stores, table label, run folder name, columns): each network, then all of them concatenated.
+    inputs = [
+        ([store], f"{network} ({_weights_label(chosen[network])})", f"{network}-{_weights_label(chosen[network])}", dim)
+        for network, store, dim in extracted
+    ]
+    if len(extracted) > 1:
+        labels = sorted({_weights_label(w) for w in chosen.values()})
+        names = [network for network, _, _ in extracted]
+        inputs.append(
+            (
+                [store for _, store, _ in extracted],
+                " + ".join(names) + f" ({', '.join(labels)})",
+                "+".join(names) + "-" + "-".join(labels),
+                sum(dim for _, _, dim in extracted),
+            )
+        )
+    for stores, label, folder, dim in inputs:
+        log.info(f"classifying {label} ...")
+        result.rows.append(DemoRow(label=label, stores=stores, dim=dim, run=_classify(config, stores, folder)))
+    first = result.rows[0].run
+    result.n_images = first.n_samples
+    result.n_test = first.results[0].n_test
+    result.n_train = first.results[0].n_train
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def format_demo(result: DemoResult) -> str:
+    """The comparison table (accuracy and fit time per network and classifier) and where the files are."""
+    config = result.config
+    classifiers = list(config.classifiers)
+    header = ("network (weights)", "features", *classifiers)
+    rows = []
+    for row in result.rows:
+        by_name = {r.name: r for r in row.run.results}
+        cells = [f"{by_name[c].accuracy:.3f} {by_name[c].fit_seconds:6.2f}s" for c in classifiers]
+        rows.append((row.label, f"{row.dim:,}", *cells))
+    best_row, best = max(
+        ((row, r) for row in result.rows for r in row.run.results), key=lambda pair: pair[1].accuracy
+    )
+    stores = sorted({str(store) for row in result.rows for store in row.stores})
+    lines = [
+        f"digits: {result.n_images:,} images of 8x8 pixels at {config.image_size}x{config.image_size}, "
+        f"{result.n_train:,} train / {result.n_test:,} test, 10 classes ({result.data})",
+        f"features: {LAYER} layer, standardised{'; svm with an RBF kernel' if 'svm' in classifiers else ''}; "
+        "cells: test accuracy, fit time",
+        "",
+        format_table(header, rows),
+        "",
+        f"best: {best.name} on {best_row.label}, accuracy {best.accuracy:.3f}",
+    ]
+    if result.weights_note:
+        lines.append(
+            f"note: {RANDOM_INIT} = seeded random initialisation, not pretrained; these accuracies show what "
+            "random convolutional features give, not transfer learning"
+        )
+    lines += ["", "feature stores (inspect with `run_pipeline.py info STORE`):"]
+    lines += [f"  {s}" for s in stores]
+    lines += ["reports (results.json, predictions-<model>.csv, classifier-<model>.zip):"]
+    lines += [f"  {row.run.out_dir}/" for row in result.rows]
+    lines += ["", f"demo finished in {result.seconds:.0f} s"]
+    return "\n".join(lines)

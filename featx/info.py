@@ -1,0 +1,145 @@
+"""What a feature store holds, as text: the ``info`` command.
+
+Reads a store through :func:`featx.store.open_store` only, so it describes a
+finished store and an unfinished one (an index over ``<store>.parts/``) alike.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from .data import SPLIT_NAMES
+from .extract import _format_bytes
+from .report import format_table
+from .store import FeatureStore, open_store, parts_dir
+
+__all__ = ["describe_store", "format_store_info"]
+
+# Failed images listed by name; the rest are counted.
+_MAX_FAILED_SHOWN = 10
+
+
+def _status(store: FeatureStore) -> str:
+    meta = store.meta
+    rows = len(store)
+    candidates = meta.get("candidates")
+    if store.complete:
+        total = f" of {candidates:,} images" if candidates is not None else ""
+        return f"complete: {rows:,} rows{total}"
+    done = meta.get("candidates_done", rows)
+    of = f"{done:,} of {candidates:,}" if candidates is not None else f"{done:,}"
+    return (
+        f"INCOMPLETE: {of} images processed, {rows:,} rows; the extraction was interrupted, "
+        f"run the same extract command to resume (progress is in {parts_dir(store.path)})"
+    )
+
+
+def _weights(meta: dict[str, Any]) -> str:
+    weights = str(meta.get("weights", "?"))
+    if weights == "none":
+        return (
+            f"none: RANDOM INITIALISATION (seed {meta.get('seed', '?')}), not pretrained; "
+            "these features carry no ImageNet knowledge"
+        )
+    if weights.startswith("file:"):
+        sha = meta.get("weights_sha256")
+        return f"{weights[len('file:'):]} (a --weights-file{f', sha256 {sha[:16]}...' if sha else ''})"
+    return f"{weights} (torchvision, pretrained)"
+
+
+def _preprocessing(meta: dict[str, Any]) -> str:
+    def floats(values: Any) -> str:
+        return "(" + ", ".join(f"{v:.3f}" for v in np.atleast_1d(values)) + ")"
+
+    return (
+        f"resize shorter side to {meta.get('resize')} ({meta.get('interpolation', 'bilinear')}), "
+        f"centre crop {meta.get('crop')}x{meta.get('crop')}, normalise mean {floats(meta.get('mean'))} "
+        f"std {floats(meta.get('std'))}"
+    )
+
+
+def _layers_table(store: FeatureStore) -> str:
+    rows = []
+    for name in store.layers:
+        info = store.layer_info(name)
+        source = "x".join(str(s) for s in np.atleast_1d(info.get("source_shape", [])))
+        rows.append(
+            (name, str(info.get("node", "?")), source, str(info.get("pool", "?")), f"{info['shape'][1]:,}",
+             str(info.get("stored_dtype")))
+        )
+    if not rows:
+        return "  (no layers)"
+    table = format_table(("layer", "graph node", "node output", "pool", "columns", "dtype"), rows, align="<<><><")
+    return "\n".join("  " + line for line in table.splitlines())
+
+
+def _samples_table(store: FeatureStore) -> str:
+    """Rows per class (lines) and split (columns), with totals."""
+    import pandas as pd
+
+    samples = store.samples()
+    samples["class"] = samples["class"].replace("", "(unlabelled)")
+    samples["split"] = samples["split"].replace("", "(no split)")
+    counts = pd.crosstab(samples["class"], samples["split"], margins=True, margins_name="total")
+    class_order = [c for c in [*store.classes, "(unlabelled)", "total"] if c in counts.index]
+    split_order = [s for s in (*SPLIT_NAMES, "(no split)") if s in counts.columns]
+    columns = [*split_order, "total"] if len(split_order) > 1 else ["total"]
+    counts = counts.loc[class_order, columns]
+    rows = [(name, *(f"{int(v):,}" for v in values)) for name, values in zip(counts.index, counts.to_numpy())]
+    table = format_table(("class", *(columns if len(columns) > 1 else ["rows"])), rows)
+    return "\n".join("  " + line for line in table.splitlines())
+
+
+def _failed(store: FeatureStore) -> list[str]:
+    failed = store.failed
+    if failed.empty:
+        return ["failed: none"]
+    lines = [f"failed: {len(failed):,} image(s) could not be used (in /failed):"]
+    lines += [f"  {row.id}: {row.reason}" for row in failed.head(_MAX_FAILED_SHOWN).itertuples()]
+    if len(failed) > _MAX_FAILED_SHOWN:
+        lines.append(f"  ... and {len(failed) - _MAX_FAILED_SHOWN:,} more (featx.open_store(path).failed lists them all)")
+    return lines
+
+
+def format_store_info(store: FeatureStore) -> str:
+    """Describe an open store: status, model, weights, preprocessing, layers, samples, failures, size."""
+    meta = store.meta
+    versions = ", ".join(
+        f"{name} {meta[key]}" for name, key in (("featx", "featx_version"), ("torch", "torch_version"),
+                                                ("torchvision", "torchvision_version")) if key in meta
+    )
+    lines = [
+        f"store:          {store.path}",
+        f"status:         {_status(store)}",
+        f"size on disk:   {_format_bytes(store.size_on_disk())}",
+        f"model:          {meta.get('model', '?')}",
+        f"weights:        {_weights(meta)}",
+        f"preprocessing:  {_preprocessing(meta)}",
+        f"data:           {meta.get('data_root', '?')}",
+        f"created:        {meta.get('created_utc', '?')}" + (f" with {versions}" if versions else ""),
+        f"format:         featx store format {meta.get('featx_format', '?')}",
+        "",
+        f"layers ({len(store.layers)}):",
+        _layers_table(store),
+        "",
+        f"samples: {len(store):,} rows, {len(store.classes)} classes",
+        _samples_table(store),
+        "",
+        *_failed(store),
+    ]
+    return "\n".join(lines)
+
+
+def describe_store(path: str | os.PathLike) -> str:
+    """What the store at *path* holds, as the text ``run_pipeline.py info`` prints.
+
+    Raises
+    ------
+    StoreError
+        The file does not exist or is not a featx store.
+    """
+    with open_store(path) as store:
+        return format_store_info(store)
