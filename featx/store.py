@@ -549,7 +549,6 @@ class StoreWriter:
         if not any(self.parts.iterdir()):
             self.parts.rmdir()
 
-
     def _load_parts(self, layers: list[LayerSpec]) -> None:
         if not self.parts.is_dir():
             return

@@ -16,9 +16,9 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from conftest import ODD_BAD, ODD_GOOD, quick_extract, real_jpegs
 from featx.errors import FeatxError, StoreMismatchError
-from featx.extract import ExtractConfig, build_extractor, extract_features
+from featx.extract import CPU_FORWARD_BYTES, ExtractConfig, FeatureExtractor, build_extractor, extract_features
 from featx.models import load_model
-from featx.store import open_store
+from featx.store import open_store, parts_dir
 
 # Layer names asked of featx -> the torchvision graph node they must be.  Shallow
 # layers keep the test fast; one is a pooling layer, one a post-ReLU output.
@@ -123,6 +123,22 @@ def test_network_runs_only_up_to_the_deepest_layer():
     assert {k: tuple(v.shape) for k, v in outputs.items()} == {"block1_pool": (2, 64 * 16 * 16), "block2_conv1": (2, 128 * 16 * 16)}
 
 
+def test_cpu_batches_run_in_slices_with_the_same_features(four_jpegs):
+    loaded = load_model("vgg16", weights="none")
+    extractor, _, _ = build_extractor(loaded, ("block1_pool", "block2_conv1"), "avg")
+    # The largest activation is block 1's 64 x 224 x 224 floats, held about three times per image.
+    assert extractor.max_images == CPU_FORWARD_BYTES // (3 * 64 * 224 * 224 * 4) == 13
+    extractor.max_images = 3
+    pixels = torch.stack([loaded.preprocessing(Image.open(p).convert("RGB")) for p in sorted(four_jpegs.rglob("*.jpg"))] * 2)
+    with torch.inference_mode():
+        sliced = extractor(pixels)
+        extractor.max_images = None
+        whole = extractor(pixels)
+    for name in ("block1_pool", "block2_conv1"):
+        assert sliced[name].shape == (8, whole[name].shape[1])
+        np.testing.assert_allclose(sliced[name].numpy(), whole[name].numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_avgmax_pool_and_float16_storage(synthetic_dataset, tmp_path):
     plain = quick_extract(synthetic_dataset, tmp_path / "avg.h5", layers=("conv2",))
     both = quick_extract(synthetic_dataset, tmp_path / "avgmax.h5", layers=("conv2",), pool="avgmax", dtype="float16")
@@ -194,6 +210,35 @@ def test_adding_a_layer_keeps_the_old_ones_bit_identical(synthetic_dataset, tmp_
         assert bool(f.attrs["complete"])
         np.testing.assert_array_equal(f["features/conv3"][()], fresh.features("conv3"))
     assert quick_extract(synthetic_dataset, path, layers=("conv3",)).up_to_date
+
+
+def test_interrupted_layer_addition_keeps_the_store_and_resumes(synthetic_dataset, tmp_path, monkeypatch):
+    path = tmp_path / "s.h5"
+    settings = dict(batch_size=2, checkpoint_seconds=0)
+    quick_extract(synthetic_dataset, path, layers=("conv2",), **settings)
+    before = path.read_bytes()
+    forward = FeatureExtractor.forward
+    calls = []
+
+    def interrupted_at_third_batch(self, pixels):
+        calls.append(len(pixels))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return forward(self, pixels)
+
+    monkeypatch.setattr(FeatureExtractor, "forward", interrupted_at_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        quick_extract(synthetic_dataset, path, layers=("conv2", "conv3"), **settings)
+    assert path.read_bytes() == before  # the finished store is untouched until the new layer is done
+    assert len(list(parts_dir(path).glob("part-*.h5"))) == 2  # the two batches done are kept
+    monkeypatch.undo()
+    result = quick_extract(synthetic_dataset, path, layers=("conv2", "conv3"), **settings)
+    assert result.images == 6  # the 4 images of the kept parts are not redone
+    separate = quick_extract(synthetic_dataset, tmp_path / "conv3.h5", layers=("conv3",), **settings)
+    with open_store(path) as store, open_store(separate.path) as fresh:
+        assert store.layers == ["conv2", "conv3"]
+        np.testing.assert_array_equal(store.features("conv3"), fresh.features("conv3"))
+    assert not parts_dir(path).exists()
 
 
 # --------------------------------------------------------------------------- odd images
