@@ -361,7 +361,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--offline", action="store_true", help="with --weights auto, do not try to download weights")
     p.add_argument("--per-class", type=int, help="only this many digits per class and split (a quick run)")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA / "digits", help="where the digits are written (default: data/digits)")
+    p.add_argument(
+        "--data", type=Path,
+        help="where the digits are written (default: data/digits, or data/digits-<N>-per-class with --per-class N)",
+    )
     p.add_argument("--features-dir", type=Path, default=Path("features"), help="parent of the stores (default: features)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs/demo"), help="parent of the run folders (default: runs/demo)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")

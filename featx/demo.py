@@ -57,8 +57,10 @@ class DemoConfig:
 
     Parameters
     ----------
-    data : path
-        Where the digits are written (once).
+    data : path, optional
+        Where the digits are written (once); by default ``data/digits``, or
+        ``data/digits-<n>-per-class`` with *per_class*, so that a quick run
+        neither replaces the full dataset nor mixes its stores with it.
     networks : tuple of str
         torchvision models whose penultimate features are extracted.
     image_size : int
@@ -70,12 +72,13 @@ class DemoConfig:
     download : bool
         With ``auto``, try to download weights that are not cached.
     features_dir, runs_dir : path
-        Parents of the stores and of the classification run folders.
+        Stores go to ``features_dir/<data folder name>/``, classification runs
+        to ``runs_dir/<data folder name>/``.
     per_class : int, optional
         Keep only this many digits per class and split (a quick run).
     """
 
-    data: Path = Path("data/digits")
+    data: Path | None = None
     networks: tuple[str, ...] = DEMO_NETWORKS
     image_size: int = 64
     classifiers: tuple[str, ...] = DEMO_CLASSIFIERS
@@ -99,6 +102,10 @@ class DemoConfig:
             raise DemoError(
                 f"--image-size must be at least {MIN_IMAGE_SIZE}, got {self.image_size}; the default is 64"
             )
+        if len(set(self.networks)) != len(self.networks):
+            raise DemoError(f"a network is given twice: {', '.join(self.networks)}; give each once")
+        if self.per_class is not None and self.per_class < 1:
+            raise DemoError(f"--per-class must be a positive integer, got {self.per_class}")
         names = list_model_names()
         for name in self.networks:
             if name not in names:
@@ -106,6 +113,13 @@ class DemoConfig:
                     f"unknown network '{name}': {close_matches(name, names)}choose torchvision classification "
                     "models (see torchvision.models.list_models(module=torchvision.models))"
                 )
+
+
+    @property
+    def data_folder(self) -> Path:
+        if self.data is not None:
+            return Path(self.data)
+        return Path("data") / ("digits" if self.per_class is None else f"digits-{self.per_class}-per-class")
 
 
 @dataclass
@@ -198,7 +212,7 @@ def _extract(config: DemoConfig, data: Path, network: str, weights: str) -> tupl
     return result.path, result.layers[LAYER]
 
 
-def _classify(config: DemoConfig, stores: list[Path], name: str) -> ClassifyRun:
+def _classify(config: DemoConfig, data: Path, stores: list[Path], name: str) -> ClassifyRun:
     return run_classification(
         ClassifyConfig(
             features=tuple(f"{store}:{LAYER}" for store in stores),
@@ -206,7 +220,7 @@ def _classify(config: DemoConfig, stores: list[Path], name: str) -> ClassifyRun:
             normalize="standard",
             params=CLASSIFIER_PARAMS if "svm" in config.classifiers else {},
             seed=config.seed,
-            out=config.runs_dir / name,
+            out=config.runs_dir / data.name / name,
             plots=False,
         )
     )
@@ -222,7 +236,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         configuration, weights asked for explicitly that cannot be loaded.
     """
     started = time.perf_counter()
-    data = materialise_digits(config.data, per_class=config.per_class)
+    data = materialise_digits(config.data_folder, per_class=config.per_class)
     chosen, note = choose_weights(config.networks, weights=config.weights, download=config.download)
     if note:
         print(note, flush=True)
@@ -249,7 +263,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         )
     for stores, label, folder, dim in inputs:
         log.info(f"classifying {label} ...")
-        result.rows.append(DemoRow(label=label, stores=stores, dim=dim, run=_classify(config, stores, folder)))
+        result.rows.append(DemoRow(label=label, stores=stores, dim=dim, run=_classify(config, data, stores, folder)))
     first = result.rows[0].run
     result.n_images = first.n_samples
     result.n_test = first.results[0].n_test

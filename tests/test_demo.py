@@ -51,7 +51,8 @@ def test_defaults_are_two_networks_and_four_classifiers():
     config = DemoConfig()
     assert config.networks == NETWORKS
     assert config.classifiers == DEMO_CLASSIFIERS == ("svm", "logreg", "bayes", "xgboost")
-    assert config.data == Path("data/digits") and config.weights == "auto"
+    assert config.data_folder == Path("data/digits") and config.weights == "auto"
+    assert DemoConfig(per_class=3).data_folder == Path("data/digits-3-per-class")
 
 
 def test_choose_weights_without_cache_falls_back_in_one_note(torch_home: Path):
@@ -152,3 +153,7 @@ def test_bad_options():
         DemoConfig(networks=("resnet81",))
     with pytest.raises(DemoError, match=r"unknown demo weights 'imagenet': choose auto, DEFAULT or none"):
         DemoConfig(weights="imagenet")
+    with pytest.raises(DemoError, match=r"a network is given twice: resnet18, resnet18; give each once"):
+        DemoConfig(networks=("resnet18", "resnet18"))
+    with pytest.raises(DemoError, match=r"--per-class must be a positive integer, got 0"):
+        DemoConfig(per_class=0)
