@@ -43,7 +43,7 @@ LAYER = "penultimate"
 # default here (which is there to scale to many samples).
 CLASSIFIER_PARAMS = {"kernel": "rbf"}
 RANDOM_INIT = "random-init"
-# Smaller inputs shrink the last feature maps of these networks below 1x1.
+# The default networks downsample 32-fold: smaller inputs leave less than one pixel to pool.
 MIN_IMAGE_SIZE = 32
 
 
