@@ -129,11 +129,17 @@ def _one_line_error(code: int, out: str, err: str) -> str:
 
 def test_unknown_model(synthetic_dataset, run_cli):
     message = _one_line_error(*run_cli("extract", "--data", synthetic_dataset, "--model", "resnet5", "--weights", "none"))
-    assert re.fullmatch(r"unknown model 'resnet5': did you mean resnet50, .*\? it must be one of torchvision's \d+ classification models \(.*\)", message)
+    assert re.fullmatch(
+        r"unknown model 'resnet5': did you mean resnet50, .*\? "
+        r"it must be one of torchvision's \d+ classification models \(.*\)",
+        message,
+    )
 
 
 def test_unknown_layer(synthetic_dataset, run_cli):
-    message = _one_line_error(*run_cli("extract", "--data", synthetic_dataset, "--model", "alexnet", "--layer", "fc9", "--weights", "none"))
+    message = _one_line_error(
+        *run_cli("extract", "--data", synthetic_dataset, "--model", "alexnet", "--layer", "fc9", "--weights", "none")
+    )
     assert message.startswith("unknown layer 'fc9' for alexnet: did you mean fc8, fc7, fc6? ")
     assert message.endswith("list them with `run_pipeline.py layers --model alexnet`")
 

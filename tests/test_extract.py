@@ -172,9 +172,14 @@ def test_other_configuration_is_refused_unless_overwrite(synthetic_dataset, tmp_
         f"store '{path}' was made with another configuration (the command differs): seed is 0 there, 1 here. "
         "Use --overwrite to replace it, or --out PATH to write a new store"
     )
-    with pytest.raises(StoreMismatchError, match=r"image_size is 64 there, 32 here; resize is 73 there, 37 here; crop is 64 there, 32 here\."):
+    with pytest.raises(
+        StoreMismatchError, match=r"image_size is 64 there, 32 here; resize is 73 there, 37 here; crop is 64 there, 32 here\."
+    ):
         quick_extract(synthetic_dataset, path, image_size=32)
-    with pytest.raises(StoreMismatchError, match=r"^layer 'conv2' already exists in '.*' with other settings: pool is 'avg' there, 'max' here\. Use --overwrite"):
+    with pytest.raises(
+        StoreMismatchError,
+        match=r"^layer 'conv2' already exists in '.*' with other settings: pool is 'avg' there, 'max' here\. Use --overwrite",
+    ):
         quick_extract(synthetic_dataset, path, pool="max")
     replaced = quick_extract(synthetic_dataset, path, seed=1, overwrite=True)
     assert not replaced.up_to_date
@@ -186,7 +191,11 @@ def test_changed_data_folder_is_refused(synthetic_dataset, tmp_path):
     path = tmp_path / "s.h5"
     quick_extract(synthetic_dataset, path)
     shutil.copy(synthetic_dataset / "a" / "0.png", synthetic_dataset / "a" / "new.png")
-    with pytest.raises(StoreMismatchError, match=r"was made with another configuration \(the data folder changed since then\): data_fingerprint is '[0-9a-f]+' there"):
+    with pytest.raises(
+        StoreMismatchError,
+        match=r"was made with another configuration \(the data folder changed since then\): "
+        r"data_fingerprint is '[0-9a-f]+' there",
+    ):
         quick_extract(synthetic_dataset, path)
 
 

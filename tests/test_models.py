@@ -53,7 +53,11 @@ def torch_home(tmp_path, monkeypatch):
 
 
 def test_unknown_model_names_close_matches():
-    with pytest.raises(UnknownModelError, match=r"^unknown model 'resnet5': did you mean resnet50, .*\? it must be one of torchvision's \d+ classification models \(.*list_models"):
+    with pytest.raises(
+        UnknownModelError,
+        match=r"^unknown model 'resnet5': did you mean resnet50, .*\? "
+        r"it must be one of torchvision's \d+ classification models \(.*list_models",
+    ):
         load_model("resnet5", weights="none")
 
 
@@ -220,7 +224,11 @@ def test_weights_file_not_a_state_dict(tmp_path):
     with pytest.raises(WeightsError, match=r"^'.*list\.pt' does not hold a state dict \(a mapping of parameter names to tensors\)"):
         load_model("resnet18", weights_file=tmp_path / "list.pt")
     (tmp_path / "text.pt").write_text("hello")
-    with pytest.raises(WeightsError, match=r"^'.*text\.pt' could not be loaded with torch\.load\(weights_only=True\) \(not a file written by torch\.save: KeyError: 101\); it must be a state dict"):
+    with pytest.raises(
+        WeightsError,
+        match=r"^'.*text\.pt' could not be loaded with torch\.load\(weights_only=True\) "
+        r"\(not a file written by torch\.save: KeyError: 101\); it must be a state dict",
+    ):
         load_model("resnet18", weights_file=tmp_path / "text.pt")
 
 

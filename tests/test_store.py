@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import quick_extract
 from featx.data import discover_images
 from featx.errors import StoreError, StoreMismatchError
-from featx.store import FeatureStore, LayerSpec, StoreWriter, open_store, parts_dir
+from featx.store import LayerSpec, StoreWriter, open_store, parts_dir
 
 ROOT_ATTRS = {
     "featx_format", "featx_version", "model", "weights", "image_size", "mean", "std", "resize", "crop",
@@ -147,7 +147,9 @@ def test_size_on_disk_and_repr(store_path, store):
 
 
 def test_open_errors(tmp_path):
-    with pytest.raises(StoreError, match=r"^feature store not found: '.*nope\.h5' does not exist; create it with `run_pipeline.py extract`"):
+    with pytest.raises(
+        StoreError, match=r"^feature store not found: '.*nope\.h5' does not exist; create it with `run_pipeline.py extract`"
+    ):
         open_store(tmp_path / "nope.h5")
     (tmp_path / "text.h5").write_text("hello")
     with pytest.raises(StoreError, match=r"^'.*text\.h5' is not a readable HDF5 feature store \("):
@@ -158,7 +160,9 @@ def test_open_errors(tmp_path):
         open_store(tmp_path / "other.h5")
     with h5py.File(tmp_path / "future.h5", "w") as f:
         f.attrs["featx_format"] = 2
-    with pytest.raises(StoreError, match=r"^'.*future\.h5' uses featx store format 2, this featx reads format 1 and older; upgrade featx$"):
+    with pytest.raises(
+        StoreError, match=r"^'.*future\.h5' uses featx store format 2, this featx reads format 1 and older; upgrade featx$"
+    ):
         open_store(tmp_path / "future.h5")
 
 
@@ -285,14 +289,11 @@ def test_different_layer_set_in_unfinished_parts(tmp_path):
 def test_existing_file_that_is_not_a_store(tmp_path):
     path = tmp_path / "x.h5"
     path.write_text("not hdf5")
-    with pytest.raises(StoreError, match=r"^'.*x\.h5' exists but is not a readable HDF5 file \(.*\); move it away or use --overwrite$"):
+    with pytest.raises(
+        StoreError, match=r"^'.*x\.h5' exists but is not a readable HDF5 file \(.*\); move it away or use --overwrite$"
+    ):
         _writer(path)
     with h5py.File(path, "w") as f:
         f["data"] = 1
     with pytest.raises(StoreError, match=r"^'.*x\.h5' exists and is not a featx store; choose another --out or use --overwrite$"):
         _writer(path)
-
-
-def test_feature_store_class_is_what_open_store_returns(store_path):
-    with open_store(store_path) as store:
-        assert isinstance(store, FeatureStore)
