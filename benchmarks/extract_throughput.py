@@ -116,14 +116,12 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def forward_limit(loaded, case: Case, args, device) -> list[float]:
+def forward_limit(extractor, loaded, args, device) -> list[float]:
     """Seconds per batch of the truncated network on random tensors already on the device."""
     import torch
 
-    from featx.extract import autocast, build_extractor, prepare_extractor
+    from featx.extract import autocast
 
-    extractor, _, _ = build_extractor(loaded, case.layers, args.pool)
-    extractor = prepare_extractor(extractor, device)
     crop = loaded.preprocessing.crop
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randn(args.batch_size, 3, crop, crop, generator=generator)
@@ -147,12 +145,15 @@ def forward_limit(loaded, case: Case, args, device) -> list[float]:
 
 
 def decode_limit(collection, loaded, args, device, workers: int) -> list[float]:
-    """Seconds per pass of featx's input pipeline over every image, with *workers* workers."""
-    from featx.extract import image_loader
+    """Seconds per pass of featx's input pipeline over every image, with *workers* workers.
+
+    Each batch ends as the network takes it: one tensor, on the device.
+    """
+    from featx.extract import BatchJoiner, ImageLoader
 
     times = []
     for i in range(args.repeats + 1):  # the first pass warms the page cache
-        loader = image_loader(
+        loader = ImageLoader(
             collection,
             loaded.preprocessing,
             indices=range(len(collection)),
@@ -160,9 +161,13 @@ def decode_limit(collection, loaded, args, device, workers: int) -> list[float]:
             workers=workers,
             device=device,
         )
+        joiner = BatchJoiner(device)
         started = time.perf_counter()
-        for _ in loader:
-            pass
+        for chunks in loader:
+            pixels = [chunk.pixels for chunk in chunks if chunk.pixels is not None]
+            if pixels:
+                joiner(pixels)
+        synchronize(device)
         if i:
             times.append(time.perf_counter() - started)
     return times
@@ -457,6 +462,7 @@ def bench_case(case: Case, args, device, collection, work: Path, say: Callable[[
     import numpy as np
 
     from featx.data import discover_images
+    from featx.extract import build_extractor, prepare_extractor
     from featx.models import load_model
     from featx.store import open_store
 
@@ -466,7 +472,9 @@ def bench_case(case: Case, args, device, collection, work: Path, say: Callable[[
     result["crop"] = loaded.preprocessing.crop
 
     say("forward limit ...")
-    forward = forward_limit(loaded, case, args, device)
+    extractor, _, _ = build_extractor(loaded, case.layers, args.pool)
+    extractor = prepare_extractor(extractor, device, args.precision)
+    forward = forward_limit(extractor, loaded, args, device)
     result["forward_batch_seconds"] = forward
     result["forward_images_per_second"] = args.batch_size / median(forward)
 

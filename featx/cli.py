@@ -47,7 +47,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, help="crop size (default: the weights' own, usually 224)")
     p.add_argument("--pool", choices=list(POOLS), default="avg", help="pooling of convolutional outputs (default: avg)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
-    p.add_argument("--workers", type=int, help="decoding processes (default: all cores on a GPU, half on the CPU)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: one per core, at most 16)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="compute precision")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="storage precision")

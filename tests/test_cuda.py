@@ -18,15 +18,15 @@ import torch
 
 from featx.data import discover_images
 from featx.extract import (
+    BatchJoiner,
     ExtractConfig,
+    ImageLoader,
     _default_workers,
     autocast,
     build_extractor,
     extract_features,
-    image_loader,
     prepare_extractor,
     resolve_device,
-    to_device,
 )
 from featx.models import load_model
 from featx.store import open_store
@@ -74,16 +74,17 @@ def test_extractor_runs_channels_last_with_cudnn_autotuning():
 def test_batches_come_pinned_and_reach_the_gpu_channels_last(small_dataset):
     collection = discover_images(small_dataset)
     preprocessing = load_model("resnet18", weights="none", image_size=64).preprocessing
-    loader = image_loader(collection, preprocessing, indices=range(len(collection)), batch_size=5, workers=2, device=CUDA)
+    loader = ImageLoader(collection, preprocessing, indices=range(len(collection)), batch_size=5, workers=2, device=CUDA)
     batches = list(loader)
-    assert [len(b.indices) for b in batches] == [5, 5, 2]
-    for batch in batches:
-        assert batch.pixels.is_pinned()
-        on_gpu = to_device(batch.pixels, CUDA)
+    # Each batch of 5 is decoded as chunks of 3 and 2 by the two workers.
+    assert [[len(chunk.indices) for chunk in chunks] for chunks in batches] == [[3, 2], [3, 2], [2]]
+    for chunks in batches:
+        assert all(chunk.pixels.is_pinned() for chunk in chunks)
+        on_gpu = BatchJoiner(CUDA)([chunk.pixels for chunk in chunks])
         torch.cuda.synchronize()
         assert on_gpu.is_cuda
         assert on_gpu.is_contiguous(memory_format=torch.channels_last)
-        assert torch.equal(on_gpu.cpu(), batch.pixels)
+        assert torch.equal(on_gpu.cpu(), torch.cat([chunk.pixels for chunk in chunks]))
 
 
 def test_fp32_features_on_the_gpu_match_the_cpu(small_dataset, tmp_path):
