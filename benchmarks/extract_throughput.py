@@ -55,7 +55,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -448,23 +448,9 @@ def load_average() -> float | None:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
-def deepest_first(loaded, layers: Sequence[str]) -> list[str]:
-    """*layers* ordered from the deepest graph node to the shallowest."""
-    from featx.layers import LayerIndex
-    from torchvision.models.feature_extraction import get_graph_node_names
-
-    index = LayerIndex(loaded.module, image_size=loaded.preprocessing.crop)
-    order = {node: i for i, node in enumerate(get_graph_node_names(loaded.module)[1])}
-    return sorted(layers, key=lambda name: -order[index.resolve(name)])
-
-
 def bench_case(case: Case, args, device, collection, work: Path, say: Callable[[str], None]) -> dict:
-    import numpy as np
-
-    from featx.data import discover_images
     from featx.extract import build_extractor, prepare_extractor
     from featx.models import load_model
-    from featx.store import open_store
 
     result: dict = {"model": case.model, "layers": list(case.layers), "extra_layers": list(case.extra)}
     result["load_before"] = load_average()
@@ -494,13 +480,19 @@ def bench_case(case: Case, args, device, collection, work: Path, say: Callable[[
         combined = 1 / (forward_s + result["decode_core_seconds_per_image"] / all_workers)
     result["combined_images_per_second"] = combined
 
-    # Enough images for a featx run of about --seconds-per-run, whole batches, at least two.
+    # Enough images for a featx run of about --seconds-per-run, whole batches, at least two,
+    # at most the folder; a number larger than the folder cycles through its images.
     if args.images == "auto":
         wanted = max(2 * args.batch_size, -(-int(combined * args.seconds_per_run) // args.batch_size) * args.batch_size)
         timed = min(len(collection), wanted)
     else:
-        timed = min(len(collection), int(args.images))
-    data = args.data if timed == len(collection) else spread_subset(collection, timed, work / f"subset-{timed}")
+        timed = int(args.images)
+    if timed > len(collection):
+        data = view_folder(collection, timed, work / f"cycled-{timed}")
+    elif timed < len(collection):
+        data = spread_subset(collection, timed, work / f"subset-{timed}")
+    else:
+        data = args.data
     result["images_timed"] = timed
 
     several = list(dict.fromkeys([*case.extra, *case.layers]))
@@ -532,9 +524,7 @@ def bench_case(case: Case, args, device, collection, work: Path, say: Callable[[
         result["baseline_images_per_second_runs"] = rates
         result["baseline_images_per_second"] = median(rates)
         result["speedup_over_baseline"] = result["featx_images_per_second"] / result["baseline_images_per_second"]
-        result["baseline_max_abs_difference"] = _compare_with_store(
-            kept, collection, discover_images(data), work / "featx.h5", case, open_store, np
-        )
+        result["baseline_max_abs_difference"] = _compare_with_store(kept, collection, work / "featx.h5", case.layers)
 
     if "memory" not in args.skip:
         memory = {}
@@ -562,8 +552,12 @@ def _max_or_none(values: Sequence) -> float | None:
     return max(present) if present else None
 
 
-def _compare_with_store(kept, collection, timed_collection, store_path, case, open_store, np) -> float | None:
+def _compare_with_store(kept: dict, collection, store_path: Path, layers: Sequence[str]) -> float | None:
     """Largest difference between featx's rows and the baseline's features (same images)."""
+    import numpy as np
+
+    from featx.store import open_store
+
     worst = 0.0
     with open_store(store_path) as store:
         rows = {image_id: row for row, image_id in enumerate(store.ids)}
@@ -572,7 +566,7 @@ def _compare_with_store(kept, collection, timed_collection, store_path, case, op
             row = rows.get(collection.ids[i])
             if row is None:
                 continue  # not among the images of the timed subset
-            for layer, value in zip(case.layers, outputs):
+            for layer, value in zip(layers, outputs):
                 worst = max(worst, float(np.abs(store.features(layer, rows=[row])[0] - value[0]).max()))
             compared += 1
     return worst if compared else None
@@ -678,8 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="repeats of each measurement (medians are reported)")
     p.add_argument(
         "--images", default="auto",
-        help="images per featx timing run: a number, or 'auto' (default): enough for about "
-        "--seconds-per-run at the combined limit, at least two batches, at most the whole folder",
+        help="images per featx timing run: a number (more than the folder holds cycles through its "
+        "images), or 'auto' (default): enough for about --seconds-per-run at the combined limit, "
+        "at least two batches, at most the whole folder",
     )
     p.add_argument("--seconds-per-run", type=float, default=20.0)
     p.add_argument("--decode-images", type=int, default=200, help="images for the per-core decode time")
