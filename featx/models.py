@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import pickle
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -217,7 +218,8 @@ def _first_line(exc: BaseException) -> str:
 def _build_pretrained(name: str, weights: Any) -> nn.Module:
     cached = weights_cache_path(weights)
     try:
-        with _weights_only_loading():
+        # torch.hub announces a download on stdout; stdout is for results (tables, paths).
+        with _weights_only_loading(), contextlib.redirect_stdout(sys.stderr):
             return torchvision.models.get_model(name, weights=weights)
     # URLError is an OSError; a file holding pickled code fails with UnpicklingError.
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
