@@ -152,6 +152,14 @@ def blocked_layout(body: fx.GraphModule) -> fx.GraphModule:
                 node.replace_input_with(value, convert(value, "to_mkldnn"))
             elif node not in blocked and value in blocked:
                 node.replace_input_with(value, convert(value, "to_dense"))
+    # A copy of an output that later operations change in place (see
+    # featx.extract._copy_reused_outputs) is already made by its conversion.
+    for (value, method), dense in converted.items():
+        users = list(dense.users)
+        if method == "to_dense" and len(users) == 1 and users[0].op == "call_method" and users[0].target == "clone":
+            if not users[0].kwargs and len(users[0].args) == 1:
+                users[0].replace_all_uses_with(dense)
+                graph.erase_node(users[0])
     graph.lint()
     module.recompile()
     return module.eval()

@@ -75,3 +75,19 @@ def test_the_engine_uses_it_on_the_cpu_in_fp32_only(precision, expected_convs):
     prepared = prepare_extractor(extractor, torch.device("cpu"), precision)
     assert _blocked_convs(prepared) == expected_convs
 
+
+
+def test_an_output_reused_by_deeper_layers_is_copied_once():
+    loaded = load_model("vgg11", weights="none", image_size=32)
+    extractor, _, _ = build_extractor(loaded, ("block1_pool", "block2_pool"), "flatten")
+    plain_clones = [n for n in extractor.body.graph.nodes if n.op == "call_method" and n.target == "clone"]
+    blocked = blocked_layout(extractor.body)
+    methods = [n.target for n in blocked.graph.nodes if n.op == "call_method"]
+    # The plain graph copies block1_pool before block 2 reads it; the conversion back
+    # to a plain tensor is that copy in the blocked graph.
+    assert len(plain_clones) == 1
+    assert methods == ["to_mkldnn", "to_dense", "to_dense"]
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        want, got = extractor.body(pixels), blocked(pixels)
+    assert all(torch.equal(got[node], want[node]) for node in want)
