@@ -316,5 +316,14 @@ def collate_images(items) -> ImageBatch:
 
     ok = [(i, x) for i, x, reason in items if reason is None]
     failures = [(i, reason) for i, _, reason in items if reason is not None]
-    pixels = torch.stack([x for _, x in ok]) if ok else None
+    pixels = None
+    if ok:
+        images = [x for _, x in ok]
+        out = None
+        if torch.utils.data.get_worker_info() is not None:
+            # In a DataLoader worker, stack straight into shared memory, as
+            # torch's default_collate does: sending the batch then copies nothing.
+            storage = images[0].untyped_storage()._new_shared(sum(x.nbytes for x in images))
+            out = images[0].new(storage).resize_(len(images), *images[0].shape)
+        pixels = torch.stack(images, out=out)
     return ImageBatch(indices=[i for i, _ in ok], pixels=pixels, failures=failures)

@@ -41,6 +41,8 @@ def test_workers_decode_a_chunk_of_each_batch_in_order(broken_dataset):
         [[10, 11, 12]],
     ]
     assert batches[0][0].failures == [(0, "empty file (0 bytes)")]
+    # Stacked in the worker straight into shared memory: nothing copies it on the way.
+    assert all(chunk.pixels.is_shared() for chunks in batches for chunk in chunks)
     joined = BatchJoiner(CPU)([chunk.pixels for chunk in batches[1]])
     expected = torch.stack([preprocessing(load_image(collection.path(i))) for i in range(5, 10)])
     assert torch.equal(joined, expected)
