@@ -132,7 +132,7 @@ def _run_layers(args: argparse.Namespace) -> int:
 
     loaded = load_model(args.model, weights="none")
     size = args.image_size or loaded.preprocessing.crop
-    index = LayerIndex(loaded.module, image_size=size)
+    index = LayerIndex(loaded.module, image_size=size, name=args.model)
     rows = index.describe()
     shown = [r for r in rows if args.all or r.aliases or r.params or r.node == rows[-1].node]
     table = [("layer (graph node)", "aliases", "output shape", "params")]

@@ -18,6 +18,7 @@ __all__ = [
     "FeatxError",
     "UnknownModelError",
     "UnknownLayerError",
+    "ImageSizeError",
     "WeightsError",
     "DataError",
     "DeviceError",
@@ -38,6 +39,10 @@ class UnknownModelError(FeatxError, ValueError):
 
 class UnknownLayerError(FeatxError, ValueError):
     """The layer name is neither a graph node, a module path nor an alias."""
+
+
+class ImageSizeError(FeatxError, ValueError):
+    """The network cannot run on images of the requested size."""
 
 
 class WeightsError(FeatxError, ValueError):

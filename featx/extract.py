@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from . import __version__, onednn
 from .data import MAX_IMAGE_PIXELS, ImageBatch, ImageCollection, ImageDataset, collate_images, discover_images
 from .errors import DeviceError, FeatxError
-from .layers import LayerIndex
+from .layers import LayerIndex, trial_forward
 from .models import LoadedModel, load_model
 from .pooling import POOLS, effective_pool, pool_features
 from .store import LayerSpec, StoreWriter
@@ -272,8 +272,8 @@ def build_extractor(
     nodes = {name: index.resolve(name) for name in layer_names}
     probe = create_feature_extractor(loaded.module, return_nodes={n: n for n in set(nodes.values())}).eval()
     crop = loaded.preprocessing.crop
-    with torch.inference_mode(), _largest_output(loaded.module) as largest:
-        outputs = probe(torch.zeros(1, 3, crop, crop))
+    with _largest_output(loaded.module) as largest:
+        outputs = trial_forward(probe, crop, loaded.name)
     for name, node in nodes.items():
         if not isinstance(outputs[node], torch.Tensor):
             raise FeatxError(f"layer '{name}' (node {node}) does not output a tensor; choose another layer")

@@ -32,7 +32,7 @@ import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from .errors import UnknownLayerError, close_matches
+from .errors import ImageSizeError, UnknownLayerError, close_matches
 
 __all__ = ["LayerInfo", "LayerIndex"]
 
@@ -131,6 +131,19 @@ FAMILY_ALIASES: list[tuple[type, Callable[[nn.Module], dict[str, str]]]] = [
     (torchvision.models.ResNet, _resnet_aliases),
 ]
 GENERIC_ALIASES = ("penultimate", "logits", "last_conv")
+
+
+def trial_forward(network: nn.Module, image_size: int, model_name: str) -> dict:
+    """Run *network* on one blank image of *image_size*; a size too small is a user error."""
+    try:
+        with torch.inference_mode():
+            return network(torch.zeros(1, 3, image_size, image_size))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ImageSizeError(
+            f"{model_name} cannot run on {image_size}x{image_size} images ({reason}); "
+            "use a larger --image-size (the weights' own, usually 224, when omitted)"
+        ) from None
 
 
 class LayerIndex:
@@ -237,9 +250,7 @@ class LayerIndex:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-sample output shape of every tensor-valued node at ``image_size``."""
         extractor = create_feature_extractor(self.model, return_nodes={n: n for n in self.nodes})
-        extractor.eval()
-        with torch.inference_mode():
-            outputs = extractor(torch.zeros(1, 3, self.image_size, self.image_size))
+        outputs = trial_forward(extractor.eval(), self.image_size, self.name or type(self.model).__name__)
         return {
             node: tuple(value.shape[1:])
             for node, value in outputs.items()

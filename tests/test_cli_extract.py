@@ -144,6 +144,14 @@ def test_unknown_layer(synthetic_dataset, run_cli):
     assert message.endswith("list them with `run_pipeline.py layers --model alexnet`")
 
 
+def test_image_size_too_small(synthetic_dataset, run_cli):
+    message = _one_line_error(
+        *run_cli("extract", "--data", synthetic_dataset, "--model", "alexnet", "--image-size", "32", "--weights", "none")
+    )
+    assert message.startswith("alexnet cannot run on 32x32 images (Given input size: (256x1x1).")
+    assert message.endswith("use a larger --image-size (the weights' own, usually 224, when omitted)")
+
+
 def test_missing_data_folder(tmp_path, run_cli):
     message = _one_line_error(*run_cli("extract", "--data", tmp_path / "nope", *TINY))
     assert message == (
