@@ -400,6 +400,39 @@ def load_average() -> float | None:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs since boot, from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + fields[4], sum(fields)
+
+
+def wait_until_idle(seconds: float, *, idle: float = 0.9, timeout: float = 900.0) -> float:
+    """Wait until the CPUs have been at least *idle* idle for *seconds* in a row.
+
+    On a machine shared with other work, each measurement then starts when
+    nothing else runs (it may still be disturbed while it runs).  Returns the
+    seconds waited; gives up after *timeout*.
+    """
+    started = time.monotonic()
+    before = _cpu_times() if seconds > 0 else None
+    if before is None:
+        return 0.0
+    quiet_since = started
+    while time.monotonic() - started < timeout:
+        time.sleep(0.5)
+        after = _cpu_times()
+        busy = (after[1] - before[1]) - (after[0] - before[0])
+        if busy > (1 - idle) * max(1, after[1] - before[1]):
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= seconds:
+            break
+        before = after
+    return time.monotonic() - started
+
+
 def bench_case(case: Case, args, device, collection, work: Path, say: Callable[[str], None]) -> dict:
     from featx.extract import build_extractor, prepare_extractor
     from featx.models import load_model
@@ -635,6 +668,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[100, 400],
         help="image counts of the memory runs (default: 100,400)",
     )
+    p.add_argument(
+        "--wait-idle", type=float, default=0.0, metavar="SECONDS",
+        help="start each measurement only once the CPUs have been 90%% idle for SECONDS in a row "
+        "(for machines shared with other work; default 0: do not wait)",
+    )
     p.add_argument("--skip", action="append", default=[], choices=["baseline", "several", "memory"])
     p.add_argument("--json", type=Path, help="where to write the figures (default: benchmarks/results/<host>-<time>.json)")
     return p
@@ -666,7 +704,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for n, case in enumerate(cases):
             work = Path(tmp) / f"case-{n}"
             work.mkdir()
-            say = lambda text, c=case: print(f"[{c.label}] {text}", flush=True)  # noqa: E731
+            def say(text: str, label: str = case.label) -> None:
+                """Announce a measurement; with --wait-idle, start it when the machine is idle."""
+                print(f"[{label}] {text}", flush=True)
+                waited = wait_until_idle(args.wait_idle)
+                if waited >= 1:
+                    print(f"[{label}]   (waited {waited:.0f} s for the other work on this machine)", flush=True)
             result = bench_case(case, args, device, collection, work, say)
             results.append(result)
             print()

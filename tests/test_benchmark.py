@@ -122,3 +122,14 @@ def test_malformed_case_is_refused(bench, text, capsys):
         bench.build_parser().parse_args(["--case", text])
     assert exit_info.value.code == 2
     assert f"--case must be MODEL:LAYER[,LAYER...][:EXTRA,...], got '{text}'" in capsys.readouterr().err
+
+
+def test_waiting_for_an_idle_machine(bench, monkeypatch):
+    # Two busy half-seconds (50% idle), then idle ones (95%): the wait ends after 1 s of idle CPUs.
+    readings = iter([(0, 0), (50, 100), (100, 200), (195, 300), (290, 400), (385, 500)])
+    clock = [0.0]
+    monkeypatch.setattr(bench, "_cpu_times", lambda: next(readings))
+    monkeypatch.setattr(bench.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(bench.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    assert bench.wait_until_idle(1.0) == 2.0
+    assert bench.wait_until_idle(0) == 0.0
