@@ -298,6 +298,19 @@ def run_featx(data: Path, layers: Sequence[str], case: Case, args, out: Path) ->
     return json.loads(process.stdout.strip().splitlines()[-1])
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since it started its program.
+
+    Linux's VmHWM, not ``ru_maxrss``: the latter survives ``exec`` and so
+    counts the benchmark process that this one was forked from.
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child_extract(spec_json: str) -> None:
     """The child side of :func:`run_featx`: extract, then print figures as one JSON line."""
     import torch
@@ -319,9 +332,9 @@ def child_extract(spec_json: str) -> None:
         "images_per_second": result.images / result.seconds,
         "wall_seconds": wall,
         "setup_seconds": wall - result.seconds,
-        # ru_maxrss is in KiB on Linux; for the children, that of the largest
-        # decoding worker (most of whose pages are shared with this process).
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
+        # That of the largest decoding worker, most of whose pages are this
+        # process's (ru_maxrss is in KiB on Linux).
         "worker_peak_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
         "cuda_peak_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
     }
@@ -708,7 +721,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 """Announce a measurement; with --wait-idle, start it when the machine is idle."""
                 print(f"[{label}] {text}", flush=True)
                 waited = wait_until_idle(args.wait_idle)
-                if waited >= 1:
+                if waited >= args.wait_idle + 1:
                     print(f"[{label}]   (waited {waited:.0f} s for the other work on this machine)", flush=True)
             result = bench_case(case, args, device, collection, work, say)
             results.append(result)
