@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .errors import FeatxError
 
 __all__ = ["main", "build_parser"]
@@ -27,7 +27,7 @@ DEFAULT_DATA = Path("data")
 
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:
-    from .pooling import POOLS
+    from .extraction import POOLS
 
     p = sub.add_parser(
         "extract",
@@ -73,7 +73,7 @@ def _data_folder(args: argparse.Namespace) -> Path:
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    from .extract import ExtractConfig, extract_features
+    from .extraction import ExtractConfig, extract_features
 
     config = ExtractConfig(
         data=_data_folder(args),
@@ -127,8 +127,7 @@ def _add_layers(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_layers(args: argparse.Namespace) -> int:
-    from .layers import LayerIndex
-    from .models import load_model
+    from .extraction import LayerIndex, load_model
 
     loaded = load_model(args.model, weights="none")
     size = args.image_size or loaded.preprocessing.crop
@@ -152,8 +151,7 @@ def _run_layers(args: argparse.Namespace) -> int:
 
 
 def _add_classify(sub: argparse._SubParsersAction) -> None:
-    from .classifiers import FAMILIES, all_params, param_help
-    from .classify import NORMALIZERS
+    from .classification import FAMILIES, NORMALIZERS, all_params, param_help
 
     p = sub.add_parser(
         "classify",
@@ -192,8 +190,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_classify(args: argparse.Namespace) -> int:
-    from .classifiers import all_params
-    from .classify import ClassifyConfig, format_results, run_classification
+    from .classification import ClassifyConfig, all_params, format_results, run_classification
 
     params = {name: getattr(args, f"param_{name}") for name in all_params()}
     config = ClassifyConfig(
@@ -294,7 +291,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from .info import describe_store
+    from .store import describe_store
 
     print(describe_store(args.store))
     return 0
@@ -304,7 +301,7 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    from .export import EXPORT_FORMATS
+    from .store import EXPORT_FORMATS
 
     p = sub.add_parser(
         "export",
@@ -321,13 +318,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .export import export_store
-    from .extract import _format_bytes
+    from .formatting import format_bytes
+    from .store import export_store
 
     result = export_store(args.store, args.out, format=args.format, layers=args.layers, overwrite=args.overwrite)
     layers = ", ".join(f"{name} ({dim:,})" for name, dim in result.layers.items())
     print(
-        f"wrote {result.path} ({result.format}, {_format_bytes(result.bytes)}): {result.rows:,} rows; "
+        f"wrote {result.path} ({result.format}, {format_bytes(result.bytes)}): {result.rows:,} rows; "
         f"layers {layers}; {result.seconds:.1f} s"
     )
     return 0

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import torchvision
 
-from .classify import ClassifyConfig, ClassifyRun, run_classification
+from .formatting import format_table
+from .classification import ClassifyConfig, ClassifyRun, run_classification
 from .digits import materialise_digits
 from .errors import FeatxError, UnknownModelError, WeightsError, close_matches
-from .extract import ExtractConfig, extract_features
-from .models import list_model_names, load_model, weights_cache_path
-from .report import format_table
+from .extraction import ExtractConfig, extract_features, list_model_names, load_model, weights_cache_path
 
 __all__ = ["DEMO_NETWORKS", "DEMO_CLASSIFIERS", "DemoError", "DemoConfig", "DemoRow", "DemoResult",
            "choose_weights", "run_demo", "format_demo"]

@@ -1,31 +1,53 @@
-"""Exceptions raised for user mistakes.
+"""Every exception featx raises for a user's mistake, and the one formula of their messages.
 
-Every error a user can cause (a wrong name, a missing folder, a store built with
-another configuration) is a :class:`FeatxError`.  The CLI prints its message on
-one line and exits with code 2; library users catch the built-in base class they
-expect (``ValueError``, ``FileNotFoundError``, ...).
+Every error a user can cause (a wrong name, a missing folder, an unwritable
+output, a store built with another configuration) is a :class:`FeatxError`.
+Library code raises; only the command line prints (one line) and picks the exit
+code (2).  Library users catch the built-in base class they expect:
+configuration errors are ``ValueError`` subclasses, a missing file is also a
+``FileNotFoundError``, an unwritable output also a ``PermissionError``.
 
-Messages follow one shape: what was wrong, the value received, what is allowed,
-and what to do about it.
+Messages have one shape, built by :func:`message`::
+
+    <what> must be <allowed>; got <value>[; <what to do>]
+    <what>: <value>[; <what to do>]
+
+for example ``batch_size must be a positive integer; got 0`` or
+``unknown layer 'conv9' of resnet18: did you mean conv5? ...``.  Options are
+named through :func:`option`, which says ``batch_size`` to a Python caller
+and ``--batch-size`` on the command line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
+from os import PathLike
+from typing import Any
 
 __all__ = [
     "FeatxError",
+    "ConfigError",
     "UnknownModelError",
     "UnknownLayerError",
     "ImageSizeError",
     "WeightsError",
     "DataError",
     "DeviceError",
+    "OutputPathError",
     "StoreError",
+    "StoreNotFoundError",
     "StoreMismatchError",
     "ClassifyError",
+    "ExportError",
+    "DemoError",
+    "message",
+    "choices",
     "close_matches",
+    "option",
+    "cli_option_names",
 ]
 
 
@@ -33,32 +55,44 @@ class FeatxError(Exception):
     """Base class of every error caused by input rather than by a bug."""
 
 
-class UnknownModelError(FeatxError, ValueError):
+class ConfigError(FeatxError, ValueError):
+    """A parameter has a value that is not allowed (checked before any work starts)."""
+
+
+class UnknownModelError(ConfigError):
     """The model name is not a torchvision classification model."""
 
 
-class UnknownLayerError(FeatxError, ValueError):
+class UnknownLayerError(ConfigError):
     """The layer name is neither a graph node, a module path nor an alias."""
 
 
-class ImageSizeError(FeatxError, ValueError):
+class ImageSizeError(ConfigError):
     """The network cannot run on images of the requested size."""
 
 
-class WeightsError(FeatxError, ValueError):
+class WeightsError(ConfigError):
     """Weights could not be found, downloaded or loaded into the architecture."""
 
 
-class DataError(FeatxError, ValueError):
+class DataError(ConfigError):
     """The image folder is missing, empty or unusable."""
 
 
-class DeviceError(FeatxError, ValueError):
+class DeviceError(ConfigError):
     """The requested device does not exist on this machine."""
+
+
+class OutputPathError(ConfigError, PermissionError):
+    """An output path cannot be written (checked before any work starts)."""
 
 
 class StoreError(FeatxError, ValueError):
     """A feature store is missing, unreadable or lacks what was asked of it."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """No feature store exists at the path given."""
 
 
 class StoreMismatchError(StoreError):
@@ -69,7 +103,87 @@ class ClassifyError(FeatxError, ValueError):
     """Features or labels cannot be used to train or evaluate a classifier."""
 
 
-def close_matches(name: str, choices: Iterable[str], n: int = 5) -> str:
-    """Return a ``"did you mean a, b?"`` phrase for *name*, or an empty string."""
-    matches = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.6)
+class ExportError(FeatxError, ValueError):
+    """A store cannot be exported as asked (format, output path, layer names)."""
+
+
+class DemoError(FeatxError, ValueError):
+    """The demo cannot run as configured."""
+
+
+_NOTHING = object()
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (str, PathLike)):
+        return f"'{value}'"
+    return str(value)
+
+
+def message(what: str, *, got: Any = _NOTHING, allowed: str | None = None, hint: str | None = None) -> str:
+    """One error message: what was wrong, the value received, what is allowed, what to do.
+
+    Parameters
+    ----------
+    what : str
+        The subject (``"batch_size"``, ``"unknown layer"``), or the whole problem.
+    got : object, optional
+        The value received; strings and paths are shown quoted.
+    allowed : str, optional
+        What the subject must be (``"a positive integer"``).
+    hint : str, optional
+        What to do about it.
+
+    Examples
+    --------
+    >>> message("batch_size", allowed="a positive integer", got=0)
+    'batch_size must be a positive integer; got 0'
+    >>> message("feature store not found", got="x.h5", hint="check the path")
+    "feature store not found: 'x.h5'; check the path"
+    """
+    if allowed is not None:
+        text = f"{what} must be {allowed}"
+        if got is not _NOTHING:
+            text += f"; got {_shown(got)}"
+    else:
+        text = what if got is _NOTHING else f"{what}: {_shown(got)}"
+    return f"{text}; {hint}" if hint else text
+
+
+def choices(values: Iterable[Any]) -> str:
+    """``"one of a, b, c"``: the *allowed* part of :func:`message` for a fixed set of names."""
+    return "one of " + ", ".join(str(v) for v in values)
+
+
+def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> str:
+    """Return a ``"did you mean a, b? "`` phrase (with its trailing space) for *name*, or ``""``."""
+    matches = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
     return f"did you mean {', '.join(matches)}? " if matches else ""
+
+
+# How options are named in messages: as keyword arguments (the library), or
+# as flags (the command line sets this while it runs a command).
+_CLI_NAMES: ContextVar[bool] = ContextVar("featx_cli_option_names", default=False)
+
+
+def option(name: str, value: Any = _NOTHING) -> str:
+    """An option as its user writes it: ``option("batch_size", 8)`` is
+    ``batch_size=8`` in Python and ``--batch-size 8`` on the command line.
+
+    A boolean switch is named without a value: ``option("overwrite")`` is
+    ``overwrite=True`` or ``--overwrite``.
+    """
+    if _CLI_NAMES.get():
+        flag = "--" + name.replace("_", "-")
+        return flag if value is _NOTHING else f"{flag} {value}"
+    return f"{name}=True" if value is _NOTHING else f"{name}={value!r}" if isinstance(value, str) else f"{name}={value}"
+
+
+@contextlib.contextmanager
+def cli_option_names() -> Iterator[None]:
+    """Within the block, :func:`option` names options as command-line flags."""
+    token = _CLI_NAMES.set(True)
+    try:
+        yield
+    finally:
+        _CLI_NAMES.reset(token)

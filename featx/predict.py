@@ -20,12 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .artifact import FittedClassifier, load_classifier
+from .classification import FittedClassifier, join_features, load_classifier, predictions_frame
 from .errors import ClassifyError
-from .inputs import join_features
-from .models import _sha256 as sha256_file  # the hash extraction records as weights_sha256
-from .report import predictions_frame
-from .store import IDENTITY_KEYS, LAYER_IDENTITY_KEYS
+from .store import IDENTITY_KEYS, LAYER_IDENTITY_KEYS, open_store
 
 __all__ = ["PredictResult", "predict_images"]
 
@@ -72,7 +69,7 @@ def _image_folder(data: Sequence[Path], scratch: Path) -> tuple[Path, bool, dict
     subfolders may carry labels (only for one folder given as is); *names* maps
     ids in *folder* to what is shown to the user.
     """
-    from .data import collect_images
+    from .extraction import collect_images
 
     if len(data) == 1 and data[0].is_dir():
         return data[0], True, {}
@@ -88,6 +85,8 @@ def _image_folder(data: Sequence[Path], scratch: Path) -> tuple[Path, bool, dict
 
 def _weights_of(provenance: dict[str, Any], weights_files: Sequence[Path]) -> tuple[str, Path | None]:
     """``(weights, weights_file)`` for ExtractConfig; a needed file is found by its sha256."""
+    from .extraction import sha256_file
+
     weights = str(provenance["weights"])
     if not weights.startswith("file:"):
         return weights, None
@@ -134,8 +133,7 @@ def _extract_group(
     blocks: list[dict[str, Any]], folder: Path, store: Path, weights_files: Sequence[Path], **options: Any
 ) -> None:
     """Extract the layers of *blocks* (one network) from *folder* into *store*; check they match."""
-    from .extract import ExtractConfig, extract_features
-    from .store import open_store
+    from .extraction import ExtractConfig, extract_features
 
     prov, info = blocks[0]["provenance"], blocks[0]["layer_info"]
     weights, weights_file = _weights_of(prov, weights_files)
@@ -267,8 +265,6 @@ def predict_images(
 
 def _failures(scratch: Path, n_stores: int) -> tuple[list[tuple[str, str]], int]:
     """Images an extraction could not use, with reasons; and the fewest rows a store got."""
-    from .store import open_store
-
     failed: dict[str, str] = {}
     rows = []
     for g in range(n_stores):

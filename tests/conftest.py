@@ -165,7 +165,7 @@ def odd_images(tmp_path: Path, hymenoptera: Path) -> Path:
 
 def quick_extract(data: Path, out: Path, **overrides):
     """Extract with a tiny, fast configuration (ResNet-18, random weights, 64x64); returns the ExtractResult."""
-    from featx.extract import ExtractConfig, extract_features
+    from featx.extraction import ExtractConfig, extract_features
 
     settings = dict(
         data=data,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from featx import ExtractConfig, extract_features
-from featx.data import discover_images
+from featx.extraction import discover_images
 from featx.store import LayerSpec, StoreWriter
 
 # resnet18 at 64 px: a real network, a few seconds for a dozen images on 2 cores.

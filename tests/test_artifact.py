@@ -15,11 +15,11 @@ from sklearn.preprocessing import FunctionTransformer
 
 from classify_stores import blobs, dataset, write_store
 from featx import __version__
-from featx.artifact import ARTIFACT_VERSION, load_classifier, save_classifier
-from featx.classifiers import FAMILIES, resolve_params
-from featx.classify import ClassifyConfig, build_pipeline, run_classification
+from featx.classification import ARTIFACT_VERSION, load_classifier, save_classifier
+from featx.classification import FAMILIES, resolve_params
+from featx.classification import ClassifyConfig, build_pipeline, run_classification
 from featx.errors import ClassifyError
-from featx.inputs import join_features
+from featx.classification import join_features
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from featx.data import discover_images
+from featx.extraction import discover_images
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "extract_throughput.py"
 

@@ -18,10 +18,10 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from sklearn.preprocessing import StandardScaler
 
 from classify_stores import blobs, dataset, write_store
-from featx.artifact import load_classifier
-from featx.classify import ClassifyConfig, format_results, run_classification
+from featx.classification import load_classifier
+from featx.classification import ClassifyConfig, format_results, run_classification
 from featx.errors import ClassifyError, StoreError
-from featx.inputs import join_features, parse_feature_spec
+from featx.classification import join_features, parse_feature_spec
 
 FAMILIES = ("svm", "logreg", "bayes", "xgboost", "mlp")
 

@@ -16,19 +16,19 @@ import numpy as np
 import pytest
 import torch
 
-from featx.data import discover_images
-from featx.extract import (
+from featx.extraction import discover_images
+from featx.extraction import (
     BatchJoiner,
     ExtractConfig,
     ImageLoader,
-    _default_workers,
+    default_workers,
     autocast,
     build_extractor,
     extract_features,
     prepare_extractor,
     resolve_device,
 )
-from featx.models import load_model
+from featx.extraction import load_model
 from featx.store import open_store
 from test_benchmark import load_benchmark
 
@@ -58,7 +58,7 @@ def test_auto_device_is_the_gpu():
 
 def test_decoding_workers_default_to_every_core_up_to_16():
     cores = len(os.sched_getaffinity(0))
-    assert _default_workers(CUDA) == min(16, cores)
+    assert default_workers(CUDA) == min(16, cores)
 
 
 def test_extractor_runs_channels_last_with_cudnn_autotuning():

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from conftest import ODD_BAD, ODD_GOOD, bomb_png
-from featx.data import (
+from featx.extraction import (
     IMAGE_EXTENSIONS,
     ImageDataset,
     ImageDecodeError,

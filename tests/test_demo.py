@@ -18,7 +18,7 @@ from sklearn.svm import SVC
 from featx import open_store
 from featx.demo import DEMO_CLASSIFIERS, DemoConfig, DemoError, choose_weights, format_demo, run_demo
 from featx.errors import UnknownModelError
-from featx.models import weights_cache_path
+from featx.extraction import weights_cache_path
 
 NETWORKS = ("resnet18", "mobilenet_v3_small")
 

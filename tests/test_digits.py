@@ -12,7 +12,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from featx import cli
-from featx.data import discover_images
+from featx.extraction import discover_images
 from featx.digits import MARKER, digit_pixels, digits_split, materialise_digits
 from featx.errors import DataError
 

@@ -14,7 +14,8 @@ from stores import extract_store, real_images
 
 from featx import open_store
 from featx.errors import StoreError
-from featx.export import ExportError, export_store
+from featx.store import export_store
+from featx.store._export import ExportError
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from conftest import ODD_BAD, ODD_GOOD, quick_extract, real_jpegs
 from featx.errors import FeatxError, StoreMismatchError
-from featx.extract import CPU_FORWARD_BYTES, ExtractConfig, FeatureExtractor, build_extractor, extract_features
-from featx.models import load_model
+from featx.extraction import CPU_FORWARD_BYTES, ExtractConfig, FeatureExtractor, build_extractor, extract_features
+from featx.extraction import load_model
 from featx.store import open_store, parts_dir
 
 # Layer names asked of featx -> the torchvision graph node they must be.  Shallow

@@ -13,8 +13,8 @@ import pytest
 from stores import extract_store, interrupted_store, real_images
 
 from featx import open_store
-from featx.extract import _format_bytes
-from featx.info import describe_store
+from featx.formatting import format_bytes
+from featx.store import describe_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def test_complete_store(store: Path):
         "preprocessing:  resize shorter side to 73 (bilinear), centre crop 64x64, normalise "
         "mean (0.485, 0.456, 0.406) std (0.229, 0.224, 0.225)"
     )
-    assert _line(text, "size on disk:") == f"size on disk:   {_format_bytes(store.stat().st_size)}"
+    assert _line(text, "size on disk:") == f"size on disk:   {format_bytes(store.stat().st_size)}"
     assert "layers (2):" in text
 
 
@@ -77,7 +77,7 @@ def test_interrupted_store_says_incomplete_with_its_rows(small_dataset: Path, tm
     assert "failed: 1 image(s) could not be used" in text
     # The size counts the part files, where the rows are until the run finishes.
     parts = sum(p.stat().st_size for p in (tmp_path / "half.h5.parts").iterdir())
-    assert _line(text, "size on disk:") == f"size on disk:   {_format_bytes(path.stat().st_size + parts)}"
+    assert _line(text, "size on disk:") == f"size on disk:   {format_bytes(path.stat().st_size + parts)}"
 
 
 def test_store_killed_mid_run(hymenoptera: Path, tmp_path: Path):

@@ -10,7 +10,7 @@ import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from featx.errors import UnknownLayerError
-from featx.layers import LayerIndex
+from featx.extraction import LayerIndex
 
 
 def _index(name: str, image_size: int = 224) -> LayerIndex:

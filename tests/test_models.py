@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import real_jpegs
 from featx.errors import UnknownModelError, WeightsError
-from featx.models import Preprocessing, _preprocessing_of, load_model, weights_cache_path
+from featx.extraction import Preprocessing, load_model, weights_cache_path
 
 RESNET18_V1 = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
 
@@ -245,7 +245,7 @@ def test_weights_file_missing(tmp_path):
 @pytest.mark.parametrize("name", ["resnet18", "efficientnet_b3", "vit_b_16"])
 def test_preprocessing_equals_the_weights_transforms(name, hymenoptera):
     weights = torchvision.models.get_model_weights(name).DEFAULT
-    loaded_pre = _preprocessing_of(weights)
+    loaded_pre = Preprocessing.of_weights(weights)
     image = Image.open(real_jpegs(hymenoptera / "val" / "bees", 1)[0]).convert("RGB")
     expected = weights.transforms()(image)
     assert torch.equal(loaded_pre(image), expected)

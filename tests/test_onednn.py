@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from featx.extract import build_extractor, prepare_extractor
-from featx.models import load_model
-from featx.onednn import BlockedConv2d, blocked_layout
+from featx.extraction import build_extractor, prepare_extractor
+from featx.extraction import load_model
+from featx.extraction import BlockedConv2d, blocked_layout
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import resource
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from featx.data import discover_images, load_image
-from featx.extract import BatchJoiner, ImageLoader, _default_workers, _reuse_freed_memory
-from featx.models import load_model
+from featx.extraction import discover_images, load_image
+from featx.extraction import BatchJoiner, ImageLoader, default_workers
+from featx.extraction import load_model
 from featx.store import open_store
 
 CPU = torch.device("cpu")
@@ -91,7 +89,7 @@ def test_outputs_that_view_the_reused_buffer_are_copied():
 
 
 def test_one_decoding_worker_per_core_up_to_16():
-    assert _default_workers(CPU) == min(16, len(os.sched_getaffinity(0)))
+    assert default_workers(CPU) == min(16, len(os.sched_getaffinity(0)))
 
 
 def test_features_do_not_depend_on_the_number_of_workers(broken_dataset, tmp_path):
@@ -108,15 +106,3 @@ def test_features_do_not_depend_on_the_number_of_workers(broken_dataset, tmp_pat
                 assert store.ids.tolist() == reference.ids.tolist()
                 for layer in reference.layers:
                     np.testing.assert_array_equal(store.features(layer), reference.features(layer))
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
-def test_freed_activation_memory_is_reused_without_page_faults():
-    _reuse_freed_memory()
-    size = (64 << 20) // 4  # 64 MiB of floats: above glibc's largest mmap threshold, 32 MiB
-    torch.ones(size)  # the heap grows once
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(3):
-        torch.ones(size)
-    # A fresh mapping per tensor would fault in its 16,384 pages each time.
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 2000

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import featx.extract
-from featx.classify import ClassifyConfig, run_classification
+import featx.extraction
+from featx.classification import ClassifyConfig, run_classification
 from featx.errors import ClassifyError
-from featx.extract import ExtractConfig, extract_features
+from featx.extraction import ExtractConfig, extract_features
 from featx.predict import predict_images
 
 FAST = dict(image_size=64, workers=0, progress=False)
@@ -66,8 +66,8 @@ def _classify_predictions(run, name: str) -> pd.DataFrame:
 def test_predict_on_val_images_reproduces_the_classify_run(trained, monkeypatch):
     data, run = trained
     calls = []
-    real = featx.extract.extract_features
-    monkeypatch.setattr(featx.extract, "extract_features", lambda config: calls.append(config) or real(config))
+    real = featx.extraction.extract_features
+    monkeypatch.setattr(featx.extraction, "extract_features", lambda config: calls.append(config) or real(config))
 
     artifact = next(r.artifact for r in run.results if r.name == "logreg")
     result = predict_images(artifact, [data / "val"], workers=0, progress=False)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import real_jpegs
-from featx.extract import ExtractConfig, extract_features
+from featx.extraction import ExtractConfig, extract_features
 from featx.store import open_store, parts_dir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import quick_extract
-from featx.data import discover_images
+from featx.extraction import discover_images
 from featx.errors import StoreError, StoreMismatchError
 from featx.store import LayerSpec, StoreWriter, open_store, parts_dir
 

@@ -38,10 +38,12 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import StoreError, StoreMismatchError
+from ..errors import StoreError, StoreMismatchError
 
 __all__ = [
     "FORMAT_VERSION",
+    "SPLIT_NAMES",
+    "LAYER_IDENTITY_KEYS",
     "IDENTITY_KEYS",
     "LayerSpec",
     "FeatureStore",
@@ -51,6 +53,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+# Values of /samples/split other than '' (no split folder).
+SPLIT_NAMES = ("train", "val", "test")
 STR = h5py.string_dtype("utf-8")
 # Root attributes that define "the same configuration": a store made with other
 # values cannot be resumed or extended, only replaced (--overwrite).

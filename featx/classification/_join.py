@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ClassifyError, StoreError
-from .store import IDENTITY_KEYS, FeatureStore, open_store
+from ..errors import ClassifyError, StoreError
+from ..store import IDENTITY_KEYS, FeatureStore, open_store
 
 __all__ = ["FeatureBlock", "JoinedFeatures", "parse_feature_spec", "join_features"]
 

@@ -32,7 +32,7 @@ import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from .errors import ImageSizeError, UnknownLayerError, close_matches
+from ..errors import ImageSizeError, UnknownLayerError, close_matches
 
 __all__ = ["LayerInfo", "LayerIndex"]
 

@@ -32,13 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .artifact import save_classifier
-from .classifiers import FAMILIES, parse_models, resolve_params
-from .errors import ClassifyError
-from .evaluation import Evaluation, plan_evaluation, smallest_class
-from .inputs import FeatureBlock, JoinedFeatures, join_features
-from .report import classification_metrics, format_table, json_default, plot_confusion, predictions_frame
+from .._version import __version__
+from ._artifact import save_classifier
+from ._registry import FAMILIES, parse_models, resolve_params
+from ..errors import ClassifyError
+from ._evaluation import Evaluation, plan_evaluation, smallest_class
+from ._join import FeatureBlock, JoinedFeatures, join_features
+from ..formatting import format_table
+from ._report import classification_metrics, json_default, plot_confusion, predictions_frame
 
 __all__ = [
     "NORMALIZERS",

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ClassifyError, close_matches
+from ..errors import ClassifyError, close_matches
 
 __all__ = [
     "Param",

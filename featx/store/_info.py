@@ -11,10 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .data import SPLIT_NAMES
-from .extract import _format_bytes
-from .report import format_table
-from .store import FeatureStore, open_store, parts_dir
+from ..formatting import format_bytes, format_table
+from ._store import SPLIT_NAMES, FeatureStore, open_store, parts_dir
 
 __all__ = ["describe_store", "format_store_info"]
 
@@ -114,7 +112,7 @@ def format_store_info(store: FeatureStore) -> str:
     lines = [
         f"store:          {store.path}",
         f"status:         {_status(store)}",
-        f"size on disk:   {_format_bytes(store.size_on_disk())}",
+        f"size on disk:   {format_bytes(store.size_on_disk())}",
         f"model:          {meta.get('model', '?')}",
         f"weights:        {_weights(meta)}",
         f"preprocessing:  {_preprocessing(meta)}",

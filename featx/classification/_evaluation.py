@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ClassifyError
-from .inputs import JoinedFeatures
+from ..errors import ClassifyError
+from ._join import JoinedFeatures
 
 __all__ = ["Evaluation", "plan_evaluation", "smallest_class"]
 

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError
+from ..errors import DataError
+from ..store import SPLIT_NAMES
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "SPLIT_NAMES",
     "MAX_IMAGE_PIXELS",
     "ImageCollection",
     "ImageDecodeError",
@@ -41,7 +41,6 @@ __all__ = [
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
-SPLIT_NAMES = ("train", "val", "test")
 # PIL's own default; images above it are refused before their pixels are decoded.
 MAX_IMAGE_PIXELS = 89_478_485
 

@@ -27,7 +27,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
-from .errors import UnknownModelError, WeightsError, close_matches
+from ..errors import UnknownModelError, WeightsError, close_matches
 
 __all__ = [
     "Preprocessing",
@@ -36,6 +36,7 @@ __all__ = [
     "load_model",
     "weights_cache_path",
     "weights_label",
+    "sha256_file",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -82,6 +83,20 @@ class Preprocessing:
         image = F.convert_image_dtype(image, torch.float)
         return F.normalize(image, mean=list(self.mean), std=list(self.std))
 
+    @classmethod
+    def of_weights(cls, weights: Any) -> "Preprocessing":
+        """The preprocessing of torchvision weights (their ``transforms()``); ImageNet's for ``None``."""
+        if weights is None:
+            return cls(resize=256, crop=224)
+        preset = weights.transforms()
+        return cls(
+            resize=int(preset.resize_size[0]),
+            crop=int(preset.crop_size[0]),
+            mean=tuple(float(m) for m in preset.mean),
+            std=tuple(float(s) for s in preset.std),
+            interpolation=preset.interpolation.value,
+        )
+
     def attrs(self) -> dict[str, Any]:
         return {
             "image_size": self.crop,
@@ -101,19 +116,6 @@ class Preprocessing:
             std=self.std,
             interpolation=self.interpolation,
         )
-
-
-def _preprocessing_of(weights: Any) -> Preprocessing:
-    if weights is None:
-        return Preprocessing(resize=256, crop=224)
-    preset = weights.transforms()
-    return Preprocessing(
-        resize=int(preset.resize_size[0]),
-        crop=int(preset.crop_size[0]),
-        mean=tuple(float(m) for m in preset.mean),
-        std=tuple(float(s) for s in preset.std),
-        interpolation=preset.interpolation.value,
-    )
 
 
 @dataclass
@@ -263,7 +265,7 @@ def _unwrap_checkpoint(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
     return obj
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -352,19 +354,19 @@ def load_model(
         path = Path(weights_file).expanduser()
         module = _build_from_file(name, path, seed)
         label = f"file:{path.name}"
-        sha = _sha256(path)
-        preprocessing = _preprocessing_of(default)
+        sha = sha256_file(path)
+        preprocessing = Preprocessing.of_weights(default)
     elif weights.lower() == "none":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             module = torchvision.models.get_model(name, weights=None)
         label, used_seed = "none", seed
-        preprocessing = _preprocessing_of(default)
+        preprocessing = Preprocessing.of_weights(default)
     else:
         resolved = _resolve_weights(name, weights)
         module = _build_pretrained(name, resolved)
         label = resolved.name
-        preprocessing = _preprocessing_of(resolved)
+        preprocessing = Preprocessing.of_weights(resolved)
     if image_size is not None:
         preprocessing = preprocessing.with_image_size(image_size)
     module.eval()

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["classification_metrics", "predictions_frame", "plot_confusion", "format_table", "json_default"]
+__all__ = ["classification_metrics", "predictions_frame", "plot_confusion", "json_default"]
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
@@ -123,28 +123,6 @@ def plot_confusion(
     path = Path(path)
     figure.savefig(path)
     return path
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, align: str | None = None) -> str:
-    """Rows of text as aligned columns under a ruled header.
-
-    Parameters
-    ----------
-    header : sequence of str
-    rows : sequence of sequence of str
-    align : str, optional
-        One character per column, ``'<'`` or ``'>'``; the first column is
-        left-aligned and the others right-aligned by default.
-    """
-    align = align or "<" + ">" * (len(header) - 1)
-    table = [list(header), *[list(r) for r in rows]]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    lines = []
-    for k, row in enumerate(table):
-        lines.append("  ".join(f"{cell:{a}{w}}" for cell, a, w in zip(row, align, widths)).rstrip())
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def json_default(value: Any) -> Any:

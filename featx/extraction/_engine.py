@@ -12,12 +12,10 @@ resumed run computes exactly the batches an uninterrupted run would have.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import logging
 import os
 import queue
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,13 +30,16 @@ from torch.utils.data import DataLoader
 from torchvision.models.feature_extraction import create_feature_extractor
 from tqdm.auto import tqdm
 
-from . import __version__, onednn
-from .data import MAX_IMAGE_PIXELS, ImageBatch, ImageCollection, ImageDataset, collate_images, discover_images
-from .errors import DeviceError, FeatxError
-from .layers import LayerIndex, trial_forward
-from .models import LoadedModel, load_model
-from .pooling import POOLS, effective_pool, pool_features
-from .store import LayerSpec, StoreWriter
+from .._version import __version__
+from ..formatting import format_bytes
+from . import _onednn as onednn
+from ._allocator import reuse_freed_memory
+from ._images import MAX_IMAGE_PIXELS, ImageBatch, ImageCollection, ImageDataset, collate_images, discover_images
+from ..errors import DeviceError, FeatxError
+from ._layers import LayerIndex, trial_forward
+from ._models import LoadedModel, load_model
+from ._pooling import POOLS, effective_pool, pool_features
+from ..store import LayerSpec, StoreWriter, open_store
 
 __all__ = [
     "PRECISIONS",
@@ -53,6 +54,7 @@ __all__ = [
     "BatchJoiner",
     "prepare_extractor",
     "autocast",
+    "default_workers",
 ]
 
 log = logging.getLogger("featx")
@@ -326,20 +328,12 @@ def _layer_specs(config: ExtractConfig, extractor: FeatureExtractor, source_shap
     ]
 
 
-def _default_workers(device: torch.device) -> int:
+def default_workers(device: torch.device) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     # One per core, on the CPU too: every worker decodes a part of each batch
     # (see ImageLoader), so a batch is ready sooner the more cores decode it.
     # (AlexNet fc7 on 2 cores: 143 images/s with 2 workers, 124 with 1.)
     return min(16, cores)
-
-
-def _format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 class _WriterThread(threading.Thread):
@@ -428,8 +422,6 @@ def extract_features(config: ExtractConfig) -> ExtractResult:
     dims = {spec.name: spec.dim for spec in specs}
     if writer.up_to_date:
         log.info(f"{path} already holds {', '.join(config.layers)} for these images: nothing to do")
-        from .store import open_store
-
         with open_store(path) as store:
             return ExtractResult(path=path, rows=len(store), layers=dims, up_to_date=True)
 
@@ -452,12 +444,12 @@ def extract_features(config: ExtractConfig) -> ExtractResult:
         itemsize = np.dtype(spec.dtype).itemsize
         log.info(
             f"{spec.name} (node {spec.node}, {'x'.join(map(str, spec.source_shape))}, pool {spec.pool}): "
-            f"{len(collection):,} rows x {spec.dim:,} x {itemsize} B = {_format_bytes(len(collection) * spec.dim * itemsize)}"
+            f"{len(collection):,} rows x {spec.dim:,} x {itemsize} B = {format_bytes(len(collection) * spec.dim * itemsize)}"
         )
     if writer.resuming:
         log.info(f"resuming {path}: {writer.start:,} of {len(collection):,} images already done")
 
-    workers = config.workers if config.workers is not None else _default_workers(device)
+    workers = config.workers if config.workers is not None else default_workers(device)
     return _run(config, collection, loaded, extractor, writer, remaining, device, workers, path, dims)
 
 
@@ -466,8 +458,8 @@ def prepare_extractor(extractor: FeatureExtractor, device: torch.device, precisi
 
     On CUDA: ``channels_last`` (what tensor cores want) and cuDNN autotuning.
     On the CPU: the process keeps freed memory for the next batch
-    (:func:`_reuse_freed_memory`), and in fp32 chains of convolutions run in
-    oneDNN's blocked layout (:mod:`featx.onednn`), which gives the same bits
+    (:func:`reuse_freed_memory`), and in fp32 chains of convolutions run in
+    oneDNN's blocked layout (:mod:`featx.extraction._onednn`), which gives the same bits
     without reordering every activation twice per convolution.  Not
     ``channels_last``: oneDNN's NHWC kernels sum in another order, and CPU
     features must not depend on settings.
@@ -477,39 +469,10 @@ def prepare_extractor(extractor: FeatureExtractor, device: torch.device, precisi
         extractor = extractor.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     else:
-        _reuse_freed_memory()
+        reuse_freed_memory()
         if PRECISIONS[precision] is None and onednn.available():
             extractor.body = onednn.blocked_layout(extractor.body)
     return extractor
-
-
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-
-
-def _reuse_freed_memory() -> None:
-    """Make the C allocator keep freed memory for reuse (glibc; elsewhere nothing).
-
-    A CPU forward pass allocates the same large activations batch after batch.
-    glibc serves each allocation above 32 MiB (ResNet's 256 x 56 x 56 floats of
-    64 images: 205 MB) from a fresh ``mmap`` and unmaps it when freed, so every
-    batch pays the page faults, and the kernel's zeroing of every page, again:
-    on 2 cores ResNet-50 runs 15 images/s in batches of 64 that way and 33 once
-    freed memory is reused (VGG16 up to block2_pool 29 and 45, AlexNet fc7 230
-    and 274).  The setting is the process's: memory freed after an extraction
-    stays with it, for the next one.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    # Heap rather than mmap up to 1 GiB, and no returning of the heap's top to the system.
-    mallopt(_M_MMAP_THRESHOLD, 1 << 30)
-    mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)
 
 
 class BatchJoiner:
@@ -685,8 +648,6 @@ def _run(config, collection, loaded, extractor, writer, remaining, device, worke
     bar.close()
     writer.finish()
     seconds = time.perf_counter() - started
-    from .store import open_store
-
     with open_store(path) as store:
         rows = len(store)
     return ExtractResult(

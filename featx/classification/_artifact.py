@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .errors import ClassifyError
-from .report import json_default
+from .._version import __version__
+from ..errors import ClassifyError
+from ._report import json_default
 
 __all__ = [
     "ARTIFACT_FORMAT",
@@ -210,7 +210,7 @@ def _load_pipeline(data: bytes, path: Path) -> Any:
 def _load_booster(data: bytes) -> Any:
     from xgboost import XGBClassifier
 
-    from .classifiers import xgboost_device
+    from ._registry import xgboost_device
 
     model = XGBClassifier()
     model.load_model(bytearray(data))

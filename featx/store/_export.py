@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FeatxError
-from .store import FeatureStore, open_store
+from ..errors import FeatxError
+from ._store import FeatureStore, open_store
 
 __all__ = ["EXPORT_FORMATS", "ExportError", "ExportResult", "export_store"]
 

@@ -1,0 +1,71 @@
+"""Checks that an output can be written, made before any work starts.
+
+An extraction that runs for an hour and then cannot write its store, or a
+``predict`` that extracts every image before finding that ``--out`` is inside
+a file, loses the user's time: every command checks its outputs first.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import OutputPathError, message, option
+
+__all__ = ["check_writable_file", "check_writable_dir"]
+
+
+def _first_existing(path: Path) -> Path:
+    """*path* or its nearest ancestor that exists."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path.cwd()
+
+
+def _refuse(path: Path, name: str, reason: str) -> OutputPathError:
+    return OutputPathError(
+        message(f"{option(name)} is not writable ({reason})", got=path, hint=f"choose another {option(name)}")
+    )
+
+
+def check_writable_dir(path: str | os.PathLike, name: str) -> Path:
+    """Check that folder *path* exists and is writable, or can be created; create nothing.
+
+    Parameters
+    ----------
+    path : path
+        The folder.
+    name : str
+        The parameter it came from (``"out"``), for the message.
+
+    Raises
+    ------
+    OutputPathError
+        With what is in the way: a file, a read-only folder, a special file system.
+    """
+    path = Path(path)
+    existing = _first_existing(path)
+    if not existing.is_dir():
+        raise _refuse(path, name, f"'{existing}' is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _refuse(path, name, f"no permission to write in '{existing}'")
+    # Permissions can say yes where the file system says no (/proc, /sys, read-only mounts).
+    try:
+        probe = existing / f".featx-write-test-{os.getpid()}"
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise _refuse(path, name, f"cannot create anything in '{existing}': {exc.strerror or exc}") from None
+    return path
+
+
+def check_writable_file(path: str | os.PathLike, name: str) -> Path:
+    """Check that file *path* can be created or replaced; create nothing (see :func:`check_writable_dir`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise _refuse(path, name, "it is a folder, a file name is needed")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise _refuse(path, name, "the file is read-only")
+    check_writable_dir(path.parent, name)
+    return path
