@@ -30,17 +30,20 @@ def real_jpegs(root: Path, n: int) -> list[Path]:
     return sorted(root.rglob("*.jpg"))[:n]
 
 
+def copy_real_images(hymenoptera: Path, root: Path, per_class: int = 3) -> Path:
+    """A train/val x ants/bees folder at *root* of the first *per_class* real JPEGs of each."""
+    for split in ("train", "val"):
+        for cls in ("ants", "bees"):
+            (root / split / cls).mkdir(parents=True)
+            for src in real_jpegs(hymenoptera / split / cls, per_class):
+                shutil.copy(src, root / split / cls / src.name)
+    return root
+
+
 @pytest.fixture
 def small_dataset(tmp_path: Path, hymenoptera: Path) -> Path:
     """A train/val folder of 12 real JPEGs: 3 ants and 3 bees in each split."""
-    root = tmp_path / "small"
-    for split in ("train", "val"):
-        for cls in ("ants", "bees"):
-            for src in real_jpegs(hymenoptera / split / cls, 3):
-                dst = root / split / cls / src.name
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(src, dst)
-    return root
+    return copy_real_images(hymenoptera, tmp_path / "small")
 
 
 @pytest.fixture
@@ -163,6 +166,12 @@ def odd_images(tmp_path: Path, hymenoptera: Path) -> Path:
     return root
 
 
+# The tiny, fast configuration of the tests' extractions: a real network, a few
+# seconds for a dozen images on 2 cores.
+MODEL = "resnet18"
+IMAGE_SIZE = 64
+
+
 def quick_extract(data: Path, out: Path, **overrides):
     """Extract with a tiny, fast configuration (ResNet-18, random weights, 64x64); returns the ExtractResult."""
     from featx.extraction import ExtractConfig, extract_features
@@ -170,10 +179,10 @@ def quick_extract(data: Path, out: Path, **overrides):
     settings = dict(
         data=data,
         out=out,
-        model="resnet18",
+        model=MODEL,
         layers=("conv2", "penultimate"),
         weights="none",
-        image_size=64,
+        image_size=IMAGE_SIZE,
         batch_size=4,
         workers=0,
         device="cpu",

@@ -1,38 +1,87 @@
-"""Small feature stores for the info, export and interop tests (imported, not collected)."""
+"""Small feature stores written directly through featx.store.StoreWriter (imported, not collected).
+
+The classify tests need stores with known contents (features drawn around
+one centre per class, rows in any order, some rows missing, NaNs), and the
+info tests an interrupted one; writing them directly takes milliseconds, where
+running a network would take seconds.
+"""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
-from featx import ExtractConfig, extract_features
-from featx.extraction import discover_images
+from conftest import IMAGE_SIZE, MODEL
 from featx.store import LayerSpec, StoreWriter
 
-# resnet18 at 64 px: a real network, a few seconds for a dozen images on 2 cores.
-MODEL = "resnet18"
-IMAGE_SIZE = 64
+META = {
+    "featx_version": "test",
+    "model": MODEL,
+    "weights": "none",
+    "seed": 0,
+    "image_size": IMAGE_SIZE,
+    "resize": 73,
+    "crop": IMAGE_SIZE,
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "interpolation": "bilinear",
+    "data_root": "/data/test",
+    "data_fingerprint": "test",
+    "created_utc": "2026-01-01T00:00:00+00:00",
+}
 
 
-def real_images(hymenoptera: Path, root: Path, per_class: int = 3) -> Path:
-    """A train/val x ants/bees folder of the first *per_class* real JPEGs of each (module-scoped use)."""
-    for split in ("train", "val"):
-        for cls in ("ants", "bees"):
-            (root / split / cls).mkdir(parents=True)
-            for src in sorted((hymenoptera / split / cls).glob("*.jpg"))[:per_class]:
-                shutil.copy(src, root / split / cls / src.name)
-    return root
+def blobs(labels: np.ndarray, dim: int, seed: int, spread: float = 1.0) -> np.ndarray:
+    """Features around one random centre per class: learnable, not trivially."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=2.0, size=(int(labels.max()) + 1, dim))
+    return (centres[labels] + rng.normal(scale=spread, size=(len(labels), dim))).astype(np.float32)
 
 
-def extract_store(data: Path, out: Path, layers: tuple[str, ...] = ("conv5", "penultimate"), **options) -> Path:
-    """Extract *layers* of a seeded random-init resnet18 from *data* into *out*."""
-    config = ExtractConfig(
-        data=data, model=MODEL, layers=layers, weights="none", image_size=IMAGE_SIZE, out=out,
-        workers=0, progress=False, **options,
+def write_store(
+    path: Path,
+    ids: list[str],
+    labels: np.ndarray,
+    features: dict[str, np.ndarray],
+    *,
+    splits: list[str] | None = None,
+    classes: tuple[str, ...] = ("a", "b", "c"),
+    finish: bool = True,
+    **meta,
+) -> Path:
+    """Write a store whose row i is ``ids[i]`` (in the order given).
+
+    With ``finish=False`` the rows are committed but the extraction is left
+    unfinished, as after an interrupted run.
+    """
+    samples = SimpleNamespace(
+        ids=tuple(ids),
+        labels=np.asarray(labels, dtype=np.int32),
+        splits=tuple(splits if splits is not None else [""] * len(ids)),
+        classes=tuple(classes),
     )
-    return extract_features(config).path
+    specs = [
+        LayerSpec(name=name, node=name, pool="none", dim=values.shape[1], source_shape=(values.shape[1],))
+        for name, values in features.items()
+    ]
+    writer = StoreWriter(path, meta={**META, **meta}, layers=specs, samples=samples, checkpoint_seconds=1e9)
+    writer.add(stop=len(ids), indices=list(range(len(ids))), features=features)
+    writer.finish() if finish else writer.commit()
+    return path
+
+
+def dataset(n_per_class: int = 12, classes: int = 3, split: bool = True) -> tuple[list[str], np.ndarray, list[str]]:
+    """Sorted ids ``<split>/<class>/<i>.jpg`` with labels and splits (2/3 train, 1/3 val)."""
+    rows = []
+    for c in range(classes):
+        for i in range(n_per_class):
+            part = ("train" if i % 3 else "val") if split else ""
+            rows.append((f"{part}/{'abc'[c]}/{i:03d}.jpg".lstrip("/"), c, part))
+    rows.sort()
+    ids, labels, splits = zip(*rows)
+    return list(ids), np.array(labels), list(splits)
 
 
 def interrupted_store(data: Path, out: Path, *, stop: int, failed: tuple[int, ...] = ()) -> tuple[Path, np.ndarray]:
@@ -41,12 +90,10 @@ def interrupted_store(data: Path, out: Path, *, stop: int, failed: tuple[int, ..
     Rows are random features of width 4 for candidates ``0..stop-1`` except *failed*.
     Returns the store path and the feature rows written.
     """
+    from featx.extraction import discover_images
+
     collection = discover_images(data)
-    meta = {
-        "model": MODEL, "weights": "none", "seed": 0, "image_size": IMAGE_SIZE, "resize": 73, "crop": IMAGE_SIZE,
-        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "interpolation": "bilinear",
-        "data_root": str(data), "data_fingerprint": collection.fingerprint,
-    }
+    meta = {**META, "data_root": str(data), "data_fingerprint": collection.fingerprint}
     spec = LayerSpec(name="penultimate", node="flatten", pool="none", dim=4, source_shape=(4,))
     writer = StoreWriter(out, meta=meta, layers=[spec], samples=collection, checkpoint_seconds=0)
     rng = np.random.default_rng(0)

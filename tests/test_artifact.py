@@ -13,7 +13,7 @@ import skops.io as sio
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from classify_stores import blobs, dataset, write_store
+from stores import blobs, dataset, write_store
 from featx import __version__
 from featx.classification import ARTIFACT_VERSION, load_classifier, save_classifier
 from featx.classification import FAMILIES, resolve_params

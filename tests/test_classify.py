@@ -1,6 +1,6 @@
 """classify: the join on sample id, evaluation, metrics and run folders, bad input.
 
-Stores are written directly (tests/classify_stores.py) so that their rows,
+Stores are written directly (tests/stores.py) so that their rows,
 labels and features are known exactly.
 """
 
@@ -17,7 +17,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from sklearn.preprocessing import StandardScaler
 
-from classify_stores import blobs, dataset, write_store
+from stores import blobs, dataset, write_store
 from featx.classification import load_classifier
 from featx.classification import ClassifyConfig, format_results, run_classification
 from featx.errors import ClassifyError, StoreError

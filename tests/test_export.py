@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from stores import extract_store, real_images
+from conftest import copy_real_images, quick_extract
 
 from featx import open_store
 from featx.errors import StoreError
@@ -21,11 +21,11 @@ from featx.store._export import ExportError
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, hymenoptera: Path) -> Path:
     """11 real JPEGs, one of them named with a comma and a quote to test CSV quoting."""
-    root = real_images(hymenoptera, tmp_path_factory.mktemp("export") / "images")
+    root = copy_real_images(hymenoptera, tmp_path_factory.mktemp("export") / "images")
     odd = next((root / "val" / "bees").iterdir())
     odd.rename(odd.with_name('a,"b" c.jpg'))
     next((root / "train" / "ants").iterdir()).unlink()
-    return extract_store(root, root.parent / "store.h5")
+    return quick_extract(root, root.parent / "store.h5", layers=("conv5", "penultimate")).path
 
 
 @pytest.fixture(scope="module")

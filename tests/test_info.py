@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from stores import extract_store, interrupted_store, real_images
+from conftest import copy_real_images, quick_extract
+from stores import interrupted_store
 
 from featx import open_store
 from featx.formatting import format_bytes
@@ -22,9 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, hymenoptera: Path) -> Path:
     """12 real JPEGs (train/val x ants/bees) plus one corrupt file, resnet18 conv5 + penultimate."""
-    root = real_images(hymenoptera, tmp_path_factory.mktemp("info") / "images")
+    root = copy_real_images(hymenoptera, tmp_path_factory.mktemp("info") / "images")
     (root / "val" / "bees" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    return extract_store(root, root.parent / "store.h5")
+    return quick_extract(root, root.parent / "store.h5", layers=("conv5", "penultimate")).path
 
 
 def _line(text: str, key: str) -> str:

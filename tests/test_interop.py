@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from stores import extract_store, real_images
+from conftest import copy_real_images, quick_extract
 
 from featx import open_store
 from featx.errors import StoreError
@@ -24,11 +24,11 @@ from featx.errors import StoreError
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, hymenoptera: Path) -> Path:
     """12 real JPEGs and one corrupt file; conv5 and penultimate, then conv2 added in a second run."""
-    root = real_images(hymenoptera, tmp_path_factory.mktemp("interop") / "images")
+    root = copy_real_images(hymenoptera, tmp_path_factory.mktemp("interop") / "images")
     (root / "train" / "ants" / "empty.jpg").write_bytes(b"")
-    path = extract_store(root, root.parent / "store.h5")
+    path = quick_extract(root, root.parent / "store.h5", layers=("conv5", "penultimate")).path
     # A second extraction adds a layer to the finished store (the file is rewritten with all three).
-    return extract_store(root, path, layers=("conv2",))
+    return quick_extract(root, path, layers=("conv2",)).path
 
 
 @pytest.fixture(scope="module")
