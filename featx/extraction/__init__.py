@@ -2,80 +2,71 @@
 
 The only package that runs a network.  It writes through :mod:`featx.store`
 and never imports :mod:`featx.classification`.
+
+Names are loaded on first use (PEP 562): ``from featx.extraction import POOLS``
+does not import torch, so the command line can build its choices from the
+registries; ``from featx.extraction import extract_features`` does.
 """
 
-from ._engine import (
-    CPU_FORWARD_BYTES,
-    PRECISIONS,
-    BatchJoiner,
-    ExtractConfig,
-    ExtractResult,
-    FeatureExtractor,
-    ImageLoader,
-    autocast,
-    default_workers,
-    build_extractor,
-    default_store_path,
-    extract_features,
-    prepare_extractor,
-    resolve_device,
-)
-from ._images import (
-    IMAGE_EXTENSIONS,
-    MAX_IMAGE_PIXELS,
-    ImageBatch,
-    ImageCollection,
-    ImageDataset,
-    ImageDecodeError,
-    collate_images,
-    collect_images,
-    discover_images,
-    load_image,
-)
-from ._layers import LayerIndex, LayerInfo
-from ._models import LoadedModel, Preprocessing, list_model_names, load_model, sha256_file, weights_cache_path, weights_label
-from ._allocator import reuse_freed_memory
-from ._onednn import BlockedConv2d, blocked_layout
-from ._pooling import POOLS, effective_pool, pool_features
+from __future__ import annotations
 
-__all__ = [
-    "CPU_FORWARD_BYTES",
-    "PRECISIONS",
-    "BatchJoiner",
-    "ExtractConfig",
-    "ExtractResult",
-    "FeatureExtractor",
-    "ImageLoader",
-    "autocast",
-    "default_workers",
-    "reuse_freed_memory",
-    "BlockedConv2d",
-    "build_extractor",
-    "default_store_path",
-    "extract_features",
-    "prepare_extractor",
-    "resolve_device",
-    "IMAGE_EXTENSIONS",
-    "MAX_IMAGE_PIXELS",
-    "ImageBatch",
-    "ImageCollection",
-    "ImageDataset",
-    "ImageDecodeError",
-    "collate_images",
-    "collect_images",
-    "discover_images",
-    "load_image",
-    "LayerIndex",
-    "LayerInfo",
-    "LoadedModel",
-    "Preprocessing",
-    "list_model_names",
-    "load_model",
-    "weights_cache_path",
-    "weights_label",
-    "sha256_file",
-    "blocked_layout",
-    "POOLS",
-    "effective_pool",
-    "pool_features",
-]
+import importlib
+from typing import Any
+
+# public name -> private module that defines it
+_EXPORTS = {
+    "CPU_FORWARD_BYTES": "_engine",
+    "PRECISIONS": "_engine",
+    "BatchJoiner": "_engine",
+    "ExtractConfig": "_engine",
+    "ExtractResult": "_engine",
+    "FeatureExtractor": "_engine",
+    "ImageLoader": "_engine",
+    "autocast": "_engine",
+    "default_workers": "_engine",
+    "reuse_freed_memory": "_allocator",
+    "BlockedConv2d": "_onednn",
+    "build_extractor": "_engine",
+    "default_store_path": "_engine",
+    "extract_features": "_engine",
+    "prepare_extractor": "_engine",
+    "resolve_device": "_engine",
+    "IMAGE_EXTENSIONS": "_images",
+    "MAX_IMAGE_PIXELS": "_images",
+    "ImageBatch": "_images",
+    "ImageCollection": "_images",
+    "ImageDataset": "_images",
+    "ImageDecodeError": "_images",
+    "collate_images": "_images",
+    "collect_images": "_images",
+    "discover_images": "_images",
+    "load_image": "_images",
+    "LayerIndex": "_layers",
+    "LayerInfo": "_layers",
+    "LoadedModel": "_models",
+    "Preprocessing": "_models",
+    "list_model_names": "_models",
+    "load_model": "_models",
+    "weights_cache_path": "_models",
+    "weights_label": "_models",
+    "sha256_file": "_models",
+    "blocked_layout": "_onednn",
+    "POOLS": "_pooling",
+    "effective_pool": "_pooling",
+    "pool_features": "_pooling",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'featx.extraction' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
