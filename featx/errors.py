@@ -166,17 +166,22 @@ def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> str:
 _CLI_NAMES: ContextVar[bool] = ContextVar("featx_cli_option_names", default=False)
 
 
-def option(name: str, value: Any = _NOTHING) -> str:
-    """An option as its user writes it: ``option("batch_size", 8)`` is
-    ``batch_size=8`` in Python and ``--batch-size 8`` on the command line.
+def option(name: str, value: Any = _NOTHING, *, flag: str | None = None) -> str:
+    """An option as its user writes it.
 
-    A boolean switch is named without a value: ``option("overwrite")`` is
-    ``overwrite=True`` or ``--overwrite``.
+    ``option("batch_size")`` is ``batch_size`` in Python and ``--batch-size``
+    on the command line; ``option("batch_size", 8)`` is ``batch_size=8`` or
+    ``--batch-size 8``; a switch, ``option("overwrite", True)``, is
+    ``overwrite=True`` or ``--overwrite``.  *flag* names the command-line
+    option where it differs from the keyword (``option("models", flag="model")``).
     """
     if _CLI_NAMES.get():
-        flag = "--" + name.replace("_", "-")
-        return flag if value is _NOTHING else f"{flag} {value}"
-    return f"{name}=True" if value is _NOTHING else f"{name}={value!r}" if isinstance(value, str) else f"{name}={value}"
+        dashed = "--" + (flag or name).replace("_", "-")
+        # A switch is named by its flag alone, whichever value it sets (--offline: download=False).
+        return dashed if value is _NOTHING or isinstance(value, bool) else f"{dashed} {value}"
+    if value is _NOTHING:
+        return name
+    return f"{name}={value!r}" if isinstance(value, str) else f"{name}={value}"
 
 
 @contextlib.contextmanager

@@ -29,6 +29,23 @@ def _refuse(path: Path, name: str, reason: str) -> OutputPathError:
     )
 
 
+def _folder_problem(path: Path) -> str | None:
+    """Why nothing can be created in folder *path* (or where it would be made), or None."""
+    existing = _first_existing(path)
+    if not existing.is_dir():
+        return f"'{existing}' is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no permission to write in '{existing}'"
+    # Permissions can say yes where the file system says no (/proc, /sys, read-only mounts).
+    probe = existing / f".featx-write-test-{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        return f"cannot create files in '{existing}': {exc.strerror or exc}"
+    return None
+
+
 def check_writable_dir(path: str | os.PathLike, name: str) -> Path:
     """Check that folder *path* exists and is writable, or can be created; create nothing.
 
@@ -39,24 +56,20 @@ def check_writable_dir(path: str | os.PathLike, name: str) -> Path:
     name : str
         The parameter it came from (``"out"``), for the message.
 
+    Returns
+    -------
+    Path
+        *path*.
+
     Raises
     ------
     OutputPathError
         With what is in the way: a file, a read-only folder, a special file system.
     """
     path = Path(path)
-    existing = _first_existing(path)
-    if not existing.is_dir():
-        raise _refuse(path, name, f"'{existing}' is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise _refuse(path, name, f"no permission to write in '{existing}'")
-    # Permissions can say yes where the file system says no (/proc, /sys, read-only mounts).
-    try:
-        probe = existing / f".featx-write-test-{os.getpid()}"
-        probe.mkdir()
-        probe.rmdir()
-    except OSError as exc:
-        raise _refuse(path, name, f"cannot create anything in '{existing}': {exc.strerror or exc}") from None
+    problem = _folder_problem(path)
+    if problem:
+        raise _refuse(path, name, problem)
     return path
 
 
@@ -67,5 +80,7 @@ def check_writable_file(path: str | os.PathLike, name: str) -> Path:
         raise _refuse(path, name, "it is a folder, a file name is needed")
     if path.exists() and not os.access(path, os.W_OK):
         raise _refuse(path, name, "the file is read-only")
-    check_writable_dir(path.parent, name)
+    problem = _folder_problem(path.parent)
+    if problem:
+        raise _refuse(path, name, problem)
     return path
