@@ -30,10 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FeatxError
-from ._store import FeatureStore, open_store
+from ..errors import ExportError, choices, message, option
+from ..formatting import format_bytes
+from ..paths import check_writable_file
+from ._atomic import temporary_path
+from ._reader import FeatureStore, open_store
 
-__all__ = ["EXPORT_FORMATS", "ExportError", "ExportResult", "export_store"]
+__all__ = ["EXPORT_FORMATS", "ExportResult", "export_store", "format_export"]
 
 log = logging.getLogger("featx")
 
@@ -41,10 +44,6 @@ log = logging.getLogger("featx")
 _BLOCK_BYTES = 32 << 20
 _SAMPLE_COLUMNS = ("id", "label", "class", "split")
 _NPZ_RESERVED = ("id", "label", "split", "classes", "meta")
-
-
-class ExportError(FeatxError, ValueError):
-    """The export cannot be written as asked (format, output path, layer names)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,23 @@ class ExportResult:
 
     @property
     def bytes(self) -> int:
+        """Size of the file written."""
         return self.path.stat().st_size
+
+
+def format_export(result: ExportResult) -> str:
+    """One line that says what an export wrote, as ``run_pipeline.py export`` prints it.
+
+    Examples
+    --------
+    >>> format_export(result)  # doctest: +SKIP
+    'wrote f.npz (npz, 2.1 MiB): 11 rows; layers conv5 (512), penultimate (512); 0.1 s'
+    """
+    layers = ", ".join(f"{name} ({dim:,})" for name, dim in result.layers.items())
+    return (
+        f"wrote {result.path} ({result.format}, {format_bytes(result.bytes)}): {result.rows:,} rows; "
+        f"layers {layers}; {result.seconds:.1f} s"
+    )
 
 
 class _Source:
@@ -117,8 +132,10 @@ def _write_npz(source: _Source, path: Path) -> None:
     clash = sorted(set(source.layers) & set(_NPZ_RESERVED))
     if clash:
         raise ExportError(
-            f"layer name(s) {', '.join(clash)} clash with the npz arrays {', '.join(_NPZ_RESERVED)}; "
-            "export those layers as parquet or csv"
+            message(
+                f"layer name(s) {', '.join(clash)} clash with the npz arrays {', '.join(_NPZ_RESERVED)}",
+                hint="export those layers as parquet or csv",
+            )
         )
     store = source.store
     # Fixed-width unicode, not object arrays: numpy.load then needs no pickle.
@@ -153,8 +170,10 @@ def _write_parquet(source: _Source, path: Path) -> None:
         import pyarrow.parquet as pq
     except ImportError:
         raise ExportError(
-            "--format parquet needs the pyarrow package, which is not installed; "
-            "install it with `pip install pyarrow`, or export as npz or csv"
+            message(
+                f"{option('format', 'parquet')} needs the pyarrow package, which is not installed",
+                hint="install it with `pip install pyarrow`, or export as npz or csv",
+            )
         ) from None
     fields = [pa.field("id", pa.string()), pa.field("label", pa.int32()), pa.field("class", pa.string()),
               pa.field("split", pa.string())]
@@ -195,14 +214,18 @@ EXPORT_FORMATS = tuple(EXPORTERS)
 
 def _format_of(format: str | None, out: Path) -> str:
     if format is None:
-        format = out.suffix.lstrip(".").lower()
-        if format not in EXPORTERS:
+        if out.suffix.lstrip(".").lower() not in EXPORTERS:
             raise ExportError(
-                f"cannot tell the export format from --out '{out}' (suffix '{out.suffix}'): "
-                f"pass --format {'|'.join(EXPORTERS)} or use one of those suffixes"
+                message(
+                    f"the suffix of '{out}'",
+                    allowed=f"{choices(f'.{name}' for name in EXPORTERS)} to name the export format",
+                    got=out.suffix,
+                    hint=f"rename the file, or pass {option('format', '|'.join(EXPORTERS))}",
+                )
             )
+        format = out.suffix.lstrip(".").lower()
     if format not in EXPORTERS:
-        raise ExportError(f"unknown export format '{format}': choose one of {', '.join(EXPORTERS)}")
+        raise ExportError(message("export format", allowed=choices(EXPORTERS), got=format))
     return format
 
 
@@ -232,26 +255,47 @@ def export_store(
     block_rows : int, optional
         Rows read and written at once (by default about 32 MiB of features).
 
+    Returns
+    -------
+    ExportResult
+        What was written; :func:`format_export` says it in one line.
+
     Raises
     ------
-    FeatxError
-        Unknown format or layer, *out* exists, or the store cannot be read.
+    OutputPathError
+        *out* cannot be written (a folder, inside a file, a read-only place).
+    ExportError
+        Unknown format, *out* exists, or a layer is requested twice.
+    StoreError
+        The store cannot be read, or lacks a requested layer.
+
+    Every check is made before anything is read or written.
+
+    Examples
+    --------
+    >>> result = export_store("features/ants.h5", "ants.parquet", layers=["fc7"])  # doctest: +SKIP
+    >>> print(format_export(result))  # doctest: +SKIP
+    wrote ants.parquet (parquet, 3.4 MiB): 244 rows; layers fc7 (4,096); 0.3 s
     """
     started = time.perf_counter()
-    out = Path(out)
+    out = check_writable_file(out, "out")
     format = _format_of(format, out)
     if out.exists() and not overwrite:
-        raise ExportError(f"'{out}' already exists; pass --overwrite to replace it, or choose another --out")
-    if out.is_dir():
-        raise ExportError(f"--out must be a file path, got the folder '{out}'")
+        raise ExportError(
+            message(
+                "the output file already exists",
+                got=out,
+                hint=f"pass {option('overwrite', True)} to replace it, or choose another {option('out')}",
+            )
+        )
     if block_rows is not None and block_rows < 1:
-        raise ExportError(f"block_rows must be a positive integer, got {block_rows}")
+        raise ExportError(message("block_rows", allowed="a positive integer", got=block_rows))
     with open_store(store_path) as store:
         chosen = list(layers) if layers else store.layers
         for name in chosen:
             store.layer_info(name)  # an unknown layer fails here, naming the ones there are
         if len(set(chosen)) != len(chosen):
-            raise ExportError(f"a layer is requested twice: {', '.join(chosen)}")
+            raise ExportError(message("layers", allowed="distinct names", got=chosen))
         if not store.complete:
             log.warning(
                 f"'{store.path}' is incomplete (its extraction was interrupted): exporting the "
@@ -259,7 +303,7 @@ def export_store(
             )
         source = _Source(store, chosen, block_rows)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        tmp = temporary_path(out)
         try:
             EXPORTERS[format](source, tmp)
             os.replace(tmp, out)

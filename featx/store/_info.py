@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 
 from ..formatting import format_bytes, format_table
-from ._store import SPLIT_NAMES, FeatureStore, open_store, parts_dir
+from ._reader import FeatureStore, open_store
+from ._schema import SPLIT_NAMES, parts_dir
+from ._weights import parse_weights_label
 
 __all__ = ["describe_store", "format_store_info"]
 
@@ -37,14 +39,15 @@ def _status(store: FeatureStore) -> str:
 
 def _weights(meta: dict[str, Any]) -> str:
     weights = str(meta.get("weights", "?"))
-    if weights == "none":
+    kind, name = parse_weights_label(weights)
+    if kind == "none":
         return (
             f"none: RANDOM INITIALISATION (seed {meta.get('seed', '?')}), not pretrained; "
             "these features carry no ImageNet knowledge"
         )
-    if weights.startswith("file:"):
+    if kind == "file":
         sha = meta.get("weights_sha256")
-        return f"{weights[len('file:'):]} (a --weights-file{f', sha256 {sha[:16]}...' if sha else ''})"
+        return f"{name} (a weights file{f', sha256 {sha[:16]}...' if sha else ''})"
     return f"{weights} (torchvision, pretrained)"
 
 

@@ -1,21 +1,19 @@
-"""The HDF5 store, format 1: reading API, plain-h5py layout, crash-safe writing (featx.store)."""
+"""Reading a store, format 1 (featx.store._reader): the reading API, the plain-h5py layout, bad paths."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from conftest import quick_extract
 from PIL import Image
 
-from conftest import quick_extract
+from featx.errors import StoreError, StoreNotFoundError
 from featx.extraction import discover_images
-from featx.errors import StoreError, StoreMismatchError
-from featx.store import LayerSpec, StoreWriter, open_store, parts_dir
+from featx.store import describe_store, open_store, parts_dir
 
 ROOT_ATTRS = {
     "featx_format", "featx_version", "model", "weights", "image_size", "mean", "std", "resize", "crop",
@@ -101,15 +99,17 @@ def test_rows_are_read_in_the_order_asked(store):
 def test_boolean_mask_selects_rows(store):
     train = store.splits == "train"
     np.testing.assert_array_equal(store.features("conv2", rows=train), store.features("conv2")[train])
-    with pytest.raises(StoreError, match=r"^a boolean row mask must have one value per row \(9\), got shape \(2,\)$"):
+    with pytest.raises(StoreError, match=r"^a boolean row mask must be of shape \(9,\), one value per row; got \(2,\)$"):
         store.features("conv2", rows=[True, False])
 
 
 def test_out_of_range_rows(store):
-    with pytest.raises(StoreError, match=r"^row 9 is out of range: '.*s\.h5' has 9 rows \(0 to 8\)$"):
+    with pytest.raises(StoreError, match=r"^row 9 is out of range; '.*s\.h5' has 9 rows \(0 to 8, or -9 to -1\)$"):
         store.features("conv2", rows=[0, 9])
     with pytest.raises(StoreError, match=r"^row -10 is out of range"):
         store.features("conv2", rows=[-10])
+    with pytest.raises(StoreError, match=r"^rows must be integers or a boolean mask; got float64$"):
+        store.features("conv2", rows=[0.5])
 
 
 def test_iter_features_and_dataframes(store):
@@ -148,22 +148,45 @@ def test_size_on_disk_and_repr(store_path, store):
 
 def test_open_errors(tmp_path):
     with pytest.raises(
-        StoreError, match=r"^feature store not found: '.*nope\.h5' does not exist; create it with `run_pipeline.py extract`"
+        StoreNotFoundError,
+        match=r"^feature store not found: '.*nope\.h5'; check the path, or create the store by extracting features into it$",
     ):
         open_store(tmp_path / "nope.h5")
     (tmp_path / "text.h5").write_text("hello")
-    with pytest.raises(StoreError, match=r"^'.*text\.h5' is not a readable HDF5 feature store \("):
+    with pytest.raises(StoreError, match=r"^not an HDF5 file, so not a feature store: '.*text\.h5'; check the path$"):
         open_store(tmp_path / "text.h5")
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = 1
-    with pytest.raises(StoreError, match=r"^'.*other\.h5' is an HDF5 file but not a featx store \(no 'featx_format' attribute\)$"):
+    with pytest.raises(StoreError, match=r"^HDF5 file is not a featx store \(no 'featx_format' attribute\): '.*other\.h5'$"):
         open_store(tmp_path / "other.h5")
     with h5py.File(tmp_path / "future.h5", "w") as f:
         f.attrs["featx_format"] = 2
     with pytest.raises(
-        StoreError, match=r"^'.*future\.h5' uses featx store format 2, this featx reads format 1 and older; upgrade featx$"
+        StoreError, match=r"^the featx store format of '.*future\.h5' must be 1 or older; got 2; upgrade featx to read it$"
     ):
         open_store(tmp_path / "future.h5")
+
+
+def test_a_folder_or_a_damaged_file_is_one_clear_line(tmp_path, store_path):
+    """h5py's own text ("Unable to synchronously open file ...") never reaches the user."""
+    folder = tmp_path / "features"
+    folder.mkdir()
+    for call in (open_store, describe_store):
+        with pytest.raises(
+            StoreError, match="^" + re.escape(f"a feature store is a file, not a folder: '{folder}'; check the path") + "$"
+        ) as caught:
+            call(folder)
+        assert not isinstance(caught.value, StoreNotFoundError)
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(store_path.read_bytes()[:4096])  # the HDF5 signature, then nothing
+    with pytest.raises(
+        StoreError,
+        match=r"^HDF5 file is damaged or truncated \(truncated file: eof = 4096, [^()]*\): "
+        + re.escape(f"'{truncated}'; check the path")
+        + "$",
+    ) as caught:
+        open_store(truncated)
+    assert "synchronously" not in str(caught.value)
 
 
 def test_float16_and_compression(images, tmp_path, store):
@@ -172,128 +195,3 @@ def test_float16_and_compression(images, tmp_path, store):
         assert f["features/conv2"].dtype == np.float16
         assert f["features/conv2"].compression == "gzip"
         np.testing.assert_array_equal(half.features("conv2"), store.features("conv2").astype(np.float16))
-
-
-# --------------------------------------------------------------------------- writing, crash safety
-
-SPEC = LayerSpec(name="f", node="n", pool="none", dim=3, source_shape=(3,))
-META = {"model": "m", "weights": "none", "featx_version": "0", "data_fingerprint": "abc"}
-
-
-class _Samples:
-    ids = tuple(f"{i}.png" for i in range(6))
-    labels = np.array([0, 1, 0, 1, 0, 1], dtype=np.int32)
-    splits = ("",) * 6
-    classes = ("x", "y")
-
-
-def _rows(start: int, stop: int) -> np.ndarray:
-    return np.arange(start * 3, stop * 3, dtype=np.float32).reshape(-1, 3)
-
-
-def _writer(path: Path, **kw) -> StoreWriter:
-    return StoreWriter(path, meta=META, layers=[SPEC], samples=_Samples(), checkpoint_seconds=0, **kw)
-
-
-def test_unfinished_store_opens_with_the_rows_so_far(tmp_path, monkeypatch):
-    path = tmp_path / "w.h5"
-    writer = _writer(path)
-    writer.add(stop=2, indices=[0, 1], features={"f": _rows(0, 2)})
-    writer.add(stop=4, indices=[3], features={"f": _rows(3, 4)}, failures=[(2, "empty file (0 bytes)")])
-    # What a reader sees while the writer is stopped (or killed) here.
-    monkeypatch.chdir(tmp_path.parent)  # the virtual datasets find their parts from anywhere
-    with open_store(path) as store:
-        assert not store.complete
-        assert store.ids.tolist() == ["0.png", "1.png", "3.png"]
-        assert store.labels.tolist() == [0, 1, 1]
-        np.testing.assert_array_equal(store.features("f"), np.concatenate([_rows(0, 2), _rows(3, 4)]))
-        assert store.failed.to_dict("list") == {"id": ["2.png"], "reason": ["empty file (0 bytes)"]}
-        assert store.size_on_disk() > path.stat().st_size
-    with h5py.File(path, "r") as f:
-        assert f["features/f"].is_virtual
-        assert f.attrs["candidates_done"] == 4 and f.attrs["candidates"] == 6
-    # A new writer resumes after the committed parts.
-    again = _writer(path)
-    assert (again.start, again.rows_done, again.resuming) == (4, 3, True)
-    again.add(stop=6, indices=[4, 5], features={"f": _rows(4, 6)})
-    again.finish()
-    with open_store(path) as store:
-        assert store.complete
-        assert store.ids.tolist() == ["0.png", "1.png", "3.png", "4.png", "5.png"]
-        np.testing.assert_array_equal(store.features("f"), np.concatenate([_rows(0, 2), _rows(3, 6)]))
-    assert not parts_dir(path).exists()
-
-
-def test_a_part_being_written_is_dropped(tmp_path):
-    path = tmp_path / "w.h5"
-    writer = StoreWriter(path, meta=META, layers=[SPEC], samples=_Samples(), checkpoint_seconds=3600)
-    writer.add(stop=2, indices=[0, 1], features={"f": _rows(0, 2)})
-    writer.commit()
-    writer.add(stop=4, indices=[2, 3], features={"f": _rows(2, 4)})  # still open: as if killed now
-    leftover = list(parts_dir(path).glob(".*.tmp-*"))
-    assert len(leftover) == 1
-    writer._open.file.close()
-    again = _writer(path)
-    assert again.start == 2
-    assert not leftover[0].exists()
-
-
-def test_finish_refuses_missing_rows(tmp_path):
-    writer = _writer(tmp_path / "w.h5")
-    writer.add(stop=2, indices=[0, 1], features={"f": _rows(0, 2)})
-    with pytest.raises(StoreError, match=r"^cannot finish '.*w\.h5': 2 of 6 images were processed$"):
-        writer.finish()
-
-
-def test_leftovers_of_a_run_killed_in_its_final_steps_are_cleaned(tmp_path):
-    path = tmp_path / "w.h5"
-    writer = _writer(path)
-    writer.add(stop=6, indices=list(range(6)), features={"f": _rows(0, 6)})
-    saved_parts = tmp_path / "saved-parts"
-    shutil.copytree(parts_dir(path), saved_parts)
-    writer.finish()
-    finished = path.read_bytes()
-    # Killed after the final file replaced the index, before the parts were deleted ...
-    shutil.copytree(saved_parts, parts_dir(path))
-    # ... or while a later final write was under way (its temporary file, of a dead process).
-    stale = tmp_path / ".w.h5.tmp-999999999"
-    stale.write_bytes(b"half written")
-    again = _writer(path)
-    assert again.up_to_date
-    assert not parts_dir(path).exists()
-    assert not stale.exists()
-    assert path.read_bytes() == finished
-
-
-def test_temporary_file_of_a_live_process_is_kept(tmp_path):
-    live = tmp_path / f".w.h5.tmp-{os.getppid()}"
-    live.write_bytes(b"being written")
-    _writer(tmp_path / "w.h5")
-    assert live.exists()
-
-
-def test_different_layer_set_in_unfinished_parts(tmp_path):
-    path = tmp_path / "w.h5"
-    _writer(path).add(stop=2, indices=[0, 1], features={"f": _rows(0, 2)})
-    other = LayerSpec(name="g", node="n2", pool="none", dim=3, source_shape=(3,))
-    with pytest.raises(
-        StoreMismatchError,
-        match=re.escape(f"an unfinished extraction of layers f is in '{parts_dir(path)}', this command asks for g; "
-                        "re-run it with the same --layer values to finish it first, or use --overwrite to start again"),
-    ):
-        StoreWriter(path, meta=META, layers=[other], samples=_Samples())
-    assert StoreWriter(path, meta=META, layers=[other], samples=_Samples(), overwrite=True).start == 0
-    assert not path.exists()
-
-
-def test_existing_file_that_is_not_a_store(tmp_path):
-    path = tmp_path / "x.h5"
-    path.write_text("not hdf5")
-    with pytest.raises(
-        StoreError, match=r"^'.*x\.h5' exists but is not a readable HDF5 file \(.*\); move it away or use --overwrite$"
-    ):
-        _writer(path)
-    with h5py.File(path, "w") as f:
-        f["data"] = 1
-    with pytest.raises(StoreError, match=r"^'.*x\.h5' exists and is not a featx store; choose another --out or use --overwrite$"):
-        _writer(path)

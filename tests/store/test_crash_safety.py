@@ -1,4 +1,4 @@
-"""Acceptance 4: an extraction killed at any point resumes to the same store as an uninterrupted run.
+"""Crash safety (featx.store._writer, _parts, _index, _assembly), acceptance 4: an extraction killed at any point resumes to the same store as an uninterrupted run.
 
 The extraction runs in a subprocess (``run_pipeline.py extract``) that is killed
 with SIGKILL (and once interrupted with SIGINT, as Ctrl-C does) at several
@@ -19,29 +19,28 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from conftest import real_jpegs
+
 from featx.extraction import ExtractConfig, extract_features
 from featx.store import open_store, parts_dir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LAYERS = ("conv5", "fc7")
 
 # Runs the CLI with the final write paused after its first layer, so that a kill
 # lands inside it: the half-written final file exists and the index is still in place.
+# StoreWriter.on_final_layer is the writer's public hook for exactly this.
 PAUSE_IN_FINAL_WRITE = """
 import runpy, sys, time
-import featx.store as store
+from featx.store import StoreWriter
 
 marker = sys.argv.pop(1)
-copy_layer = store.StoreWriter._copy_layer
 
-def copy_then_pause(self, f, spec, n_rows):
-    copy_layer(self, f, spec, n_rows)
+def pause(layer):
     open(marker, "w").close()  # tell the test we are inside the final write
     time.sleep(120)
 
-store.StoreWriter._copy_layer = copy_then_pause
+StoreWriter.on_final_layer = pause
 sys.argv = ["run_pipeline.py", *sys.argv[1:]]
 runpy.run_path("run_pipeline.py", run_name="__main__")
 """

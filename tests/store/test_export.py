@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,9 @@ import pytest
 from conftest import copy_real_images, quick_extract
 
 from featx import open_store
-from featx.errors import StoreError
-from featx.store import export_store
-from featx.store._export import ExportError
+from featx.errors import ExportError, OutputPathError, StoreError
+from featx.formatting import format_bytes
+from featx.store import export_store, format_export
 
 
 @pytest.fixture(scope="module")
@@ -99,16 +100,26 @@ def test_format_from_suffix_and_chosen_layer(store: Path, expected: dict, tmp_pa
 
 def test_errors(store: Path, tmp_path: Path):
     (tmp_path / "taken.csv").write_text("keep me")
-    with pytest.raises(ExportError, match=r"'.*taken\.csv' already exists; pass --overwrite to replace it"):
+    with pytest.raises(
+        ExportError,
+        match=r"^the output file already exists: '.*taken\.csv'; pass overwrite=True to replace it, or choose another out$",
+    ):
         export_store(store, tmp_path / "taken.csv")
     assert (tmp_path / "taken.csv").read_text() == "keep me"
-    with pytest.raises(ExportError, match=r"cannot tell the export format from --out '.*f\.txt' \(suffix '\.txt'\): "
-                                          r"pass --format npz\|parquet\|csv"):
+    with pytest.raises(
+        ExportError,
+        match=r"^the suffix of '.*f\.txt' must be one of \.npz, \.parquet, \.csv to name the export format; "
+        r"got '\.txt'; rename the file, or pass format='npz\|parquet\|csv'$",
+    ):
         export_store(store, tmp_path / "f.txt")
-    with pytest.raises(ExportError, match=r"unknown export format 'xlsx': choose one of npz, parquet, csv"):
+    with pytest.raises(ExportError, match=r"^export format must be one of npz, parquet, csv; got 'xlsx'$"):
         export_store(store, tmp_path / "f.xlsx", format="xlsx")
     with pytest.raises(StoreError, match=r"layer 'fc7' is not in store '.*'; it holds conv5, penultimate"):
         export_store(store, tmp_path / "f.npz", layers=["fc7"])
+    with pytest.raises(ExportError, match=r"^layers must be distinct names; got \['conv5', 'conv5'\]$"):
+        export_store(store, tmp_path / "f.npz", layers=["conv5", "conv5"])
+    with pytest.raises(ExportError, match=r"^block_rows must be a positive integer; got 0$"):
+        export_store(store, tmp_path / "f.npz", block_rows=0)
     assert not list(tmp_path.glob("f.*")) and not list(tmp_path.glob(".*tmp*"))
 
 
@@ -125,4 +136,55 @@ def test_cli_export(run_cli, store: Path, expected: dict, tmp_path: Path):
     frame = pd.read_parquet(tmp_path / "x.pq")
     assert np.array_equal(frame.iloc[:, 4:].to_numpy(), expected["conv5"])
     code, out, err = run_cli("export", store, "--format", "parquet", "--out", tmp_path / "x.pq")
-    assert code == 2 and err == f"error: '{tmp_path / 'x.pq'}' already exists; pass --overwrite to replace it, or choose another --out\n"
+    assert code == 2 and err == (
+        f"error: the output file already exists: '{tmp_path / 'x.pq'}'; pass --overwrite to replace it, "
+        "or choose another --out\n"
+    )
+
+
+def test_format_export_is_the_line_the_cli_prints(run_cli, store: Path, tmp_path: Path):
+    result = export_store(store, tmp_path / "f.npz", layers=["conv5", "penultimate"])
+    assert format_export(result) == (
+        f"wrote {tmp_path / 'f.npz'} (npz, {format_bytes((tmp_path / 'f.npz').stat().st_size)}): 11 rows; "
+        f"layers conv5 (512), penultimate (512); {result.seconds:.1f} s"
+    )
+    code, out, err = run_cli("export", store, "--out", tmp_path / "g.npz", "--layer", "conv5")
+    assert (code, err) == (0, "")
+    assert re.fullmatch(
+        re.escape(f"wrote {tmp_path / 'g.npz'} (npz, {format_bytes((tmp_path / 'g.npz').stat().st_size)}): 11 rows; ")
+        + r"layers conv5 \(512\); \d+\.\d s\n",
+        out,
+    )
+
+
+def test_an_unwritable_out_is_refused_before_any_work(store: Path, tmp_path: Path):
+    out = Path("/proc/featx-test.npz")
+    # Checked before the store is even opened: a missing store is not what is reported.
+    with pytest.raises(OutputPathError):
+        export_store(tmp_path / "missing.h5", out)
+    with pytest.raises(OutputPathError) as caught:
+        export_store(store, out)
+    assert str(caught.value) == (
+        f"out is not writable (cannot create files in '/proc': No such file or directory): '{out}'; choose another out"
+    )
+    (tmp_path / "file.txt").write_text("keep me")
+    out = tmp_path / "file.txt" / "x.npz"
+    with pytest.raises(OutputPathError) as caught:
+        export_store(store, out)
+    assert str(caught.value) == (
+        f"out is not writable ('{tmp_path / 'file.txt'}' is a file, not a folder): '{out}'; choose another out"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
+    assert (tmp_path / "file.txt").read_text() == "keep me"
+    with pytest.raises(OutputPathError, match=r"^out is not writable \(it is a folder, a file name is needed\): "):
+        export_store(store, tmp_path)
+
+
+def test_cli_export_unwritable_out(run_cli, store: Path, tmp_path: Path):
+    (tmp_path / "file.txt").write_text("keep me")
+    code, out, err = run_cli("export", store, "--out", tmp_path / "file.txt" / "x.npz")
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: --out is not writable ('{tmp_path / 'file.txt'}' is a file, not a folder): "
+        f"'{tmp_path / 'file.txt' / 'x.npz'}'; choose another --out\n"
+    )

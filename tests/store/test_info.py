@@ -17,7 +17,7 @@ from featx import open_store
 from featx.formatting import format_bytes
 from featx.store import describe_store
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +116,16 @@ def test_cli_info_missing_store(run_cli, tmp_path: Path):
     code, out, err = run_cli("info", tmp_path / "nope.h5")
     assert code == 2 and out == ""
     assert err == (
-        f"error: feature store not found: '{tmp_path / 'nope.h5'}' does not exist; "
-        "create it with `run_pipeline.py extract` or check the path\n"
+        f"error: feature store not found: '{tmp_path / 'nope.h5'}'; "
+        "check the path, or create the store by extracting features into it\n"
     )
+
+
+def test_cli_info_on_a_folder_or_a_text_file(run_cli, tmp_path: Path):
+    code, out, err = run_cli("info", tmp_path)
+    assert (code, out) == (2, "")
+    assert err == f"error: a feature store is a file, not a folder: '{tmp_path}'; check the path\n"
+    (tmp_path / "notes.txt").write_text("not a store")
+    code, out, err = run_cli("info", tmp_path / "notes.txt")
+    assert (code, out) == (2, "")
+    assert err == f"error: not an HDF5 file, so not a feature store: '{tmp_path / 'notes.txt'}'; check the path\n"

@@ -1,0 +1,79 @@
+"""When two configurations are "the same": the one comparison of identity attributes.
+
+A store can be resumed or extended only by the configuration that made it, and
+a classifier applies only to features made like its training features.  Both
+questions compare recorded attributes with requested ones, here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._schema import attr_value
+
+__all__ = ["IDENTITY_RTOL", "identity_differences"]
+
+# Relative tolerance of list values (mean, std).  A float32 holds about 7
+# significant digits (machine epsilon 1.2e-7), so a value written as float32 and
+# read back as float64 differs from the Python float by at most ~6e-8 relative;
+# 1e-6 accepts that round trip and still tells any two real normalisations apart
+# (ImageNet's 0.485 and 0.5 differ by 3%).
+IDENTITY_RTOL = 1e-6
+
+
+def _plain(value: Any) -> Any:
+    """An attribute as a plain value; a tuple (requested ``mean=(...)``) compares as the list HDF5 returns."""
+    value = attr_value(value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _same(recorded: Any, requested: Any) -> bool:
+    if isinstance(recorded, list) or isinstance(requested, list):
+        if not (isinstance(recorded, list) and isinstance(requested, list)) or len(recorded) != len(requested):
+            return False  # np.allclose would broadcast [0.5] against [0.5, 0.5, 0.5]
+        try:
+            a, b = np.asarray(recorded, dtype=np.float64), np.asarray(requested, dtype=np.float64)
+        except (TypeError, ValueError):
+            return recorded == requested  # lists of text
+        return bool(np.allclose(a, b, rtol=IDENTITY_RTOL, atol=0.0))
+    return recorded == requested
+
+
+def identity_differences(
+    recorded: Mapping[str, Any], requested: Mapping[str, Any], keys: Sequence[str]
+) -> list[tuple[str, Any, Any]]:
+    """The identity attributes that differ between what was recorded and what is requested.
+
+    Parameters
+    ----------
+    recorded : mapping
+        Attributes as stored (HDF5 attributes, or the provenance saved with a
+        classifier); numpy and bytes values are read as plain Python values.
+    requested : mapping
+        The attributes of the configuration asked for now.
+    keys : sequence of str
+        The keys to compare, e.g. :data:`IDENTITY_KEYS` or :data:`LAYER_IDENTITY_KEYS`.
+        A key missing on one side only is a difference; missing on both, not.
+
+    Returns
+    -------
+    list of (key, recorded value, requested value)
+        In the order of *keys*; empty when the configurations are the same.
+        Lists (mean, std) are equal when they have the same length and agree
+        element-wise within a relative :data:`IDENTITY_RTOL` (1e-6, the float32
+        round trip); every other value must be equal.
+
+    Examples
+    --------
+    >>> identity_differences({"seed": 0, "mean": [0.485]}, {"seed": 1, "mean": [0.48500001]}, ["seed", "mean"])
+    [('seed', 0, 1)]
+    """
+    differences = []
+    for key in keys:
+        have, want = _plain(recorded.get(key)), _plain(requested.get(key))
+        if not _same(have, want):
+            differences.append((key, have, want))
+    return differences

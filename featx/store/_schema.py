@@ -1,0 +1,195 @@
+"""Store format 1: its version, its identity keys, its layer description, and how values go in and out of HDF5.
+
+A store is one HDF5 file (schema in DESIGN.md and the README)::
+
+    /                 attrs: featx_format=1, model, weights, preprocessing, complete, ...
+    /samples/id       (N,) UTF-8 str, sorted
+    /samples/label    (N,) int32, index into /classes, -1 when unlabelled
+    /samples/split    (N,) UTF-8 str
+    /classes          (C,) UTF-8 str
+    /features/<name>  (N, D) float32 (or float16), chunked along rows
+    /failed/id, /failed/reason   (M,) UTF-8 str
+
+Every other module of the package reads and writes attributes and string
+datasets through the helpers here, so that a value is stored one way only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SPLIT_NAMES",
+    "IDENTITY_KEYS",
+    "LAYER_IDENTITY_KEYS",
+    "LayerSpec",
+    "parts_dir",
+    "attr_value",
+    "set_attrs",
+    "read_strings",
+    "write_strings",
+    "is_layer",
+    "rows_per_chunk",
+    "SampleTable",
+    "write_samples",
+]
+
+FORMAT_VERSION = 1
+# Values of /samples/split other than '' (no split folder).
+SPLIT_NAMES = ("train", "val", "test")
+# Root attributes that define "the same configuration": a store made with other
+# values cannot be resumed or extended, only replaced (overwrite).
+IDENTITY_KEYS = (
+    "model",
+    "weights",
+    "weights_sha256",
+    "seed",
+    "image_size",
+    "resize",
+    "crop",
+    "mean",
+    "std",
+    "interpolation",
+    "data_fingerprint",
+)
+# Per-layer attributes that define the same feature dataset.
+LAYER_IDENTITY_KEYS = ("node", "pool", "precision", "dtype")
+
+_STR = h5py.string_dtype("utf-8")
+# HDF5's advice: chunks of 10 KiB to 1 MiB; rows of features are read together.
+_CHUNK_BYTES = 1 << 20
+
+
+def parts_dir(path: str | os.PathLike) -> Path:
+    """Folder that holds the part files of an unfinished extraction into *path*.
+
+    Parameters
+    ----------
+    path : path
+        The store file.
+
+    Returns
+    -------
+    Path
+        ``<path>.parts`` beside the store.
+    """
+    path = Path(path)
+    return path.with_name(path.name + ".parts")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One feature dataset: what is computed and how it is stored.
+
+    Attributes
+    ----------
+    name : str
+        Dataset name under ``/features`` (the name the user asked for).
+    node : str
+        torchvision graph node it is read from.
+    pool : str
+        Pooling applied to the node's output (``'none'`` for 2-D outputs).
+    dim : int
+        Number of columns D after pooling.
+    source_shape : tuple of int
+        Shape of one sample's node output before pooling.
+    precision : str
+        Compute precision: ``fp32``, ``bf16`` or ``fp16``.
+    dtype : str
+        Storage dtype: ``float32`` or ``float16``.
+    """
+
+    name: str
+    node: str
+    pool: str
+    dim: int
+    source_shape: tuple[int, ...]
+    precision: str = "fp32"
+    dtype: str = "float32"
+
+    def attrs(self) -> dict[str, Any]:
+        """The attributes of ``/features/<name>`` that describe this layer."""
+        return {
+            "node": self.node,
+            "pool": self.pool,
+            "source_shape": np.asarray(self.source_shape, dtype=np.int64),
+            "requested": self.name,
+            "precision": self.precision,
+            "dtype": self.dtype,
+        }
+
+
+def attr_value(value: Any) -> Any:
+    """An HDF5 attribute as a plain Python value (str, int, float, bool or list)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def set_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
+    """Write *attrs* on an HDF5 object; ``None`` values are left out."""
+    for key, value in attrs.items():
+        if value is None:
+            continue
+        # str subclasses (torch.__version__ is one) would be stored as fixed-width numpy text
+        obj.attrs[key] = str(value) if isinstance(value, str) else value
+
+
+def read_strings(dataset: h5py.Dataset) -> np.ndarray:
+    """A UTF-8 string dataset as an object array of str (read in one block)."""
+    return dataset.asstr()[()] if dataset.shape[0] else np.array([], dtype=object)
+
+
+def write_strings(group: h5py.Group, name: str, values: Sequence[str]) -> None:
+    """Create the UTF-8 string dataset *name* in *group* holding *values*."""
+    group.create_dataset(name, data=np.array(list(values), dtype=object), dtype=_STR, shape=(len(values),))
+
+
+def is_layer(obj: Any) -> bool:
+    """Whether an object under ``/features`` is a feature dataset (not a dimension scale)."""
+    return isinstance(obj, h5py.Dataset) and "node" in obj.attrs
+
+
+def rows_per_chunk(dim: int, itemsize: int) -> int:
+    """Rows of a ``(N, dim)`` feature dataset in one chunk of about 1 MiB."""
+    return max(1, _CHUNK_BYTES // max(1, dim * itemsize))
+
+
+@dataclass
+class SampleTable:
+    """The rows of ``/samples`` and ``/failed``, gathered from part files.
+
+    Attributes
+    ----------
+    ids, splits : list of str, length N
+    labels : ndarray of int32, shape (N,)
+    failed_ids, failed_reasons : list of str, length M
+    """
+
+    ids: list[str] = field(default_factory=list)
+    labels: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int32))
+    splits: list[str] = field(default_factory=list)
+    failed_ids: list[str] = field(default_factory=list)
+    failed_reasons: list[str] = field(default_factory=list)
+
+
+def write_samples(f: h5py.File, table: SampleTable, classes: Sequence[str]) -> None:
+    """Create ``/samples``, ``/classes`` and ``/failed`` of a store file."""
+    write_strings(f, "samples/id", table.ids)
+    f.create_dataset("samples/label", data=np.asarray(table.labels, dtype=np.int32), shape=(len(table.ids),))
+    write_strings(f, "samples/split", table.splits)
+    write_strings(f, "classes", list(classes))
+    write_strings(f, "failed/id", table.failed_ids)
+    write_strings(f, "failed/reason", table.failed_reasons)
