@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError
+from ..errors import DataError, message, option
 from ..store import SPLIT_NAMES
 
 __all__ = [
@@ -121,16 +121,21 @@ def discover_images(root: str | os.PathLike) -> ImageCollection:
     root = Path(root).expanduser()
     if not root.exists():
         raise DataError(
-            f"data folder not found: '{root}' does not exist; pass --data DIR with a folder of "
-            "images, one subfolder per class (optionally under train/, val/, test/)"
+            message(
+                f"data folder not found: '{root}' does not exist",
+                hint=f"pass {option('data', 'DIR')} with a folder of images, one subfolder per class "
+                "(optionally under train/, val/, test/)",
+            )
         )
     if not root.is_dir():
-        raise DataError(f"--data must be a folder, got the file '{root}'; give the folder that holds it")
+        raise DataError(message(option("data"), allowed="a folder", got=root, hint="give the folder that holds it"))
     ids = _walk_images(root)
     if not ids:
         raise DataError(
-            f"no images found in '{root}': looked for files ending in "
-            f"{', '.join(sorted(IMAGE_EXTENSIONS))}; put images in one subfolder per class"
+            message(
+                f"no images found in '{root}': looked for files ending in {', '.join(sorted(IMAGE_EXTENSIONS))}",
+                hint="put images in one subfolder per class",
+            )
         )
     top_dirs = {i.split("/", 1)[0] for i in ids if "/" in i}
     has_splits = bool(top_dirs & set(SPLIT_NAMES))
@@ -173,9 +178,9 @@ def collect_images(paths: Iterable[str | os.PathLike]) -> ImageCollection:
         elif p.exists() or p.is_symlink():
             files.append(p)
         else:
-            raise DataError(f"image not found: '{p}' does not exist; pass image files or folders")
+            raise DataError(message(f"image not found: '{p}' does not exist", hint="pass image files or folders"))
     if not files:
-        raise DataError(f"no images found in {', '.join(map(str, paths))}")
+        raise DataError(message("no images found in", got=", ".join(map(str, paths))))
     absolute = [f.absolute() for f in files]
     root = Path(os.path.commonpath([f.parent for f in absolute]))
     ids = sorted({f.relative_to(root).as_posix() for f in absolute})

@@ -30,11 +30,23 @@ from functools import cached_property
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+from torchvision.models.feature_extraction import (
+    create_feature_extractor,
+    get_graph_node_names,
+)
 
-from ..errors import ImageSizeError, UnknownLayerError, close_matches
+from ..errors import (
+    ConfigError,
+    ImageSizeError,
+    UnknownLayerError,
+    close_matches,
+    message,
+    option,
+)
+from ..formatting import format_table
+from ._models import load_model
 
-__all__ = ["LayerInfo", "LayerIndex"]
+__all__ = ["LayerInfo", "LayerIndex", "LayerListing", "list_layers", "format_layers"]
 
 
 @dataclass(frozen=True)
@@ -141,9 +153,16 @@ def trial_forward(network: nn.Module, image_size: int, model_name: str) -> dict:
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ImageSizeError(
-            f"{model_name} cannot run on {image_size}x{image_size} images ({reason}); "
-            "use a larger --image-size (the weights' own, usually 224, when omitted)"
+            message(
+                f"{model_name} cannot run on {image_size}x{image_size} images ({reason})",
+                hint=f"use a larger {option('image_size')} (the weights' own, usually 224, when omitted)",
+            )
         ) from None
+
+
+def _listing_hint(model: str | None) -> str:
+    """Where the valid layer names of *model* are listed."""
+    return f"list them with `run_pipeline.py layers --model {model or 'MODEL'}`"
 
 
 class LayerIndex:
@@ -240,9 +259,11 @@ class LayerIndex:
         choices = [*self.aliases, *self.nodes, *self._module_paths]
         model = self.name or type(self.model).__name__
         raise UnknownLayerError(
-            f"unknown layer '{name}' for {model}: {close_matches(name, choices)}"
-            f"valid names are graph nodes, module paths and aliases ({', '.join(list(self.aliases)[:8])}, ...); "
-            f"list them with `run_pipeline.py layers --model {self.name or 'MODEL'}`"
+            message(
+                f"unknown layer '{name}' for {model}",
+                hint=f"{close_matches(name, choices)}valid names are graph nodes, module paths and aliases "
+                f"({', '.join(list(self.aliases)[:8])}, ...); {_listing_hint(self.name)}",
+            )
         )
 
     # shapes --------------------------------------------------------------------------
@@ -268,8 +289,10 @@ class LayerIndex:
         convs = [n for n in self.nodes if n != final and n in shapes and len(shapes[n]) == 3 and self._has_conv(n)]
         if not convs:
             raise UnknownLayerError(
-                f"{self.name or type(self.model).__name__} has no convolution, so no 'last_conv'; "
-                f"list its layers with `run_pipeline.py layers --model {self.name or 'MODEL'}`"
+                message(
+                    f"{self.name or type(self.model).__name__} has no convolution, so no 'last_conv'",
+                    hint=_listing_hint(self.name),
+                )
             )
         spatial = shapes[convs[-1]][1:]
         end = self.nodes.index(final) if final is not None else len(self.nodes)
@@ -304,3 +327,77 @@ class LayerIndex:
             params = sum(p.numel() for p in module.parameters()) if module is not None else 0
             rows.append(LayerInfo(node, tuple(by_node.get(node, ())), self.shapes[node], params))
         return rows
+
+
+@dataclass(frozen=True)
+class LayerListing:
+    """The layers of a model at an input size, as ``run_pipeline.py layers`` lists them.
+
+    Attributes
+    ----------
+    model : str
+        torchvision model name.
+    image_size : int
+        Input size the shapes are for.
+    rows : tuple of LayerInfo
+        Every tensor-valued node, in execution order.
+    shown : tuple of LayerInfo
+        The rows listed: all of them with ``show_all``, else those with
+        aliases or parameters, and the output.
+    total_params : int
+        Parameters of the whole model.
+    show_all : bool
+    """
+
+    model: str
+    image_size: int
+    rows: tuple[LayerInfo, ...]
+    shown: tuple[LayerInfo, ...]
+    total_params: int
+    show_all: bool = False
+
+
+def list_layers(model: str, *, image_size: int | None = None, show_all: bool = False) -> LayerListing:
+    """Names, aliases, output shapes and parameter counts of a model's layers.
+
+    Parameters
+    ----------
+    model : str
+        torchvision model name.
+    image_size : int, optional
+        Input size (default: the weights' crop size, usually 224).
+    show_all : bool
+        List nodes without parameters or aliases too.
+
+    Returns
+    -------
+    LayerListing
+        Print it with :func:`format_layers`.
+
+    Examples
+    --------
+    >>> listing = list_layers("vgg19", image_size=256)  # doctest: +SKIP
+    >>> {alias: r.shape for r in listing.rows for alias in r.aliases}["block5_pool"]  # doctest: +SKIP
+    (512, 8, 8)
+    """
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise ConfigError(message(option("image_size"), allowed="a positive integer (the input size in pixels)", got=image_size))
+    loaded = load_model(model, weights="none")
+    size = image_size or loaded.preprocessing.crop
+    rows = tuple(LayerIndex(loaded.module, image_size=size, name=model).describe())
+    shown = tuple(r for r in rows if show_all or r.aliases or r.params or r.node == rows[-1].node)
+    total = sum(p.numel() for p in loaded.module.parameters())
+    return LayerListing(model=model, image_size=size, rows=rows, shown=shown, total_params=total, show_all=show_all)
+
+
+def format_layers(listing: LayerListing) -> str:
+    """The table ``run_pipeline.py layers`` prints: a title line, the layers, the total parameters."""
+    title = f"{listing.model} at {listing.image_size}x{listing.image_size}: {len(listing.rows)} layers"
+    if not listing.show_all:
+        title += f" ({len(listing.shown)} shown; --all for every node)"
+    table = format_table(
+        ("layer (graph node)", "aliases", "output shape", "params"),
+        [(r.node, ", ".join(r.aliases), "x".join(map(str, r.shape)), f"{r.params:,}") for r in listing.shown],
+        align="<<>>",
+    )
+    return f"{title}\n{table}\ntotal params: {listing.total_params:,}"

@@ -27,12 +27,21 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
-from ..errors import UnknownModelError, WeightsError, close_matches
+from ..errors import (
+    UnknownModelError,
+    WeightsError,
+    choices,
+    close_matches,
+    message,
+    option,
+)
+from ..store import file_weights_label, parse_weights_label
 
 __all__ = [
     "Preprocessing",
     "LoadedModel",
     "list_model_names",
+    "check_model_name",
     "load_model",
     "weights_cache_path",
     "weights_label",
@@ -49,14 +58,26 @@ def list_model_names() -> tuple[str, ...]:
     return tuple(torchvision.models.list_models(module=torchvision.models))
 
 
-def _check_model_name(name: str) -> None:
+def check_model_name(name: str) -> str:
+    """Return *name* if it is a torchvision classification model.
+
+    Raises
+    ------
+    UnknownModelError
+        With the closest names and where the full list comes from.
+    """
     names = list_model_names()
     if name not in names:
         raise UnknownModelError(
-            f"unknown model '{name}': {close_matches(name, names)}it must be one of torchvision's "
-            f"{len(names)} classification models ({', '.join(names[:6])}, ...; "
-            "see torchvision.models.list_models(module=torchvision.models))"
+            message(
+                option("model"),
+                allowed=f"one of torchvision's {len(names)} classification models ({', '.join(names[:6])}, ...; "
+                "see torchvision.models.list_models(module=torchvision.models))",
+                got=name,
+                hint=close_matches(name, names).strip() or None,
+            )
         )
+    return name
 
 
 @dataclass(frozen=True)
@@ -163,12 +184,15 @@ def _weights_enum(name: str):
 
 def _resolve_weights(model: str, weights: str):
     enum = _weights_enum(model)
-    choices = ["DEFAULT", *(w.name for w in enum)] if enum is not None else []
-    if enum is None or weights not in choices:
-        allowed = ", ".join([*choices, "none"])
+    names = ["DEFAULT", *(w.name for w in enum)] if enum is not None else []
+    if enum is None or weights not in names:
         raise WeightsError(
-            f"unknown weights '{weights}' for {model}: choose one of {allowed}, "
-            "or pass a state dict with --weights-file PATH"
+            message(
+                option("weights"),
+                allowed=f"{choices([*names, 'none'])} for {model}",
+                got=weights,
+                hint=f"or pass a state dict with {option('weights_file', 'PATH')}",
+            )
         )
     return enum[weights]
 
@@ -227,15 +251,20 @@ def _build_pretrained(name: str, weights: Any) -> nn.Module:
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         if cached.exists():
             raise WeightsError(
-                f"the cached weights file '{cached}' for {name} ({weights}) could not be loaded with "
-                f"torch.load(weights_only=True) ({_first_line(exc)}); delete it so that it is downloaded "
-                "again, or pass --weights-file PATH"
+                message(
+                    f"the cached weights file '{cached}' for {name} ({weights}) could not be loaded with "
+                    f"torch.load(weights_only=True) ({_first_line(exc)})",
+                    hint=f"delete it so that it is downloaded again, or pass {option('weights_file', 'PATH')}",
+                )
             ) from None
         raise WeightsError(
-            f"pretrained weights {type(weights).__name__}.{weights.name} for {name} are not cached and "
-            f"could not be downloaded ({getattr(exc, 'reason', exc)}): expected the file '{cached}' "
-            "(set TORCH_HOME to use another cache folder); copy it there, or pass --weights-file PATH, "
-            "or --weights none for a seeded random initialisation"
+            message(
+                f"pretrained weights {type(weights).__name__}.{weights.name} for {name} are not cached and "
+                f"could not be downloaded ({getattr(exc, 'reason', exc)}): expected the file '{cached}' "
+                "(set TORCH_HOME to use another cache folder)",
+                hint=f"copy it there, or pass {option('weights_file', 'PATH')}, "
+                f"or {option('weights', 'none')} for a seeded random initialisation",
+            )
         ) from None
 
 
@@ -256,8 +285,10 @@ def _unwrap_checkpoint(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(
-            f"'{path}' does not hold a state dict (a mapping of parameter names to tensors); "
-            "save one with torch.save(model.state_dict(), path)"
+            message(
+                f"'{path}' does not hold a state dict (a mapping of parameter names to tensors)",
+                hint="save one with torch.save(model.state_dict(), path)",
+            )
         )
     # Checkpoints saved from nn.DataParallel prefix every key with 'module.'.
     if obj and all(k.startswith("module.") for k in obj):
@@ -276,13 +307,15 @@ def sha256_file(path: Path) -> str:
 def _build_from_file(name: str, path: Path, seed: int) -> nn.Module:
     if not path.is_file():
         problem = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise WeightsError(f"weights file not found: '{path}' {problem}; check --weights-file")
+        raise WeightsError(message(f"weights file not found: '{path}' {problem}", hint=f"check {option('weights_file')}"))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ...
         raise WeightsError(
-            f"'{path}' could not be loaded with torch.load(weights_only=True) ({_first_line(exc)}); "
-            "it must be a state dict saved with torch.save(model.state_dict(), path)"
+            message(
+                f"'{path}' could not be loaded with torch.load(weights_only=True) ({_first_line(exc)})",
+                hint="it must be a state dict saved with torch.save(model.state_dict(), path)",
+            )
         ) from None
     state = _unwrap_checkpoint(state, path)
     with torch.random.fork_rng(devices=[]):
@@ -313,8 +346,10 @@ def _build_from_file(name: str, path: Path, seed: int) -> nn.Module:
         if shape_errors:
             details.append(f"shape mismatches: {', '.join(shape_errors[:3])}")
         raise WeightsError(
-            f"'{path}' does not match the {name} architecture: {'; '.join(details)}; "
-            "pass the --model the checkpoint was trained with"
+            message(
+                f"'{path}' does not match the {name} architecture: {'; '.join(details)}",
+                hint=f"pass the {option('model')} the checkpoint was trained with",
+            )
         )
     model.load_state_dict(state)
     return model
@@ -345,27 +380,26 @@ def load_model(
         Crop size to use instead of the weights' own; the resize keeps the
         weights' resize/crop ratio.
     """
-    _check_model_name(name)
+    label = weights_label(name, weights=weights, weights_file=weights_file)
+    kind, _ = parse_weights_label(label)
     enum = _weights_enum(name)
     default = enum.DEFAULT if enum is not None and hasattr(enum, "DEFAULT") else None
     sha = None
     used_seed = None
-    if weights_file is not None:
+    if kind == "file":
         path = Path(weights_file).expanduser()
         module = _build_from_file(name, path, seed)
-        label = f"file:{path.name}"
         sha = sha256_file(path)
         preprocessing = Preprocessing.of_weights(default)
-    elif weights.lower() == "none":
+    elif kind == "none":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             module = torchvision.models.get_model(name, weights=None)
-        label, used_seed = "none", seed
+        used_seed = seed
         preprocessing = Preprocessing.of_weights(default)
     else:
-        resolved = _resolve_weights(name, weights)
+        resolved = enum[label]
         module = _build_pretrained(name, resolved)
-        label = resolved.name
         preprocessing = Preprocessing.of_weights(resolved)
     if image_size is not None:
         preprocessing = preprocessing.with_image_size(image_size)
@@ -380,8 +414,34 @@ def load_model(
     )
 
 
-def weights_label(weights: str, weights_file: str | os.PathLike | None = None) -> str:
-    """Short label of a weights choice, as used in default store names."""
+def weights_label(
+    model: str, *, weights: str = "DEFAULT", weights_file: str | os.PathLike | None = None
+) -> str:
+    """The label a store records for a weights choice, worked out without loading the model.
+
+    Parameters
+    ----------
+    model : str
+        torchvision model name (checked).
+    weights : str
+        ``'DEFAULT'``, a weights name, or ``'none'``.
+    weights_file : path, optional
+        A state dict; wins over *weights*.
+
+    Returns
+    -------
+    str
+        ``'file:<file name>'``, ``'none'``, or the weights' own name with
+        ``DEFAULT`` resolved (``'IMAGENET1K_V1'``); read it back with
+        :func:`parse_weights_label`.
+
+    Raises
+    ------
+    UnknownModelError, WeightsError
+    """
+    check_model_name(model)
     if weights_file is not None:
-        return "file-" + Path(weights_file).stem
-    return weights
+        return file_weights_label(Path(weights_file).expanduser())
+    if weights.lower() == "none":
+        return "none"
+    return _resolve_weights(model, weights).name

@@ -153,7 +153,7 @@ def blocked_layout(body: fx.GraphModule) -> fx.GraphModule:
             elif node not in blocked and value in blocked:
                 node.replace_input_with(value, convert(value, "to_dense"))
     # A copy of an output that later operations change in place (see
-    # featx.extract._copy_reused_outputs) is already made by its conversion.
+    # the network module's _copy_reused_outputs) is already made by its conversion.
     for (value, method), dense in converted.items():
         users = list(dense.users)
         if method == "to_dense" and len(users) == 1 and users[0].op == "call_method" and users[0].target == "clone":

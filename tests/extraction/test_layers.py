@@ -1,4 +1,4 @@
-"""Layer names, aliases, shapes and the `layers` command (featx.layers)."""
+"""Layer names, aliases, shapes, the listing and the `layers` command (featx.extraction LayerIndex, list_layers)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from featx.errors import UnknownLayerError
-from featx.extraction import LayerIndex
+from featx.errors import ConfigError, UnknownLayerError
+from featx.extraction import LayerIndex, LayerInfo, format_layers, list_layers
 
 
 def _index(name: str, image_size: int = 224) -> LayerIndex:
@@ -205,7 +205,7 @@ def test_unknown_layer_lists_close_matches_and_the_layers_command(alexnet):
     with pytest.raises(UnknownLayerError) as info:
         alexnet.resolve("conv6")
     assert str(info.value) == (
-        "unknown layer 'conv6' for alexnet: did you mean conv5, conv4, conv3, conv2, conv1? valid names are "
+        "unknown layer 'conv6' for alexnet; did you mean conv5, conv4, conv3, conv2, conv1? valid names are "
         "graph nodes, module paths and aliases (conv1, pool1, conv2, pool2, conv3, conv4, conv5, pool5, ...); "
         "list them with `run_pipeline.py layers --model alexnet`"
     )
@@ -220,3 +220,36 @@ def test_describe_rows_follow_execution_order(alexnet):
     assert by_node["features.11"].aliases == ("conv5", "last_conv")
     assert by_node["features.12"].aliases == ("pool5", "features")
     assert by_node["classifier.6"].aliases == ("fc8", "logits", "classifier")
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def test_list_layers_and_its_table():
+    listing = list_layers("resnet18", image_size=64)
+    assert (listing.model, listing.image_size, len(listing.rows), len(listing.shown)) == ("resnet18", 64, 70, 47)
+    assert listing.total_params == 11_689_512
+    assert listing.shown[-1] == listing.rows[-1] == LayerInfo("fc", ("logits",), (1000,), 513_000)
+    lines = format_layers(listing).splitlines()
+    assert lines[:4] == [
+        "resnet18 at 64x64: 70 layers (47 shown; --all for every node)",
+        "layer (graph node)     aliases                   output shape     params",
+        "---------------------  ------------------------  ------------  ---------",
+        "conv1                                                64x32x32      9,408",
+    ]
+    assert lines[-1] == "total params: 11,689,512"
+    assert len(lines) == 3 + 47 + 1
+    every = list_layers("resnet18", image_size=64, show_all=True)
+    assert every.shown == every.rows
+    assert format_layers(every).splitlines()[0] == "resnet18 at 64x64: 70 layers"
+
+
+def test_list_layers_defaults_to_the_weights_crop():
+    assert list_layers("alexnet").image_size == 224
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_list_layers_refuses_a_size_that_is_not_positive(size):
+    with pytest.raises(ConfigError) as raised:
+        list_layers("alexnet", image_size=size)
+    assert str(raised.value) == f"image_size must be a positive integer (the input size in pixels); got {size}"

@@ -1,7 +1,7 @@
 """The CUDA path of the extraction engine: device choice, pinned memory, channels_last, autocast.
 
 Every test here needs a CUDA GPU and is skipped without one.  On a GPU they
-check that the engine runs there the way ``featx.extract`` says it does, and
+check that the engine runs there the way ``featx.extraction.prepare_extractor`` says it does, and
 that its features agree with the CPU's (exactly what a GPU can promise: cuDNN
 and TF32 sum in another order, bf16/fp16 round).
 """
@@ -15,22 +15,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_benchmark import load_benchmark
 
-from featx.extraction import discover_images
 from featx.extraction import (
     BatchJoiner,
     ExtractConfig,
     ImageLoader,
-    default_workers,
     autocast,
     build_extractor,
+    default_workers,
+    discover_images,
     extract_features,
+    load_model,
     prepare_extractor,
     resolve_device,
 )
-from featx.extraction import load_model
 from featx.store import open_store
-from test_benchmark import load_benchmark
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
 

@@ -1,4 +1,4 @@
-"""The extraction engine (featx.extract): equality with torchvision, reuse, layers added, odd images."""
+"""The extraction engine (featx.extraction.extract_features): equality with torchvision, reuse, layers added, odd images."""
 
 from __future__ import annotations
 
@@ -11,13 +11,18 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import ODD_BAD, ODD_GOOD, quick_extract, real_jpegs
 from PIL import Image
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from conftest import ODD_BAD, ODD_GOOD, quick_extract, real_jpegs
-from featx.errors import FeatxError, StoreMismatchError
-from featx.extraction import CPU_FORWARD_BYTES, ExtractConfig, FeatureExtractor, build_extractor, extract_features
-from featx.extraction import load_model
+from featx.errors import StoreMismatchError
+from featx.extraction import (
+    ExtractConfig,
+    FeatureExtractor,
+    build_extractor,
+    extract_features,
+    load_model,
+)
 from featx.store import open_store, parts_dir
 
 # Layer names asked of featx -> the torchvision graph node they must be.  Shallow
@@ -111,34 +116,6 @@ def test_in_place_activations_do_not_change_shallower_outputs(four_jpegs, tmp_pa
         assert (store.features("features.0") < 0).any()
 
 
-def test_network_runs_only_up_to_the_deepest_layer():
-    loaded = load_model("vgg16", weights="none", image_size=32)
-    extractor, shapes, nodes = build_extractor(loaded, ("block1_pool", "block2_conv1"), "flatten")
-    assert nodes == {"block1_pool": "features.4", "block2_conv1": "features.6"}
-    assert shapes == {"block1_pool": (64, 16, 16), "block2_conv1": (128, 16, 16)}
-    assert not hasattr(extractor.body, "classifier")
-    assert sorted(dict(extractor.body.features.named_children())) == [str(i) for i in range(7)]
-    with torch.inference_mode():
-        outputs = extractor(torch.zeros(2, 3, 32, 32))
-    assert {k: tuple(v.shape) for k, v in outputs.items()} == {"block1_pool": (2, 64 * 16 * 16), "block2_conv1": (2, 128 * 16 * 16)}
-
-
-def test_cpu_batches_run_in_slices_with_the_same_features(four_jpegs):
-    loaded = load_model("vgg16", weights="none")
-    extractor, _, _ = build_extractor(loaded, ("block1_pool", "block2_conv1"), "avg")
-    # The largest activation is block 1's 64 x 224 x 224 floats, held about three times per image.
-    assert extractor.max_images == CPU_FORWARD_BYTES // (3 * 64 * 224 * 224 * 4) == 13
-    extractor.max_images = 3
-    pixels = torch.stack([loaded.preprocessing(Image.open(p).convert("RGB")) for p in sorted(four_jpegs.rglob("*.jpg"))] * 2)
-    with torch.inference_mode():
-        sliced = extractor(pixels)
-        extractor.max_images = None
-        whole = extractor(pixels)
-    for name in ("block1_pool", "block2_conv1"):
-        assert sliced[name].shape == (8, whole[name].shape[1])
-        np.testing.assert_allclose(sliced[name].numpy(), whole[name].numpy(), rtol=1e-5, atol=1e-6)
-
-
 def test_avgmax_pool_and_float16_storage(synthetic_dataset, tmp_path):
     plain = quick_extract(synthetic_dataset, tmp_path / "avg.h5", layers=("conv2",))
     both = quick_extract(synthetic_dataset, tmp_path / "avgmax.h5", layers=("conv2",), pool="avgmax", dtype="float16")
@@ -169,16 +146,16 @@ def test_other_configuration_is_refused_unless_overwrite(synthetic_dataset, tmp_
     with pytest.raises(StoreMismatchError) as info:
         quick_extract(synthetic_dataset, path, seed=1)
     assert str(info.value) == (
-        f"store '{path}' was made with another configuration (the command differs): seed is 0 there, 1 here. "
-        "Use --overwrite to replace it, or --out PATH to write a new store"
+        f"store '{path}' was made with another configuration (the command differs): seed is 0 there, 1 here; "
+        "use overwrite=True to replace it, or out='PATH' to write a new store"
     )
     with pytest.raises(
-        StoreMismatchError, match=r"image_size is 64 there, 32 here; resize is 73 there, 37 here; crop is 64 there, 32 here\."
+        StoreMismatchError, match=r"image_size is 64 there, 32 here; resize is 73 there, 37 here; crop is 64 there, 32 here; use overwrite=True"
     ):
         quick_extract(synthetic_dataset, path, image_size=32)
     with pytest.raises(
         StoreMismatchError,
-        match=r"^layer 'conv2' already exists in '.*' with other settings: pool is 'avg' there, 'max' here\. Use --overwrite",
+        match=r"^layer 'conv2' already exists in '.*' with other settings: pool is 'avg' there, 'max' here; use overwrite=True to re-extract the store, or out='PATH'$",
     ):
         quick_extract(synthetic_dataset, path, pool="max")
     replaced = quick_extract(synthetic_dataset, path, seed=1, overwrite=True)
@@ -287,22 +264,3 @@ def test_all_images_broken(tmp_path):
         assert store.complete
         assert store.features("conv2").shape == (0, 64)
         assert store.failed["id"].tolist() == ["a.jpg", "b.png"]
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        ({"layers": ()}, r"^no layer requested: pass at least one --layer NAME$"),
-        ({"pool": "median"}, r"^unknown pool 'median': choose one of avg, max, flatten, avgmax$"),
-        ({"precision": "fp8"}, r"^unknown precision 'fp8': choose one of fp32, bf16, fp16$"),
-        ({"batch_size": 0}, r"^--batch-size must be a positive integer, got 0$"),
-        ({"workers": -1}, r"^--workers must be 0 or more, got -1$"),
-        ({"layers": ("fc7", "fc7")}, r"^a layer is requested twice: fc7, fc7$"),
-    ],
-)
-def test_config_validation(overrides, message):
-    with pytest.raises(FeatxError, match=message):
-        ExtractConfig(**overrides)

@@ -1,13 +1,17 @@
-"""Convolution chains in oneDNN's blocked layout (featx.onednn): same bits, plain outputs."""
+"""Convolution chains in oneDNN's blocked layout (featx.extraction blocked_layout): same bits, plain outputs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from featx.extraction import build_extractor, prepare_extractor
-from featx.extraction import load_model
-from featx.extraction import BlockedConv2d, blocked_layout
+from featx.extraction import (
+    BlockedConv2d,
+    blocked_layout,
+    build_extractor,
+    load_model,
+    prepare_extractor,
+)
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 

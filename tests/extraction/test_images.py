@@ -1,4 +1,4 @@
-"""Image discovery and decoding (featx.data)."""
+"""Image discovery and decoding (featx.extraction discover_images, collect_images, load_image)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import ODD_BAD, ODD_GOOD, bomb_png
 from PIL import Image
 
-from conftest import ODD_BAD, ODD_GOOD, bomb_png
+from featx.errors import DataError
 from featx.extraction import (
     IMAGE_EXTENSIONS,
     ImageDataset,
@@ -20,8 +21,6 @@ from featx.extraction import (
     discover_images,
     load_image,
 )
-from featx.errors import DataError
-
 
 # --------------------------------------------------------------------------- discovery
 
@@ -75,14 +74,14 @@ def test_fingerprint_changes_with_the_folder(synthetic_dataset):
 
 def test_missing_folder_error(tmp_path):
     missing = tmp_path / "nope"
-    with pytest.raises(DataError, match=rf"^data folder not found: '{re.escape(str(missing))}' does not exist; pass --data DIR"):
+    with pytest.raises(DataError, match=rf"^data folder not found: '{re.escape(str(missing))}' does not exist; pass data='DIR'"):
         discover_images(missing)
 
 
 def test_file_instead_of_folder_error(tmp_path):
     file = tmp_path / "a.png"
     file.write_bytes(b"x")
-    with pytest.raises(DataError, match=r"^--data must be a folder, got the file '.*a\.png'; give the folder that holds it$"):
+    with pytest.raises(DataError, match=r"^data must be a folder; got '.*a\.png'; give the folder that holds it$"):
         discover_images(file)
 
 

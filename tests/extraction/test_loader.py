@@ -1,4 +1,4 @@
-"""The engine's input pipeline (featx.extract.ImageLoader, BatchJoiner) and its CPU settings."""
+"""The engine's input pipeline (featx.extraction ImageLoader, BatchJoiner) and its CPU settings."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from featx.extraction import discover_images, load_image
-from featx.extraction import BatchJoiner, ImageLoader, default_workers
-from featx.extraction import load_model
+from featx.extraction import (
+    BatchJoiner,
+    ImageLoader,
+    default_workers,
+    discover_images,
+    load_image,
+    load_model,
+)
 from featx.store import open_store
 
 CPU = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""Model registry, weights and preprocessing (featx.models)."""
+"""Model registry, weights, their labels and preprocessing (featx.extraction load_model, weights_label)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import real_jpegs
 from PIL import Image
 
-from conftest import real_jpegs
-from featx.errors import UnknownModelError, WeightsError
-from featx.extraction import Preprocessing, load_model, weights_cache_path
+from featx.errors import ConfigError, UnknownModelError, WeightsError
+from featx.extraction import Preprocessing, check_model_name, load_model, weights_cache_path, weights_label
+from featx.store import WEIGHTS_KINDS, parse_weights_label
 
 RESNET18_V1 = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
 
@@ -55,8 +56,8 @@ def torch_home(tmp_path, monkeypatch):
 def test_unknown_model_names_close_matches():
     with pytest.raises(
         UnknownModelError,
-        match=r"^unknown model 'resnet5': did you mean resnet50, .*\? "
-        r"it must be one of torchvision's \d+ classification models \(.*list_models",
+        match=r"^model must be one of torchvision's \d+ classification models \(alexnet, .*list_models.*\); "
+        r"got 'resnet5'; did you mean resnet50, .*\?$",
     ):
         load_model("resnet5", weights="none")
 
@@ -64,8 +65,8 @@ def test_unknown_model_names_close_matches():
 def test_unknown_weights_name_lists_choices():
     with pytest.raises(
         WeightsError,
-        match=r"^unknown weights 'IMAGENET1K_V9' for resnet18: choose one of DEFAULT, IMAGENET1K_V1, none, "
-        r"or pass a state dict with --weights-file PATH$",
+        match=r"^weights must be one of DEFAULT, IMAGENET1K_V1, none for resnet18; got 'IMAGENET1K_V9'; "
+        r"or pass a state dict with weights_file='PATH'$",
     ):
         load_model("resnet18", weights="IMAGENET1K_V9")
 
@@ -119,7 +120,7 @@ def test_offline_without_cached_file(torch_home):
         "pretrained weights ResNet18_Weights.IMAGENET1K_V1 for resnet18 are not cached and could not be "
         "downloaded ([Errno -3] Temporary failure in name resolution): expected the file "
         f"'{expected}' (set TORCH_HOME to use another cache folder); copy it there, or pass "
-        "--weights-file PATH, or --weights none for a seeded random initialisation"
+        "weights_file='PATH', or weights='none' for a seeded random initialisation"
     )
 
 
@@ -132,7 +133,7 @@ def test_cached_file_with_pickled_code_is_refused(torch_home):
         WeightsError,
         match=rf"^the cached weights file '{re.escape(str(cached))}' for resnet18 .* could not be loaded with "
         r"torch.load\(weights_only=True\) \(it holds pickled Python objects other than tensors, .*\); "
-        r"delete it so that it is downloaded again, or pass --weights-file PATH$",
+        r"delete it so that it is downloaded again, or pass weights_file='PATH'$",
     ):
         load_model("resnet18", weights="IMAGENET1K_V1")
     assert not marker.exists()
@@ -182,7 +183,7 @@ def test_weights_file_with_wrong_keys(tmp_path):
         WeightsError,
         match=r"^'.*alexnet\.pt' does not match the resnet18 architecture: missing 102 keys \(e\.g\. conv1\.weight, "
         r"bn1\.weight, bn1\.bias\); 16 unexpected keys \(e\.g\. features\.0\.weight, .*\); "
-        r"pass the --model the checkpoint was trained with$",
+        r"pass the model the checkpoint was trained with$",
     ):
         load_model("resnet18", weights_file=tmp_path / "alexnet.pt")
 
@@ -233,9 +234,9 @@ def test_weights_file_not_a_state_dict(tmp_path):
 
 
 def test_weights_file_missing(tmp_path):
-    with pytest.raises(WeightsError, match=r"^weights file not found: '.*nope\.pt' does not exist; check --weights-file$"):
+    with pytest.raises(WeightsError, match=r"^weights file not found: '.*nope\.pt' does not exist; check weights_file$"):
         load_model("resnet18", weights_file=tmp_path / "nope.pt")
-    with pytest.raises(WeightsError, match=r"^weights file not found: '.*' is a folder, not a file; check --weights-file$"):
+    with pytest.raises(WeightsError, match=r"^weights file not found: '.*' is a folder, not a file; check weights_file$"):
         load_model("resnet18", weights_file=tmp_path)
 
 
@@ -279,3 +280,48 @@ def test_image_size_keeps_the_resize_ratio(hymenoptera):
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     np.testing.assert_allclose(pixels.numpy(), ((raw - mean) / std).numpy(), atol=0.05)
+
+
+# --------------------------------------------------------------------------- weights labels
+
+
+def test_weights_label_needs_no_model(tmp_path):
+    assert weights_label("resnet18") == "IMAGENET1K_V1"  # DEFAULT resolved
+    assert weights_label("resnet18", weights="IMAGENET1K_V1") == "IMAGENET1K_V1"
+    assert weights_label("resnet18", weights="none") == "none"
+    assert weights_label("resnet18", weights="None") == "none"
+    assert weights_label("resnet18", weights_file=tmp_path / "tuned.pt") == "file:tuned.pt"
+    with pytest.raises(UnknownModelError):
+        weights_label("resnet5", weights="none")
+
+
+def test_weights_label_is_what_the_loaded_model_records(saved_weights):
+    path = saved_weights("resnet18")
+    for settings in ({"weights": "none"}, {"weights_file": path}):
+        assert load_model("resnet18", **settings).weights == weights_label("resnet18", **settings)
+
+
+@pytest.mark.parametrize(
+    "label, parsed",
+    [
+        ("file:resnet18.pt", ("file", "resnet18.pt")),
+        ("file:my:odd.pt", ("file", "my:odd.pt")),
+        ("none", ("none", "none")),
+        ("IMAGENET1K_V2", ("torchvision", "IMAGENET1K_V2")),
+    ],
+)
+def test_parse_weights_label(label, parsed):
+    assert parse_weights_label(label) == parsed
+    assert parsed[0] in WEIGHTS_KINDS
+
+
+def test_parse_weights_label_refuses_an_empty_label():
+    with pytest.raises(ConfigError) as raised:
+        parse_weights_label("")
+    assert str(raised.value) == "weights label must be a non-empty string; got ''"
+
+
+def test_check_model_name():
+    assert check_model_name("vgg16") == "vgg16"
+    with pytest.raises(UnknownModelError, match=r"^model must be one of torchvision's \d+ classification models"):
+        check_model_name("vgg17")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-
 from conftest import ODD_BAD, ODD_GOOD
+
 from featx.cli import main
 from featx.extraction import IMAGE_EXTENSIONS
 
@@ -130,8 +130,9 @@ def _one_line_error(code: int, out: str, err: str) -> str:
 def test_unknown_model(synthetic_dataset, run_cli):
     message = _one_line_error(*run_cli("extract", "--data", synthetic_dataset, "--model", "resnet5", "--weights", "none"))
     assert re.fullmatch(
-        r"unknown model 'resnet5': did you mean resnet50, .*\? "
-        r"it must be one of torchvision's \d+ classification models \(.*\)",
+        r"--model must be one of torchvision's \d+ classification models \(alexnet, .*, \.\.\.; "
+        r"see torchvision\.models\.list_models\(module=torchvision\.models\)\); got 'resnet5'; "
+        r"did you mean resnet50, .*\?",
         message,
     )
 
@@ -140,7 +141,7 @@ def test_unknown_layer(synthetic_dataset, run_cli):
     message = _one_line_error(
         *run_cli("extract", "--data", synthetic_dataset, "--model", "alexnet", "--layer", "fc9", "--weights", "none")
     )
-    assert message.startswith("unknown layer 'fc9' for alexnet: did you mean fc8, fc7, fc6? ")
+    assert message.startswith("unknown layer 'fc9' for alexnet; did you mean fc8, fc7, fc6? ")
     assert message.endswith("list them with `run_pipeline.py layers --model alexnet`")
 
 
@@ -174,27 +175,27 @@ def test_empty_folder_and_folder_without_images(tmp_path, run_cli):
 def test_cuda_without_gpu(synthetic_dataset, run_cli):
     message = _one_line_error(*run_cli("extract", "--data", synthetic_dataset, *TINY, "--device", "cuda"))
     assert message == (
-        f"device 'cuda' is not available: no CUDA GPU is visible to torch (torch {torch.__version__}); "
+        f"device 'cuda' is not available; no CUDA GPU is visible to torch (torch {torch.__version__}); "
         "use --device cpu or --device auto"
     )
 
 
 def test_unknown_device(synthetic_dataset, run_cli):
     message = _one_line_error(*run_cli("extract", "--data", synthetic_dataset, *TINY, "--device", "tpu"))
-    assert message == "unknown device 'tpu': use auto, cpu, cuda or cuda:N"
+    assert message == "--device must be auto, cpu, cuda or cuda:N; got 'tpu'"
 
 
 def test_bad_weights_name(synthetic_dataset, run_cli):
     message = _one_line_error(*run_cli("extract", "--data", synthetic_dataset, "--model", "resnet18", "--weights", "IMAGENET"))
     assert message == (
-        "unknown weights 'IMAGENET' for resnet18: choose one of DEFAULT, IMAGENET1K_V1, none, "
+        "--weights must be one of DEFAULT, IMAGENET1K_V1, none for resnet18; got 'IMAGENET'; "
         "or pass a state dict with --weights-file PATH"
     )
 
 
 def test_bad_batch_size(synthetic_dataset, run_cli):
     message = _one_line_error(*run_cli("extract", "--data", synthetic_dataset, *TINY, "--batch-size", "0"))
-    assert message == "--batch-size must be a positive integer, got 0"
+    assert message == "--batch-size must be a positive integer; got 0"
 
 
 def test_store_of_another_configuration(synthetic_dataset, tmp_path, run_cli):
@@ -202,8 +203,8 @@ def test_store_of_another_configuration(synthetic_dataset, tmp_path, run_cli):
     assert run_cli("extract", "--data", synthetic_dataset, "--out", out, *TINY)[0] == 0
     message = _one_line_error(*run_cli("extract", "--data", synthetic_dataset, "--out", out, *TINY, "--seed", "3"))
     assert message == (
-        f"store '{out}' was made with another configuration (the command differs): seed is 0 there, 3 here. "
-        "Use --overwrite to replace it, or --out PATH to write a new store"
+        f"store '{out}' was made with another configuration (the command differs): seed is 0 there, 3 here; "
+        "use --overwrite to replace it, or --out PATH to write a new store"
     )
     code, stdout, err = run_cli("extract", "--data", synthetic_dataset, "--out", out, *TINY, "--seed", "3", "--overwrite")
     assert code == 0, err
