@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..errors import ClassifyError
+from ..errors import ClassifyError, message
+from ._registry import xgboost_device
 from ._report import json_default
 
 __all__ = [
@@ -59,6 +60,9 @@ TRUSTED_TYPES = (
     "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
 )
 _MAX_MEMBER_BYTES = 8 << 30
+# The hints of the errors below: what to pass instead, how to get a good file.
+_PASS_ONE = "pass a classifier-<model>.zip from a classify run folder"
+_REFIT = "re-run classify to make a new one"
 
 
 @dataclass
@@ -168,26 +172,31 @@ def _read_member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
         info = archive.getinfo(name)
     except KeyError:
         raise ClassifyError(
-            f"'{path}' is not a complete featx classifier: it lacks '{name}'; re-run classify to make a new one"
+            message(f"'{path}' is not a complete featx classifier: it lacks '{name}'", hint=_REFIT)
         ) from None
     if info.file_size > _MAX_MEMBER_BYTES:
-        raise ClassifyError(f"'{path}': member '{name}' is {info.file_size:,} bytes, too large for a classifier")
+        raise ClassifyError(
+            message(f"'{path}': member '{name}' is {info.file_size:,} bytes, too large for a classifier")
+        )
     return archive.read(name)
 
 
 def _check_manifest(manifest: Any, path: Path) -> None:
     if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
         raise ClassifyError(
-            f"'{path}' is not a featx classifier (its manifest has no format '{ARTIFACT_FORMAT}'); "
-            "pass a classifier-<model>.zip from a classify run folder"
+            message(
+                f"'{path}' is not a featx classifier (its manifest has no format '{ARTIFACT_FORMAT}')", hint=_PASS_ONE
+            )
         )
     version = manifest.get("format_version")
     if version != ARTIFACT_VERSION:
         written_by = manifest.get("versions", {}).get("featx", "an unknown version")
         raise ClassifyError(
-            f"classifier '{path}' has featx classifier format {version!r} (written by featx {written_by}); "
-            f"this featx {__version__} reads format {ARTIFACT_VERSION} only: re-run classify with this "
-            f"featx, or use featx {written_by} to predict"
+            message(
+                f"classifier '{path}' has featx classifier format {version!r} (written by featx {written_by})",
+                hint=f"this featx {__version__} reads format {ARTIFACT_VERSION} only: re-run classify with this "
+                f"featx, or use featx {written_by} to predict",
+            )
         )
 
 
@@ -197,20 +206,22 @@ def _load_pipeline(data: bytes, path: Path) -> Any:
     try:
         untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:  # a damaged skops file
-        raise ClassifyError(f"'{path}': its pipeline cannot be read by skops ({type(exc).__name__}: {exc})") from None
+        raise ClassifyError(
+            message(f"'{path}': its pipeline cannot be read by skops ({type(exc).__name__}: {exc})", hint=_REFIT)
+        ) from None
     refused = sorted(set(untrusted) - set(TRUSTED_TYPES))
     if refused:
         raise ClassifyError(
-            f"'{path}' holds types featx does not trust ({', '.join(refused)}); it was not written by "
-            "featx classify, refusing to load it"
+            message(
+                f"'{path}' holds types featx does not trust ({', '.join(refused)})",
+                hint="it was not written by featx classify, refusing to load it",
+            )
         )
     return sio.loads(data, trusted=list(untrusted))
 
 
 def _load_booster(data: bytes) -> Any:
     from xgboost import XGBClassifier
-
-    from ._registry import xgboost_device
 
     model = XGBClassifier()
     model.load_model(bytearray(data))
@@ -222,6 +233,16 @@ def _load_booster(data: bytes) -> Any:
 def load_classifier(path: str | os.PathLike) -> FittedClassifier:
     """Load an artifact written by :func:`save_classifier`.
 
+    Parameters
+    ----------
+    path : path
+        A ``classifier-<model>.zip`` of a classify run folder.
+
+    Returns
+    -------
+    FittedClassifier
+        The pipeline, ready to predict on joined features ``(n_samples, n_features)``.
+
     Raises
     ------
     ClassifyError
@@ -232,26 +253,20 @@ def load_classifier(path: str | os.PathLike) -> FittedClassifier:
 
     path = Path(path)
     if not path.is_file():
-        raise ClassifyError(
-            f"classifier not found: '{path}' is not a file; pass --classifier RUN/classifier-<model>.zip "
-            "from a classify run folder"
-        )
+        raise ClassifyError(message(f"classifier not found: '{path}' is not a file", hint=_PASS_ONE))
     try:
         with zipfile.ZipFile(path) as archive:
             try:
                 manifest = json.loads(_read_member(archive, MANIFEST, path))
             except json.JSONDecodeError as exc:
-                raise ClassifyError(f"'{path}': its manifest is not valid JSON ({exc})") from None
+                raise ClassifyError(message(f"'{path}': its manifest is not valid JSON ({exc})", hint=_REFIT)) from None
             _check_manifest(manifest, path)
             pipeline = _load_pipeline(_read_member(archive, PIPELINE, path), path)
             if manifest.get("files", {}).get("booster"):
                 booster = _load_booster(_read_member(archive, BOOSTER, path))
                 pipeline = Pipeline([*pipeline.steps, ("clf", booster)])
     except zipfile.BadZipFile:
-        raise ClassifyError(
-            f"'{path}' is not a featx classifier (not a zip file); pass a classifier-<model>.zip "
-            "from a classify run folder"
-        ) from None
+        raise ClassifyError(message(f"'{path}' is not a featx classifier (not a zip file)", hint=_PASS_ONE)) from None
     saved_with = manifest.get("versions", {}).get("scikit-learn")
     current = _versions()["scikit-learn"]
     if saved_with != current:

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ClassifyError, StoreError
+from ..errors import ClassifyError, ConfigError, StoreError, choices, close_matches, message, option
 from ..store import IDENTITY_KEYS, FeatureStore, open_store
 
-__all__ = ["FeatureBlock", "JoinedFeatures", "parse_feature_spec", "join_features"]
+__all__ = ["FeatureBlock", "JoinedFeatures", "parse_feature_spec", "check_feature_specs", "join_features"]
 
 # Root attributes that say how a block's features were computed; kept with
 # every classifier so that `predict` can compute the same features again.
@@ -127,22 +127,39 @@ def parse_feature_spec(spec: str | os.PathLike) -> tuple[Path, str | None]:
     return Path(store), layer
 
 
+def check_feature_specs(specs: Sequence[str | os.PathLike] | str | os.PathLike) -> tuple[str, ...]:
+    """The ``STORE[:LAYER]`` specs as a tuple of str; none at all is a :class:`~featx.errors.ConfigError`.
+
+    A single spec (a str or a path) is accepted for one input.
+    """
+    items = (specs,) if isinstance(specs, (str, os.PathLike)) else tuple(specs)
+    if not items:
+        raise ConfigError(
+            message("no features given", hint=f"pass {option('features', 'STORE[:LAYER]')}, one per store to join")
+        )
+    return tuple(os.fspath(s) for s in items)
+
+
 def _choose_layer(store: FeatureStore, layer: str | None) -> str:
     layers = store.layers
+    if not layers:
+        raise StoreError(message(f"store '{store.path}' holds no feature layer", hint="extract a layer into it first"))
     if layer is not None:
         if layer not in layers:
+            hint = close_matches(layer, layers) + (
+                f"use {option('features', f'{store.path}:NAME')} with one of them, or extract the layer first"
+            )
             raise StoreError(
-                f"layer '{layer}' is not in store '{store.path}'; it holds {', '.join(layers) or 'no layers'}: "
-                f"use --features {store.path}:NAME with one of them, or extract the layer first"
+                message(f"the layer of store '{store.path}'", allowed=choices(layers), got=layer, hint=hint)
             )
         return layer
     if len(layers) == 1:
         return layers[0]
-    if not layers:
-        raise StoreError(f"store '{store.path}' holds no feature layer; extract one with `run_pipeline.py extract`")
     raise StoreError(
-        f"store '{store.path}' holds several layers ({', '.join(layers)}): "
-        f"name one, e.g. --features {store.path}:{layers[-1]}"
+        message(
+            f"store '{store.path}' holds several layers ({', '.join(layers)})",
+            hint=f"name one, e.g. {option('features', f'{store.path}:{layers[-1]}')}",
+        )
     )
 
 
@@ -150,8 +167,10 @@ def _check_complete(store: FeatureStore) -> None:
     if not store.complete:
         done, total = store.meta.get("candidates_done", "?"), store.meta.get("candidates", "?")
         raise StoreError(
-            f"store '{store.path}' is incomplete: its extraction stopped after {done} of {total} images; "
-            "finish it by running the same extract command again"
+            message(
+                f"store '{store.path}' is incomplete: its extraction stopped after {done} of {total} images",
+                hint="finish it by running the same extract command again",
+            )
         )
 
 
@@ -172,8 +191,10 @@ def _no_common_ids(stores: list[FeatureStore]) -> ClassifyError:
         for s in stores
     )
     return ClassifyError(
-        f"the feature inputs share no sample id, so they cannot be joined: {described}; "
-        "join stores extracted from the same data folder"
+        message(
+            f"the feature inputs share no sample id, so they cannot be joined: {described}",
+            hint="join stores extracted from the same data folder",
+        )
     )
 
 
@@ -182,10 +203,13 @@ def _read_block(store: FeatureStore, layer: str, rows: np.ndarray, ids: np.ndarr
     finite = np.isfinite(values).all(axis=1)
     if not finite.all():
         bad = ids[~finite]
+        again = " ".join((option("precision", "fp32"), option("dtype", "float32"), option("overwrite", True)))
         raise ClassifyError(
-            f"store '{store.path}' layer '{layer}' holds NaN or infinite features in {len(bad)} of "
-            f"{len(ids)} rows (e.g. {_examples(bad)}); re-extract it with --precision fp32 --dtype float32 "
-            "--overwrite, or use another layer"
+            message(
+                f"store '{store.path}' layer '{layer}' holds NaN or infinite features in {len(bad)} of "
+                f"{len(ids)} rows (e.g. {_examples(bad)})",
+                hint=f"re-extract it with {again}, or use another layer",
+            )
         )
     return values
 
@@ -206,15 +230,15 @@ def join_features(specs: Sequence[str | os.PathLike]) -> JoinedFeatures:
 
     Raises
     ------
+    ConfigError
+        No spec at all.
     StoreError
         A store is missing, unreadable, incomplete or lacks the layer.
     ClassifyError
         The inputs share no id, disagree on a sample's label or split, or hold
         NaN/inf features.
     """
-    if not specs:
-        raise ClassifyError("no features given: pass --features STORE[:LAYER] (repeat it to join several stores)")
-    parsed = [parse_feature_spec(s) for s in specs]
+    parsed = [parse_feature_spec(s) for s in check_feature_specs(specs)]
     with contextlib.ExitStack() as stack:
         stores = [stack.enter_context(open_store(path)) for path, _ in parsed]
         layers = []
@@ -224,7 +248,9 @@ def join_features(specs: Sequence[str | os.PathLike]) -> JoinedFeatures:
         labels_of = [f"{store.path}:{layer}" for store, layer in zip(stores, layers)]
         if len(set(labels_of)) < len(labels_of):
             twice = sorted({s for s in labels_of if labels_of.count(s) > 1})
-            raise ClassifyError(f"a feature input is given twice: {', '.join(twice)}; give each STORE:LAYER once")
+            raise ClassifyError(
+                message(f"a feature input is given twice: {', '.join(twice)}", hint="give each STORE:LAYER once")
+            )
 
         id_sets = [set(store.ids.tolist()) for store in stores]
         common = np.array(sorted(set.intersection(*id_sets)), dtype=object)
@@ -245,14 +271,20 @@ def join_features(specs: Sequence[str | os.PathLike]) -> JoinedFeatures:
             differ = common[names != other]
             if differ.size:
                 raise ClassifyError(
-                    f"'{labels_of[0]}' and '{label}' disagree on the class of {differ.size} sample(s) "
-                    f"(e.g. {_examples(differ)}); join stores extracted from the same labelled data folder"
+                    message(
+                        f"'{labels_of[0]}' and '{label}' disagree on the class of {differ.size} sample(s) "
+                        f"(e.g. {_examples(differ)})",
+                        hint="join stores extracted from the same labelled data folder",
+                    )
                 )
             differ = common[splits != store.splits[r]]
             if differ.size:
                 raise ClassifyError(
-                    f"'{labels_of[0]}' and '{label}' disagree on the split (train/val/test) of {differ.size} "
-                    f"sample(s) (e.g. {_examples(differ)}); join stores extracted from the same data folder"
+                    message(
+                        f"'{labels_of[0]}' and '{label}' disagree on the split (train/val/test) of {differ.size} "
+                        f"sample(s) (e.g. {_examples(differ)})",
+                        hint="join stores extracted from the same data folder",
+                    )
                 )
 
         blocks: list[FeatureBlock] = []

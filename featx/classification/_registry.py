@@ -1,33 +1,39 @@
 """The classifier registry: five families built from scikit-learn and xgboost.
 
 Each family is a :class:`Family`: the hyper-parameters it declares (with
-defaults, a parser for command-line text and the sklearn-style range check),
-a function that builds the estimator, and the grid ``--search`` explores.
-Nothing here is a re-implementation: the estimators are scikit-learn's and
-xgboost's own.
+defaults, a parser for command-line text and the sklearn-style range check,
+as scikit-learn's ``_parameter_constraints``), a function that builds the
+estimator, and the grid a search explores.  Nothing here is a
+re-implementation: the estimators are scikit-learn's and xgboost's own.
+
+Parameters are checked once, by :func:`resolve_params`, when a
+:class:`~featx.classification.ClassifyConfig` is made: before any store is
+read.  The registry imports neither scikit-learn nor xgboost (they load when
+an estimator is built), so the command line builds its options from it cheaply.
 
 ========  ==============================================================
 svm       ``LinearSVC`` (``kernel='linear'``, scales to many samples) or
           ``SVC`` with an RBF kernel (``kernel='rbf'``)
 logreg    multinomial ``LogisticRegression`` (lbfgs)
 bayes     ``GaussianNB``
-xgboost   ``XGBClassifier``, ``tree_method='hist'``, on CUDA when torch sees a GPU
+xgboost   ``XGBClassifier``, ``tree_method='hist'``, on CUDA when a GPU is present
 mlp       ``MLPClassifier``: a few dense layers on top of the frozen features
 ========  ==============================================================
 
 Scaling is not part of a family: every block of features is normalised by the
-pipeline in front of the classifier (``--normalize``, standard by default),
+pipeline in front of the classifier (``normalize``, standard by default),
 which is what the linear, kernel and neural families need and what trees and
 Gaussian naive Bayes are indifferent to.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ClassifyError, close_matches
+from ..errors import ConfigError, choices, close_matches, message, option
 
 __all__ = [
     "Param",
@@ -38,6 +44,7 @@ __all__ = [
     "all_params",
     "param_help",
     "resolve_params",
+    "unknown_name",
     "xgboost_device",
 ]
 
@@ -89,9 +96,9 @@ def _positive_int(value: Any) -> int:
     return number
 
 
-def _choice(*choices: str) -> Callable[[Any], str]:
+def _choice(*names: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
-        if str(value) not in choices:
+        if str(value) not in names:
             raise ValueError
         return str(value)
 
@@ -115,14 +122,35 @@ def _hidden(value: Any) -> tuple[int, ...]:
     return tuple(_positive_int(v) for v in items)
 
 
+_KERNELS = ("linear", "rbf")
 _C = Param(1.0, "a float in the range (0, inf)", _positive_float, "inverse regularisation strength")
 
 
+@functools.cache
 def xgboost_device() -> str:
-    """``'cuda'`` when torch sees a GPU (xgboost then trains there), else ``'cpu'``."""
-    import torch
+    """``'cuda'`` when this xgboost is built with CUDA and the CUDA driver sees a GPU, else ``'cpu'``.
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    Asked of the driver directly (``cuDeviceGetCount``, what
+    ``torch.cuda.is_available()`` asks too), so that classification never
+    imports torch: importing it would cost seconds and tie this side to the
+    extraction side's dependencies.
+    """
+    import ctypes
+    import sys
+
+    import xgboost
+
+    if not xgboost.build_info().get("USE_CUDA"):
+        return "cpu"
+    name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
+    try:
+        driver = ctypes.CDLL(name)
+    except OSError:  # no NVIDIA driver on this machine
+        return "cpu"
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return "cpu"
+    return "cuda" if count.value > 0 else "cpu"
 
 
 @dataclass(frozen=True)
@@ -132,7 +160,7 @@ class Family:
     Attributes
     ----------
     name : str
-        Registry key, what ``--model`` takes.
+        Registry key, what ``models`` (``--model``) takes.
     description : str
         The estimator, in words.
     params : dict of str -> Param
@@ -140,7 +168,7 @@ class Family:
     build : callable
         ``(params, seed) -> estimator`` with every declared parameter in *params*.
     grid : callable
-        ``params -> {name: [values]}``: what ``--search`` tries (may depend on
+        ``params -> {name: [values]}``: what ``search`` tries (may depend on
         a fixed parameter such as the SVM kernel).
     """
 
@@ -206,10 +234,10 @@ def _build_mlp(params: Mapping[str, Any], seed: int):
 FAMILIES: dict[str, Family] = {
     "svm": Family(
         "svm",
-        "support vector machine: LinearSVC, or SVC with --kernel rbf",
+        "support vector machine: LinearSVC, or SVC with the rbf kernel",
         {
             "C": _C,
-            "kernel": Param("linear", "one of 'linear', 'rbf'", _choice("linear", "rbf"), "kernel: linear or rbf"),
+            "kernel": Param("linear", choices(_KERNELS), _choice(*_KERNELS), "kernel: linear or rbf"),
             "gamma": Param("scale", "'scale', 'auto' or a float in the range (0, inf)", _gamma, "rbf kernel width"),
             "max_iter": Param(10_000, "an int in the range [1, inf)", _positive_int, "iteration limit"),
         },
@@ -266,23 +294,48 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+# Several families can be compared in one run, so the allowed value says so.
+_MODELS_ALLOWED = f"{choices(FAMILIES)} (or several, comma-separated)"
+
+
+def unknown_name(what: str, name: Any, known: Sequence[str], allowed: str | None = None) -> ConfigError:
+    """The error for a name that is not one of *known*: the choices, and close matches as a hint.
+
+    Parameters
+    ----------
+    what : str
+        The subject, as :func:`featx.errors.message` takes it (``option("normalize")``).
+    name : object
+        The name received.
+    known : sequence of str
+        The names allowed.
+    allowed : str, optional
+        What is allowed, in words; ``choices(known)`` by default.
+    """
+    hint = close_matches(str(name), known).strip() or None
+    return ConfigError(message(what, allowed=allowed or choices(known), got=name, hint=hint))
+
+
 def family(name: str) -> Family:
-    """The registry entry of *name*; an unknown name is a :class:`ClassifyError`."""
+    """The registry entry of *name*; an unknown name is a :class:`~featx.errors.ConfigError`."""
     try:
         return FAMILIES[name]
     except KeyError:
-        raise ClassifyError(
-            f"unknown classifier '{name}': {close_matches(name, FAMILIES)}choose from "
-            f"{', '.join(FAMILIES)} (several at once: --model svm,logreg)"
-        ) from None
+        raise unknown_name(option("models", flag="model"), name, list(FAMILIES), allowed=_MODELS_ALLOWED) from None
 
 
 def parse_models(models: Sequence[str] | str) -> tuple[str, ...]:
-    """``"svm,logreg"`` or ``("svm", "logreg")`` -> checked, de-duplicated names in order."""
+    """``"svm,logreg"`` or ``("svm", "logreg")`` -> checked, de-duplicated names in order.
+
+    Raises
+    ------
+    ConfigError
+        No name, or a name that is not in :data:`FAMILIES`.
+    """
     items = models.split(",") if isinstance(models, str) else [m for item in models for m in item.split(",")]
     names = tuple(dict.fromkeys(m.strip() for m in items if m.strip()))
     if not names:
-        raise ClassifyError(f"no classifier given: pass --model with one or more of {', '.join(FAMILIES)}")
+        raise ConfigError(message(option("models", flag="model"), allowed=_MODELS_ALLOWED, got=models))
     for name in names:
         family(name)
     return names
@@ -326,20 +379,19 @@ def resolve_params(models: Sequence[str], params: Mapping[str, Any]) -> dict[str
 
     Raises
     ------
-    ClassifyError
+    ConfigError
         A parameter no chosen family declares, or a value out of range.
     """
     known = all_params()
     for name, value in params.items():
         if name not in known:
-            raise ClassifyError(
-                f"unknown classifier parameter '{name}': {close_matches(name, known)}"
-                f"choose from {', '.join(sorted(known))}"
-            )
+            raise unknown_name("the name of a classifier parameter", name, sorted(known))
         owners = list(known[name])
         if not set(owners) & set(models):
-            raise ClassifyError(
-                f"parameter '{name}' is not used by {', '.join(models)}; it applies to {', '.join(owners)}"
+            raise ConfigError(
+                message(
+                    f"parameter '{name}' is not used by {', '.join(models)}", hint=f"it applies to {', '.join(owners)}"
+                )
             )
     resolved: dict[str, dict[str, Any]] = {}
     for model in models:
@@ -350,8 +402,8 @@ def resolve_params(models: Sequence[str], params: Mapping[str, Any]) -> dict[str
             try:
                 values[name] = param.parse(value)
             except (ValueError, TypeError):
-                raise ClassifyError(
-                    f"the '{name}' parameter of {model} must be {param.allowed}; got {value!r} instead"
+                raise ConfigError(
+                    message(f"the '{name}' parameter of {model}", allowed=param.allowed, got=value)
                 ) from None
         resolved[model] = values
     return resolved

@@ -1,8 +1,8 @@
-"""Metrics, prediction files, confusion-matrix plots and text tables.
+"""What a run reports: metrics, prediction files, confusion-matrix plots, JSON values and the printed table.
 
 Metrics are scikit-learn's; plots are drawn on a bare matplotlib ``Figure``
 with the Agg canvas, so no GUI backend is ever selected and the user's
-pyplot state is left alone.
+pyplot state is left alone.  Tables are :func:`featx.formatting.format_table`'s.
 """
 
 from __future__ import annotations
@@ -11,11 +11,16 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["classification_metrics", "predictions_frame", "plot_confusion", "json_default"]
+from ..formatting import format_table
+
+if TYPE_CHECKING:  # only for annotations: the run imports this module
+    from ._training import ClassifyRun
+
+__all__ = ["classification_metrics", "predictions_frame", "plot_confusion", "json_default", "format_results"]
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
@@ -134,3 +139,69 @@ def json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# More classes than this make the per-class table wider than a terminal.
+_MAX_CLASS_COLUMNS = 8
+
+
+def format_results(run: ClassifyRun) -> str:
+    """The run as readable text: inputs, evaluation, one row per classifier, files.
+
+    Parameters
+    ----------
+    run : ClassifyRun
+        What :func:`~featx.classification.run_classification` returned.
+
+    Returns
+    -------
+    str
+        Lines without a final newline; the same whether the run came from
+        Python or the command line (no option names).
+    """
+    inputs = " + ".join(f"{b.spec} ({b.dim:,})" for b in run.inputs)
+    lines = [
+        f"features: {inputs} = {run.n_features:,} columns; normalisation per input: {run.config.normalize}"
+        + (f", PCA to {run.config.pca}" if run.config.pca else ""),
+        f"samples: {run.n_samples:,} joined on id, {run.n_labelled:,} labelled; "
+        f"{len(run.classes)} classes: {', '.join(run.classes[:10])}{', ...' if len(run.classes) > 10 else ''}",
+    ]
+    if run.missing_ids:
+        left_out = len({i for ids in run.missing_ids.values() for i in ids})
+        lines.append(f"left out: {left_out:,} id(s) missing from an input (listed in missing-ids.csv)")
+    lines += [f"evaluation: {run.evaluation.description}", ""]
+    best = run.best
+    rows = [
+        (
+            r.name + (" *" if r is best and len(run.results) > 1 else ""),
+            f"{r.accuracy:.3f}",
+            f"{r.balanced_accuracy:.3f}",
+            f"{r.macro_f1:.3f}",
+            f"{r.fit_seconds:.2f}",
+            f"{r.predict_seconds:.3f}",
+        )
+        for r in run.results
+    ]
+    lines.append(format_table(("classifier", "accuracy", "balanced acc", "macro F1", "fit s", "predict s"), rows))
+    if len(run.classes) <= _MAX_CLASS_COLUMNS:
+        lines += ["", "precision / recall per class:"]
+        per_class = [
+            (r.name, *(f"{r.per_class[c]['precision']:.2f} / {r.per_class[c]['recall']:.2f}" for c in run.classes))
+            for r in run.results
+        ]
+        lines.append(format_table(("classifier", *run.classes), per_class))
+    else:
+        lines += ["", "per-class precision and recall: see results.json"]
+    if run.evaluation.mode == "cv":
+        lines.append("")
+        lines += [
+            f"{r.name}: fold accuracies {', '.join(f'{a:.3f}' for a in r.fold_accuracies)}" for r in run.results
+        ]
+    if len(run.results) > 1:
+        lines += ["", f"* best accuracy: {best.name}"]
+    lines += [
+        "",
+        f"run folder: {run.out_dir} (results.json, predictions-<model>.csv, confusion-<model>.png, "
+        "classifier-<model>.zip)",
+    ]
+    return "\n".join(lines)

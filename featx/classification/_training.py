@@ -1,30 +1,27 @@
-"""Training and evaluating classifiers on cached features.
+"""Training and evaluating classifiers on cached features: :func:`run_classification`.
 
-:func:`run_classification` joins the feature inputs on sample id, splits the
-labelled samples (the stored train/val|test split, else a stratified hold-out
-or k-fold cross-validation, seeded), fits each requested classifier family in
-a scikit-learn pipeline, and writes a run folder::
+It joins the feature inputs on sample id (:mod:`._join`), splits the labelled
+samples (:mod:`._evaluation`: the stored train/val|test split, else a
+stratified hold-out or k-fold cross-validation, seeded), fits each requested
+classifier family in the pipeline of :mod:`._pipeline`, and writes a run folder::
 
     results.json               configuration, inputs, join report, metrics
     predictions-<model>.csv    id, true, predicted, per-class probabilities
     confusion-<model>.png      confusion matrix of the evaluation rows
-    classifier-<model>.zip     the fitted pipeline + manifest (see featx.artifact)
+    classifier-<model>.zip     the fitted pipeline + manifest (see :mod:`._artifact`)
     missing-ids.csv            ids left out because an input lacks them (if any)
 
-The pipeline is ``ColumnTransformer`` (one normaliser per input block, so one
-wide network does not drown another) -> optional ``PCA`` -> estimator.  Every
-statistic is therefore fitted on training rows only, and the saved artifact
-reproduces the whole transformation on new images.
+Every check that needs no data has been made by :class:`ClassifyConfig`; the
+run folder is checked next, before any store is read.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,93 +30,19 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
+from ..errors import OutputPathError, message, option
+from ..paths import check_writable_dir
 from ._artifact import save_classifier
-from ._registry import FAMILIES, parse_models, resolve_params
-from ..errors import ClassifyError
-from ._evaluation import Evaluation, plan_evaluation, smallest_class
+from ._config import ClassifyConfig
+from ._evaluation import Evaluation, check_components, plan_evaluation, search_folds
 from ._join import FeatureBlock, JoinedFeatures, join_features
-from ..formatting import format_table
+from ._pipeline import build_pipeline
+from ._registry import FAMILIES
 from ._report import classification_metrics, json_default, plot_confusion, predictions_frame
 
-__all__ = [
-    "NORMALIZERS",
-    "ClassifyConfig",
-    "ClassifierResult",
-    "ClassifyRun",
-    "run_classification",
-    "format_results",
-    "build_pipeline",
-]
+__all__ = ["ClassifierResult", "ClassifyRun", "run_classification"]
 
 log = logging.getLogger("featx")
-
-NORMALIZERS = ("standard", "l2", "none")
-_SEARCH_FOLDS = 5
-
-
-@dataclass(frozen=True)
-class ClassifyConfig:
-    """Everything a classification run depends on.  See ``run_pipeline.py classify --help``.
-
-    Parameters
-    ----------
-    features : tuple of str
-        ``STORE[:LAYER]`` specs, joined on sample id.
-    models : tuple of str
-        Classifier families (:data:`featx.classifiers.FAMILIES`); a
-        comma-separated string is accepted.
-    normalize : {'standard', 'l2', 'none'}
-        Normalisation of each input block, fitted on training rows.
-    pca : int, optional
-        Number of principal components kept after normalisation.
-    test_size : float
-        Fraction held out when the stores have no train/val|test split.
-    cv : int, optional
-        k-fold cross-validation over all labelled samples instead.
-    seed : int
-        Seed of the splits and of every estimator.
-    search : bool
-        Cross-validated grid search over each family's main parameters.
-    out : path, optional
-        Run folder; by default a new ``runs_dir/<timestamp>/``.
-    params : mapping
-        Hyper-parameters, e.g. ``{"C": 1.0, "kernel": "linear"}``: each applies
-        to the chosen families that declare it.
-    runs_dir : path
-        Parent of the default run folders.
-    plots : bool
-        Write the confusion-matrix PNGs.
-    """
-
-    features: tuple[str, ...]
-    models: tuple[str, ...] = ("svm",)
-    normalize: str = "standard"
-    pca: int | None = None
-    test_size: float = 0.25
-    cv: int | None = None
-    seed: int = 0
-    search: bool = False
-    out: Path | None = None
-    params: Mapping[str, Any] = field(default_factory=dict)
-    runs_dir: Path = Path("runs")
-    plots: bool = True
-
-    def __post_init__(self) -> None:
-        features = (self.features,) if isinstance(self.features, (str, Path)) else tuple(self.features)
-        object.__setattr__(self, "features", tuple(str(f) for f in features))
-        object.__setattr__(self, "models", parse_models(self.models))
-        object.__setattr__(self, "params", dict(self.params))
-        if not self.features:
-            raise ClassifyError("no features given: pass --features STORE[:LAYER] (repeat it to join several stores)")
-        if self.normalize not in NORMALIZERS:
-            raise ClassifyError(f"unknown normalisation '{self.normalize}': choose one of {', '.join(NORMALIZERS)}")
-        if self.pca is not None and (isinstance(self.pca, bool) or not isinstance(self.pca, int) or self.pca < 1):
-            raise ClassifyError(f"--pca must be a positive number of components, got {self.pca!r}")
-        if not 0 < self.test_size < 1:
-            raise ClassifyError(f"--test-size must be a fraction between 0 and 1 (exclusive), got {self.test_size}")
-        if self.cv is not None and (isinstance(self.cv, bool) or not isinstance(self.cv, int) or self.cv < 2):
-            raise ClassifyError(f"--cv must be an integer of at least 2 folds, got {self.cv!r}")
-        resolve_params(self.models, self.params)  # fail on a bad parameter before any work
 
 
 @dataclass
@@ -219,67 +142,7 @@ class ClassifyRun:
         return max(self.results, key=lambda r: r.accuracy)
 
 
-# --------------------------------------------------------------------------- pipelines
-
-
-def build_pipeline(
-    blocks: Sequence[FeatureBlock], normalize: str, pca: int | None, estimator: Any, seed: int = 0
-):
-    """Per-block normalisation -> optional PCA -> *estimator*, as one sklearn ``Pipeline``.
-
-    Parameters
-    ----------
-    blocks : sequence of FeatureBlock
-        Column ranges of the inputs in the joined matrix.
-    normalize : {'standard', 'l2', 'none'}
-    pca : int, optional
-    estimator : sklearn estimator
-    seed : int
-        ``random_state`` of the PCA solver.
-    """
-    from sklearn.compose import ColumnTransformer
-    from sklearn.decomposition import PCA
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import Normalizer, StandardScaler
-
-    def normaliser():
-        return {"standard": StandardScaler(), "l2": Normalizer(norm="l2"), "none": "passthrough"}[normalize]
-
-    steps: list[tuple[str, Any]] = [
-        ("blocks", ColumnTransformer([(f"block{i}", normaliser(), b.columns) for i, b in enumerate(blocks)]))
-    ]
-    if pca is not None:
-        steps.append(("pca", PCA(n_components=pca, random_state=seed)))
-    steps.append(("clf", estimator))
-    return Pipeline(steps)
-
-
-def _inner_folds(y: np.ndarray, classes: Sequence[str], seed: int):
-    from sklearn.model_selection import StratifiedKFold
-
-    name, smallest = smallest_class(y, classes)
-    if smallest < 2:
-        raise ClassifyError(
-            f"--search cross-validates on the training rows and needs at least 2 of every class there, "
-            f"but class '{name}' has {smallest}; add images of it, or leave out --search"
-        )
-    return StratifiedKFold(n_splits=min(_SEARCH_FOLDS, smallest), shuffle=True, random_state=seed)
-
-
-def _check_pca(config: ClassifyConfig, evaluation: Evaluation, joined: JoinedFeatures) -> None:
-    if config.pca is None:
-        return
-    rows = min(len(train) for train, _ in evaluation.folds)
-    if config.search:
-        _, smallest = smallest_class(joined.labels[evaluation.final_train], joined.classes)
-        k = min(_SEARCH_FOLDS, max(smallest, 2))
-        rows = rows - math.ceil(rows / k)
-    limit = min(rows, joined.X.shape[1])
-    if config.pca > limit:
-        raise ClassifyError(
-            f"--pca {config.pca} is more components than the data allow: at most min(training rows of a fit "
-            f"= {rows}, features = {joined.X.shape[1]}) = {limit}; choose --pca {limit} or fewer"
-        )
+# --------------------------------------------------------------------------- fitting
 
 
 class _Fitter:
@@ -306,17 +169,20 @@ class _Fitter:
         estimator = self.make()
         if self.config.search:
             grid = {f"clf__{k}": v for k, v in FAMILIES[self.name].grid(self.params).items()}
-            folds = _inner_folds(y, self.joined.classes, self.config.seed)
+            folds = search_folds(y, self.joined.classes, self.config.seed)
             estimator = GridSearchCV(estimator, grid, scoring="accuracy", cv=folds, error_score="raise")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             estimator.fit(X, y)
         for w in caught:
             if issubclass(w.category, ConvergenceWarning):
-                message = f"{self.name} did not converge ({str(w.message).splitlines()[0]}); raise --max-iter"
-                if message not in self.warnings:
-                    self.warnings.append(message)
-                    log.warning(message)
+                text = message(
+                    f"{self.name} did not converge ({str(w.message).splitlines()[0]})",
+                    hint=f"raise {option('max_iter')}",
+                )
+                if text not in self.warnings:
+                    self.warnings.append(text)
+                    log.warning(text)
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if not self.config.search:
@@ -333,11 +199,17 @@ class _Fitter:
 # --------------------------------------------------------------------------- the run
 
 
-def _run_folder(config: ClassifyConfig) -> Path:
+def _check_run_folder(config: ClassifyConfig) -> None:
+    """Refuse a run folder that cannot be written, before any store is read; create nothing."""
+    if config.out is not None:
+        check_writable_dir(config.out, "out")
+    else:
+        check_writable_dir(config.runs_dir, "runs_dir")
+
+
+def _make_run_folder(config: ClassifyConfig) -> Path:
     if config.out is not None:
         out = Path(config.out)
-        if out.exists() and not out.is_dir():
-            raise ClassifyError(f"--out must be a folder, got the file '{out}'; choose another path")
         out.mkdir(parents=True, exist_ok=True)
         return out
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -348,7 +220,9 @@ def _run_folder(config: ClassifyConfig) -> Path:
             return out
         except FileExistsError:
             continue
-    raise ClassifyError(f"cannot create a new run folder in '{config.runs_dir}'; pass --out DIR")
+    raise OutputPathError(
+        message("cannot create a new run folder", got=Path(config.runs_dir), hint=f"pass {option('out', 'DIR')}")
+    )
 
 
 def _manifest(
@@ -360,7 +234,7 @@ def _manifest(
     config: ClassifyConfig,
     evaluation: Evaluation,
 ) -> dict[str, Any]:
-    """What a saved classifier records besides the pipeline (see featx.artifact)."""
+    """What a saved classifier records besides the pipeline (see :mod:`._artifact`)."""
     return {
         "classifier": {"family": name, "params": params, "searched": searched},
         "classes": list(joined.classes),
@@ -518,17 +392,31 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
 
     Raises
     ------
-    FeatxError
-        Unreadable or incompatible inputs, unusable labels, bad parameters.
+    OutputPathError
+        The run folder (``out``, else ``runs_dir``) cannot be written; raised
+        before any store is read.
+    StoreError
+        A store is missing, unreadable, incomplete or lacks the layer.
+    ClassifyError
+        Inputs that cannot be joined, unusable labels, a split or PCA the data
+        do not allow.
+
+    Examples
+    --------
+    >>> from featx.classification import ClassifyConfig, format_results, run_classification
+    >>> config = ClassifyConfig(features=("features/digits/resnet18.h5",), models="svm,logreg")
+    >>> run = run_classification(config)  # doctest: +SKIP
+    >>> print(format_results(run))  # doctest: +SKIP
+    >>> run.best.name, run.best.accuracy  # doctest: +SKIP
     """
-    params = resolve_params(config.models, config.params)
+    _check_run_folder(config)
     joined = join_features(config.features)
     if joined.missing:
         for spec, ids in joined.missing.items():
             log.warning(f"{len(ids):,} sample id(s) are missing from {spec} and left out (e.g. {ids[0]})")
     evaluation = plan_evaluation(joined, cv=config.cv, test_size=config.test_size, seed=config.seed)
-    _check_pca(config, evaluation, joined)
-    out = _run_folder(config)
+    check_components(config.pca, joined, evaluation, search=config.search)
+    out = _make_run_folder(config)
     log.info(
         f"{len(joined.ids):,} samples x {joined.X.shape[1]:,} features from "
         f"{' + '.join(f'{b.spec} ({b.dim:,})' for b in joined.blocks)}; {evaluation.description}"
@@ -536,7 +424,7 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
     results = []
     for name in config.models:
         log.info(f"fitting {name} ...")
-        results.append(_evaluate(name, params[name], joined, evaluation, config, out))
+        results.append(_evaluate(name, config.model_params[name], joined, evaluation, config, out))
     _write_missing(out, joined.missing)
     run = ClassifyRun(
         out_dir=out,
@@ -553,58 +441,3 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
     )
     run.results_json.write_text(json.dumps(_results_json(run), indent=2, default=json_default) + "\n")
     return run
-
-
-# --------------------------------------------------------------------------- the table
-
-_MAX_CLASS_COLUMNS = 8
-
-
-def format_results(run: ClassifyRun) -> str:
-    """The run as readable text: inputs, evaluation, one row per classifier, files."""
-    inputs = " + ".join(f"{b.spec} ({b.dim:,})" for b in run.inputs)
-    lines = [
-        f"features: {inputs} = {run.n_features:,} columns; --normalize {run.config.normalize} per input"
-        + (f", PCA to {run.config.pca}" if run.config.pca else ""),
-        f"samples: {run.n_samples:,} joined on id, {run.n_labelled:,} labelled; "
-        f"{len(run.classes)} classes: {', '.join(run.classes[:10])}{', ...' if len(run.classes) > 10 else ''}",
-    ]
-    if run.missing_ids:
-        left_out = len({i for ids in run.missing_ids.values() for i in ids})
-        lines.append(f"left out: {left_out:,} id(s) missing from an input (listed in missing-ids.csv)")
-    lines += [f"evaluation: {run.evaluation.description}", ""]
-    best = run.best
-    rows = [
-        (
-            r.name + (" *" if r is best and len(run.results) > 1 else ""),
-            f"{r.accuracy:.3f}",
-            f"{r.balanced_accuracy:.3f}",
-            f"{r.macro_f1:.3f}",
-            f"{r.fit_seconds:.2f}",
-            f"{r.predict_seconds:.3f}",
-        )
-        for r in run.results
-    ]
-    lines.append(format_table(("classifier", "accuracy", "balanced acc", "macro F1", "fit s", "predict s"), rows))
-    if len(run.classes) <= _MAX_CLASS_COLUMNS:
-        lines += ["", "precision / recall per class:"]
-        per_class = [
-            (r.name, *(f"{r.per_class[c]['precision']:.2f} / {r.per_class[c]['recall']:.2f}" for c in run.classes))
-            for r in run.results
-        ]
-        lines.append(format_table(("classifier", *run.classes), per_class))
-    else:
-        lines += ["", "per-class precision and recall: see results.json"]
-    if run.evaluation.mode == "cv":
-        lines.append("")
-        lines += [
-            f"{r.name}: fold accuracies {', '.join(f'{a:.3f}' for a in r.fold_accuracies)}" for r in run.results
-        ]
-    if len(run.results) > 1:
-        lines += ["", f"* best accuracy: {best.name}"]
-    lines += [
-        "",
-        f"run folder: {run.out_dir} (results.json, predictions-<model>.csv, confusion-<model>.png, "
-        "classifier-<model>.zip)",
-    ]
-    return "\n".join(lines)

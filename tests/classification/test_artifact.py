@@ -15,11 +15,18 @@ from sklearn.preprocessing import FunctionTransformer
 
 from stores import blobs, dataset, write_store
 from featx import __version__
-from featx.classification import ARTIFACT_VERSION, load_classifier, save_classifier
-from featx.classification import FAMILIES, resolve_params
-from featx.classification import ClassifyConfig, build_pipeline, run_classification
+from featx.classification import (
+    ARTIFACT_VERSION,
+    FAMILIES,
+    ClassifyConfig,
+    build_pipeline,
+    join_features,
+    load_classifier,
+    resolve_params,
+    run_classification,
+    save_classifier,
+)
 from featx.errors import ClassifyError
-from featx.classification import join_features
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +135,9 @@ def test_untrusted_types_are_refused(tmp_path, fitted):
 def test_files_that_are_not_classifiers(tmp_path, fitted):
     run, _ = fitted
     missing = tmp_path / "nope.zip"
-    with pytest.raises(ClassifyError, match=re.escape(f"classifier not found: '{missing}' is not a file")):
+    with pytest.raises(ClassifyError, match="^" + re.escape(
+        f"classifier not found: '{missing}' is not a file; pass a classifier-<model>.zip from a classify run folder"
+    ) + "$"):
         load_classifier(missing)
     text = tmp_path / "text.zip"
     text.write_text("hello")

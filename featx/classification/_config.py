@@ -1,0 +1,121 @@
+"""What a classification run depends on, checked once when it is made.
+
+:class:`ClassifyConfig` refuses every value that is wrong whatever the data
+(an unknown classifier or normalisation, a parameter out of range, a test
+size outside (0, 1), fewer than 2 folds) when it is constructed, before any
+store is read.  What can only be judged against the data (a class too small
+for the folds, more PCA components than rows) is checked by
+:mod:`._evaluation` once the stores are joined, still before anything is fitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, message, option
+from ._join import check_feature_specs
+from ._pipeline import NORMALIZERS
+from ._registry import parse_models, resolve_params, unknown_name
+
+__all__ = ["ClassifyConfig"]
+
+# What scikit-learn and numpy accept as a random_state seed.
+_MAX_SEED = 2**32 - 1
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """Everything a classification run depends on.  See ``run_pipeline.py classify --help``.
+
+    Parameters
+    ----------
+    features : tuple of str
+        ``STORE[:LAYER]`` specs, joined on sample id; one str or path is one input.
+    models : tuple of str
+        Classifier families (:data:`featx.classification.FAMILIES`); a
+        comma-separated string is accepted.
+    normalize : {'standard', 'l2', 'none'}
+        Normalisation of each input block (:data:`NORMALIZERS`), fitted on training rows.
+    pca : int, optional
+        Number of principal components kept after normalisation.
+    test_size : float
+        Fraction held out when the stores have no train/val|test split.
+    cv : int, optional
+        k-fold cross-validation over all labelled samples instead.
+    seed : int
+        Seed of the splits and of every estimator.
+    search : bool
+        Cross-validated grid search over each family's main parameters.
+    out : path, optional
+        Run folder; by default a new ``runs_dir/<timestamp>/``.
+    params : mapping
+        Hyper-parameters, e.g. ``{"C": 1.0, "kernel": "linear"}``: each applies
+        to the chosen families that declare it.  Values may be text, as from
+        the command line; they are recorded as given.
+    runs_dir : path
+        Parent of the default run folders.
+    plots : bool
+        Write the confusion-matrix PNGs.
+
+    Attributes
+    ----------
+    model_params : dict of str -> dict
+        Each chosen family's full, checked parameter set: its defaults with
+        *params* applied where it declares them (:func:`resolve_params`).
+
+    Raises
+    ------
+    ConfigError
+        A value that is not allowed, named with what is allowed.
+
+    Examples
+    --------
+    >>> config = ClassifyConfig(features=("features/digits/resnet18.h5",), models="svm,logreg", params={"C": "0.5"})
+    >>> config.model_params["logreg"]
+    {'C': 0.5, 'max_iter': 1000}
+    """
+
+    features: tuple[str, ...]
+    models: tuple[str, ...] = ("svm",)
+    normalize: str = "standard"
+    pca: int | None = None
+    test_size: float = 0.25
+    cv: int | None = None
+    seed: int = 0
+    search: bool = False
+    out: Path | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    runs_dir: Path = Path("runs")
+    plots: bool = True
+    model_params: dict[str, dict[str, Any]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "models", parse_models(self.models))
+        object.__setattr__(self, "features", check_feature_specs(self.features))
+        object.__setattr__(self, "params", dict(self.params))
+        if self.normalize not in NORMALIZERS:
+            raise unknown_name(option("normalize"), self.normalize, NORMALIZERS)
+        if self.pca is not None and not (_is_int(self.pca) and self.pca >= 1):
+            raise ConfigError(
+                message(option("pca"), allowed="a positive integer (the number of components kept)", got=self.pca)
+            )
+        if not (isinstance(self.test_size, (int, float)) and not isinstance(self.test_size, bool)
+                and 0 < self.test_size < 1):
+            raise ConfigError(
+                message(option("test_size"), allowed="a fraction between 0 and 1 (exclusive)", got=self.test_size)
+            )
+        if self.cv is not None and not (_is_int(self.cv) and self.cv >= 2):
+            raise ConfigError(message(option("cv"), allowed="an integer of at least 2 (the folds)", got=self.cv))
+        if not (_is_int(self.seed) and 0 <= self.seed <= _MAX_SEED):
+            raise ConfigError(
+                message(option("seed"), allowed=f"an integer in the range [0, {_MAX_SEED}]", got=self.seed)
+            )
+        # The one check of the classifiers' parameters: the registry's declarations.
+        object.__setattr__(self, "model_params", resolve_params(self.models, self.params))
