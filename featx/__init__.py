@@ -1,44 +1,81 @@
 """featx: transfer learning with fixed CNN features.
 
 Extract activations of pretrained torchvision networks into self-describing
-HDF5 stores, and train classical classifiers on them.
+HDF5 stores, and train classical classifiers on them.  The functions mirror
+the commands of ``run_pipeline.py``::
+
+    import featx
+
+    result = featx.extract("data/hymenoptera", model="resnet18", layers=["penultimate"])
+    run = featx.classify([f"{result.path}:penultimate"], models="svm,logreg")
+    with featx.open_store(result.path) as store:
+        X, y = store.features("penultimate"), store.labels
+
+The packages behind them: :mod:`featx.store` (HDF5 stores),
+:mod:`featx.extraction` (networks, images, the batch engine) and
+:mod:`featx.classification` (classifiers on stored features).
 """
 
 from ._version import __version__
 from .errors import FeatxError
-from .store import FeatureStore, open_store
 
 __all__ = [
     "__version__",
     "FeatxError",
+    # the commands
+    "extract",
+    "classify",
+    "predict",
+    "list_layers",
+    "format_layers",
+    "describe_store",
+    "export_store",
+    # reading what they wrote
+    "open_store",
+    "FeatureStore",
+    "load_classifier",
+    # configurations and results
     "ExtractConfig",
     "ExtractResult",
-    "extract_features",
+    "ClassifyConfig",
+    "ClassifyRun",
+    "PredictResult",
     "LayerIndex",
     "load_model",
-    "FeatureStore",
-    "open_store",
 ]
 
-# Names served on first use, so that `import featx` (and reading a store) does
-# not load torch: extraction imports it, classification imports scikit-learn.
+# Names served on first use, so that `import featx` loads neither torch
+# (extraction) nor scikit-learn (classification).
 _LAZY = {
+    "extract": "featx._api",
+    "classify": "featx._api",
+    "predict": "featx._api",
+    "list_layers": "featx.extraction",
+    "format_layers": "featx.extraction",
+    "describe_store": "featx.store",
+    "export_store": "featx.store",
+    "open_store": "featx.store",
+    "FeatureStore": "featx.store",
+    "load_classifier": "featx.classification",
     "ExtractConfig": "featx.extraction",
     "ExtractResult": "featx.extraction",
-    "extract_features": "featx.extraction",
+    "ClassifyConfig": "featx.classification",
+    "ClassifyRun": "featx.classification",
+    "PredictResult": "featx.prediction",
     "LayerIndex": "featx.extraction",
     "load_model": "featx.extraction",
 }
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'featx' has no attribute {name!r}")
+    import importlib
 
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'featx' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:

@@ -1,4 +1,13 @@
-"""Command line: parse, build a configuration, call one library function.
+"""Command line: parse, call one library function, print what it returns.
+
+Each command is a ``_add_<command>`` that declares its options and a
+``_run_<command>`` that builds the library call and prints the text a
+``format_*`` of the owning module makes of the result.  The registries that
+own the names (pooling, precisions, classifiers, export formats) give the
+``choices``; options that several commands share are declared once, as parent
+parsers.  Building the parser imports neither torch nor torchvision: ``--help``
+of every command, ``info``, ``export`` and the parsing of ``classify`` start in
+well under a second.
 
 User mistakes (:class:`featx.errors.FeatxError`) print one line and exit with
 code 2; Ctrl-C exits with 130 after the extraction has saved its progress.
@@ -14,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ._version import __version__
-from .errors import FeatxError
+from .errors import FeatxError, cli_option_names
 
 __all__ = ["main", "build_parser"]
 
@@ -23,14 +32,38 @@ log = logging.getLogger("featx")
 DEFAULT_DATA = Path("data")
 
 
+# --------------------------------------------------------------------------- shared options
+
+
+def _runtime_options() -> argparse.ArgumentParser:
+    """``--device``, ``--workers`` and ``--no-progress``: every command that runs a network."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parent.add_argument("--workers", type=int, help="decoding processes (default: one per core, at most 16)")
+    parent.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parent
+
+
+def _batch_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    return parent
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars, unless ``--no-progress`` or ``-q`` (only warnings and results)."""
+    return not (args.no_progress or args.quiet)
+
+
 # --------------------------------------------------------------------------- extract
 
 
-def _add_extract(sub: argparse._SubParsersAction) -> None:
-    from .extraction import POOLS
+def _add_extract(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    from .extraction import COMPRESSIONS, POOLS, PRECISIONS, STORAGE_DTYPES
 
     p = sub.add_parser(
         "extract",
+        parents=parents,
         help="extract layer activations of a pretrained CNN into an HDF5 store",
         description="Extract activations of one or more layers of a torchvision model for every image "
         "of a folder into an HDF5 feature store (resumable; re-running a finished extraction is a no-op).",
@@ -47,19 +80,15 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation with --weights none")
     p.add_argument("--image-size", type=int, help="crop size (default: the weights' own, usually 224)")
     p.add_argument("--pool", choices=list(POOLS), default="avg", help="pooling of convolutional outputs (default: avg)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
-    p.add_argument("--workers", type=int, help="decoding processes (default: one per core, at most 16)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="compute precision")
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="storage precision")
-    p.add_argument("--compression", choices=["gzip", "lzf"], help="compress the feature datasets")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="compute precision")
+    p.add_argument("--dtype", choices=list(STORAGE_DTYPES), default="float32", help="storage precision")
+    p.add_argument("--compression", choices=list(COMPRESSIONS), help="compress the feature datasets")
     p.add_argument("--out", type=Path, help="store path (default: features/<dataset>/<model>-<weights>.h5)")
     p.add_argument("--overwrite", action="store_true", help="replace a store made with another configuration")
     p.add_argument(
         "--checkpoint-seconds", type=float, default=10.0,
         help="save progress at least this often (default: 10; 0 = after every batch)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_extract)
 
 
@@ -73,10 +102,10 @@ def _data_folder(args: argparse.Namespace) -> Path:
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    from .extraction import ExtractConfig, extract_features
+    from .extraction import ExtractConfig, extract_features, format_extraction
 
     config = ExtractConfig(
-        data=_data_folder(args),
+        data=args.data if args.data is not None else DEFAULT_DATA / "digits",
         model=args.model,
         layers=tuple(args.layers or ("penultimate",)),
         weights=args.weights,
@@ -93,27 +122,19 @@ def _run_extract(args: argparse.Namespace) -> int:
         out=args.out,
         overwrite=args.overwrite,
         checkpoint_seconds=args.checkpoint_seconds,
-        progress=not args.no_progress,
+        progress=_progress(args),
     )
-    result = extract_features(config)
-    layers = ", ".join(f"{name} ({dim:,})" for name, dim in result.layers.items())
-    if result.up_to_date:
-        print(f"up to date: {result.path} ({result.rows:,} images; {layers})")
-        return 0
-    print(f"wrote {result.path}: {result.rows:,} images; layers {layers}")
-    if result.images:
-        print(f"  {result.images:,} images in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s)")
-    if result.failed:
-        print(f"  {len(result.failed)} image(s) could not be used (listed in /failed):")
-        for image_id, reason in result.failed:
-            print(f"    {image_id}: {reason}")
+    if args.data is None:
+        # The configuration is checked first; then the built-in digits are written (once).
+        _data_folder(args)
+    print(format_extraction(extract_features(config)))
     return 0
 
 
 # --------------------------------------------------------------------------- layers
 
 
-def _add_layers(sub: argparse._SubParsersAction) -> None:
+def _add_layers(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "layers",
         help="list a model's layers with aliases, output shapes and parameters",
@@ -127,30 +148,16 @@ def _add_layers(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_layers(args: argparse.Namespace) -> int:
-    from .extraction import LayerIndex, load_model
+    from .extraction import format_layers, list_layers
 
-    loaded = load_model(args.model, weights="none")
-    size = args.image_size or loaded.preprocessing.crop
-    index = LayerIndex(loaded.module, image_size=size, name=args.model)
-    rows = index.describe()
-    shown = [r for r in rows if args.all or r.aliases or r.params or r.node == rows[-1].node]
-    table = [("layer (graph node)", "aliases", "output shape", "params")]
-    table += [(r.node, ", ".join(r.aliases), "x".join(map(str, r.shape)), f"{r.params:,}") for r in shown]
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
-    print(f"{args.model} at {size}x{size}: {len(rows)} layers" + ("" if args.all else f" ({len(shown)} shown; --all for every node)"))
-    for i, row in enumerate(table):
-        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}")
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-    total = sum(p.numel() for p in loaded.module.parameters())
-    print(f"total params: {total:,}")
+    print(format_layers(list_layers(args.model, image_size=args.image_size, show_all=args.all)))
     return 0
 
 
 # --------------------------------------------------------------------------- classify
 
 
-def _add_classify(sub: argparse._SubParsersAction) -> None:
+def _add_classify(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     from .classification import FAMILIES, NORMALIZERS, all_params, param_help
 
     p = sub.add_parser(
@@ -213,9 +220,10 @@ def _run_classify(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- predict
 
 
-def _add_predict(sub: argparse._SubParsersAction) -> None:
+def _add_predict(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "predict",
+        parents=parents,
         help="classify new images with a saved classifier",
         description="Extract the features a saved classifier was trained on from new images (same model, "
         "weights, preprocessing, layers and pooling) and predict their classes, with probabilities when the "
@@ -231,18 +239,14 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "--weights-file", dest="weights_files", type=Path, action="append", default=[], metavar="PATH",
         help="state dict of an input extracted with --weights-file (repeat for several)",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
-    p.add_argument("--workers", type=int, help="decoding processes (default: as for extract)")
     p.add_argument(
         "--work-dir", type=Path, metavar="DIR", help="folder for the temporary feature stores (default: system temp)"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_predict)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from .predict import predict_images
+    from .prediction import format_prediction, predict_images
 
     result = predict_images(
         args.classifier,
@@ -251,34 +255,24 @@ def _run_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         weights_files=args.weights_files,
-        progress=not args.no_progress,
+        progress=_progress(args),
         out=args.out,
         work_dir=args.work_dir,
     )
-    frame = result.predictions
-    counts = frame["predicted"].value_counts()
-    summary = [
-        f"{len(frame):,} images predicted by {result.classifier.family} ({args.classifier}): "
-        + ", ".join(f"{name} {counts.get(name, 0):,}" for name in result.classes)
-    ]
-    if result.accuracy is not None:
-        summary.append(f"accuracy on the labelled images: {result.accuracy:.3f}")
-    if result.failed:
-        summary.append(f"{len(result.failed)} image(s) could not be used:")
-        summary += [f"  {image_id}: {reason}" for image_id, reason in result.failed]
+    summary = format_prediction(result)
     if result.out is None:
-        print(frame.to_csv(index=False), end="")
-        for line in summary:
-            log.info(line)
+        # The predictions are the output (CSV on stdout); the summary goes to the log.
+        print(result.predictions.to_csv(index=False), end="")
+        log.info(summary)
     else:
-        print("\n".join([*summary, f"predictions written to {result.out}"]))
+        print(summary)
     return 0
 
 
 # --------------------------------------------------------------------------- info
 
 
-def _add_info(sub: argparse._SubParsersAction) -> None:
+def _add_info(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "info",
         help="show what a feature store holds",
@@ -300,7 +294,7 @@ def _run_info(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- export
 
 
-def _add_export(sub: argparse._SubParsersAction) -> None:
+def _add_export(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     from .store import EXPORT_FORMATS
 
     p = sub.add_parser(
@@ -318,26 +312,21 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .formatting import format_bytes
-    from .store import export_store
+    from .store import export_store, format_export
 
-    result = export_store(args.store, args.out, format=args.format, layers=args.layers, overwrite=args.overwrite)
-    layers = ", ".join(f"{name} ({dim:,})" for name, dim in result.layers.items())
-    print(
-        f"wrote {result.path} ({result.format}, {format_bytes(result.bytes)}): {result.rows:,} rows; "
-        f"layers {layers}; {result.seconds:.1f} s"
-    )
+    print(format_export(export_store(args.store, args.out, format=args.format, layers=args.layers, overwrite=args.overwrite)))
     return 0
 
 
 # --------------------------------------------------------------------------- demo
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    from .demo import DEMO_CLASSIFIERS, DEMO_NETWORKS
+def _add_demo(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    from .demo import DEMO_CLASSIFIERS, DEMO_NETWORKS, DEMO_WEIGHTS
 
     p = sub.add_parser(
         "demo",
+        parents=parents[:1],
         help="the whole workflow on the built-in digits: two networks, four classifiers, one table",
         description="Write scikit-learn's handwritten digits to data/digits (once), extract the penultimate "
         "features of two networks (pretrained when the weights are cached or downloadable, else a seeded "
@@ -354,7 +343,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help=f"comma-separated classifier families (default: {','.join(DEMO_CLASSIFIERS)})",
     )
     p.add_argument(
-        "--weights", choices=["auto", "DEFAULT", "none"], default="auto",
+        "--weights", choices=list(DEMO_WEIGHTS), default="auto",
         help="auto: pretrained when cached or downloadable, else random init (default: auto)",
     )
     p.add_argument("--offline", action="store_true", help="with --weights auto, do not try to download weights")
@@ -365,9 +354,6 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--features-dir", type=Path, default=Path("features"), help="parent of the stores (default: features)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs/demo"), help="parent of the run folders (default: runs/demo)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--workers", type=int, help="decoding processes (default: as for extract)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=_run_demo)
 
 
@@ -386,7 +372,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         per_class=args.per_class,
         device=args.device,
         workers=args.workers,
-        progress=not args.no_progress,
+        progress=_progress(args),
     )
     print(format_demo(run_demo(config)))
     return 0
@@ -394,7 +380,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- main
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+COMMANDS: list[Callable[[argparse._SubParsersAction, list[argparse.ArgumentParser]], None]] = [
     _add_extract, _add_layers, _add_classify, _add_predict,
     _add_info, _add_export, _add_demo,
 ]
@@ -406,10 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="featx: extract CNN features into HDF5 stores and train classifiers on them.",
     )
     parser.add_argument("--version", action="version", version=f"featx {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results (no progress bars)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parents = [_runtime_options(), _batch_options()]
     for add in COMMANDS:
-        add(sub)
+        add(sub, parents)
     return parser
 
 
@@ -442,7 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.quiet)
     try:
-        return args.run(args)
+        # Messages raised inside name options as flags (--batch-size), not keywords.
+        with cli_option_names():
+            return args.run(args)
     except FeatxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -21,15 +21,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torchvision
-
-from .formatting import format_table
-from .classification import ClassifyConfig, ClassifyRun, run_classification
+from .classification import FAMILIES, ClassifyConfig, ClassifyRun, parse_models, run_classification
 from .digits import materialise_digits
-from .errors import FeatxError, UnknownModelError, WeightsError, close_matches
-from .extraction import ExtractConfig, extract_features, list_model_names, load_model, weights_cache_path
+from .errors import DemoError, UnknownModelError, WeightsError, choices, close_matches, message, option
+from .formatting import format_table
 
-__all__ = ["DEMO_NETWORKS", "DEMO_CLASSIFIERS", "DemoError", "DemoConfig", "DemoRow", "DemoResult",
+# The extraction side (torch, torchvision) is imported where it is used, so
+# that the command line can read the demo's defaults without loading torch.
+
+__all__ = ["DEMO_NETWORKS", "DEMO_CLASSIFIERS", "DEMO_WEIGHTS", "DemoConfig", "DemoRow", "DemoResult",
            "choose_weights", "run_demo", "format_demo"]
 
 log = logging.getLogger("featx")
@@ -37,6 +37,8 @@ log = logging.getLogger("featx")
 # Small, fast on two CPU cores, and different in kind (residual vs. depthwise).
 DEMO_NETWORKS = ("resnet18", "mobilenet_v3_small")
 DEMO_CLASSIFIERS = ("svm", "logreg", "bayes", "xgboost")
+# auto: pretrained when cached or downloadable, else a seeded random initialisation.
+DEMO_WEIGHTS = ("auto", "DEFAULT", "none")
 LAYER = "penultimate"
 # An RBF SVM fits 1,347 digits in well under a second and beats the linear
 # default here (which is there to scale to many samples).
@@ -44,10 +46,6 @@ CLASSIFIER_PARAMS = {"kernel": "rbf"}
 RANDOM_INIT = "random-init"
 # The default networks downsample 32-fold: smaller inputs leave less than one pixel to pool.
 MIN_IMAGE_SIZE = 32
-
-
-class DemoError(FeatxError, ValueError):
-    """A demo option is out of range."""
 
 
 @dataclass(frozen=True)
@@ -93,24 +91,46 @@ class DemoConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.weights not in ("auto", "DEFAULT", "none"):
-            raise DemoError(f"unknown demo weights '{self.weights}': choose auto, DEFAULT or none")
+        # Everything is checked here, before the digits are written or a network runs.
+        if self.weights not in DEMO_WEIGHTS:
+            raise DemoError(message(option("weights"), allowed=choices(DEMO_WEIGHTS), got=self.weights))
         if not self.networks:
-            raise DemoError("the demo needs at least one network: pass --network NAME")
+            raise DemoError(
+                message("the demo needs at least one network", hint=f"pass {option('network', 'NAME')}")
+            )
         if self.image_size < MIN_IMAGE_SIZE:
             raise DemoError(
-                f"--image-size must be at least {MIN_IMAGE_SIZE}, got {self.image_size}; the default is 64"
+                message(
+                    option("image_size"), allowed=f"at least {MIN_IMAGE_SIZE}", got=self.image_size,
+                    hint="the default is 64",
+                )
             )
         if len(set(self.networks)) != len(self.networks):
-            raise DemoError(f"a network is given twice: {', '.join(self.networks)}; give each once")
+            raise DemoError(
+                message("a network is given twice", got=", ".join(self.networks), hint="give each once")
+            )
         if self.per_class is not None and self.per_class < 1:
-            raise DemoError(f"--per-class must be a positive integer, got {self.per_class}")
+            raise DemoError(message(option("per_class"), allowed="a positive integer", got=self.per_class))
+        try:
+            parse_models(self.classifiers)
+        except ValueError as exc:
+            raise DemoError(
+                message(
+                    option("classifiers"), allowed=f"comma-separated classifier families, each {choices(FAMILIES)}",
+                    got=",".join(self.classifiers),
+                )
+            ) from exc
+        from .extraction import list_model_names
+
         names = list_model_names()
         for name in self.networks:
             if name not in names:
                 raise UnknownModelError(
-                    f"unknown network '{name}': {close_matches(name, names)}choose torchvision classification "
-                    "models (see torchvision.models.list_models(module=torchvision.models))"
+                    message(
+                        f"unknown network '{name}'",
+                        hint=f"{close_matches(name, names)}choose a torchvision classification model "
+                        "(torchvision.models.list_models(module=torchvision.models) lists them)",
+                    )
                 )
 
 
@@ -147,6 +167,10 @@ class DemoResult:
 
 
 def _pretrained_available(name: str, download: bool) -> bool:
+    import torchvision
+
+    from .extraction import load_model, weights_cache_path
+
     cached = weights_cache_path(torchvision.models.get_model_weights(name).DEFAULT)
     if cached.exists():
         return True
@@ -172,6 +196,10 @@ def choose_weights(networks: tuple[str, ...], *, weights: str = "auto", download
     note : str or None
         Set when ``weights='auto'`` fell back to random initialisation.
     """
+    import torchvision
+
+    from .extraction import weights_cache_path
+
     if weights != "auto":
         return {name: weights for name in networks}, None
     chosen = {name: "DEFAULT" if _pretrained_available(name, download) else "none" for name in networks}
@@ -179,10 +207,10 @@ def choose_weights(networks: tuple[str, ...], *, weights: str = "auto", download
     if not missing:
         return chosen, None
     files = ", ".join(str(weights_cache_path(torchvision.models.get_model_weights(n).DEFAULT)) for n in missing)
-    how = "could not be downloaded" if download else "were not downloaded (--offline)"
+    how = "could not be downloaded" if download else f"were not downloaded ({option('download', False, flag='offline')})"
     note = (
         f"pretrained weights for {', '.join(missing)} are not cached ({files}) and {how}: using a seeded "
-        f"random initialisation (--weights none) instead; every store and result is labelled {RANDOM_INIT}"
+        f"random initialisation ({option('weights', 'none')}) instead; every store and result is labelled {RANDOM_INIT}"
     )
     return chosen, note
 
@@ -192,6 +220,8 @@ def _weights_label(weights: str) -> str:
 
 
 def _extract(config: DemoConfig, data: Path, network: str, weights: str) -> tuple[Path, int]:
+    from .extraction import ExtractConfig, extract_features
+
     out = config.features_dir / data.name / f"{network}-{_weights_label(weights)}-{config.image_size}.h5"
     result = extract_features(
         ExtractConfig(

@@ -3,7 +3,7 @@
 The classifier's manifest says how each of its input blocks was computed
 (model, weights, preprocessing, layer, pooling, precision).  The same features
 are extracted from the new images by the extraction engine itself
-(:func:`featx.extract.extract_features`) into temporary stores, checked
+(:func:`featx.extraction.extract_features`) into temporary stores, checked
 against the manifest, joined on image id exactly as at training time, and fed
 to the fitted pipeline.
 """
@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from .classification import FittedClassifier, join_features, load_classifier, predictions_frame
-from .errors import ClassifyError
-from .store import IDENTITY_KEYS, LAYER_IDENTITY_KEYS, open_store
+from .errors import ClassifyError, message, option
+from .paths import check_writable_dir, check_writable_file
+from .store import IDENTITY_KEYS, LAYER_IDENTITY_KEYS, identity_differences, open_store, parse_weights_label
 
-__all__ = ["PredictResult", "predict_images"]
+__all__ = ["PredictResult", "predict_images", "format_prediction"]
 
 log = logging.getLogger("featx")
 
@@ -88,24 +89,28 @@ def _weights_of(provenance: dict[str, Any], weights_files: Sequence[Path]) -> tu
     from .extraction import sha256_file
 
     weights = str(provenance["weights"])
-    if not weights.startswith("file:"):
+    kind, name = parse_weights_label(weights)
+    if kind != "file":
         return weights, None
-    name, sha = weights[len("file:"):], provenance.get("weights_sha256")
-    needed = (
-        f"the classifier's {provenance['model']} features were computed with the weights file '{name}' "
-        f"(sha256 {sha})"
-    )
+    sha = provenance.get("weights_sha256")
+    needed = f"the classifier's {provenance['model']} features were computed with the weights file '{name}' (sha256 {sha})"
+    files_option = option("weights_files", flag="weights_file")
     if not weights_files:
-        raise ClassifyError(f"{needed}; pass that file with --weights-file PATH")
+        raise ClassifyError(message(needed, hint=f"pass that file with {files_option}"))
     hashes = {}
     for path in weights_files:
         if not path.is_file():
-            raise ClassifyError(f"weights file not found: '{path}' does not exist; check --weights-file")
+            raise ClassifyError(
+                message("weights file not found", got=path, hint=f"check {files_option}")
+            )
+        # By content, not by name: a renamed copy is the same weights.
         hashes[path] = sha256_file(path)
         if hashes[path] == sha:
             return "DEFAULT", path
     given = ", ".join(f"'{p}' has sha256 {h}" for p, h in hashes.items())
-    raise ClassifyError(f"{needed}, but no --weights-file is that file: {given}; pass the file used at extraction")
+    raise ClassifyError(
+        message(f"{needed}, but none of the files given ({files_option}) is that file: {given}", hint="pass the file used at extraction")
+    )
 
 
 def _group_key(block: dict[str, Any]) -> tuple:
@@ -116,27 +121,17 @@ def _group_key(block: dict[str, Any]) -> tuple:
     return (*model, pool, info["precision"], info["dtype"])
 
 
-def _differences(wanted: dict[str, Any], got: dict[str, Any], keys: Sequence[str]) -> list[str]:
-    diffs = []
-    for key in keys:
-        a, b = wanted.get(key), got.get(key)
-        if isinstance(a, list) or isinstance(b, list):
-            same = a is not None and b is not None and len(a) == len(b) and np.allclose(a, b, rtol=0, atol=1e-12)
-        else:
-            same = a == b
-        if not same:
-            diffs.append(f"{key} is {b!r} now, {a!r} at training")
-    return diffs
+def _differences(at_training: dict[str, Any], now: dict[str, Any], keys: Sequence[str]) -> list[str]:
+    return [f"{key} is {b!r} now, {a!r} at training" for key, a, b in identity_differences(at_training, now, keys)]
 
 
 def _extract_group(
-    blocks: list[dict[str, Any]], folder: Path, store: Path, weights_files: Sequence[Path], **options: Any
+    blocks: list[dict[str, Any]], folder: Path, store: Path, weights: str, weights_file: Path | None, **options: Any
 ) -> None:
     """Extract the layers of *blocks* (one network) from *folder* into *store*; check they match."""
     from .extraction import ExtractConfig, extract_features
 
     prov, info = blocks[0]["provenance"], blocks[0]["layer_info"]
-    weights, weights_file = _weights_of(prov, weights_files)
     layers = tuple(dict.fromkeys(b["layer"] for b in blocks))
     log.info(f"extracting {', '.join(layers)} of {prov['model']} ({prov['weights']}) for the new images")
     extract_features(
@@ -161,8 +156,11 @@ def _extract_group(
             diffs += _differences(block["layer_info"], made.layer_info(block["layer"]), _SAME_LAYER)
             if diffs:
                 raise ClassifyError(
-                    f"the {block['spec']} features of the new images would not match the classifier's: "
-                    f"{'; '.join(diffs)}; predict with the featx and torchvision versions used for training"
+                    message(
+                        f"the {block['spec']} features of the new images would not match the classifier's: "
+                        + "; ".join(diffs),
+                        hint="predict with the featx and torchvision versions used for training",
+                    )
                 )
 
 
@@ -202,23 +200,32 @@ def predict_images(
         A bad classifier file, missing images or weights, or features that
         cannot be reproduced.
     """
+    # Every argument is checked before the first image is decoded.
+    if out is not None:
+        check_writable_file(out, "out")
+    if work_dir is not None:
+        check_writable_dir(work_dir, "work_dir")
     clf = classifier if isinstance(classifier, FittedClassifier) else load_classifier(classifier)
     paths = [Path(p).expanduser() for p in data]
     if not paths:
-        raise ClassifyError("no images given: pass --data with an image folder or image files")
+        raise ClassifyError(
+            message("no images given", hint=f"pass {option('data')} with an image folder or image files")
+        )
     groups: dict[tuple, list[int]] = {}
     for i, block in enumerate(clf.blocks):
         groups.setdefault(_group_key(block), []).append(i)
+    files = [Path(p).expanduser() for p in weights_files]
+    # The weights of every network are found before the first one runs.
+    weights = [_weights_of(clf.blocks[members[0]]["provenance"], files) for members in groups.values()]
 
     with tempfile.TemporaryDirectory(prefix="featx-predict-", dir=work_dir) as scratch:
         scratch = Path(scratch)
         folder, labelled, names = _image_folder(paths, scratch)
-        files = [Path(p).expanduser() for p in weights_files]
         specs: list[str] = [""] * len(clf.blocks)
         for g, members in enumerate(groups.values()):
             store = scratch / f"features-{g}.h5"
             _extract_group(
-                [clf.blocks[i] for i in members], folder, store, files,
+                [clf.blocks[i] for i in members], folder, store, *weights[g],
                 device=device, batch_size=batch_size, workers=workers, progress=progress,
             )
             for i in members:
@@ -226,13 +233,19 @@ def predict_images(
         failed, usable = _failures(scratch, len(groups))
         if usable == 0:
             examples = "; ".join(f"{names.get(i, i)}: {reason}" for i, reason in failed[:3])
-            raise ClassifyError(f"none of the {len(failed)} images could be used ({examples}); pass image files")
+            raise ClassifyError(
+                message(f"none of the {len(failed)} images could be used ({examples})", hint="pass image files")
+            )
         joined = join_features(specs)
 
     if joined.X.shape[1] != clf.manifest["n_features"]:
         raise ClassifyError(
-            f"the new images give {joined.X.shape[1]:,} feature columns, the classifier expects "
-            f"{clf.manifest['n_features']:,}; the extraction does not reproduce the training features"
+            message(
+                "the number of feature columns of the new images",
+                allowed=f"the classifier's {clf.manifest['n_features']:,}",
+                got=joined.X.shape[1],
+                hint="the extraction does not reproduce the training features",
+            )
         )
     reasons = dict(failed)
     for spec, ids in joined.missing.items():
@@ -283,3 +296,22 @@ def _true_labels(joined, classes: Sequence[str]) -> np.ndarray | None:
         return None
     index = {name: i for i, name in enumerate(classes)}
     return np.array([index.get(n, -1) for n in folder_names], dtype=np.int64)
+
+
+def format_prediction(result: PredictResult) -> str:
+    """What a prediction gave, for people: counts per class, accuracy, unusable images, the file written."""
+    counts = result.predictions["predicted"].value_counts()
+    source = f" ({result.classifier.path})" if result.classifier is not None and result.classifier.path else ""
+    family = result.classifier.family if result.classifier is not None else "the classifier"
+    lines = [
+        f"{len(result.predictions):,} images predicted by {family}{source}: "
+        + ", ".join(f"{name} {counts.get(name, 0):,}" for name in result.classes)
+    ]
+    if result.accuracy is not None:
+        lines.append(f"accuracy on the labelled images: {result.accuracy:.3f}")
+    if result.failed:
+        lines.append(f"{len(result.failed)} image(s) could not be used:")
+        lines += [f"  {image_id}: {reason}" for image_id, reason in result.failed]
+    if result.out is not None:
+        lines.append(f"predictions written to {result.out}")
+    return "\n".join(lines)

@@ -56,14 +56,16 @@ def test_defaults_are_two_networks_and_four_classifiers():
 
 
 def test_choose_weights_without_cache_falls_back_in_one_note(torch_home: Path):
+    # From Python the note names keyword arguments; the command line's says --offline and --weights none
+    # (test_cli_demo).
     chosen, note = choose_weights(NETWORKS, download=False)
     assert chosen == {"resnet18": "none", "mobilenet_v3_small": "none"}
     files = [weights_cache_path(torchvision.models.get_model_weights(n).DEFAULT) for n in NETWORKS]
     assert all(str(f).startswith(str(torch_home)) for f in files)
     assert note == (
         f"pretrained weights for resnet18, mobilenet_v3_small are not cached ({files[0]}, {files[1]}) and were "
-        "not downloaded (--offline): using a seeded random initialisation (--weights none) instead; every store "
-        "and result is labelled random-init"
+        "not downloaded (download=False): using a seeded random initialisation (weights='none') instead; every "
+        "store and result is labelled random-init"
     )
 
 
@@ -139,6 +141,10 @@ def test_cli_demo(run_cli, torch_home: Path, tmp_path: Path):
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("pretrained weights for resnet18 are not cached (")
+    assert lines[0].endswith(
+        ") and were not downloaded (--offline): using a seeded random initialisation (--weights none) instead; "
+        "every store and result is labelled random-init"
+    )
     assert lines[1] == f"digits: 20 images of 8x8 pixels at 32x32, 10 train / 10 test, 10 classes ({tmp_path / 'd' / 'digits'})"
     header = next(line for line in lines if line.startswith("network (weights)"))
     assert header.split() == ["network", "(weights)", "features", "bayes", "logreg"]
@@ -147,13 +153,32 @@ def test_cli_demo(run_cli, torch_home: Path, tmp_path: Path):
 
 
 def test_bad_options():
-    with pytest.raises(DemoError, match=r"--image-size must be at least 32, got 16; the default is 64"):
+    with pytest.raises(DemoError, match=r"^image_size must be at least 32; got 16; the default is 64$"):
         DemoConfig(image_size=16)
-    with pytest.raises(UnknownModelError, match=r"unknown network 'resnet81': did you mean resnet18"):
+    with pytest.raises(UnknownModelError, match=r"^unknown network 'resnet81'; did you mean resnet18"):
         DemoConfig(networks=("resnet81",))
-    with pytest.raises(DemoError, match=r"unknown demo weights 'imagenet': choose auto, DEFAULT or none"):
+    with pytest.raises(DemoError, match=r"^weights must be one of auto, DEFAULT, none; got 'imagenet'$"):
         DemoConfig(weights="imagenet")
-    with pytest.raises(DemoError, match=r"a network is given twice: resnet18, resnet18; give each once"):
+    with pytest.raises(DemoError, match=r"^a network is given twice: 'resnet18, resnet18'; give each once$"):
         DemoConfig(networks=("resnet18", "resnet18"))
-    with pytest.raises(DemoError, match=r"--per-class must be a positive integer, got 0"):
+    with pytest.raises(DemoError, match=r"^per_class must be a positive integer; got 0$"):
         DemoConfig(per_class=0)
+    with pytest.raises(
+        DemoError,
+        match=r"^classifiers must be comma-separated classifier families, each one of svm, logreg, bayes, "
+        r"xgboost, mlp; got 'svm,knn'$",
+    ):
+        DemoConfig(classifiers=("svm", "knn"))
+
+
+def test_cli_refuses_an_unknown_classifier_before_any_work(tmp_path, run_cli):
+    code, out, err = run_cli(
+        "demo", "--classifiers", "svm,knn", "--data", tmp_path / "digits", "--features-dir", tmp_path / "f",
+        "--runs-dir", tmp_path / "r", "--offline",
+    )
+    assert code == 2 and out == ""
+    assert err == (
+        "error: --classifiers must be comma-separated classifier families, each one of svm, logreg, bayes, "
+        "xgboost, mlp; got 'svm,knn'\n"
+    )
+    assert not (tmp_path / "digits").exists() and not (tmp_path / "f").exists()

@@ -21,7 +21,7 @@ import featx.extraction
 from featx.classification import ClassifyConfig, run_classification
 from featx.errors import ClassifyError
 from featx.extraction import ExtractConfig, extract_features
-from featx.predict import predict_images
+from featx.prediction import predict_images
 
 FAST = dict(image_size=64, workers=0, progress=False)
 
@@ -152,14 +152,14 @@ def test_features_made_with_a_weights_file_need_that_file(trained, tmp_path, run
     assert (code, stderr) == (
         2,
         f"error: the classifier's resnet18 features were computed with the weights file '{weights.name}' "
-        f"(sha256 {sha}); pass that file with --weights-file PATH\n",
+        f"(sha256 {sha}); pass that file with --weights-file\n",
     )
 
     other = tmp_path / weights.name  # same name, other content: found by content, not by name
     other.write_bytes(b"other weights")
     with pytest.raises(ClassifyError, match=re.escape(
         f"the classifier's resnet18 features were computed with the weights file '{weights.name}' (sha256 {sha}), "
-        f"but no --weights-file is that file: '{other}' has sha256 {hashlib.sha256(b'other weights').hexdigest()}; "
+        f"but none of the files given (weights_files) is that file: '{other}' has sha256 {hashlib.sha256(b'other weights').hexdigest()}; "
         "pass the file used at extraction"
     )):
         predict_images(artifact, [data / "val"], weights_files=[other], workers=0, progress=False)

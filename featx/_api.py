@@ -1,0 +1,172 @@
+"""The Python API: one function per command, keyword arguments named like the flags.
+
+``featx.extract(...)`` is ``run_pipeline.py extract ...``, ``featx.classify(...)``
+is ``classify``, ``featx.predict(...)`` is ``predict``, ``featx.list_layers(...)``
+is ``layers``, ``featx.describe_store(...)`` is ``info`` and
+``featx.export_store(...)`` is ``export``; each returns the result object the
+command prints.  Every argument is checked before any work starts; mistakes
+raise a :class:`featx.FeatxError` (a ``ValueError`` for bad values) whose
+message names the keyword argument.
+
+The heavy sides are imported on first call: ``import featx`` loads neither
+torch nor scikit-learn.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .classification import ClassifyRun
+    from .extraction import ExtractResult
+    from .prediction import PredictResult
+
+__all__ = ["extract", "classify", "predict"]
+
+
+def extract(
+    data: str | os.PathLike,
+    *,
+    model: str = "resnet50",
+    layers: str | Sequence[str] = ("penultimate",),
+    weights: str = "DEFAULT",
+    out: str | os.PathLike | None = None,
+    **options: Any,
+) -> "ExtractResult":
+    """Extract layer activations of every image of a folder into a feature store.
+
+    Resumes an unfinished store, reuses a finished one with the same
+    configuration, and adds new layers to it.
+
+    Parameters
+    ----------
+    data : path
+        Image folder: ``<class>/<image>``, optionally under ``train/``, ``val/``, ``test/``.
+    model : str
+        torchvision classification model name.
+    layers : str or sequence of str
+        Graph nodes, module paths or aliases (``penultimate``, ``conv5``,
+        ``fc7``, ``block2_pool``, ...); all come from one forward pass.
+    weights : str
+        ``DEFAULT``, a weights name such as ``IMAGENET1K_V1``, or ``none``
+        (a seeded random initialisation).
+    out : path, optional
+        The store; by default ``features/<data folder>/<model>-<weights>.h5``.
+    **options
+        Any other field of :class:`featx.extraction.ExtractConfig`:
+        ``weights_file``, ``seed``, ``image_size``, ``pool``, ``batch_size``,
+        ``workers``, ``device``, ``precision``, ``dtype``, ``compression``,
+        ``overwrite``, ``checkpoint_seconds``, ``progress``.
+
+    Returns
+    -------
+    ExtractResult
+        The store's path, its rows, the width of each layer, the images that
+        could not be used.
+
+    Examples
+    --------
+    >>> import featx
+    >>> result = featx.extract("data/hymenoptera", model="resnet18",
+    ...                        layers=["conv5", "penultimate"], weights="none")  # doctest: +SKIP
+    >>> result.layers  # doctest: +SKIP
+    {'conv5': 512, 'penultimate': 512}
+    """
+    from pathlib import Path
+
+    from .extraction import ExtractConfig, extract_features
+
+    names = (layers,) if isinstance(layers, str) else tuple(layers)
+    config = ExtractConfig(
+        data=Path(data), model=model, layers=names, weights=weights,
+        out=Path(out) if out is not None else None, **options,
+    )
+    return extract_features(config)
+
+
+def classify(
+    features: str | Sequence[str],
+    *,
+    models: str | Sequence[str] = "svm",
+    out: str | os.PathLike | None = None,
+    **options: Any,
+) -> "ClassifyRun":
+    """Train and evaluate classifiers on cached features, joined on sample id.
+
+    Parameters
+    ----------
+    features : str or sequence of str
+        ``STORE[:LAYER]`` inputs; several are concatenated, joined on sample id.
+    models : str or sequence of str
+        Classifier families: ``svm``, ``logreg``, ``bayes``, ``xgboost``, ``mlp``
+        (a comma-separated string or a sequence).
+    out : path, optional
+        The run folder; by default a new ``runs/<timestamp>/``.
+    **options
+        Any other field of :class:`featx.classification.ClassifyConfig`:
+        ``normalize``, ``pca``, ``test_size``, ``cv``, ``seed``, ``search``,
+        ``params`` (classifier parameters such as ``{"C": 0.1}``), ``plots``.
+
+    Returns
+    -------
+    ClassifyRun
+        One result per classifier (accuracy, fit time, paths of the
+        predictions and of the saved classifier), and the run folder.
+
+    Examples
+    --------
+    >>> run = featx.classify(["features/hymenoptera/resnet18-none.h5:penultimate"],
+    ...                      models="logreg,bayes")  # doctest: +SKIP
+    >>> {r.name: round(r.accuracy, 3) for r in run.results}  # doctest: +SKIP
+    {'logreg': 0.693, 'bayes': 0.562}
+    """
+    from pathlib import Path
+
+    from .classification import ClassifyConfig, run_classification
+
+    inputs = (features,) if isinstance(features, str) else tuple(features)
+    config = ClassifyConfig(
+        features=inputs, models=models, out=Path(out) if out is not None else None, **options
+    )
+    return run_classification(config)
+
+
+def predict(
+    classifier: str | os.PathLike,
+    data: str | os.PathLike | Sequence[str | os.PathLike],
+    **options: Any,
+) -> "PredictResult":
+    """Classify new images with a classifier saved by :func:`classify`.
+
+    The features it was trained on are extracted again from the new images
+    (same model, weights, preprocessing, layers and pooling).
+
+    Parameters
+    ----------
+    classifier : path
+        A ``classifier-<model>.zip`` of a classify run.
+    data : path or sequence of path
+        An image folder (class subfolders named like the classes give an
+        accuracy), or image files.
+    **options
+        ``out`` (a CSV file), ``weights_files``, ``device``, ``batch_size``,
+        ``workers``, ``progress``, ``work_dir``: see
+        :func:`featx.prediction.predict_images`.
+
+    Returns
+    -------
+    PredictResult
+        ``predictions`` (a DataFrame: id, [true,] predicted, proba_<class>...),
+        ``accuracy`` when the images are labelled, the images that failed.
+
+    Examples
+    --------
+    >>> result = featx.predict("runs/x/classifier-logreg.zip", "new-images/")  # doctest: +SKIP
+    >>> result.predictions.head()  # doctest: +SKIP
+    """
+    from .prediction import predict_images
+
+    paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    return predict_images(classifier, paths, **options)

@@ -1,0 +1,149 @@
+"""Who may import what: the rule of docs/ARCHITECTURE.md, read from the modules' own imports.
+
+- only :mod:`featx.store` imports h5py, and it imports neither torch nor the
+  other two sides;
+- :mod:`featx.classification` never imports :mod:`featx.extraction` (nor
+  torch), and :mod:`featx.extraction` never imports :mod:`featx.classification`;
+- no module imports a private name (``_x``) of another module, nor a private
+  module of a package that is not its own (or an ancestor of its own); tests
+  included.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Import:
+    path: Path
+    line: int
+    module: str  # absolute module imported from (or imported)
+    name: str | None  # the name taken from it, None for `import module`
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _package_of(path: Path, root: Path) -> str:
+    name = _module_name(path, root)
+    return name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+
+def imports_of(path: Path, root: Path) -> list[Import]:
+    """Every import of one file, relative imports made absolute (function-level imports included)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = _package_of(path, root)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [Import(path, node.lineno, alias.name, None) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            found += [Import(path, node.lineno, module, alias.name) for alias in node.names]
+    return found
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def violations(root: Path, package: str = "featx", extra_files: list[Path] = ()) -> list[str]:
+    """The import rule's violations in *package* under *root* (and in *extra_files*, e.g. tests)."""
+    store, extraction, classification = (f"{package}.{side}" for side in ("store", "extraction", "classification"))
+    problems = []
+    files = sorted((root / package).rglob("*.py"))
+    for path in [*files, *extra_files]:
+        in_package = path in files
+        importer = _module_name(path, root) if in_package else path.name
+        own_package = _package_of(path, root) if in_package else ""
+        for imp in imports_of(path, root):
+            where = f"{path.relative_to(root)}:{imp.line}"
+            targets = [imp.module] + ([f"{imp.module}.{imp.name}"] if imp.name else [])
+            top = imp.module.split(".")[0]
+            if in_package:
+                if top == "h5py" and not _within(importer, store):
+                    problems.append(f"{where}: h5py imported outside {store}")
+                if _within(importer, store) and (
+                    top in ("torch", "torchvision") or any(_within(t, extraction) or _within(t, classification) for t in targets)
+                ):
+                    problems.append(f"{where}: {store} imports {imp.module}")
+                if _within(importer, classification) and (
+                    top in ("torch", "torchvision") or any(_within(t, extraction) for t in targets)
+                ):
+                    problems.append(f"{where}: {classification} imports {imp.module}")
+                if _within(importer, extraction) and any(_within(t, classification) for t in targets):
+                    problems.append(f"{where}: {extraction} imports {imp.module}")
+            if top != package:
+                continue
+            # A private module may be used inside its own package and below it.
+            parts = imp.module.split(".")
+            for i, part in enumerate(parts):
+                if part.startswith("_") and not part.startswith("__"):
+                    owner = ".".join(parts[:i])
+                    if not (in_package and _within(own_package, owner)):
+                        problems.append(f"{where}: imports the private module {'.'.join(parts[: i + 1])}")
+                    break
+            if imp.name and imp.name.startswith("_") and not imp.name.startswith("__"):
+                submodule = (root / Path(*parts) / f"{imp.name}.py").is_file() or (root / Path(*parts) / imp.name).is_dir()
+                if not (submodule and in_package and _within(own_package, imp.module)):
+                    problems.append(f"{where}: imports the private name {imp.name} from {imp.module}")
+    return problems
+
+
+def test_featx_and_its_tests_follow_the_import_rule():
+    tests = sorted(p for p in (ROOT / "tests").rglob("*.py"))
+    benchmarks = sorted((ROOT / "benchmarks").glob("*.py"))
+    assert violations(ROOT, extra_files=[*tests, *benchmarks]) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "source", "expected"),
+    [
+        ("featx/classification/_bad.py", "from ..extraction import extract_features\n",
+         "featx/classification/_bad.py:1: featx.classification imports featx.extraction"),
+        ("featx/classification/_bad.py", "def f():\n    import torch\n",
+         "featx/classification/_bad.py:2: featx.classification imports torch"),
+        ("featx/extraction/_bad.py", "from featx.classification import FAMILIES\n",
+         "featx/extraction/_bad.py:1: featx.extraction imports featx.classification"),
+        ("featx/prediction.py", "import h5py\n", "featx/prediction.py:1: h5py imported outside featx.store"),
+        ("featx/store/_bad.py", "from .. import extraction\n",
+         "featx/store/_bad.py:1: featx.store imports featx"),
+        ("featx/cli.py", "from .extraction._engine import extract_features\n",
+         "featx/cli.py:1: imports the private module featx.extraction._engine"),
+        ("featx/store/_bad.py", "from ._reader import _attr_value\n",
+         "featx/store/_bad.py:1: imports the private name _attr_value from featx.store._reader"),
+    ],
+)
+def test_the_rule_catches_a_violating_import(tmp_path, path, source, expected):
+    for folder in ("featx/store", "featx/extraction", "featx/classification"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "__init__.py").write_text("")
+    (tmp_path / "featx/__init__.py").write_text("")
+    (tmp_path / "featx/store/_reader.py").write_text("")
+    (tmp_path / path).write_text(source)
+    assert violations(tmp_path) == [expected]
+
+
+def test_the_rule_allows_a_package_its_own_private_modules(tmp_path):
+    (tmp_path / "featx/store").mkdir(parents=True)
+    (tmp_path / "featx/__init__.py").write_text("from ._version import __version__\n")
+    (tmp_path / "featx/_version.py").write_text("__version__ = '0'\n")
+    (tmp_path / "featx/store/__init__.py").write_text("from ._reader import open_store\nfrom .. import _version\n")
+    (tmp_path / "featx/store/_reader.py").write_text("import h5py\nfrom .._version import __version__\n")
+    assert violations(tmp_path) == []
