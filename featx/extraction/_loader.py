@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -92,10 +93,22 @@ WORKER_NICENESS = 19
 
 
 def _ignore_ctrl_c(worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group.  The main process stops the
-    # workers itself after saving its progress; a worker that handled the
-    # signal too would die mid-message and print a traceback of its own.
+    """Leave Ctrl-C to the main process, which saves its progress and then stops the workers.
+
+    Ctrl-C reaches the whole process group: a worker that handled it too would
+    die mid-message and print a traceback of its own.  And when the main process
+    stops while it is fetching a batch, the worker's thread that hands batches
+    over in shared memory (``multiprocessing.resource_sharer``) sees the
+    connection reset: nothing is lost then, so that thread stops without a word.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    default_hook = threading.excepthook
+
+    def quiet_when_the_main_process_left(args: threading.ExceptHookArgs) -> None:
+        if not issubclass(args.exc_type, (ConnectionResetError, BrokenPipeError, EOFError)):
+            default_hook(args)
+
+    threading.excepthook = quiet_when_the_main_process_left
 
 
 def _decode_in_background(worker_id: int) -> None:
