@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .classification import FAMILIES, ClassifyConfig, ClassifyRun, parse_models, run_classification
 from .digits import materialise_digits
-from .errors import DemoError, UnknownModelError, WeightsError, choices, close_matches, message, option
+from .errors import DemoError, WeightsError, choices, message, option
 from .formatting import format_table
 
 # The extraction side (torch, torchvision) is imported where it is used, so
@@ -120,18 +120,10 @@ class DemoConfig:
                     got=",".join(self.classifiers),
                 )
             ) from exc
-        from .extraction import list_model_names
+        from .extraction import check_model_name
 
-        names = list_model_names()
         for name in self.networks:
-            if name not in names:
-                raise UnknownModelError(
-                    message(
-                        f"unknown network '{name}'",
-                        hint=f"{close_matches(name, names)}choose a torchvision classification model "
-                        "(torchvision.models.list_models(module=torchvision.models) lists them)",
-                    )
-                )
+            check_model_name(name, parameter="networks")
 
 
     @property

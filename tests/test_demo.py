@@ -16,8 +16,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from featx import open_store
-from featx.demo import DEMO_CLASSIFIERS, DemoConfig, DemoError, choose_weights, format_demo, run_demo
-from featx.errors import UnknownModelError
+from featx.demo import DEMO_CLASSIFIERS, DemoConfig, choose_weights, format_demo, run_demo
+from featx.errors import DemoError, UnknownModelError
 from featx.extraction import weights_cache_path
 
 NETWORKS = ("resnet18", "mobilenet_v3_small")
@@ -155,7 +155,11 @@ def test_cli_demo(run_cli, torch_home: Path, tmp_path: Path):
 def test_bad_options():
     with pytest.raises(DemoError, match=r"^image_size must be at least 32; got 16; the default is 64$"):
         DemoConfig(image_size=16)
-    with pytest.raises(UnknownModelError, match=r"^unknown network 'resnet81'; did you mean resnet18"):
+    with pytest.raises(
+        UnknownModelError,
+        match=r"^networks must be one of torchvision's \d+ classification models \(alexnet, .*\); got 'resnet81'; "
+        r"did you mean resnet18",
+    ):
         DemoConfig(networks=("resnet81",))
     with pytest.raises(DemoError, match=r"^weights must be one of auto, DEFAULT, none; got 'imagenet'$"):
         DemoConfig(weights="imagenet")

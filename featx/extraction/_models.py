@@ -58,8 +58,14 @@ def list_model_names() -> tuple[str, ...]:
     return tuple(torchvision.models.list_models(module=torchvision.models))
 
 
-def check_model_name(name: str) -> str:
+def check_model_name(name: str, *, parameter: str = "model") -> str:
     """Return *name* if it is a torchvision classification model.
+
+    Parameters
+    ----------
+    name : str
+    parameter : str
+        The option the name came from, for the message (``"model"``, the demo's ``"networks"``).
 
     Raises
     ------
@@ -70,7 +76,7 @@ def check_model_name(name: str) -> str:
     if name not in names:
         raise UnknownModelError(
             message(
-                option("model"),
+                option(parameter, flag="network" if parameter == "networks" else None),
                 allowed=f"one of torchvision's {len(names)} classification models ({', '.join(names[:6])}, ...; "
                 "see torchvision.models.list_models(module=torchvision.models))",
                 got=name,
