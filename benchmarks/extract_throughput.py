@@ -201,10 +201,7 @@ def per_image_baseline(collection, case: Case, args, device, images: int) -> tup
     """
     import torch
 
-    from featx.extraction import autocast
-    from featx.extraction import LayerIndex
-    from featx.extraction import load_model
-    from featx.extraction import pool_features
+    from featx.extraction import LayerIndex, autocast, load_model, pool_features
 
     loaded = load_model(case.model, weights=args.weights, seed=0, image_size=args.image_size)
     model = loaded.module.to(device).eval()
@@ -447,8 +444,7 @@ def wait_until_idle(seconds: float, *, idle: float = 0.9, timeout: float = 900.0
 
 
 def bench_case(case: Case, args, device, collection, work: Path, say: Callable[[str], None]) -> dict:
-    from featx.extraction import build_extractor, prepare_extractor
-    from featx.extraction import load_model
+    from featx.extraction import build_extractor, load_model, prepare_extractor
 
     result: dict = {"model": case.model, "layers": list(case.layers), "extra_layers": list(case.extra)}
     result["load_before"] = load_average()
@@ -697,8 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         child_extract(argv[1])
         return 0
     args = build_parser().parse_args(argv)
-    from featx.extraction import discover_images
-    from featx.extraction import resolve_device
+    from featx.extraction import discover_images, resolve_device
 
     device = resolve_device(args.device)
     cases = args.cases or [Case.parse(c) for c in DEFAULT_CASES]

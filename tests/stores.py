@@ -12,8 +12,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-
 from conftest import IMAGE_SIZE, MODEL
+
 from featx.store import LayerSpec, StoreWriter
 
 META = {

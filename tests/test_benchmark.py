@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import sys
 import statistics
+import sys
 from pathlib import Path
 
 import pytest

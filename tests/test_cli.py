@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import quick_extract
 
 import featx.extraction
-from conftest import quick_extract
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ("extract", "layers", "classify", "predict", "info", "export", "demo")

@@ -12,9 +12,9 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from featx import cli
-from featx.extraction import discover_images
 from featx.digits import MARKER, digit_pixels, digits_split, materialise_digits
 from featx.errors import DataError
+from featx.extraction import discover_images
 
 
 @pytest.fixture(scope="module")

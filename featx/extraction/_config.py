@@ -16,9 +16,9 @@ from typing import Any
 
 from ..errors import ConfigError, choices, message, option
 from ..paths import check_writable_file
+from ..store import parse_weights_label
 from ._images import MAX_IMAGE_PIXELS
 from ._pooling import POOLS
-from ..store import parse_weights_label
 
 __all__ = [
     "PRECISIONS",
