@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
+import sys
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -102,13 +102,14 @@ def _ignore_ctrl_c(worker_id: int) -> None:
     connection reset: nothing is lost then, so that thread stops without a word.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    default_hook = threading.excepthook
+    default_hook = sys.excepthook
 
-    def quiet_when_the_main_process_left(args: threading.ExceptHookArgs) -> None:
-        if not issubclass(args.exc_type, (ConnectionResetError, BrokenPipeError, EOFError)):
-            default_hook(args)
+    # resource_sharer reports its errors through sys.excepthook, not threading's hook.
+    def quiet_when_the_main_process_left(kind, value, traceback) -> None:
+        if not issubclass(kind, (ConnectionResetError, BrokenPipeError, EOFError)):
+            default_hook(kind, value, traceback)
 
-    threading.excepthook = quiet_when_the_main_process_left
+    sys.excepthook = quiet_when_the_main_process_left
 
 
 def _decode_in_background(worker_id: int) -> None:
