@@ -190,6 +190,11 @@ def _add_classify(sub: argparse._SubParsersAction, parents: list[argparse.Argume
     p.add_argument("--search", action="store_true", help="cross-validated grid search over the main parameters")
     p.add_argument("--out", type=Path, metavar="DIR", help="run folder (default: a new runs/<timestamp>/)")
     p.add_argument("--no-plots", action="store_true", help="do not draw confusion matrices")
+    p.add_argument(
+        "--memory", metavar="BYTES",
+        help="memory budget, e.g. 4G or 512M (default: the RAM available); a larger feature matrix is "
+        "streamed from the stores in blocks",
+    )
     group = p.add_argument_group("classifier parameters (each applies to the chosen classifiers that declare it)")
     for name in all_params():
         group.add_argument(f"--{name.replace('_', '-')}", dest=f"param_{name}", metavar="VALUE", help=param_help(name))
@@ -212,6 +217,7 @@ def _run_classify(args: argparse.Namespace) -> int:
         out=args.out,
         params={name: value for name, value in params.items() if value is not None},
         plots=not args.no_plots,
+        memory=args.memory,
     )
     print(format_results(run_classification(config)))
     return 0

@@ -9,6 +9,8 @@ evaluation, training, saved classifiers and reports.
 ``_join``           ``STORE[:LAYER]`` inputs read and joined on sample id
 ``_evaluation``     which rows train and which evaluate (stored split, hold-out, k-fold)
 ``_pipeline``       per-block normalisation -> optional PCA -> estimator
+``_streaming``      :func:`plan_fit` (in memory or streaming, from ``memory``) and the
+                    block-by-block ``partial_fit`` of a matrix larger than the budget
 ``_training``       :func:`run_classification`: fit, evaluate, write the run folder
 ``_artifact``       saved classifiers without pickle: :func:`save_classifier`, :func:`load_classifier`
 ``_report``         metrics, prediction files, confusion plots, :func:`format_results`
@@ -41,6 +43,7 @@ if TYPE_CHECKING:  # what _LAZY serves, for type checkers and readers
     from ._evaluation import Evaluation, plan_evaluation
     from ._join import FeatureBlock, JoinedFeatures, join_features, parse_feature_spec
     from ._report import classification_metrics, format_results, predictions_frame
+    from ._streaming import FitPlan, plan_fit
     from ._training import ClassifierResult, ClassifyRun, run_classification
 
 __all__ = [
@@ -67,6 +70,8 @@ __all__ = [
     "classification_metrics",
     "predictions_frame",
     "NORMALIZERS",
+    "FitPlan",
+    "plan_fit",
     "ClassifierResult",
     "ClassifyConfig",
     "ClassifyRun",
@@ -87,6 +92,7 @@ _LAZY = {
     **dict.fromkeys(("Evaluation", "plan_evaluation"), "._evaluation"),
     **dict.fromkeys(("FeatureBlock", "JoinedFeatures", "join_features", "parse_feature_spec"), "._join"),
     **dict.fromkeys(("classification_metrics", "format_results", "predictions_frame"), "._report"),
+    **dict.fromkeys(("FitPlan", "plan_fit"), "._streaming"),
     **dict.fromkeys(("ClassifierResult", "ClassifyRun", "run_classification"), "._training"),
 }
 

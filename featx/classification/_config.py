@@ -20,7 +20,39 @@ from ._join import check_feature_specs
 from ._pipeline import NORMALIZERS
 from ._registry import parse_models, resolve_params, unknown_name
 
-__all__ = ["ClassifyConfig"]
+__all__ = ["ClassifyConfig", "parse_memory", "available_memory"]
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_MEMORY_ALLOWED = "a number of bytes, optionally with a unit K, M, G or T (e.g. 512M, 4G)"
+
+
+def available_memory() -> int:
+    """Bytes of RAM available now (``SC_AVPHYS_PAGES``): the default memory budget."""
+    import os
+
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def parse_memory(value: Any) -> int:
+    """``"4G"``, ``"512M"``, ``"1.5g"``, ``2_000_000`` -> bytes (binary units).
+
+    Raises
+    ------
+    ConfigError
+        Text that is not a positive size.
+    """
+    if _is_int(value) and value > 0:
+        return int(value)
+    text = str(value).strip().upper().removesuffix("IB").removesuffix("B") if isinstance(value, str) else None
+    try:
+        unit = text[-1] if text and text[-1] in _UNITS else ""
+        number = float(text[: len(text) - len(unit)])
+        size = int(number * _UNITS[unit])
+    except (TypeError, ValueError, IndexError):
+        size = 0
+    if size < 1:
+        raise ConfigError(message(option("memory"), allowed=_MEMORY_ALLOWED, got=value))
+    return size
 
 # What scikit-learn and numpy accept as a random_state seed.
 _MAX_SEED = 2**32 - 1
@@ -63,6 +95,10 @@ class ClassifyConfig:
         Parent of the default run folders.
     plots : bool
         Write the confusion-matrix PNGs.
+    memory : int or str, optional
+        Memory budget in bytes (or text such as ``"4G"``); by default the RAM
+        available when the configuration is made.  A training matrix larger
+        than it is fitted by streaming it from the stores in blocks.
 
     Attributes
     ----------
@@ -94,6 +130,7 @@ class ClassifyConfig:
     params: Mapping[str, Any] = field(default_factory=dict)
     runs_dir: Path = Path("runs")
     plots: bool = True
+    memory: int | str | None = None
     model_params: dict[str, dict[str, Any]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -117,5 +154,6 @@ class ClassifyConfig:
             raise ConfigError(
                 message(option("seed"), allowed=f"an integer in the range [0, {_MAX_SEED}]", got=self.seed)
             )
+        object.__setattr__(self, "memory", available_memory() if self.memory is None else parse_memory(self.memory))
         # The one check of the classifiers' parameters: the registry's declarations.
         object.__setattr__(self, "model_params", resolve_params(self.models, self.params))

@@ -260,7 +260,7 @@ def check_components(pca: int | None, joined: JoinedFeatures, evaluation: Evalua
         _, smallest = smallest_class(joined.labels[evaluation.final_train], joined.classes)
         k = min(SEARCH_FOLDS, max(smallest, 2))
         rows = rows - math.ceil(rows / k)
-    columns = joined.X.shape[1]
+    columns = joined.n_features
     limit = min(rows, columns)
     if pca > limit:
         raise ClassifyError(

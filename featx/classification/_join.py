@@ -85,8 +85,9 @@ class JoinedFeatures:
     ----------
     ids : ndarray of str, (n_samples,)
         Sorted sample ids.
-    X : ndarray of float32, (n_samples, n_features)
-        Blocks side by side, in input order.
+    X : ndarray of float32, (n_samples, n_features), or None
+        Blocks side by side, in input order; ``None`` when joined with
+        ``load=False`` (read block by block with :meth:`rows`).
     labels : ndarray of int, (n_samples,)
         Index into ``classes``; ``-1`` for unlabelled samples.
     classes : list of str
@@ -99,12 +100,69 @@ class JoinedFeatures:
     """
 
     ids: np.ndarray
-    X: np.ndarray
+    X: np.ndarray | None
     labels: np.ndarray
     classes: list[str]
     splits: np.ndarray
     blocks: list[FeatureBlock]
     missing: dict[str, list[str]] = field(default_factory=dict)
+    sources: list[_Source] = field(default_factory=list, repr=False)
+
+    def load(self) -> None:
+        """Read every input into ``X``: one float32 matrix, filled store by store in contiguous row blocks.
+
+        Raises
+        ------
+        ClassifyError
+            An input holds NaN or infinite features.
+        """
+        X = np.empty((self.ids.size, self.n_features), dtype=np.float32)
+        for source in self.sources:
+            with open_store(source.path) as store:
+                _scan(store, source, self.ids, X)
+        self.X = X
+
+    def check(self) -> None:
+        """Check, block by block, that every input is finite, keeping nothing (what :meth:`load` checks)."""
+        for source in self.sources:
+            with open_store(source.path) as store:
+                _scan(store, source, self.ids, None)
+
+    @property
+    def n_features(self) -> int:
+        """Columns of the joined matrix (known without reading it)."""
+        return sum(b.dim for b in self.blocks)
+
+    def rows(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Features of the joined *rows* (increasing indices), read from the stores: one block of a streaming fit.
+
+        Rows of one block are close together in each store (stores are in
+        id order), so each input is read as one contiguous slice; when they
+        are scattered (a store written in another order), only those rows are read.
+
+        Parameters
+        ----------
+        rows : ndarray of int, (n_rows,)
+            Increasing indices into the joined samples.
+        out : ndarray of float32, (>= n_rows, n_features), optional
+            A buffer reused from block to block.
+
+        Returns
+        -------
+        ndarray of float32, (n_rows, n_features)
+        """
+        if self.X is not None:
+            return self.X[rows]
+        block = (np.empty((rows.size, self.n_features), dtype=np.float32) if out is None else out[: rows.size])
+        for source in self.sources:
+            wanted = source.rows[rows]
+            with open_store(source.path) as store:
+                low, high = int(wanted.min()), int(wanted.max()) + 1
+                if high - low <= 2 * wanted.size:
+                    block[:, source.columns] = store.features(source.layer, slice(low, high))[wanted - low]
+                else:
+                    block[:, source.columns] = store.features(source.layer, wanted)
+        return block
 
     @property
     def n_missing(self) -> int:
@@ -198,30 +256,71 @@ def _no_common_ids(stores: list[FeatureStore]) -> ClassifyError:
     )
 
 
-def _read_block(store: FeatureStore, layer: str, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    values = np.asarray(store.features(layer, rows), dtype=np.float32)
-    finite = np.isfinite(values).all(axis=1)
-    if not finite.all():
-        bad = ids[~finite]
-        again = " ".join((option("precision", "fp32"), option("dtype", "float32"), option("overwrite", True)))
-        raise ClassifyError(
-            message(
-                f"store '{store.path}' layer '{layer}' holds NaN or infinite features in {len(bad)} of "
-                f"{len(ids)} rows (e.g. {_examples(bad)})",
-                hint=f"re-extract it with {again}, or use another layer",
-            )
+#: Rows read from a store at a time: one contiguous h5py read each (~8 MiB at 2,048 float32 columns).
+READ_ROWS = 1024
+
+
+def _non_finite_error(source: _Source, bad: np.ndarray, ids: np.ndarray) -> ClassifyError:
+    bad_ids = ids[np.sort(bad)]
+    again = " ".join((option("precision", "fp32"), option("dtype", "float32"), option("overwrite", True)))
+    return ClassifyError(
+        message(
+            f"store '{source.path}' layer '{source.layer}' holds NaN or infinite features in {len(bad_ids)} of "
+            f"{len(ids)} rows (e.g. {_examples(bad_ids)})",
+            hint=f"re-extract it with {again}, or use another layer",
         )
-    return values
+    )
 
 
-def join_features(specs: Sequence[str | os.PathLike]) -> JoinedFeatures:
+@dataclass
+class _Source:
+    """Where one input's columns come from: a store layer and the store row of every joined row."""
+
+    path: Path
+    layer: str
+    rows: np.ndarray  # (n_joined,) store row of each joined row
+    columns: slice
+
+
+def _scan(store: FeatureStore, source: _Source, ids: np.ndarray, out: np.ndarray | None) -> None:
+    """Read a layer in contiguous row blocks, check it is finite, and write the joined rows into *out*.
+
+    Every store row is read once, in order, whatever the order of the join:
+    no h5py fancy indexing over the whole store.  With ``out=None`` only the
+    check runs (the streaming path reads the rows again when it fits).
+    """
+    n_store = len(store)
+    target = np.full(n_store, -1, dtype=np.int64)  # joined row of each store row, -1 when left out
+    target[source.rows] = np.arange(source.rows.size)
+    bad: list[np.ndarray] = []
+    for rows, block in store.iter_features(source.layer, batch_rows=READ_ROWS):
+        where = target[rows]
+        keep = where >= 0
+        values = block[keep]
+        finite = np.isfinite(values).all(axis=1)
+        if not finite.all():
+            bad.append(where[keep][~finite])
+        if out is not None:
+            out[where[keep], source.columns] = values  # cast to float32 in place (float16 stores)
+    if bad:
+        raise _non_finite_error(source, np.concatenate(bad), ids)
+
+
+def join_features(specs: Sequence[str | os.PathLike], *, load: bool = True) -> JoinedFeatures:
     """Read the inputs and join them on sample id.
+
+    Each store is read in contiguous row blocks, straight into one
+    preallocated float32 matrix: no other copy of the features is made.
 
     Parameters
     ----------
     specs : sequence of str
         ``STORE[:LAYER]`` for each input; a layer may be left out when the store
         holds only one.
+    load : bool
+        Read the features into ``X``; with ``False``, ``X`` is ``None`` until
+        :meth:`JoinedFeatures.load` (or :meth:`JoinedFeatures.check` for a
+        streaming fit, which reads them block by block).
 
     Returns
     -------
@@ -288,34 +387,38 @@ def join_features(specs: Sequence[str | os.PathLike]) -> JoinedFeatures:
                 )
 
         blocks: list[FeatureBlock] = []
-        matrices: list[np.ndarray] = []
+        sources: list[_Source] = []
         start = 0
         for store, layer, label, r in zip(stores, layers, labels_of, rows):
-            values = _read_block(store, layer, r, common)
             info = store.layer_info(layer)
+            dim = int(info["shape"][1])
             blocks.append(
                 FeatureBlock(
                     spec=label,
                     store=store.path,
                     layer=layer,
-                    dim=values.shape[1],
+                    dim=dim,
                     start=start,
                     provenance={k: store.meta.get(k) for k in PROVENANCE_KEYS},
                     layer_info={k: info.get(k) for k in LAYER_KEYS},
                 )
             )
-            matrices.append(values)
-            start += values.shape[1]
+            sources.append(_Source(store.path, layer, r, slice(start, start + dim)))
+            start += dim
 
     classes = sorted({n for n in names if n})
     index = {name: i for i, name in enumerate(classes)}
     labels = np.array([index.get(n, -1) for n in names], dtype=np.int64)
-    return JoinedFeatures(
+    joined = JoinedFeatures(
         ids=common,
-        X=np.concatenate(matrices, axis=1) if len(matrices) > 1 else matrices[0],
+        X=None,
         labels=labels,
         classes=classes,
         splits=np.asarray(splits, dtype=object),
         blocks=blocks,
         missing=missing,
+        sources=sources,
     )
+    if load:
+        joined.load()
+    return joined

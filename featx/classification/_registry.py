@@ -12,11 +12,14 @@ read.  The registry imports neither scikit-learn nor xgboost (they load when
 an estimator is built), so the command line builds its options from it cheaply.
 
 ========  ==============================================================
-svm       ``LinearSVC`` (``kernel='linear'``, scales to many samples) or
-          ``SVC`` with an RBF kernel (``kernel='rbf'``)
+svm       a linear SVM (``kernel='linear'``): hinge loss by ``SGDClassifier``,
+          ``alpha = 1 / (C * n_samples)``, which converges in seconds where
+          liblinear's ``LinearSVC`` took minutes and stopped unconverged on
+          4,608 columns; or ``SVC`` with an RBF kernel (``kernel='rbf'``)
 logreg    multinomial ``LogisticRegression`` (lbfgs)
 bayes     ``GaussianNB``
-xgboost   ``XGBClassifier``, ``tree_method='hist'``, on CUDA when a GPU is present
+xgboost   ``XGBClassifier``, ``tree_method='hist'``, every core, early stopping on
+          a held-out tenth of the training rows, on CUDA when a GPU is present
 mlp       ``MLPClassifier``: a few dense layers on top of the frozen features
 ========  ==============================================================
 
@@ -46,6 +49,8 @@ __all__ = [
     "resolve_params",
     "unknown_name",
     "xgboost_device",
+    "XGBOOST_EARLY_STOP_FRACTION",
+    "XGBOOST_EARLY_STOP_ROUNDS",
 ]
 
 
@@ -170,6 +175,14 @@ class Family:
     grid : callable
         ``params -> {name: [values]}``: what ``search`` tries (may depend on
         a fixed parameter such as the SVM kernel).
+    for_rows : callable, optional
+        ``(estimator, params, n_rows, n_features) -> None``: sets what depends
+        on the shape of the training matrix (the SGD penalty of a given ``C``,
+        its step schedule).
+    stream : callable, optional
+        ``(params, seed) -> estimator`` with ``partial_fit``, for training
+        matrices larger than the memory budget; ``None`` when the family has
+        no incremental fit.
     """
 
     name: str
@@ -177,19 +190,63 @@ class Family:
     params: Mapping[str, Param]
     build: Callable[[Mapping[str, Any], int], Any]
     grid: Callable[[Mapping[str, Any]], dict[str, list[Any]]]
+    for_rows: Callable[[Any, Mapping[str, Any], int, int], None] | None = None
+    stream: Callable[[Mapping[str, Any], int], Any] | None = None
+
+
+# With learning_rate='adaptive', SGD divides its step by 5 whenever the
+# training loss has improved by less than tol for 5 epochs, and stops once the
+# step is below 1e-6: it always ends by converging, in a bounded number of
+# epochs (the 'optimal' schedule with a small alpha ran to max_iter instead).
+# Measured: 40,000 x 512, 10 classes, 66 epochs, 10 s; 1,088 x 4,608, 17
+# classes, ~4 s (LinearSVC: 922 s, unconverged).
+_SGD_TOL = 1e-3
+_SGD_ETA0 = 0.01
+
+
+def _sgd(loss: str, params: Mapping[str, Any], seed: int):
+    from sklearn.linear_model import SGDClassifier
+
+    # alpha is set from C and the number of rows by _sgd_for_rows before fitting.
+    return SGDClassifier(
+        loss=loss, alpha=1e-4 / params["C"], max_iter=params["max_iter"], tol=_SGD_TOL,
+        learning_rate="adaptive", eta0=_SGD_ETA0, n_jobs=-1, random_state=seed,
+    )
+
+
+def _sgd_for_rows(estimator: Any, params: Mapping[str, Any], n_rows: int, n_features: int) -> None:
+    """``alpha = 1 / (C n)``, the SVM objective ``C sum(hinge) + |w|^2 / 2``; the step schedule from the shape.
+
+    Fewer rows than columns (separable, as 1,088 x 4,608): the 'optimal'
+    schedule converges in ~100 epochs at the accuracy of logreg, where the
+    adaptive one stops early 0.12 lower.  More rows than columns (40,000 x 512):
+    'optimal' ran to max_iter, the adaptive one converges in 66 epochs.
+    """
+    if hasattr(estimator, "alpha") and hasattr(estimator, "loss"):
+        schedule = "optimal" if n_rows < n_features else "adaptive"
+        estimator.set_params(alpha=1.0 / (params["C"] * max(n_rows, 1)), learning_rate=schedule)
 
 
 def _build_svm(params: Mapping[str, Any], seed: int):
-    from sklearn.svm import SVC, LinearSVC
+    from sklearn.svm import SVC
 
     if params["kernel"] == "linear":
-        return LinearSVC(C=params["C"], max_iter=params["max_iter"], random_state=seed)
+        return _sgd("hinge", params, seed)
     return SVC(kernel="rbf", C=params["C"], gamma=params["gamma"], max_iter=-1, random_state=seed)
+
+
+def _stream_svm(params: Mapping[str, Any], seed: int):
+    return _sgd("hinge", params, seed) if params["kernel"] == "linear" else None
+
+
+def _stream_logreg(params: Mapping[str, Any], seed: int):
+    return _sgd("log_loss", params, seed)
 
 
 def _svm_grid(params: Mapping[str, Any]) -> dict[str, list[Any]]:
     if params["kernel"] == "linear":
-        return {"C": [0.001, 0.01, 0.1, 1.0, 10.0]}
+        # The SGD penalty itself: C's mapping depends on the rows of each inner fold.
+        return {"alpha": [1e-5, 1e-4, 1e-3, 1e-2]}
     return {"C": [0.1, 1.0, 10.0, 100.0], "gamma": ["scale", 1e-4, 1e-3]}
 
 
@@ -200,18 +257,27 @@ def _build_logreg(params: Mapping[str, Any], seed: int):
     return LogisticRegression(C=params["C"], max_iter=params["max_iter"], solver="lbfgs", random_state=seed)
 
 
-def _build_bayes(params: Mapping[str, Any], seed: int):
+def _build_bayes(params: Mapping[str, Any], seed: int):  # GaussianNB.partial_fit is exact, so it streams too
     from sklearn.naive_bayes import GaussianNB
 
     return GaussianNB(var_smoothing=params["var_smoothing"])
 
 
+#: Fraction of the training rows xgboost holds out (stratified) for early stopping.
+XGBOOST_EARLY_STOP_FRACTION = 0.1
+#: Boosting rounds without improvement of the held-out log loss before xgboost stops.
+XGBOOST_EARLY_STOP_ROUNDS = 10
+
+
 def _build_xgboost(params: Mapping[str, Any], seed: int):
+    import os
+
     from xgboost import XGBClassifier
 
     return XGBClassifier(
         tree_method="hist",
         device=xgboost_device(),
+        n_jobs=os.cpu_count(),
         n_estimators=params["n_estimators"],
         max_depth=params["max_depth"],
         learning_rate=params["learning_rate"],
@@ -234,7 +300,7 @@ def _build_mlp(params: Mapping[str, Any], seed: int):
 FAMILIES: dict[str, Family] = {
     "svm": Family(
         "svm",
-        "support vector machine: LinearSVC, or SVC with the rbf kernel",
+        "support vector machine: linear (hinge loss, SGDClassifier), or SVC with the rbf kernel",
         {
             "C": _C,
             "kernel": Param("linear", choices(_KERNELS), _choice(*_KERNELS), "kernel: linear or rbf"),
@@ -243,6 +309,8 @@ FAMILIES: dict[str, Family] = {
         },
         _build_svm,
         _svm_grid,
+        for_rows=_sgd_for_rows,
+        stream=_stream_svm,
     ),
     "logreg": Family(
         "logreg",
@@ -253,6 +321,8 @@ FAMILIES: dict[str, Family] = {
         },
         _build_logreg,
         lambda params: {"C": [0.001, 0.01, 0.1, 1.0, 10.0]},
+        for_rows=_sgd_for_rows,
+        stream=_stream_logreg,
     ),
     "bayes": Family(
         "bayes",
@@ -264,6 +334,7 @@ FAMILIES: dict[str, Family] = {
         },
         _build_bayes,
         lambda params: {"var_smoothing": [1e-9, 1e-6, 1e-3, 1e-1]},
+        stream=_build_bayes,
     ),
     "xgboost": Family(
         "xgboost",

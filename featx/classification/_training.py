@@ -37,7 +37,8 @@ from ._config import ClassifyConfig
 from ._evaluation import Evaluation, check_components, plan_evaluation, search_folds
 from ._join import FeatureBlock, JoinedFeatures, join_features
 from ._pipeline import build_pipeline
-from ._registry import FAMILIES
+from ._registry import FAMILIES, XGBOOST_EARLY_STOP_FRACTION, XGBOOST_EARLY_STOP_ROUNDS
+from ._streaming import FitPlan, plan_fit, stream_fit, stream_predict
 from ._report import classification_metrics, json_default, plot_confusion, predictions_frame
 
 __all__ = ["ClassifierResult", "ClassifyRun", "run_classification"]
@@ -122,6 +123,8 @@ class ClassifyRun:
         For each input, ids left out because it lacks them.
     config : ClassifyConfig
     results_json : Path
+    fit : FitPlan
+        In memory or streaming, and why.
     """
 
     out_dir: Path
@@ -135,6 +138,7 @@ class ClassifyRun:
     missing_ids: dict[str, list[str]]
     config: ClassifyConfig
     results_json: Path
+    fit: FitPlan | None = None
 
     @property
     def best(self) -> ClassifierResult:
@@ -148,32 +152,76 @@ class ClassifyRun:
 class _Fitter:
     """Fits one family, with optional grid search, recording convergence warnings."""
 
-    def __init__(self, name: str, params: dict[str, Any], config: ClassifyConfig, joined: JoinedFeatures) -> None:
+    def __init__(
+        self, name: str, params: dict[str, Any], config: ClassifyConfig, joined: JoinedFeatures, plan: FitPlan
+    ) -> None:
         self.name = name
         self.params = params
         self.config = config
         self.joined = joined
+        self.plan = plan
         self.warnings: list[str] = []
 
-    def make(self):
+    def make(self, n_rows: int):
         fam = FAMILIES[self.name]
-        estimator = fam.build(self.params, self.config.seed)
+        build = fam.stream if self.plan.streaming else fam.build
+        estimator = build(self.params, self.config.seed)
+        if fam.for_rows is not None and not self.config.search:
+            fam.for_rows(estimator, self.params, n_rows, self.joined.n_features)
         return build_pipeline(self.joined.blocks, self.config.normalize, self.config.pca, estimator, self.config.seed)
+
+    def predict(self, model: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predicted class indices of *rows*, and their probabilities when the model has them."""
+        proba = hasattr(model, "predict_proba")
+        if self.plan.streaming:
+            return stream_predict(model, self.joined, rows, self.plan.block_rows, proba)
+        X = self.joined.X[rows]
+        return np.asarray(model.predict(X), dtype=np.int64), model.predict_proba(X) if proba else None
+
+    def _fit_early_stopping(self, estimator: Any, X: np.ndarray, y: np.ndarray) -> Any:
+        """xgboost: stop boosting when the log loss of a stratified tenth of the training rows stops improving.
+
+        The held-out rows are training rows, never evaluation rows.  Too few
+        rows to hold out one of each class twice: every round is fitted.
+        """
+        from sklearn.model_selection import train_test_split
+
+        n_val = int(np.ceil(XGBOOST_EARLY_STOP_FRACTION * len(y)))
+        counts = np.bincount(y)
+        if n_val < len(self.joined.classes) or counts[counts > 0].min() < 2:
+            return estimator.fit(X, y)
+        fit, val = train_test_split(
+            np.arange(len(y)), test_size=n_val, stratify=y, random_state=self.config.seed
+        )
+        fit, val = np.sort(fit), np.sort(val)
+        front, clf = estimator[:-1], estimator.steps[-1][1]
+        clf.set_params(early_stopping_rounds=XGBOOST_EARLY_STOP_ROUNDS)
+        Xf = front.fit_transform(X[fit], y[fit])
+        clf.fit(Xf, y[fit], eval_set=[(front.transform(X[val]), y[val])], verbose=False)
+        return estimator
 
     def fit(self, rows: np.ndarray) -> tuple[Any, dict[str, Any] | None]:
         """Fit on *rows*; return the fitted pipeline and the search summary (or None)."""
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.model_selection import GridSearchCV
 
+        estimator = self.make(len(rows))
+        if self.plan.streaming:
+            model = stream_fit(
+                self.name, self.params, self.joined, rows, estimator, self.plan.block_rows, self.config.seed
+            )
+            return model, None
         X, y = self.joined.X[rows], self.joined.labels[rows]
-        estimator = self.make()
         if self.config.search:
             grid = {f"clf__{k}": v for k, v in FAMILIES[self.name].grid(self.params).items()}
             folds = search_folds(y, self.joined.classes, self.config.seed)
             estimator = GridSearchCV(estimator, grid, scoring="accuracy", cv=folds, error_score="raise")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            estimator.fit(X, y)
+            if self.name == "xgboost" and not self.config.search:
+                self._fit_early_stopping(estimator, X, y)
+            else:
+                estimator.fit(X, y)
         for w in caught:
             if issubclass(w.category, ConvergenceWarning):
                 text = message(
@@ -239,7 +287,7 @@ def _manifest(
         "classifier": {"family": name, "params": params, "searched": searched},
         "classes": list(joined.classes),
         "inputs": [b.to_json() for b in joined.blocks],
-        "n_features": int(joined.X.shape[1]),
+        "n_features": int(joined.n_features),
         "normalize": config.normalize,
         "pca": config.pca,
         "seed": config.seed,
@@ -255,9 +303,10 @@ def _evaluate(
     evaluation: Evaluation,
     config: ClassifyConfig,
     out: Path,
+    plan: FitPlan,
 ) -> ClassifierResult:
     """Fit and evaluate one family on every fold; write its predictions, plot and artifact."""
-    fitter = _Fitter(name, params, config, joined)
+    fitter = _Fitter(name, params, config, joined, plan)
     rows, predicted, proba_parts, folds = [], [], [], []
     fit_times, predict_time = [], 0.0
     model = searched = None
@@ -266,10 +315,11 @@ def _evaluate(
         model, searched = fitter.fit(train)
         fit_times.append(time.perf_counter() - started)
         started = time.perf_counter()
-        predicted.append(np.asarray(model.predict(joined.X[test]), dtype=np.int64))
+        labels, proba_part = fitter.predict(model, test)
+        predicted.append(labels)
         predict_time += time.perf_counter() - started
-        if hasattr(model, "predict_proba"):
-            proba_parts.append(model.predict_proba(joined.X[test]))
+        if proba_part is not None:
+            proba_parts.append(proba_part)
         rows.append(test)
         folds.append(np.full(len(test), k))
     if evaluation.mode == "cv":
@@ -353,6 +403,7 @@ def _results_json(run: ClassifyRun) -> dict[str, Any]:
         "missing_ids": {spec: len(ids) for spec, ids in run.missing_ids.items()},
         "classes": run.classes,
         "evaluation": run.evaluation.to_json(),
+        "fit": run.fit.to_json() if run.fit else None,
         "results": [
             {
                 "name": r.name,
@@ -410,21 +461,30 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
     >>> run.best.name, run.best.accuracy  # doctest: +SKIP
     """
     _check_run_folder(config)
-    joined = join_features(config.features)
+    joined = join_features(config.features, load=False)
+    evaluation = plan_evaluation(joined, cv=config.cv, test_size=config.test_size, seed=config.seed)
+    plan = plan_fit(
+        len(joined.ids), joined.n_features, config.memory, models=config.models, params=config.model_params,
+        search=config.search, pca=config.pca,
+    )
+    if plan.streaming:
+        log.info(f"streaming fit in blocks of {plan.block_rows:,} rows: {plan.reason}")
+        joined.check()
+    else:
+        joined.load()
     if joined.missing:
         for spec, ids in joined.missing.items():
             log.warning(f"{len(ids):,} sample id(s) are missing from {spec} and left out (e.g. {ids[0]})")
-    evaluation = plan_evaluation(joined, cv=config.cv, test_size=config.test_size, seed=config.seed)
     check_components(config.pca, joined, evaluation, search=config.search)
     out = _make_run_folder(config)
     log.info(
-        f"{len(joined.ids):,} samples x {joined.X.shape[1]:,} features from "
+        f"{len(joined.ids):,} samples x {joined.n_features:,} features from "
         f"{' + '.join(f'{b.spec} ({b.dim:,})' for b in joined.blocks)}; {evaluation.description}"
     )
     results = []
     for name in config.models:
         log.info(f"fitting {name} ...")
-        results.append(_evaluate(name, config.model_params[name], joined, evaluation, config, out))
+        results.append(_evaluate(name, config.model_params[name], joined, evaluation, config, out, plan))
     _write_missing(out, joined.missing)
     run = ClassifyRun(
         out_dir=out,
@@ -432,12 +492,13 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
         inputs=joined.blocks,
         n_samples=len(joined.ids),
         n_labelled=int(np.count_nonzero(joined.labels >= 0)),
-        n_features=int(joined.X.shape[1]),
+        n_features=int(joined.n_features),
         classes=list(joined.classes),
         evaluation=evaluation,
         missing_ids=joined.missing,
         config=config,
         results_json=out / "results.json",
+        fit=plan,
     )
     run.results_json.write_text(json.dumps(_results_json(run), indent=2, default=json_default) + "\n")
     return run

@@ -41,3 +41,22 @@ def test_cli_error_is_one_line(tmp_path, two_stores, run_cli):
     )
     code, _, stderr = run_cli("classify", "--features", f"{alexnet}:fc7", "--kernel", "poly")
     assert (code, stderr) == (2, "error: the 'kernel' parameter of svm must be one of linear, rbf; got 'poly'\n")
+
+
+def test_cli_memory_option(tmp_path, two_stores, run_cli):
+    _, resnet = two_stores
+    code, _, stderr = run_cli("classify", "--features", resnet, "--memory", "lots", "--out", tmp_path / "r")
+    assert (code, stderr) == (
+        2, "error: --memory must be a number of bytes, optionally with a unit K, M, G or T (e.g. 512M, 4G); "
+        "got 'lots'\n",
+    )
+    code, _, stderr = run_cli("classify", "--features", resnet, "--memory", "100", "--out", tmp_path / "r")
+    assert (code, stderr) == (
+        2, "error: the memory budget (100 bytes) is too small for one block of 8 rows x 4 features, which needs "
+        "512 bytes; pass --memory 512 or more\n",
+    )
+    code, _, stderr = run_cli(
+        "classify", "--features", resnet, "--model", "bayes", "--memory", "520", "--out", tmp_path / "s", "--no-plots"
+    )
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "s" / "results.json").read_text())["fit"]["path"] == "streaming"

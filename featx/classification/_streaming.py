@@ -1,0 +1,215 @@
+"""Fits for training matrices larger than the memory budget: blocks read from the stores, ``partial_fit``.
+
+:func:`plan_fit` decides, before any feature is read, whether the joined
+float32 matrix fits ``ClassifyConfig.memory``; when it does not, the run
+streams.  :func:`stream_fit` then reads the training rows in blocks
+(:meth:`JoinedFeatures.rows`) and uses scikit-learn's own incremental fits:
+
+- the per-block ``StandardScaler``\\ s by ``partial_fit`` (the same means and
+  variances as a fit on the whole matrix);
+- ``GaussianNB.partial_fit`` in one pass (exact);
+- logreg and the linear SVM as ``SGDClassifier`` (``log_loss`` / ``hinge``)
+  by ``partial_fit`` over :data:`EPOCHS` passes, blocks and rows shuffled.
+
+The fitted objects are the same scikit-learn pipeline as in memory (the
+normaliser, then the estimator), so artifacts and ``predict`` do not change.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ClassifyError, message, option
+from ..formatting import format_bytes
+from ._join import JoinedFeatures
+from ._registry import FAMILIES
+
+__all__ = ["FitPlan", "plan_fit", "stream_fit", "stream_predict", "EPOCHS", "MIN_BLOCK_ROWS"]
+
+log = logging.getLogger("featx")
+
+#: Passes of the SGD models over the training rows when streaming.
+EPOCHS = 5
+#: Fewest rows a block may have; a budget smaller than such a block is refused.
+MIN_BLOCK_ROWS = 8
+#: Most rows a block has: larger blocks save no time, they only cost memory.
+MAX_BLOCK_ROWS = 65_536
+# A block is held a few times at once: read, normalised, and the float64
+# copy the SGD and naive Bayes solvers make of it.
+_BLOCK_COPIES = 4
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """Which fit a run uses, and why: the ``fit`` entry of ``results.json``.
+
+    Attributes
+    ----------
+    path : {'in-memory', 'streaming'}
+    reason : str
+    memory_budget : int
+        Bytes.
+    matrix_bytes : int
+        Size of the joined float32 matrix.
+    block_rows : int or None
+        Rows per block when streaming.
+    """
+
+    path: str
+    reason: str
+    memory_budget: int
+    matrix_bytes: int
+    block_rows: int | None = None
+
+    @property
+    def streaming(self) -> bool:
+        return self.path == "streaming"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "reason": self.reason,
+            "memory_budget": self.memory_budget,
+            "matrix_bytes": self.matrix_bytes,
+            "block_rows": self.block_rows,
+        }
+
+
+def plan_fit(n_rows: int, n_features: int, memory: int, *, models: tuple[str, ...], params: dict, search: bool,
+             pca: int | None) -> FitPlan:
+    """In memory when ``n_rows x n_features x 4`` bytes fit *memory*, else streaming.
+
+    Parameters
+    ----------
+    n_rows, n_features : int
+        Shape of the joined matrix.
+    memory : int
+        Budget in bytes (``ClassifyConfig.memory``).
+    models : tuple of str
+        Families to fit; each must have a streaming fit when streaming.
+    params : dict
+        Each family's parameters (the SVM kernel decides).
+    search : bool
+        Grid search, which has no streaming fit.
+    pca : int, optional
+        PCA, which has no streaming fit here.
+
+    Returns
+    -------
+    FitPlan
+
+    Raises
+    ------
+    ClassifyError
+        Streaming is needed but *memory* cannot hold one block of
+        :data:`MIN_BLOCK_ROWS` rows, or a chosen option has no streaming fit.
+    """
+    matrix = n_rows * n_features * 4
+    if matrix <= memory:
+        reason = f"the {format_bytes(matrix)} feature matrix fits the {format_bytes(memory)} memory budget"
+        return FitPlan("in-memory", reason, memory, matrix)
+    row_bytes = n_features * 4 * _BLOCK_COPIES
+    block_rows = min(MAX_BLOCK_ROWS, memory // row_bytes)
+    if block_rows < MIN_BLOCK_ROWS:
+        need = MIN_BLOCK_ROWS * row_bytes
+        raise ClassifyError(
+            message(
+                f"the memory budget ({memory:,} bytes) is too small for one block of {MIN_BLOCK_ROWS} rows x "
+                f"{n_features:,} features, which needs {need:,} bytes",
+                hint=f"pass {option('memory', need)} or more",
+            )
+        )
+    unable = [m for m in models if FAMILIES[m].stream is None or FAMILIES[m].stream(params[m], 0) is None]
+    refused = [option("search")] if search else []
+    refused += [option("pca")] if pca is not None else []
+    if unable or refused:
+        what = ", ".join(unable + refused)
+        raise ClassifyError(
+            message(
+                f"the {format_bytes(matrix)} feature matrix does not fit the {format_bytes(memory)} memory budget, "
+                f"and {what} cannot be fitted by streaming blocks",
+                hint=f"raise {option('memory')}, or use bayes, logreg or svm (linear) without "
+                f"{option('search')} and {option('pca')}",
+            )
+        )
+    reason = f"the {format_bytes(matrix)} feature matrix exceeds the {format_bytes(memory)} memory budget"
+    return FitPlan("streaming", reason, memory, matrix, int(block_rows))
+
+
+def _chunks(rows: np.ndarray, block_rows: int) -> list[np.ndarray]:
+    return [rows[i : i + block_rows] for i in range(0, rows.size, block_rows)]
+
+
+def stream_fit(name: str, params: dict, joined: JoinedFeatures, rows: np.ndarray, pipeline: Any,
+               block_rows: int, seed: int) -> Any:
+    """Fit *pipeline* (normaliser -> streaming estimator, unfitted) on *rows*, read in blocks.
+
+    Parameters
+    ----------
+    name : str
+        Family name.
+    params : dict
+        Its parameters.
+    joined : JoinedFeatures
+        Joined with ``load=False``.
+    rows : ndarray of int
+        Increasing training rows.
+    pipeline : sklearn.pipeline.Pipeline
+        ``blocks`` then ``clf``, built with the family's ``stream`` estimator.
+    block_rows : int
+    seed : int
+        Seed of the block and row shuffles.
+
+    Returns
+    -------
+    sklearn.pipeline.Pipeline
+        Fitted.
+    """
+    from sklearn.preprocessing import StandardScaler
+
+    chunks = _chunks(np.sort(rows), block_rows)
+    buffer = np.empty((min(block_rows, rows.size), joined.n_features), dtype=np.float32)
+    normaliser, estimator = pipeline.named_steps["blocks"], pipeline.named_steps["clf"]
+    # Pass 1: the first block fits the ColumnTransformer; partial_fit adds the other blocks' statistics.
+    normaliser.fit(joined.rows(chunks[0], buffer))
+    scalers = [(t, cols) for _, t, cols in normaliser.transformers_ if isinstance(t, StandardScaler)]
+    for chunk in chunks[1:]:
+        block = joined.rows(chunk, buffer)
+        for scaler, cols in scalers:
+            scaler.partial_fit(block[:, cols])
+    classes = np.arange(len(joined.classes))
+    labels = joined.labels
+    epochs = 1 if not hasattr(estimator, "loss") else EPOCHS  # naive Bayes is exact in one pass
+    rng = np.random.default_rng(seed)
+    if epochs > 1:
+        # Rows are in id order, i.e. grouped by class folder: a contiguous block would hold one
+        # class.  Each SGD block takes every n-th training row instead, so that it holds them all.
+        n = len(chunks)
+        chunks = [np.sort(rows)[k::n] for k in range(n)]
+    for _ in range(epochs):
+        for k in (rng.permutation(len(chunks)) if epochs > 1 else range(len(chunks))):
+            chunk = chunks[k]
+            X = normaliser.transform(joined.rows(chunk, buffer))
+            y = labels[chunk]
+            if epochs > 1:  # SGD needs shuffled rows; the store order is sorted by class folder
+                order = rng.permutation(chunk.size)
+                X, y = X[order], y[order]
+            estimator.partial_fit(X, y, classes=classes)
+    return pipeline
+
+
+def stream_predict(model: Any, joined: JoinedFeatures, rows: np.ndarray, block_rows: int,
+                   proba: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predictions (and probabilities when *proba*) of *rows*, read in blocks."""
+    predicted, probabilities = [], []
+    buffer = np.empty((min(block_rows, max(rows.size, 1)), joined.n_features), dtype=np.float32)
+    for chunk in _chunks(rows, block_rows):
+        block = joined.rows(chunk, buffer)
+        predicted.append(np.asarray(model.predict(block), dtype=np.int64))
+        if proba:
+            probabilities.append(model.predict_proba(block))
+    return np.concatenate(predicted), np.concatenate(probabilities) if proba else None

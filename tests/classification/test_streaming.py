@@ -1,0 +1,108 @@
+"""Streaming fits: a memory budget smaller than the feature matrix gives the in-memory results, block by block."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from classify_data import config_for
+from stores import blobs, write_store
+from featx.classification import ClassifyConfig, join_features, load_classifier, run_classification
+from featx.errors import ClassifyError, ConfigError
+
+
+def _store(folder, n_per_class=60, dim=6, seed=0):
+    """A store of 3 well-separated classes, 2/3 train and 1/3 val, rows in id order."""
+    rows = sorted(
+        (f"{'train' if i % 3 else 'val'}/{'abc'[c]}/{i:03d}.jpg", c, "train" if i % 3 else "val")
+        for c in range(3) for i in range(n_per_class)
+    )
+    ids, labels, splits = (list(x) for x in zip(*rows))
+    labels = np.array(labels)
+    return write_store(folder / "s.h5", ids, labels, {"f": blobs(labels, dim, seed=seed)}, splits=splits)
+
+
+# 6 float32 columns x 4 copies = 96 bytes a row: 2,000 bytes is a block of 20 of the 180 rows.
+_TINY = 2_000
+
+
+def _both(tmp_path, store, models):
+    memory = run_classification(config_for(tmp_path, [store], models=models, out=tmp_path / "mem"))
+    streamed = run_classification(config_for(tmp_path, [store], models=models, out=tmp_path / "stream", memory=_TINY))
+    return memory, streamed
+
+
+def test_streamed_naive_bayes_equals_the_in_memory_fit(tmp_path):
+    store = _store(tmp_path)
+    memory, streamed = _both(tmp_path, store, ("bayes",))
+    assert (memory.fit.path, streamed.fit.path, streamed.fit.block_rows) == ("in-memory", "streaming", 20)
+    a, b = (load_classifier(r.results[0].artifact).pipeline for r in (memory, streamed))
+    # Chan et al.'s pairwise update of means and variances: equal to float32 rounding.
+    for step in ("blocks",):
+        sa, sb = a.named_steps[step].named_transformers_["block0"], b.named_steps[step].named_transformers_["block0"]
+        np.testing.assert_allclose(sb.mean_, sa.mean_, rtol=1e-6)
+        np.testing.assert_allclose(sb.var_, sa.var_, rtol=1e-5)
+    np.testing.assert_allclose(b.named_steps["clf"].theta_, a.named_steps["clf"].theta_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b.named_steps["clf"].var_, a.named_steps["clf"].var_, rtol=1e-5, atol=1e-6)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(memory.results[0].predictions).drop(columns=[c for c in ["proba_a", "proba_b", "proba_c"]]),
+        pd.read_csv(streamed.results[0].predictions).drop(columns=["proba_a", "proba_b", "proba_c"]),
+    )
+
+
+@pytest.mark.parametrize("model", ["logreg", "svm"])
+def test_streamed_linear_models_reach_the_in_memory_accuracy(tmp_path, model):
+    store = _store(tmp_path, dim=4, seed=3)
+    memory, streamed = _both(tmp_path, store, (model,))
+    # SGD over 5 shuffled passes against the converged solver: within 0.05 on 60 evaluation rows.
+    assert streamed.results[0].accuracy >= memory.results[0].accuracy - 0.05
+    assert type(load_classifier(streamed.results[0].artifact).pipeline.named_steps["clf"]).__name__ == "SGDClassifier"
+
+
+def test_a_streamed_artifact_predicts_what_classify_predicted(tmp_path):
+    store = _store(tmp_path)
+    run = run_classification(config_for(tmp_path, [store], models=("logreg",), memory=_TINY))
+    saved = json.loads(run.results_json.read_text())
+    assert saved["fit"]["path"] == "streaming" and saved["fit"]["block_rows"] == 20
+    assert saved["fit"]["memory_budget"] == _TINY and "exceeds" in saved["fit"]["reason"]
+    frame = pd.read_csv(run.results[0].predictions)
+
+    joined = join_features([store])
+    val = np.flatnonzero(joined.splits == "val")
+    clf = load_classifier(run.results[0].artifact)
+    np.testing.assert_array_equal(np.array(clf.classes)[clf.predict(joined.X[val])], frame["predicted"])
+    np.testing.assert_allclose(clf.predict_proba(joined.X[val]), frame[["proba_a", "proba_b", "proba_c"]], rtol=1e-12)
+
+
+def test_a_budget_too_small_for_one_block(tmp_path):
+    store = _store(tmp_path)
+    with pytest.raises(ClassifyError, match=re.escape(
+        "the memory budget (500 bytes) is too small for one block of 8 rows x 6 features, which needs 768 bytes; "
+        "pass memory=768 or more"
+    )):
+        run_classification(config_for(tmp_path, [store], models=("bayes",), memory=500))
+
+
+def test_nan_rows_are_refused_when_streaming(tmp_path):
+    rows = [f"a/{i:03d}.jpg" for i in range(30)] + [f"b/{i:03d}.jpg" for i in range(30)]
+    labels = np.array([0] * 30 + [1] * 30)
+    values = blobs(labels, 6, seed=0)
+    values[[4, 40], 2] = np.nan
+    store = write_store(tmp_path / "nan.h5", rows, labels, {"f": values}, classes=("a", "b"))
+    with pytest.raises(ClassifyError, match=re.escape(
+        f"store '{store}' layer 'f' holds NaN or infinite features in 2 of 60 rows (e.g. '{rows[4]}', '{rows[40]}')"
+    )):
+        run_classification(config_for(tmp_path, [store], models=("bayes",), memory=_TINY))
+
+
+def test_memory_text_is_parsed_or_refused():
+    assert ClassifyConfig(features="x.h5", memory="512M").memory == 512 * 2**20
+    assert ClassifyConfig(features="x.h5").memory > 0  # the RAM available
+    with pytest.raises(ConfigError, match=re.escape(
+        "memory must be a number of bytes, optionally with a unit K, M, G or T (e.g. 512M, 4G); got 'lots'"
+    )):
+        ClassifyConfig(features="x.h5", memory="lots")
