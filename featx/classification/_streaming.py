@@ -144,6 +144,23 @@ def _chunks(rows: np.ndarray, block_rows: int) -> list[np.ndarray]:
     return [rows[i : i + block_rows] for i in range(0, rows.size, block_rows)]
 
 
+def _mixed_blocks(rows: np.ndarray, block_rows: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """SGD blocks for one epoch: each made of short contiguous runs of rows drawn from the whole store.
+
+    Rows are in id order, i.e. grouped by class folder: a contiguous block
+    would hold one class.  A block of every n-th row would hold them all but
+    touch every HDF5 chunk of the store, so that each epoch read the store once
+    per block.  Runs of ``block_rows // 8`` rows (at most 256), shuffled and
+    dealt into blocks, mix the classes while an epoch reads each chunk about once.
+    """
+    run = max(1, min(256, block_rows // 8))
+    runs = _chunks(rows, run)
+    order = rng.permutation(len(runs))
+    per_block = max(1, block_rows // run)
+    dealt = (order[k : k + per_block] for k in range(0, len(order), per_block))
+    return [np.sort(np.concatenate([runs[i] for i in block])) for block in dealt]
+
+
 def stream_fit(name: str, params: dict, joined: JoinedFeatures, rows: np.ndarray, pipeline: Any,
                block_rows: int, seed: int) -> Any:
     """Fit *pipeline* (normaliser -> streaming estimator, unfitted) on *rows*, read in blocks.
@@ -185,14 +202,10 @@ def stream_fit(name: str, params: dict, joined: JoinedFeatures, rows: np.ndarray
     labels = joined.labels
     epochs = 1 if not hasattr(estimator, "loss") else EPOCHS  # naive Bayes is exact in one pass
     rng = np.random.default_rng(seed)
-    if epochs > 1:
-        # Rows are in id order, i.e. grouped by class folder: a contiguous block would hold one
-        # class.  Each SGD block takes every n-th training row instead, so that it holds them all.
-        n = len(chunks)
-        chunks = [np.sort(rows)[k::n] for k in range(n)]
     for _ in range(epochs):
-        for k in (rng.permutation(len(chunks)) if epochs > 1 else range(len(chunks))):
-            chunk = chunks[k]
+        if epochs > 1:
+            chunks = _mixed_blocks(np.sort(rows), block_rows, rng)
+        for chunk in chunks:
             X = normaliser.transform(joined.rows(chunk, buffer))
             y = labels[chunk]
             if epochs > 1:  # SGD needs shuffled rows; the store order is sorted by class folder
