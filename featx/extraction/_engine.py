@@ -92,6 +92,20 @@ def _meta(loaded: LoadedModel, collection: ImageCollection) -> dict:
     }
 
 
+def micro_batch_size(batch_size: int, max_images: int, device: torch.device) -> int:
+    """How many images each pass through the network runs (see :class:`FeatureExtractor`).
+
+    The batch size, or on the CPU, where a batch's activations live in the
+    memory the whole process runs in, at most *max_images*
+    (:func:`probe_layers`), in equal slices: VGG16's 64-channel full-resolution
+    activations of 64 images take 2.4 GiB with oneDNN's copies.
+    """
+    if device.type != "cpu" or batch_size <= max_images:
+        return batch_size
+    slices = -(-batch_size // max_images)
+    return -(-batch_size // slices)
+
+
 def extract_features(config: ExtractConfig) -> ExtractResult:
     """Extract the configured layers of every image of a folder into a store.
 
@@ -152,7 +166,10 @@ def extract_features(config: ExtractConfig) -> ExtractResult:
     if len(todo) < len(specs):
         log.info(f"{path} already holds {', '.join(s.name for s in specs if s not in todo)}; adding {', '.join(s.name for s in todo)}")
     extractor = FeatureExtractor(
-        loaded.module, {s.name: s.node for s in todo}, {s.name: s.pool for s in todo}, max_images=plan.max_images
+        loaded.module,
+        {s.name: s.node for s in todo},
+        {s.name: s.pool for s in todo},
+        micro_batch=micro_batch_size(config.batch_size, plan.max_images, device),
     ).eval()
     # The extractor holds the layers it runs; the rest of the network (VGG16's
     # classifier: 490 MB) is not kept in memory for the whole run.  FX tracing

@@ -36,16 +36,35 @@ def test_cpu_batches_run_in_slices_with_the_same_features(small_dataset):
     loaded = load_model("vgg16", weights="none")
     extractor, _, _ = build_extractor(loaded, ("block1_pool", "block2_conv1"), "avg")
     # The largest activation is block 1's 64 x 224 x 224 floats, held about three times per image.
-    assert extractor.max_images == CPU_FORWARD_BYTES // (3 * 64 * 224 * 224 * 4) == 13
-    extractor.max_images = 3
+    assert extractor.micro_batch == CPU_FORWARD_BYTES // (3 * 64 * 224 * 224 * 4) == 13
+    extractor.micro_batch = 3
     pixels = torch.stack([loaded.preprocessing(Image.open(p).convert("RGB")) for p in sorted(small_dataset.rglob("*.jpg"))[:4]] * 2)
     with torch.inference_mode():
         sliced = extractor(pixels)
-        extractor.max_images = None
+        extractor.micro_batch = None
         whole = extractor(pixels)
     for name in ("block1_pool", "block2_conv1"):
         assert sliced[name].shape == (8, whole[name].shape[1])
         np.testing.assert_allclose(sliced[name].numpy(), whole[name].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_an_image_has_the_same_bits_whichever_images_share_its_pass():
+    # Passes of a fixed size, the last one padded: image 0 computed alone, with
+    # 2 others or with 4 others gives the same bits (without the padding, a pass
+    # of 1 and a pass of 3 images differ in the last bits of ResNet's sums).
+    loaded = load_model("resnet18", weights="none", image_size=64)
+    extractor, _, _ = build_extractor(loaded, ("layer3", "penultimate"), "avg")
+    extractor.micro_batch = 3
+    torch.manual_seed(0)
+    pixels = torch.randn(5, 3, 64, 64)
+    with torch.inference_mode():
+        alone = extractor(pixels[:1])
+        three = extractor(pixels[[0, 3, 4]])
+        five = extractor(pixels)
+    for name in ("layer3", "penultimate"):
+        assert alone[name].shape == (1, five[name].shape[1]) and five[name].shape[0] == 5
+        assert torch.equal(alone[name][0], three[name][0]) and torch.equal(alone[name][0], five[name][0])
+        assert torch.equal(three[name][1:], five[name][3:])
 
 
 def test_one_probe_gives_every_layer_spec():
