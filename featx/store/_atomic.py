@@ -10,13 +10,14 @@ the leftover of a dead process from a file another run is writing now.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import h5py
 
-__all__ = ["temporary_path", "replace_durably", "write_atomically", "remove_stale_temporaries"]
+__all__ = ["discard_file", "remove_stale_temporaries", "replace_durably", "temporary_path", "write_atomically"]
 
 
 def temporary_path(path: Path) -> Path:
@@ -35,16 +36,48 @@ def replace_durably(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def discard_file(f: h5py.File, tmp: Path) -> None:
+    """Close the HDF5 file *f*, open on *tmp*, after a failed write, and delete *tmp*.
+
+    After a write failed (no space left, an I/O error), HDF5 still holds dirty
+    metadata (and chunks, if it caches them); closing would write them, fail
+    again, and leave the library with an open file that crashes the
+    interpreter at exit (a segfault, exit 139).  Truncating the file first
+    gives those writes the space they need (and frees it at once), so the close
+    succeeds; the file is deleted anyway.  Files are therefore written without
+    a chunk cache (``rdcc_nbytes=0``): what is left to write at close is a few
+    KiB of metadata, which fits even on a disk that was full to the byte.
+    """
+    with contextlib.suppress(OSError):  # already gone: nothing to free
+        os.truncate(tmp, 0)
+    # The write already failed; its error is the one reported, not the close's.
+    with contextlib.suppress(OSError, RuntimeError):
+        f.close()
+    tmp.unlink(missing_ok=True)
+
+
 def write_atomically(path: Path, fill: Callable[[h5py.File], None]) -> None:
-    """Create the HDF5 file *path* through ``fill(h5file)`` so that it appears whole or not at all."""
+    """Create the HDF5 file *path* through ``fill(h5file)`` so that it appears whole or not at all.
+
+    On any failure (an exception in *fill*, a full disk, Ctrl-C) the temporary
+    file is closed safely and deleted, and *path* is left as it was.
+    """
     tmp = temporary_path(path)
     try:
-        with h5py.File(tmp, "w") as f:
-            fill(f)
+        f = h5py.File(tmp, "w", rdcc_nbytes=0)  # see discard_file: no dirty chunks held back
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        fill(f)
+        f.close()
+    except BaseException:
+        discard_file(f, tmp)
+        raise
+    try:
         replace_durably(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 def _process_exists(pid: int) -> bool:

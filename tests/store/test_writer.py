@@ -58,7 +58,8 @@ def test_unfinished_store_opens_with_the_rows_so_far(tmp_path, monkeypatch):
     with h5py.File(path, "r") as f:
         assert f["features/f"].is_virtual
         assert f.attrs["candidates_done"] == 4 and f.attrs["candidates"] == 6
-    # A new writer resumes after the committed parts.
+    # A new writer resumes after the committed parts (the lock is released as a killed process's is).
+    writer.lock.release()
     again = _writer(path)
     assert (again.start, again.rows_done, again.resuming) == (4, 3, True)
     again.add(stop=6, indices=[4, 5], features={"f": _rows(4, 6)})
@@ -78,7 +79,9 @@ def test_a_part_being_written_is_dropped(tmp_path):
     writer.add(stop=4, indices=[2, 3], features={"f": _rows(2, 4)})  # still open: as if killed now
     leftover = list(parts_dir(path).glob(".*.tmp-*"))
     assert len(leftover) == 1
-    # The first writer is left as it is, its part still open, as a killed process leaves it.
+    # The first writer is left as it is, its part still open, as a killed process leaves it
+    # (whose lock the kernel releases).
+    writer.lock.release()
     again = _writer(path)
     assert again.start == 2
     assert not leftover[0].exists()
