@@ -1,11 +1,18 @@
 """Predicting new images with a saved classifier.
 
 The classifier's manifest says how each of its input blocks was computed
-(model, weights, preprocessing, layer, pooling, precision).  The same features
-are extracted from the new images by the extraction engine itself
+(model, weights, preprocessing, graph node, pooling, precision).  The same
+features are extracted from the new images by the extraction engine itself
 (:func:`featx.extraction.extract_features`) into temporary stores, checked
 against the manifest, joined on image id exactly as at training time, and fed
 to the fitted pipeline.
+
+What can be checked before extracting is: a weights file is found among the
+given ones by its sha256 (a renamed copy is the same weights), and each layer is
+extracted by the graph node recorded at training, not by the name it was asked
+for then (an alias may mean another node in another featx version).  What only
+the extraction tells, the preprocessing that torchvision gives the weights, is
+compared after it.
 """
 
 from __future__ import annotations
@@ -23,7 +30,14 @@ import numpy as np
 from .classification import FittedClassifier, join_features, load_classifier, predictions_frame
 from .errors import ClassifyError, message, option
 from .paths import check_writable_dir, check_writable_file
-from .store import IDENTITY_KEYS, LAYER_IDENTITY_KEYS, identity_differences, open_store, parse_weights_label
+from .store import (
+    IDENTITY_KEYS,
+    LAYER_IDENTITY_KEYS,
+    describe_weights,
+    identity_differences,
+    open_store,
+    parse_weights_label,
+)
 
 __all__ = ["PredictResult", "predict_images", "format_prediction"]
 
@@ -125,15 +139,35 @@ def _differences(at_training: dict[str, Any], now: dict[str, Any], keys: Sequenc
     return [f"{key} is {b!r} now, {a!r} at training" for key, a, b in identity_differences(at_training, now, keys)]
 
 
+def _versions_hint(at_training: dict[str, Any], now: dict[str, Any]) -> str:
+    """What to do when the same configuration gave other features: use the versions of the training run."""
+    changed = [
+        f"{package} {at_training.get(f'{package}_version')} (this run: {now.get(f'{package}_version')})"
+        for package in ("torchvision", "featx")
+        if at_training.get(f"{package}_version") != now.get(f"{package}_version")
+    ]
+    if changed:
+        return f"the training features were made with {' and '.join(changed)}: predict with those versions"
+    return "extract the training features again with this installation and classify them again"
+
+
 def _extract_group(
     blocks: list[dict[str, Any]], folder: Path, store: Path, weights: str, weights_file: Path | None, **options: Any
 ) -> None:
-    """Extract the layers of *blocks* (one network) from *folder* into *store*; check they match."""
+    """Extract the layers of *blocks* (one network) from *folder* into *store*; check they match.
+
+    Layers are extracted by their recorded graph node, so the store's datasets
+    are named by node (see :func:`_node`).
+    """
     from .extraction import ExtractConfig, extract_features
 
     prov, info = blocks[0]["provenance"], blocks[0]["layer_info"]
-    layers = tuple(dict.fromkeys(b["layer"] for b in blocks))
-    log.info(f"extracting {', '.join(layers)} of {prov['model']} ({prov['weights']}) for the new images")
+    layers = tuple(dict.fromkeys(_node(b) for b in blocks))
+    asked = ", ".join(
+        dict.fromkeys(b["layer"] if b["layer"] == _node(b) else f"{b['layer']} (node {_node(b)})" for b in blocks)
+    )
+    weights_shown = describe_weights(str(prov["weights"]), prov.get("weights_sha256"))
+    log.info(f"extracting {asked} of {prov['model']}, weights {weights_shown}, for the new images")
     extract_features(
         ExtractConfig(
             data=folder,
@@ -142,7 +176,9 @@ def _extract_group(
             weights=weights,
             weights_file=weights_file,
             seed=prov.get("seed") or 0,
-            image_size=prov["crop"],
+            # The recorded preprocessing, whatever made it (the weights' own, flags,
+            # a sidecar): the same pixels, hence the same features.
+            **_preprocessing(prov),
             pool=info["pool"] if info["pool"] != "none" else "avg",
             precision=info["precision"],
             dtype=info["dtype"],
@@ -153,15 +189,33 @@ def _extract_group(
     with open_store(store) as made:
         for block in blocks:
             diffs = _differences(block["provenance"], made.meta, _SAME_MODEL)
-            diffs += _differences(block["layer_info"], made.layer_info(block["layer"]), _SAME_LAYER)
+            diffs += _differences(block["layer_info"], made.layer_info(_node(block)), _SAME_LAYER)
             if diffs:
                 raise ClassifyError(
                     message(
                         f"the {block['spec']} features of the new images would not match the classifier's: "
                         + "; ".join(diffs),
-                        hint="predict with the featx and torchvision versions used for training",
+                        hint=_versions_hint(block["provenance"], made.meta),
                     )
                 )
+
+
+def _preprocessing(prov: dict[str, Any]) -> dict[str, Any]:
+    """ExtractConfig's preprocessing options that reproduce a store's recorded preprocessing."""
+    options: dict[str, Any] = {"crop": int(prov["crop"])}
+    if prov.get("resize") is not None:
+        options["resize"] = int(prov["resize"])
+    for key in ("mean", "std"):
+        if prov.get(key) is not None:
+            options[key] = tuple(float(v) for v in np.atleast_1d(prov[key]))
+    if prov.get("interpolation") is not None:
+        options["interpolation"] = str(prov["interpolation"])
+    return options
+
+
+def _node(block: dict[str, Any]) -> str:
+    """The graph node a block was read from at training (what is extracted again)."""
+    return str(block["layer_info"].get("node") or block["layer"])
 
 
 def predict_images(
@@ -229,7 +283,7 @@ def predict_images(
                 device=device, batch_size=batch_size, workers=workers, progress=progress,
             )
             for i in members:
-                specs[i] = f"{store}:{clf.blocks[i]['layer']}"
+                specs[i] = f"{store}:{_node(clf.blocks[i])}"
         failed, usable = _failures(scratch, len(groups))
         if usable == 0:
             examples = "; ".join(f"{names.get(i, i)}: {reason}" for i, reason in failed[:3])

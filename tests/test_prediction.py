@@ -82,10 +82,31 @@ def test_predict_on_val_images_reproduces_the_classify_run(trained, monkeypatch)
     assert result.accuracy == next(r.accuracy for r in run.results if r.name == "logreg")
     assert result.failed == []
     # One forward pass per network: the two inputs of the first store come from one extraction.
-    assert [(c.model, c.seed, c.layers, c.pool, c.image_size) for c in calls] == [
-        ("resnet18", 0, ("penultimate", "conv3"), "avg", 64),
-        ("resnet18", 1, ("conv4",), "max", 64),
+    # Layers are extracted by the graph node recorded at training (penultimate = flatten, conv3 = layer2).
+    # The recorded preprocessing is passed on whole (ResNet-18's weights at 64 px: resize 73, crop 64).
+    assert [(c.model, c.seed, c.layers, c.pool, c.resize, c.crop) for c in calls] == [
+        ("resnet18", 0, ("flatten", "layer2.1.relu_1"), "avg", 73, 64),
+        ("resnet18", 1, ("layer3.1.relu_1",), "max", 73, 64),
     ]
+
+
+def test_features_made_with_preprocessing_flags_are_predicted_with_the_same_preprocessing(trained, tmp_path):
+    # A store made with --resize/--crop/--mean/--std/--interpolation: predict extracts the
+    # new images with exactly that preprocessing (before, it passed only the crop size and
+    # refused with a preprocessing mismatch), so it reproduces the classify run.
+    data, _ = trained
+    flags = dict(resize=80, crop=72, mean=(0.5,), std=(0.25,), interpolation="nearest", workers=0, progress=False)
+    store = tmp_path / "flags.h5"
+    extract_features(ExtractConfig(data=data, model="resnet18", layers=("penultimate",), weights="none", out=store, **flags))
+    run = run_classification(
+        ClassifyConfig(features=(f"{store}:penultimate",), models=("logreg",), out=tmp_path / "run", plots=False)
+    )
+    result = predict_images(run.results[0].artifact, [data / "val"], workers=0, progress=False)
+    expected = _classify_predictions(run, "logreg")
+    assert list("val/" + result.predictions["id"]) == list(expected["id"])
+    assert list(result.predictions["predicted"]) == list(expected["predicted"])
+    proba = ["proba_ants", "proba_bees"]
+    np.testing.assert_allclose(result.predictions[proba].to_numpy(), expected[proba].to_numpy(), rtol=0, atol=1e-6)
 
 
 def test_predict_loose_files_and_report_the_ones_that_fail(trained, tmp_path):

@@ -3,6 +3,9 @@
 A store can be resumed or extended only by the configuration that made it, and
 a classifier applies only to features made like its training features.  Both
 questions compare recorded attributes with requested ones, here.
+
+Weights are compared by :func:`~featx.store.weights_identity`: a weights file
+by its sha256, never by its name, which is only a label for people.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._schema import attr_value
+from ._weights import describe_weights, weights_identity
 
 __all__ = ["IDENTITY_RTOL", "identity_differences"]
 
@@ -64,16 +68,31 @@ def identity_differences(
         In the order of *keys*; empty when the configurations are the same.
         Lists (mean, std) are equal when they have the same length and agree
         element-wise within a relative :data:`IDENTITY_RTOL` (1e-6, the float32
-        round trip); every other value must be equal.
+        round trip).  ``weights`` is compared by
+        :func:`~featx.store.weights_identity` (with ``weights_sha256``), so a
+        renamed weights file is the same weights, and a difference is reported
+        once, under ``weights``, as :func:`~featx.store.describe_weights` shows
+        it.  Every other value must be equal.
 
     Examples
     --------
     >>> identity_differences({"seed": 0, "mean": [0.485]}, {"seed": 1, "mean": [0.48500001]}, ["seed", "mean"])
     [('seed', 0, 1)]
+    >>> keys = ["weights", "weights_sha256"]
+    >>> a, b = {"weights": "file:a.pt", "weights_sha256": "9f86"}, {"weights": "file:b.pt", "weights_sha256": "9f86"}
+    >>> identity_differences(a, b, keys)  # a renamed weights file
+    []
     """
     differences = []
     for key in keys:
+        if key == "weights_sha256" and "weights" in keys:
+            continue  # part of the weights' identity, compared with them
         have, want = _plain(recorded.get(key)), _plain(requested.get(key))
+        if key == "weights" and isinstance(have, str) and have and isinstance(want, str) and want:
+            have_sha, want_sha = _plain(recorded.get("weights_sha256")), _plain(requested.get("weights_sha256"))
+            if weights_identity(have, have_sha) != weights_identity(want, want_sha):
+                differences.append((key, describe_weights(have, have_sha), describe_weights(want, want_sha)))
+            continue
         if not _same(have, want):
             differences.append((key, have, want))
     return differences

@@ -4,7 +4,14 @@ A label is one of
 
 * a torchvision weights name (``'IMAGENET1K_V1'``), ``DEFAULT`` resolved;
 * ``'none'``: a seeded random initialisation;
-* ``'file:<file name>'``: a state dict given as ``weights_file``.
+* ``'file:<file name>'``: a state dict given as ``weights_file``; its sha256
+  is recorded beside the label (the ``weights_sha256`` attribute).
+
+The label is for people.  What makes two weights the same is
+:func:`weights_identity`: a weights file is identified by its content, so a
+renamed or moved copy of a checkpoint is the same weights everywhere (resuming
+and reusing a store, predicting with a classifier), and two files of one name
+but different content are not.
 
 The label is part of the store format, so it is built and read here, where
 both sides and the readers of stores (``info``, ``predict``) find it; the
@@ -19,7 +26,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, message
 
-__all__ = ["WEIGHTS_KINDS", "file_weights_label", "parse_weights_label"]
+__all__ = ["WEIGHTS_KINDS", "describe_weights", "file_weights_label", "parse_weights_label", "weights_identity"]
 
 # What a label can say: torchvision's weights, a random initialisation, a file.
 WEIGHTS_KINDS = ("torchvision", "none", "file")
@@ -29,8 +36,8 @@ _FILE_PREFIX = "file:"
 def file_weights_label(weights_file: str | os.PathLike) -> str:
     """``'file:<name>'``: the label of a state dict loaded from *weights_file*.
 
-    Only the file's name is kept, not its folder: a store stays the same store
-    when the checkpoint is moved (its sha256 is recorded beside the label).
+    Only the file's name is kept, for people; the file is identified by its
+    sha256, recorded beside the label (see :func:`weights_identity`).
     """
     return _FILE_PREFIX + Path(weights_file).name
 
@@ -65,3 +72,45 @@ def parse_weights_label(label: str) -> tuple[str, str]:
     if label.lower() == "none":
         return "none", "none"
     return "torchvision", label
+
+
+def weights_identity(label: str, sha256: str | None = None) -> str:
+    """What two weights must share to be the same weights: a file's content, else the label.
+
+    Parameters
+    ----------
+    label : str
+        A weights label (the ``weights`` attribute).
+    sha256 : str, optional
+        The ``weights_sha256`` attribute recorded beside a ``'file:'`` label.
+
+    Returns
+    -------
+    str
+        ``'sha256:<hex digest>'`` for a weights file, whatever its name; the
+        label itself for torchvision weights and ``'none'``, and for a file
+        label without a recorded hash (then the name is all there is).
+
+    Examples
+    --------
+    >>> weights_identity("file:my-resnet18.pth", "9f86d0") == weights_identity("file:moved.pth", "9f86d0")
+    True
+    >>> weights_identity("IMAGENET1K_V1")
+    'IMAGENET1K_V1'
+    """
+    kind, _ = parse_weights_label(label)
+    return f"sha256:{sha256}" if kind == "file" and sha256 else label
+
+
+def describe_weights(label: str, sha256: str | None = None) -> str:
+    """A weights label for a message: a file's name with the start of its sha256.
+
+    Examples
+    --------
+    >>> describe_weights("file:resnet18.pt", "9f86d081884c7d659a2feaa0c55ad015")
+    'file:resnet18.pt (sha256 9f86d081884c...)'
+    >>> describe_weights("IMAGENET1K_V1")
+    'IMAGENET1K_V1'
+    """
+    kind, _ = parse_weights_label(label)
+    return f"{label} (sha256 {sha256[:12]}...)" if kind == "file" and sha256 else label

@@ -30,7 +30,8 @@ from featx.store import open_store, parts_dir
 DIRECT_LAYERS = {
     "alexnet": {"conv2": "features.4", "pool1": "features.2"},
     "vgg16": {"block1_conv2": "features.3", "block1_pool": "features.4"},
-    "resnet18": {"conv1": "relu", "conv2": "layer1.1.relu_1"},
+    # A node name means that node (conv1: the bare convolution); 'stem' is after BN and ReLU.
+    "resnet18": {"conv1": "conv1", "stem": "relu", "conv2": "layer1.1.relu_1"},
 }
 DIRECT_POOLS = {
     "avg": lambda x: x.mean(dim=(2, 3)),
@@ -164,16 +165,30 @@ def test_other_configuration_is_refused_unless_overwrite(synthetic_dataset, tmp_
         assert store.meta["seed"] == 1
 
 
-def test_changed_data_folder_is_refused(synthetic_dataset, tmp_path):
+def test_unfinished_store_of_a_changed_data_folder_is_refused(synthetic_dataset, tmp_path, monkeypatch):
+    # A complete store follows its folder (tests/store/test_incremental.py); the parts of
+    # an unfinished one are rows of the old image list, so a changed folder is refused.
     path = tmp_path / "s.h5"
-    quick_extract(synthetic_dataset, path)
+    forward = FeatureExtractor.forward
+    calls = []
+
+    def interrupted_at_second_batch(self, pixels):
+        calls.append(len(pixels))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return forward(self, pixels)
+
+    monkeypatch.setattr(FeatureExtractor, "forward", interrupted_at_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        quick_extract(synthetic_dataset, path, batch_size=2, checkpoint_seconds=0)
+    monkeypatch.undo()
     shutil.copy(synthetic_dataset / "a" / "0.png", synthetic_dataset / "a" / "new.png")
     with pytest.raises(
         StoreMismatchError,
         match=r"was made with another configuration \(the data folder changed since then\): "
         r"data_fingerprint is '[0-9a-f]+' there",
     ):
-        quick_extract(synthetic_dataset, path)
+        quick_extract(synthetic_dataset, path, batch_size=2, checkpoint_seconds=0)
 
 
 def test_adding_a_layer_keeps_the_old_ones_bit_identical(synthetic_dataset, tmp_path):
