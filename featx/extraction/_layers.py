@@ -12,19 +12,22 @@ post-activation outputs:
 * VGG: Keras ``block1_conv1``.., ``block1_pool``.., ``fc1``, ``fc2``, ``predictions``;
   Caffe ``conv1_1``.., ``pool1``.., ``fc6``..``fc8``; ``conv1``..``conv5`` = last
   conv of each block;
-* ResNet (and ResNeXt, Wide ResNet): ``conv1`` (stem), ``conv2``..``conv5`` =
-  ``layer1``..``layer4``.
+* ResNet (and ResNeXt, Wide ResNet): ``stem`` (the stem after batch norm and
+  ReLU, node ``relu``), ``conv2``..``conv5`` = ``layer1``..``layer4``.
 
-An alias wins over a graph node of the same name: ResNet's ``conv1`` is the
-stem's output after batch norm and ReLU (node ``relu``), as in the paper, not
-the node ``conv1`` (the bare convolution) that shares its name.
+A graph node name always means that node: a name is looked up among the graph
+nodes first, then among the aliases, then among the module paths, and an alias
+that is also a node name is dropped.  ResNet's ``conv1`` is therefore the node
+``conv1``, the bare stem convolution; the paper's conv1 stage (after batch norm
+and ReLU), which featx 0.1 called ``conv1``, is ``stem``.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import torch
@@ -46,7 +49,9 @@ from ..errors import (
 from ..formatting import format_table
 from ._models import load_model
 
-__all__ = ["LayerInfo", "LayerIndex", "LayerListing", "list_layers", "format_layers"]
+__all__ = ["LayerInfo", "LayerIndex", "LayerListing", "list_layers", "format_layers", "parameters_up_to"]
+
+log = logging.getLogger("featx")
 
 
 @dataclass(frozen=True)
@@ -63,12 +68,16 @@ class LayerInfo:
         Output shape of one sample (without the batch dimension).
     params : int
         Parameters of the module that computes the node (0 for functional ops).
+    cumulative_params : int
+        Parameters the node's output depends on: Keras' running total of
+        ``model.summary()`` up to this layer (set by :func:`list_layers`).
     """
 
     node: str
     aliases: tuple[str, ...]
     shape: tuple[int, ...]
     params: int
+    cumulative_params: int = 0
 
 
 def _next_of_type(children: list[tuple[str, nn.Module]], start: int, kind: type) -> int | None:
@@ -130,7 +139,8 @@ def _vgg_aliases(model: nn.Module) -> dict[str, str]:
 
 
 def _resnet_aliases(model: nn.Module) -> dict[str, str]:
-    aliases = {"conv1": "relu"}
+    # Not 'conv1', the paper's name of the stem: torchvision's node 'conv1' is the bare convolution.
+    aliases = {"stem": "relu"}
     for stage in range(1, 5):
         aliases[f"conv{stage + 1}"] = f"layer{stage}"
     return aliases
@@ -143,12 +153,22 @@ FAMILY_ALIASES: list[tuple[type, Callable[[nn.Module], dict[str, str]]]] = [
     (torchvision.models.ResNet, _resnet_aliases),
 ]
 GENERIC_ALIASES = ("penultimate", "logits", "last_conv")
+# Names that were aliases in featx 0.1 and are graph nodes of the family: they now
+# mean the node, and using one says where the old meaning went (a command that
+# worked then must not change meaning silently).
+FORMER_ALIASES: list[tuple[type, dict[str, str]]] = [
+    (torchvision.models.ResNet, {"conv1": "stem"}),
+]
 
 
-def trial_forward(network: nn.Module, image_size: int, model_name: str) -> dict:
-    """Run *network* on one blank image of *image_size*; a size too small is a user error."""
+def trial_forward(network: nn.Module, image_size: int, model_name: str, *, record_graph: bool = False) -> dict:
+    """Run *network* on one blank image of *image_size*; a size too small is a user error.
+
+    With *record_graph*, autograd records the pass, so that
+    :func:`parameters_up_to` can read which parameters each output depends on.
+    """
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(not record_graph), torch.set_grad_enabled(record_graph):
             return network(torch.zeros(1, 3, image_size, image_size))
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -238,7 +258,8 @@ class LayerIndex:
             aliases["penultimate"] = penultimate
         aliases["logits"] = self.nodes[-1]
         aliases["last_conv"] = "last_conv"  # resolved lazily: it needs output shapes
-        return aliases
+        # The node wins: an alias spelled like a graph node would never be reached.
+        return {alias: node for alias, node in aliases.items() if alias not in self._node_set}
 
     def resolve(self, name: str) -> str:
         """Graph node of a node name, module path or alias.
@@ -248,12 +269,13 @@ class LayerIndex:
         UnknownLayerError
             With the closest valid names and a pointer to the ``layers`` command.
         """
-        # Aliases first: ResNet's node 'conv1' (the bare stem convolution) shares
-        # its name with the paper's conv1 stage (after BN and ReLU).
+        # Graph nodes first, so that a node name always means that node (ResNet's
+        # 'conv1' is the bare stem convolution, not the paper's conv1 stage).
+        if name in self._node_set:
+            self._say_former_alias(name)
+            return name
         if name in self.aliases:
             return self._last_conv() if name == "last_conv" else self.aliases[name]
-        if name in self._node_set:
-            return name
         if name in self._module_paths:
             return self._last_node_in(name)
         choices = [*self.aliases, *self.nodes, *self._module_paths]
@@ -265,6 +287,14 @@ class LayerIndex:
                 f"({', '.join(list(self.aliases)[:8])}, ...); {_listing_hint(self.name)}",
             )
         )
+
+    def _say_former_alias(self, node: str) -> None:
+        for kind, renamed in FORMER_ALIASES:
+            if isinstance(self.model, kind) and node in renamed:
+                log.info(
+                    f"layer '{node}' is {self.name or type(self.model).__name__}'s graph node {node}; featx 0.1 "
+                    f"read '{node}' as the node {self.aliases[renamed[node]]}, which is now called '{renamed[node]}'"
+                )
 
     # shapes --------------------------------------------------------------------------
     @cached_property
@@ -382,12 +412,56 @@ def list_layers(model: str, *, image_size: int | None = None, show_all: bool = F
     """
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise ConfigError(message(option("image_size"), allowed="a positive integer (the input size in pixels)", got=image_size))
-    loaded = load_model(model, weights="none")
+    loaded = load_model(model, weights="none", image_size=image_size)
     size = image_size or loaded.preprocessing.crop
-    rows = tuple(LayerIndex(loaded.module, image_size=size, name=model).describe())
+    if hasattr(loaded.module, "layer_index"):  # a timm network names its own layers
+        index = loaded.module.layer_index(image_size=size)
+        cumulative = index.cumulative_params()
+    else:
+        index = LayerIndex(loaded.module, image_size=size, name=model)
+        cumulative = _graph_parameters_up_to(loaded.module, index.nodes, size, model)
+    rows = tuple(replace(r, cumulative_params=cumulative.get(r.node, 0)) for r in index.describe())
     shown = tuple(r for r in rows if show_all or r.aliases or r.params or r.node == rows[-1].node)
     total = sum(p.numel() for p in loaded.module.parameters())
     return LayerListing(model=model, image_size=size, rows=rows, shown=shown, total_params=total, show_all=show_all)
+
+
+def parameters_up_to(outputs: dict[str, torch.Tensor], model: nn.Module) -> dict[str, int]:
+    """Node -> how many of *model*'s parameters its output depends on.
+
+    Read from autograd's record of one forward pass (the outputs of
+    :func:`trial_forward` with ``record_graph=True``): the parameters reached
+    by walking back from an output are the ones that computed it.  For a chain
+    of layers that is the running total of Keras' ``model.summary()``
+    (VGG19's ``block5_pool``: 20,024,384, the total of
+    ``VGG19(include_top=False)``); for branching networks it counts each
+    parameter once, whichever path uses it.
+    """
+    sizes = {id(p): p.numel() for p in model.parameters()}
+    counts = {}
+    for node, value in outputs.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        reached, seen, stack = set(), set(), [value.grad_fn]
+        while stack:
+            step = stack.pop()
+            if step is None or step in seen:
+                continue
+            seen.add(step)
+            variable = getattr(step, "variable", None)  # AccumulateGrad: a leaf, i.e. a parameter
+            if variable is not None:
+                reached.add(id(variable))
+            stack.extend(parent for parent, _ in step.next_functions)
+        counts[node] = sum(sizes.get(i, 0) for i in reached)
+    return counts
+
+
+def _graph_parameters_up_to(model: nn.Module, nodes: list[str], image_size: int, name: str) -> dict[str, int]:
+    """:func:`parameters_up_to` for the graph nodes of a torchvision model."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # eval nodes are a subsequence of train nodes
+        extractor = create_feature_extractor(model, return_nodes={n: n for n in nodes}).eval()
+    return parameters_up_to(trial_forward(extractor, image_size, name, record_graph=True), model)
 
 
 def format_layers(listing: LayerListing) -> str:
@@ -396,8 +470,11 @@ def format_layers(listing: LayerListing) -> str:
     if not listing.show_all:
         title += f" ({len(listing.shown)} shown; --all for every node)"
     table = format_table(
-        ("layer (graph node)", "aliases", "output shape", "params"),
-        [(r.node, ", ".join(r.aliases), "x".join(map(str, r.shape)), f"{r.params:,}") for r in listing.shown],
-        align="<<>>",
+        ("layer (graph node)", "aliases", "output shape", "params", "params up to here"),
+        [
+            (r.node, ", ".join(r.aliases), "x".join(map(str, r.shape)), f"{r.params:,}", f"{r.cumulative_params:,}")
+            for r in listing.shown
+        ],
+        align="<<>>>",
     )
     return f"{title}\n{table}\ntotal params: {listing.total_params:,}"

@@ -24,8 +24,6 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 from torch import nn
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as F
 
 from ..errors import (
     UnknownModelError,
@@ -36,6 +34,7 @@ from ..errors import (
     option,
 )
 from ..store import file_weights_label, parse_weights_label
+from ._preprocessing import Preprocessing, PreprocessingOptions, read_sidecar
 
 __all__ = [
     "Preprocessing",
@@ -46,11 +45,10 @@ __all__ = [
     "weights_cache_path",
     "weights_label",
     "sha256_file",
+    "read_state_dict",
+    "check_state_dict",
+    "weights_only_loading",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 @lru_cache(maxsize=1)
 def list_model_names() -> tuple[str, ...]:
@@ -72,6 +70,10 @@ def check_model_name(name: str, *, parameter: str = "model") -> str:
     UnknownModelError
         With the closest names and where the full list comes from.
     """
+    from ._timm import check_timm_name, is_timm_model
+
+    if is_timm_model(name):
+        return check_timm_name(name, parameter=parameter)
     names = list_model_names()
     if name not in names:
         raise UnknownModelError(
@@ -84,65 +86,6 @@ def check_model_name(name: str, *, parameter: str = "model") -> str:
             )
         )
     return name
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Resize the shorter side, centre-crop, scale to [0, 1] and normalise.
-
-    The same operations, in the same order, as torchvision's
-    ``ImageClassification`` preset that the weights' ``transforms()`` return, so
-    features equal a direct torchvision computation.  Picklable, so that
-    DataLoader workers can use it.
-    """
-
-    resize: int
-    crop: int
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    interpolation: str = "bilinear"
-
-    def __call__(self, image: Any) -> torch.Tensor:
-        image = F.resize(image, [self.resize], interpolation=InterpolationMode(self.interpolation), antialias=True)
-        image = F.center_crop(image, [self.crop])
-        if not isinstance(image, torch.Tensor):
-            image = F.pil_to_tensor(image)
-        image = F.convert_image_dtype(image, torch.float)
-        return F.normalize(image, mean=list(self.mean), std=list(self.std))
-
-    @classmethod
-    def of_weights(cls, weights: Any) -> "Preprocessing":
-        """The preprocessing of torchvision weights (their ``transforms()``); ImageNet's for ``None``."""
-        if weights is None:
-            return cls(resize=256, crop=224)
-        preset = weights.transforms()
-        return cls(
-            resize=int(preset.resize_size[0]),
-            crop=int(preset.crop_size[0]),
-            mean=tuple(float(m) for m in preset.mean),
-            std=tuple(float(s) for s in preset.std),
-            interpolation=preset.interpolation.value,
-        )
-
-    def attrs(self) -> dict[str, Any]:
-        return {
-            "image_size": self.crop,
-            "resize": self.resize,
-            "crop": self.crop,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "interpolation": self.interpolation,
-        }
-
-    def with_image_size(self, size: int) -> "Preprocessing":
-        """The same preprocessing at another crop size, keeping the resize/crop ratio."""
-        return Preprocessing(
-            resize=round(size * self.resize / self.crop),
-            crop=size,
-            mean=self.mean,
-            std=self.std,
-            interpolation=self.interpolation,
-        )
 
 
 @dataclass
@@ -162,6 +105,9 @@ class LoadedModel:
         Hash of a ``--weights-file``.
     seed : int or None
         Seed of the random initialisation when ``weights == 'none'``.
+    untrained : tuple of str
+        Module paths the weights file had no weights for (a Keras ``_notop``
+        file's classifier): layers they compute are refused.
     """
 
     name: str
@@ -170,15 +116,21 @@ class LoadedModel:
     preprocessing: Preprocessing
     weights_sha256: str | None = None
     seed: int | None = None
+    untrained: tuple[str, ...] = ()
 
     def attrs(self) -> dict[str, Any]:
-        return {
+        from ._timm import import_timm, is_timm_model
+
+        attrs = {
             "model": self.name,
             "weights": self.weights,
             "weights_sha256": self.weights_sha256,
             "seed": self.seed,
             **self.preprocessing.attrs(),
         }
+        if is_timm_model(self.name):
+            attrs["timm_version"] = import_timm().__version__  # provenance, not identity
+        return attrs
 
 
 def _weights_enum(name: str):
@@ -214,7 +166,7 @@ def weights_cache_path(weights: Any) -> Path:
 
 
 @contextlib.contextmanager
-def _weights_only_loading() -> Iterator[None]:
+def weights_only_loading() -> Iterator[None]:
     """Make every ``torch.load`` in the block use ``weights_only=True``.
 
     torchvision's builders read their checkpoints through
@@ -251,7 +203,7 @@ def _build_pretrained(name: str, weights: Any) -> nn.Module:
     cached = weights_cache_path(weights)
     try:
         # torch.hub announces a download on stdout; stdout is for results (tables, paths).
-        with _weights_only_loading(), contextlib.redirect_stdout(sys.stderr):
+        with weights_only_loading(), contextlib.redirect_stdout(sys.stderr):
             return torchvision.models.get_model(name, weights=weights)
     # URLError is an OSError; a file holding pickled code fails with UnpicklingError.
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
@@ -310,10 +262,32 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _build_from_file(name: str, path: Path, seed: int) -> nn.Module:
+def read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    """The state dict in a ``--weights-file``: ``torch.load(weights_only=True)``, or safetensors by suffix.
+
+    A checkpoint that wraps the state dict (``{'state_dict': ...}``, ``'model'``)
+    is unwrapped, and nn.DataParallel's ``module.`` prefix removed.
+
+    Raises
+    ------
+    WeightsError
+        The file is missing, cannot be read safely, or holds no state dict.
+    """
     if not path.is_file():
         problem = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise WeightsError(message(f"weights file not found: '{path}' {problem}", hint=f"check {option('weights_file')}"))
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise WeightsError(
+                message(f"'{path}' is a safetensors file, and the safetensors package is not installed",
+                        hint="pip install safetensors (timm installs it)")
+            ) from None
+        try:
+            return load_file(path, device="cpu")
+        except Exception as exc:  # SafetensorError, OSError, ...
+            raise WeightsError(message(f"'{path}' could not be loaded as a safetensors file ({_first_line(exc)})")) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ...
@@ -323,18 +297,14 @@ def _build_from_file(name: str, path: Path, seed: int) -> nn.Module:
                 hint="it must be a state dict saved with torch.save(model.state_dict(), path)",
             )
         ) from None
-    state = _unwrap_checkpoint(state, path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = torchvision.models.get_model(name, weights=None)
-        final = _final_linear(model)
-        if final is not None:
-            weight = state.get(f"{final[0]}.weight")
-            if weight is not None and weight.ndim == 2 and weight.shape[0] != final[1].out_features:
-                # A fine-tuned checkpoint: the architecture follows its number of classes.
-                model = torchvision.models.get_model(name, weights=None, num_classes=int(weight.shape[0]))
-    # Compared before loading: load_state_dict raises a multi-line RuntimeError on shapes.
-    own = model.state_dict()
+    return _unwrap_checkpoint(state, path)
+
+
+def check_state_dict(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], path: Path, name: str) -> None:
+    """Raise a one-line :class:`WeightsError` unless *state* fits a model whose state dict is *own*.
+
+    Compared before loading: ``load_state_dict`` raises a multi-line RuntimeError on shapes.
+    """
     # Old checkpoints lack BatchNorm's num_batches_tracked; torch fills it in, so do we.
     missing = [key for key in own if key not in state and not key.endswith(".num_batches_tracked")]
     unexpected = [key for key in state if key not in own]
@@ -357,6 +327,20 @@ def _build_from_file(name: str, path: Path, seed: int) -> nn.Module:
                 hint=f"pass the {option('model')} the checkpoint was trained with",
             )
         )
+
+
+def _build_from_file(name: str, path: Path, seed: int) -> nn.Module:
+    state = read_state_dict(path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torchvision.models.get_model(name, weights=None)
+        final = _final_linear(model)
+        if final is not None:
+            weight = state.get(f"{final[0]}.weight")
+            if weight is not None and weight.ndim == 2 and weight.shape[0] != final[1].out_features:
+                # A fine-tuned checkpoint: the architecture follows its number of classes.
+                model = torchvision.models.get_model(name, weights=None, num_classes=int(weight.shape[0]))
+    check_state_dict(model.state_dict(), state, path, name)
     model.load_state_dict(state)
     return model
 
@@ -368,13 +352,15 @@ def load_model(
     weights_file: str | os.PathLike | None = None,
     seed: int = 0,
     image_size: int | None = None,
+    preprocessing: PreprocessingOptions | None = None,
 ) -> LoadedModel:
-    """Build a torchvision classification model with its weights and preprocessing.
+    """Build a torchvision classification model (or a ``timm/`` one) with its weights and preprocessing.
 
     Parameters
     ----------
     name : str
-        A torchvision classification model name, e.g. ``'resnet50'``.
+        A torchvision classification model name, e.g. ``'resnet50'``, or
+        ``'timm/<architecture>'`` (:mod:`featx.extraction._timm`).
     weights : str
         ``'DEFAULT'``, a weights name such as ``'IMAGENET1K_V1'``, or ``'none'``
         for a random initialisation seeded with *seed*.
@@ -384,40 +370,87 @@ def load_model(
         Seed of the random initialisation (``weights='none'``).
     image_size : int, optional
         Crop size to use instead of the weights' own; the resize keeps the
-        weights' resize/crop ratio.
+        weights' resize/crop ratio (timm: ``floor(size / crop_pct)``).
+    preprocessing : PreprocessingOptions, optional
+        Changes to the weights' preprocessing (``--resize``, ``--crop``,
+        ``--mean``, ...); they win over a weights file's JSON sidecar
+        (:func:`~featx.extraction.read_sidecar`), which wins over the weights' own.
+
+    Notes
+    -----
+    A Keras applications HDF5 file for VGG16/VGG19 as *weights_file* is
+    converted (:mod:`featx.extraction._keras`) and brings Keras' ``caffe``
+    preprocessing with it.
     """
+    from ._keras import is_keras_weights_file, load_keras_vgg
+    from ._timm import is_timm_model, load_timm_model
+
     label = weights_label(name, weights=weights, weights_file=weights_file)
     kind, _ = parse_weights_label(label)
-    enum = _weights_enum(name)
-    default = enum.DEFAULT if enum is not None and hasattr(enum, "DEFAULT") else None
+    path = Path(weights_file).expanduser() if kind == "file" else None
     sha = None
     used_seed = None
+    untrained: tuple[str, ...] = ()
     if kind == "file":
-        path = Path(weights_file).expanduser()
+        sha = sha256_file(path) if path.is_file() else None
+    if is_timm_model(name):
+        if path is not None and is_keras_weights_file(path):
+            raise WeightsError(
+                message(
+                    f"'{path}' is a Keras weights file; those are read for torchvision's vgg16 and vgg19 only",
+                    hint=f"pass {option('model', 'vgg16')} or {option('model', 'vgg19')}",
+                )
+            )
+        module, label, base, used_seed = load_timm_model(
+            name, weights=weights, weights_file=weights_file, seed=seed, image_size=image_size
+        )
+        return _with_options(
+            LoadedModel(name=name, module=module, weights=label, preprocessing=base, weights_sha256=sha, seed=used_seed),
+            path, preprocessing, rescale=image_size, rescaled=True,
+        )
+    enum = _weights_enum(name)
+    default = enum.DEFAULT if enum is not None and hasattr(enum, "DEFAULT") else None
+    if kind == "file" and is_keras_weights_file(path):
+        module, base, untrained = load_keras_vgg(name, path, Preprocessing.of_weights(default))
+    elif kind == "file":
         module = _build_from_file(name, path, seed)
-        sha = sha256_file(path)
-        preprocessing = Preprocessing.of_weights(default)
+        base = Preprocessing.of_weights(default)
     elif kind == "none":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             module = torchvision.models.get_model(name, weights=None)
         used_seed = seed
-        preprocessing = Preprocessing.of_weights(default)
+        base = Preprocessing.of_weights(default)
     else:
         resolved = enum[label]
         module = _build_pretrained(name, resolved)
-        preprocessing = Preprocessing.of_weights(resolved)
-    if image_size is not None:
-        preprocessing = preprocessing.with_image_size(image_size)
+        base = Preprocessing.of_weights(resolved)
     module.eval()
-    return LoadedModel(
-        name=name,
-        module=module,
-        weights=label,
-        preprocessing=preprocessing,
-        weights_sha256=sha,
-        seed=used_seed,
+    loaded = LoadedModel(
+        name=name, module=module, weights=label, preprocessing=base, weights_sha256=sha, seed=used_seed, untrained=untrained
     )
+    return _with_options(loaded, path, preprocessing, rescale=image_size, rescaled=False)
+
+
+def _with_options(
+    loaded: LoadedModel,
+    weights_file: Path | None,
+    options: PreprocessingOptions | None,
+    *,
+    rescale: int | None,
+    rescaled: bool,
+) -> LoadedModel:
+    """*loaded* with a weights file's sidecar, then --image-size (*rescale*), then the options applied.
+
+    *rescaled*: the model was built at *rescale* already (timm, with its own
+    resize rule); it is rescaled again only when the sidecar sets a resize or crop.
+    """
+    sidecar = read_sidecar(weights_file) if weights_file is not None else PreprocessingOptions()
+    preprocessing = sidecar.apply(loaded.preprocessing)
+    if rescale is not None and (not rescaled or sidecar.resize is not None or sidecar.crop is not None):
+        preprocessing = preprocessing.with_image_size(rescale)
+    loaded.preprocessing = (options or PreprocessingOptions()).apply(preprocessing)
+    return loaded
 
 
 def weights_label(
@@ -450,4 +483,8 @@ def weights_label(
         return file_weights_label(Path(weights_file).expanduser())
     if weights.lower() == "none":
         return "none"
+    from ._timm import is_timm_model, timm_weights_label
+
+    if is_timm_model(model):
+        return timm_weights_label(model, weights=weights)  # timm's pretrained tag, DEFAULT resolved
     return _resolve_weights(model, weights).name

@@ -48,7 +48,8 @@ def _weights(meta: dict[str, Any]) -> str:
     if kind == "file":
         sha = meta.get("weights_sha256")
         return f"{name} (a weights file{f', sha256 {sha[:16]}...' if sha else ''})"
-    return f"{weights} (torchvision, pretrained)"
+    source = "timm" if str(meta.get("model", "")).startswith("timm/") else "torchvision"
+    return f"{weights} ({source}, pretrained)"
 
 
 def _preprocessing(meta: dict[str, Any]) -> str:
@@ -56,9 +57,13 @@ def _preprocessing(meta: dict[str, Any]) -> str:
         return "(" + ", ".join(f"{v:.3f}" for v in np.atleast_1d(values)) + ")"
 
     return (
-        f"resize shorter side to {meta.get('resize')} ({meta.get('interpolation', 'bilinear')}), "
+        f"resize {'both sides' if meta.get('resize_mode') == 'squash' else 'shorter side'} to {meta.get('resize')} "
+        f"({meta.get('interpolation', 'bilinear')}), "
         f"centre crop {meta.get('crop')}x{meta.get('crop')}, normalise mean {floats(meta.get('mean'))} "
         f"std {floats(meta.get('std'))}"
+        # Written only when not RGB in [0, 1] (Keras' caffe mode).
+        + (f", {meta['channel_order']} channels" if "channel_order" in meta else "")
+        + (f", pixels in [0, {meta['pixel_range']}] (not scaled)" if "pixel_range" in meta else "")
     )
 
 

@@ -58,6 +58,10 @@ IDENTITY_KEYS = (
     "mean",
     "std",
     "interpolation",
+    # written only when not RGB / [0, 1] (Keras' caffe mode): older stores keep their identity
+    "channel_order",
+    "pixel_range",
+    "resize_mode",
     "data_fingerprint",
 )
 # Per-layer attributes that define the same feature dataset.

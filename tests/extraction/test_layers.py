@@ -78,9 +78,10 @@ def test_layers_command_vgg19(run_cli):
     lines = out.splitlines()
     assert lines[0] == "vgg19 at 256x256: 47 layers (42 shown; --all for every node)"
     rows = {line.split()[0]: line for line in lines[3:-1]}
-    assert re.fullmatch(r"features\.9\s+block2_pool, pool2\s+128x64x64\s+0", rows["features.9"])
-    assert re.fullmatch(r"features\.36\s+block5_pool, pool5, features\s+512x8x8\s+0", rows["features.36"])
-    assert re.fullmatch(r"features\.0\s+64x256x256\s+1,792", rows["features.0"])
+    assert re.fullmatch(r"features\.9\s+block2_pool, pool2\s+128x64x64\s+0\s+260,160", rows["features.9"])
+    # params up to here: Keras' VGG19(include_top=False) total at block5_pool
+    assert re.fullmatch(r"features\.36\s+block5_pool, pool5, features\s+512x8x8\s+0\s+20,024,384", rows["features.36"])
+    assert re.fullmatch(r"features\.0\s+64x256x256\s+1,792\s+1,792", rows["features.0"])
     assert lines[-1] == "total params: 143,667,240"
 
 
@@ -88,10 +89,11 @@ def test_layers_command_resnet50(run_cli):
     code, out, err = run_cli("layers", "--model", "resnet50")
     assert code == 0, err
     rows = {line.split()[0]: line for line in out.splitlines()[3:-1]}
-    assert re.fullmatch(r"layer4\.2\.relu_2\s+conv5, last_conv, layer4\s+2048x7x7\s+0", rows["layer4.2.relu_2"])
-    assert re.fullmatch(r"relu\s+conv1\s+64x112x112\s+0", rows["relu"])
-    assert re.fullmatch(r"flatten\s+penultimate\s+2048\s+0", rows["flatten"])
-    assert re.fullmatch(r"fc\s+logits\s+1000\s+2,049,000", rows["fc"])
+    assert re.fullmatch(r"layer4\.2\.relu_2\s+conv5, last_conv, layer4\s+2048x7x7\s+0\s+23,508,032", rows["layer4.2.relu_2"])
+    assert re.fullmatch(r"relu\s+stem\s+64x112x112\s+0(\s+[\d,]+)?", rows["relu"])
+    assert re.fullmatch(r"conv1\s+64x112x112\s+9,408(\s+[\d,]+)?", rows["conv1"])  # the node, no alias
+    assert re.fullmatch(r"flatten\s+penultimate\s+2048\s+0\s+23,508,032", rows["flatten"])
+    assert re.fullmatch(r"fc\s+logits\s+1000\s+2,049,000\s+25,557,032", rows["fc"])
     assert out.splitlines()[-1] == "total params: 25,557,032"
 
 
@@ -168,8 +170,10 @@ def test_vgg_with_batch_norm_aliases_follow_the_relu():
 
 def test_resnet_stage_aliases(resnet18):
     expected = {
-        # The paper's conv1 is the stem after BN and ReLU, not the bare conv node of the same name.
-        "conv1": "relu",
+        # A node name means that node: conv1 is the bare stem convolution; the paper's
+        # conv1 stage (after BN and ReLU), featx 0.1's alias 'conv1', is 'stem'.
+        "conv1": "conv1",
+        "stem": "relu",
         "conv2": "layer1.1.relu_1",
         "conv3": "layer2.1.relu_1",
         "conv4": "layer3.1.relu_1",
@@ -229,13 +233,13 @@ def test_list_layers_and_its_table():
     listing = list_layers("resnet18", image_size=64)
     assert (listing.model, listing.image_size, len(listing.rows), len(listing.shown)) == ("resnet18", 64, 70, 47)
     assert listing.total_params == 11_689_512
-    assert listing.shown[-1] == listing.rows[-1] == LayerInfo("fc", ("logits",), (1000,), 513_000)
+    assert listing.shown[-1] == listing.rows[-1] == LayerInfo("fc", ("logits",), (1000,), 513_000, 11_689_512)
     lines = format_layers(listing).splitlines()
     assert lines[:4] == [
         "resnet18 at 64x64: 70 layers (47 shown; --all for every node)",
-        "layer (graph node)     aliases                   output shape     params",
-        "---------------------  ------------------------  ------------  ---------",
-        "conv1                                                64x32x32      9,408",
+        "layer (graph node)     aliases                   output shape     params  params up to here",
+        "---------------------  ------------------------  ------------  ---------  -----------------",
+        "conv1                                                64x32x32      9,408              9,408",
     ]
     assert lines[-1] == "total params: 11,689,512"
     assert len(lines) == 3 + 47 + 1
