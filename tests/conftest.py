@@ -17,6 +17,21 @@ from featx.cli import main
 HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_autotuning(tmp_path_factory):
+    """Every run of the suite uses the default forward configuration, and caches nothing in the user's folder.
+
+    Autotuning times the machine, so two stores of a test could be computed
+    with different configurations (other bits); tests of the autotuner turn it
+    on again (``monkeypatch.setenv("FEATX_AUTOTUNE", "1")``).  Set in the
+    environment, so that the command-line runs of a test's subprocesses see it too.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FEATX_AUTOTUNE", "0")
+        patch.setenv("FEATX_CACHE_DIR", str(tmp_path_factory.mktemp("featx-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def hymenoptera() -> Path:
     """The 397 real JPEGs (+1 GIF) of ../shared/data/hymenoptera_data (train/val, ants/bees)."""
@@ -44,6 +59,16 @@ def copy_real_images(hymenoptera: Path, root: Path, per_class: int = 3) -> Path:
 def small_dataset(tmp_path: Path, hymenoptera: Path) -> Path:
     """A train/val folder of 12 real JPEGs: 3 ants and 3 bees in each split."""
     return copy_real_images(hymenoptera, tmp_path / "small")
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path, hymenoptera: Path) -> Path:
+    """Four real JPEGs of different sizes, two per class, no split: for tests that run big networks."""
+    for cls in ("ants", "bees"):
+        (tmp_path / "tiny" / cls).mkdir(parents=True)
+        for src in real_jpegs(hymenoptera / "train" / cls, 2):
+            shutil.copy(src, tmp_path / "tiny" / cls / src.name)
+    return tmp_path / "tiny"
 
 
 @pytest.fixture

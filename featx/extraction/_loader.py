@@ -3,6 +3,8 @@
 Images are decoded in DataLoader worker processes, each batch cut into one
 chunk per worker; the chunks of a batch are joined into one tensor on the
 device the network runs on (pinned memory and non-blocking copies on CUDA).
+With GPU decoding (:mod:`featx.extraction._gpu_decode`) the workers read the
+JPEGs' bytes and the main process decodes each batch's JPEGs on the GPU.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..errors import message
+from ._gpu_decode import EncodedImageDataset, GpuJpegDecoder, collate_encoded
 from ._images import (
     MAX_IMAGE_PIXELS,
     ImageBatch,
@@ -138,6 +142,17 @@ class ImageLoader:
         On CUDA, chunks come in pinned memory.
     max_pixels : int
         Larger images are refused as decompression bombs.
+    decode : {'cpu', 'gpu'}
+        ``gpu`` (a CUDA *device* only): the workers read the JPEGs' bytes and
+        each batch's JPEGs are decoded together on the GPU
+        (:class:`~featx.extraction.GpuJpegDecoder`); a batch then comes as one
+        chunk, on the device.  Other files are decoded on the CPU either way.
+
+    Attributes
+    ----------
+    gpu_decoder : GpuJpegDecoder or None
+        The GPU decoder with ``decode='gpu'`` (its ``refused`` counts the JPEGs
+        the CPU had to decode).
     """
 
     def __init__(
@@ -150,7 +165,11 @@ class ImageLoader:
         workers: int,
         device: torch.device,
         max_pixels: int = MAX_IMAGE_PIXELS,
+        decode: str = "cpu",
     ) -> None:
+        if decode not in ("cpu", "gpu") or (decode == "gpu" and device.type != "cuda"):
+            allowed = "'cpu', or 'gpu' with a CUDA device"
+            raise ValueError(message("decode", allowed=allowed, got=f"{decode!r} on {device}"))
         chunk = -(-batch_size // max(1, workers))
         chunks: list = []
         self.chunks_per_batch: list[int] = []
@@ -159,11 +178,17 @@ class ImageLoader:
             parts = [list(batch[b : b + chunk]) for b in range(0, len(batch), chunk)]
             chunks.extend(parts)
             self.chunks_per_batch.append(len(parts))
+        self.gpu_decoder: GpuJpegDecoder | None = None
+        if decode == "gpu":
+            self.gpu_decoder = GpuJpegDecoder(collection, preprocessing, device, max_pixels=max_pixels)
+            dataset, collate = EncodedImageDataset(collection, preprocessing, max_pixels=max_pixels), collate_encoded
+        else:
+            dataset, collate = ImageDataset(collection, preprocessing, max_pixels=max_pixels), collate_images
         self.loader = DataLoader(
-            ImageDataset(collection, preprocessing, max_pixels=max_pixels),
+            dataset,
             batch_sampler=chunks,
             num_workers=workers,
-            collate_fn=collate_images,
+            collate_fn=collate,
             pin_memory=device.type == "cuda",
             worker_init_fn=_decode_in_background if device.type == "cpu" else _ignore_ctrl_c,
             persistent_workers=False,
@@ -175,4 +200,5 @@ class ImageLoader:
     def __iter__(self) -> Iterator[list[ImageBatch]]:
         chunks = iter(self.loader)
         for count in self.chunks_per_batch:
-            yield [next(chunks) for _ in range(count)]
+            batch = [next(chunks) for _ in range(count)]
+            yield [self.gpu_decoder(batch)] if self.gpu_decoder is not None else batch

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from ..errors import UnknownLayerError, message
+from ..errors import UnknownLayerError, WeightsError, message
 from ..store import LayerSpec
 from . import _onednn as onednn
 from ._allocator import reuse_freed_memory
@@ -25,14 +25,19 @@ from ._config import PRECISIONS
 from ._layers import LayerIndex, trial_forward
 from ._models import LoadedModel
 from ._pooling import effective_pool, pool_features
+from ._timm import TimmNetwork
 
 __all__ = [
     "CPU_FORWARD_BYTES",
+    "LAYOUTS",
+    "ForwardConfig",
+    "default_layout",
     "LayerPlan",
     "FeatureExtractor",
     "probe_layers",
     "build_extractor",
     "prepare_extractor",
+    "layouts_for",
 ]
 
 # Activation memory one CPU forward pass may use (batches are sliced to fit it),
@@ -40,6 +45,71 @@ __all__ = [
 # (input and output of a layer, plus oneDNN's reordered copy: measured on VGG16).
 CPU_FORWARD_BYTES = 512 << 20
 _ACTIVATION_COPIES = 3
+
+#: Memory layouts a network can run in: ``blocked`` (fp32 on the CPU: chains of
+#: convolutions in oneDNN's blocked layout, :mod:`featx.extraction._onednn`),
+#: ``channels_last`` (NHWC weights and activations) and ``contiguous`` (plain NCHW).
+LAYOUTS = ("blocked", "channels_last", "contiguous")
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    """How the network runs: images per pass and memory layout.
+
+    Both change the last bits of the features (the kernels sum in another
+    order), never their meaning: an extraction records them in its store
+    (:meth:`attrs`) and a resumed or extended run reuses them, so that every
+    row of a store is computed the same way, whichever engine or run computed it.
+
+    Attributes
+    ----------
+    micro_batch : int
+        Images per pass through the network (see :class:`FeatureExtractor`).
+    layout : str
+        One of :data:`LAYOUTS`.
+    """
+
+    micro_batch: int
+    layout: str
+
+    #: Root attributes of a store that record the configuration.
+    ATTRS = ("forward_micro_batch", "forward_layout", "forward_device")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.micro_batch, bool) or not isinstance(self.micro_batch, int) or self.micro_batch < 1:
+            raise ValueError(message("micro_batch", allowed="a positive integer", got=self.micro_batch))
+        if self.layout not in LAYOUTS:
+            raise ValueError(message("layout", allowed=", ".join(LAYOUTS), got=self.layout))
+
+    def attrs(self, device: torch.device) -> dict[str, object]:
+        """The store's root attributes that record this configuration for *device*."""
+        return {"forward_micro_batch": self.micro_batch, "forward_layout": self.layout, "forward_device": device.type}
+
+    def describe(self) -> str:
+        """``"4 images per pass, channels_last"``."""
+        return f"{self.micro_batch} image{'s' if self.micro_batch != 1 else ''} per pass, {self.layout}"
+
+
+def default_layout(device: torch.device, precision: str = "fp32") -> str:
+    """The layout a network runs in without autotuning.
+
+    ``channels_last`` on CUDA (what tensor cores want); on the CPU ``blocked``
+    in fp32 where this torch has oneDNN (it gives the bits of plain NCHW
+    without reordering every activation twice per convolution), else ``contiguous``.
+    """
+    if device.type == "cuda":
+        return "channels_last"
+    return "blocked" if _blocked_runs(device, precision) else "contiguous"
+
+
+def _blocked_runs(device: torch.device, precision: str) -> bool:
+    """oneDNN's blocked chains: fp32 convolutions on a CPU whose torch has oneDNN."""
+    return device.type == "cpu" and PRECISIONS[precision] is None and onednn.available()
+
+
+def layouts_for(device: torch.device, precision: str = "fp32") -> tuple[str, ...]:
+    """The layouts that can run on *device* in *precision* (``blocked``: fp32 on a CPU with oneDNN)."""
+    return tuple(layout for layout in LAYOUTS if layout != "blocked" or _blocked_runs(device, precision))
 
 
 @dataclass(frozen=True)
@@ -113,22 +183,30 @@ class FeatureExtractor(torch.nn.Module):
         self.nodes = nodes
         self.pools = pools
         self.micro_batch = micro_batch
+        # Whether every pass gets its input in channels_last (prepare_extractor sets it).
+        # A bool, not a torch.memory_format: the extractor is pickled to Ray workers,
+        # and pickle finds memory formats by searching sys.modules, where another
+        # module that re-exports torch (sklearn's array_api_compat) can come first.
+        self.channels_last = False
         unique = sorted(set(nodes.values()))
-        self.body = create_feature_extractor(model, return_nodes={n: n for n in unique})
-        _copy_reused_outputs(self.body)
+        if isinstance(model, TimmNetwork):
+            self.body = model.feature_body(unique)  # timm's own forward_intermediates / forward_head
+        else:
+            self.body = create_feature_extractor(model, return_nodes={n: n for n in unique})
+            _copy_reused_outputs(self.body)
 
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         size = self.micro_batch
         if size is None or len(pixels) == size:
-            return self._pooled(pixels)
+            return self._pooled(self._in_layout(pixels))
         n = len(pixels)
         slices = []
         for start in range(0, n, size):
             part = pixels[start : start + size]
             if len(part) < size:
                 padding = part.new_zeros((size - len(part), *part.shape[1:]))
-                part = torch.cat([part, padding]).contiguous(memory_format=_memory_format(pixels))
-            slices.append(self._pooled(part))
+                part = torch.cat([part, padding])
+            slices.append(self._pooled(self._in_layout(part)))
         if len(slices) == 1:
             return {name: value[:n] for name, value in slices[0].items()}
         return {name: torch.cat([s[name] for s in slices])[:n] for name in self.nodes}
@@ -137,12 +215,11 @@ class FeatureExtractor(torch.nn.Module):
         outputs = self.body(pixels)
         return {name: pool_features(outputs[node], self.pools[name]) for name, node in self.nodes.items()}
 
-
-def _memory_format(pixels: torch.Tensor) -> torch.memory_format:
-    """The layout of *pixels*, so that a padded slice keeps it (cuDNN's choice depends on it)."""
-    if pixels.dim() == 4 and not pixels.is_contiguous() and pixels.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+    def _in_layout(self, pixels: torch.Tensor) -> torch.Tensor:
+        """*pixels* in the layout of the network's weights: the kernels' choice, and so the bits, depend on it."""
+        if pixels.dim() != 4:
+            return pixels
+        return pixels.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
 
 def _copy_reused_outputs(body: torch.fx.GraphModule) -> None:
@@ -206,9 +283,15 @@ def probe_layers(loaded: LoadedModel, layer_names: Sequence[str], pool: str) -> 
         The network cannot run at the preprocessing's crop size.
     """
     crop = loaded.preprocessing.crop
-    index = LayerIndex(loaded.module, image_size=crop, name=loaded.name)
-    nodes = {name: index.resolve(name) for name in layer_names}
-    probe = create_feature_extractor(loaded.module, return_nodes={n: n for n in set(nodes.values())}).eval()
+    if isinstance(loaded.module, TimmNetwork):
+        index = loaded.module.layer_index(image_size=crop)
+        nodes = {name: index.resolve(name) for name in layer_names}
+        probe = loaded.module.feature_body(sorted(set(nodes.values()))).eval()
+    else:
+        index = LayerIndex(loaded.module, image_size=crop, name=loaded.name)
+        nodes = {name: index.resolve(name) for name in layer_names}
+        probe = create_feature_extractor(loaded.module, return_nodes={n: n for n in set(nodes.values())}).eval()
+    _check_trained(loaded, nodes)
     with _largest_output(loaded.module) as largest:
         outputs = trial_forward(probe, crop, loaded.name)
     for name, node in nodes.items():
@@ -222,6 +305,24 @@ def probe_layers(loaded: LoadedModel, layer_names: Sequence[str], pool: str) -> 
         dims = {name: int(pool_features(outputs[node], pools[name]).shape[1]) for name, node in nodes.items()}
     max_images = max(1, CPU_FORWARD_BYTES // (_ACTIVATION_COPIES * max(largest[0], 3 * crop * crop * 4)))
     return LayerPlan(nodes=nodes, source_shapes=source_shapes, pools=pools, dims=dims, max_images=max_images)
+
+
+def _check_trained(loaded: LoadedModel, nodes: dict[str, str]) -> None:
+    """Refuse layers computed by modules the weights file had no weights for (a Keras ``_notop`` file's top)."""
+    refused = [
+        f"{name} (node {node})"
+        for name, node in nodes.items()
+        if any(node == module or node.startswith(module + ".") for module in loaded.untrained)
+    ]
+    if refused:
+        raise WeightsError(
+            message(
+                f"the weights file has no weights for {', '.join(loaded.untrained)} of {loaded.name}, "
+                f"which computes {', '.join(refused)}",
+                hint="choose a layer before it (a Keras include_top=False file: up to block5_pool); "
+                f"list them with `run_pipeline.py layers --model {loaded.name}`",
+            )
+        )
 
 
 def build_extractor(
@@ -243,23 +344,50 @@ def build_extractor(
     return extractor.eval(), plan.source_shapes, plan.nodes
 
 
-def prepare_extractor(extractor: FeatureExtractor, device: torch.device, precision: str = "fp32") -> FeatureExtractor:
-    """Move an extractor to *device* the way the engine runs it.
+def prepare_extractor(
+    extractor: FeatureExtractor, device: torch.device, precision: str = "fp32", layout: str | None = None
+) -> FeatureExtractor:
+    """Move an extractor to *device* and into a memory layout, the way the engine runs it.
 
-    On CUDA: ``channels_last`` (what tensor cores want) and cuDNN autotuning.
-    On the CPU: the process keeps freed memory for the next batch
-    (:func:`reuse_freed_memory`), and in fp32 chains of convolutions run in
-    oneDNN's blocked layout (:mod:`featx.extraction._onednn`), which gives the same bits
-    without reordering every activation twice per convolution.  Not
-    ``channels_last``: oneDNN's NHWC kernels sum in another order, and CPU
-    features must not depend on settings.
+    Parameters
+    ----------
+    extractor : FeatureExtractor
+        Its parameters are moved (and, for ``channels_last``, converted) in place.
+    device : torch.device
+    precision : str
+        One of :data:`~featx.extraction.PRECISIONS`.
+    layout : str, optional
+        One of :data:`LAYOUTS` that runs on *device* (:func:`layouts_for`); by
+        default :func:`default_layout`.
+
+    Notes
+    -----
+    ``blocked``: chains of convolutions run in oneDNN's blocked layout
+    (:mod:`featx.extraction._onednn`), the same bits as ``contiguous`` without
+    reordering every activation twice per convolution.  ``channels_last``:
+    weights and every pass's input in NHWC, which oneDNN and cuDNN run with
+    other kernels (other bits in the last places; faster for some networks).
+    On CUDA, cuDNN autotuning is turned on; on the CPU the process keeps freed
+    memory for the next batch (:func:`reuse_freed_memory`).
+
+    Raises
+    ------
+    ValueError
+        *layout* is unknown or cannot run on *device* in *precision*.
     """
+    layout = default_layout(device, precision) if layout is None else layout
+    if layout not in layouts_for(device, precision):
+        allowed = f"{', '.join(layouts_for(device, precision))} on {device.type} in {precision}"
+        raise ValueError(message("layout", allowed=allowed, got=layout))
     extractor = extractor.to(device)
-    if device.type == "cuda":
+    if layout == "channels_last":
         extractor = extractor.to(memory_format=torch.channels_last)
+        extractor.channels_last = True
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     else:
         reuse_freed_memory()
-        if PRECISIONS[precision] is None and onednn.available():
+        if layout == "blocked" and isinstance(extractor.body, torch.fx.GraphModule):
+            # A timm body is no traced graph: it runs as it is ('contiguous').
             extractor.body = onednn.blocked_layout(extractor.body)
     return extractor

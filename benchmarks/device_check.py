@@ -1,0 +1,254 @@
+#!/usr/bin/env python
+"""One-shot check of featx on a GPU: throughput from JPEG files, the ceilings, memory, and the GPU tests.
+
+Run from the repository root, in the project's environment, on a machine with
+a CUDA GPU (it installs nothing and needs no network; ``--weights none``)::
+
+    .venv/bin/python benchmarks/device_check.py            # about 5 minutes, at most 8
+    python benchmarks/device_check.py --images 4096        # shorter
+
+It prints, for ResNet-50 ``penultimate``:
+
+1. the machine: GPU, torch, torchvision, nvJPEG, cores;
+2. the forward-only ceiling: featx's truncated network (pooling included) on
+   random tensors already on the GPU, in fp32, bf16 and fp16, in featx's
+   autotuned configuration, images/s, and the peak device memory;
+3. the decode ceilings: featx's input pipeline alone (files -> preprocessed
+   batch on the GPU), with the JPEGs decoded on the CPU (PIL in one worker
+   per core) and on the GPU (nvJPEG batches), images/s;
+4. featx end to end (``extract_features``, files -> finished store) for each
+   precision with CPU and with GPU decoding: images/s, the ratio to the smaller
+   of its forward and decode ceilings, and the peak device memory; against the
+   targets of issue 13 (>= 5,000 images/s and >= 0.8 of that ceiling);
+5. the GPU tests of the suite (``tests/extraction/test_cuda.py`` and
+   ``test_gpu_decode.py``), with their pytest summary.
+
+The JPEGs are the data folder's (``--data``; by default
+``../shared/data/hymenoptera_data`` when it exists) or, where there is none,
+synthetic photographs written once into a temporary folder; a folder of
+symbolic links cycles through them up to ``--images``.  Each measurement is
+bounded in time (``--seconds``) so that the whole script stays under 8 minutes.
+Without a GPU it says so, runs the (then skipped) GPU tests, and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a clone without installing
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "hymenoptera_data"
+PRECISIONS = ("fp32", "bf16", "fp16")
+MODEL, LAYER = "resnet50", "penultimate"
+TARGET_IMAGES_PER_SECOND = 5000
+TARGET_RATIO = 0.8
+GPU_TESTS = ("tests/extraction/test_cuda.py", "tests/extraction/test_gpu_decode.py")
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def synthetic_jpegs(root: Path, count: int) -> Path:
+    """*count* photograph-like JPEGs (smooth colour fields plus noise, ImageNet-like sizes) in two class folders."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k in range(count):
+        width, height = int(rng.integers(300, 640)), int(rng.integers(240, 500))
+        y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+        base = [np.sin(x / rng.uniform(20, 80) + rng.uniform(0, 6)) + np.cos(y / rng.uniform(20, 80)) for _ in range(3)]
+        pixels = np.stack(base, axis=-1) * 60 + 128 + rng.normal(0, 12, (height, width, 3))
+        folder = root / ("a" if k % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{k:05d}.jpg", quality=90)
+    return root
+
+
+def cycled_view(source: Path, count: int, root: Path) -> Path:
+    """A folder of *count* symbolic links cycling through the JPEGs of *source*, keeping class folders."""
+    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    for k in range(count):
+        original = files[k % len(files)]
+        relative = original.relative_to(source)
+        target = root / relative.with_name(f"{relative.stem}~{k // len(files)}{relative.suffix}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(original.resolve())
+    return root
+
+
+def run_gpu_tests(timeout: float) -> None:
+    say(f"\n== GPU tests: pytest {' '.join(GPU_TESTS)}")
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *GPU_TESTS]
+    try:
+        process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
+        lines = (process.stdout + process.stderr).strip().splitlines()
+        say("\n".join(lines[-25:]))
+        say(f"(exit code {process.returncode})")
+    except subprocess.TimeoutExpired:
+        say(f"the GPU tests did not finish within {timeout:.0f} s")
+
+
+def forward_ceiling(loaded, plan, device, precision: str, batch_size: int, seconds: float) -> dict:
+    """images/s of the autotuned truncated network on random tensors on the GPU, and its peak memory."""
+    import torch
+
+    from featx.extraction import FeatureExtractor, autocast, choose_forward_config, prepare_extractor
+
+    choice = choose_forward_config(
+        loaded, plan, path=Path("/nonexistent/featx.h5"), overwrite=True, batch_size=batch_size,
+        device=device, precision=precision, autotune=True,
+    )
+    # A copy: preparing converts the weights in place, and the next precision starts from the model as loaded.
+    module = copy.deepcopy(loaded.module)
+    extractor = FeatureExtractor(module, plan.nodes, plan.pools, micro_batch=choice.config.micro_batch)
+    extractor = prepare_extractor(extractor.eval(), device, precision, choice.config.layout)
+    pixels = torch.randn(batch_size, 3, loaded.preprocessing.crop, loaded.preprocessing.crop, device=device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode(), autocast(device, precision):
+        for _ in range(3):
+            extractor(pixels)
+        torch.cuda.synchronize(device)
+        passes, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            extractor(pixels)
+            passes += 1
+        torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+    return {
+        "images_per_second": passes * batch_size / elapsed,
+        "config": choice.config.describe(),
+        "peak_bytes": torch.cuda.max_memory_allocated(device),
+    }
+
+
+def decode_ceiling(data: Path, preprocessing, device, decode: str, batch_size: int, seconds: float) -> float:
+    """images/s of featx's input pipeline alone (files -> preprocessed batch on the GPU)."""
+    import torch
+
+    from featx.extraction import BatchJoiner, ImageLoader, default_workers, discover_images
+
+    collection = discover_images(data)
+    loader = ImageLoader(
+        collection, preprocessing, indices=range(len(collection)), batch_size=batch_size,
+        workers=default_workers(device), device=device, decode=decode,
+    )
+    joiner = BatchJoiner(device)
+    images, start = 0, None
+    for chunks in loader:
+        pixels = [chunk.pixels for chunk in chunks if chunk.pixels is not None]
+        joiner(pixels)
+        if start is None:  # the first batch includes starting the workers
+            torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            continue
+        images += sum(len(chunk.indices) for chunk in chunks)
+        if time.perf_counter() - start > seconds:
+            break
+    torch.cuda.synchronize(device)
+    return images / (time.perf_counter() - start)
+
+
+def end_to_end(data: Path, out: Path, device, precision: str, decode: str, batch_size: int) -> dict:
+    import torch
+
+    from featx.extraction import ExtractConfig, extract_features
+
+    torch.cuda.reset_peak_memory_stats(device)
+    result = extract_features(
+        ExtractConfig(
+            data=data, out=out, model=MODEL, layers=(LAYER,), weights="none", batch_size=batch_size,
+            device=str(device), precision=precision, decode=decode, overwrite=True, progress=False,
+        )
+    )
+    out.unlink(missing_ok=True)
+    return {"images_per_second": result.images_per_second, "peak_bytes": torch.cuda.max_memory_allocated(device)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA if DEFAULT_DATA.is_dir() else None)
+    parser.add_argument("--images", type=int, default=16384, help="images per end-to-end run (default: 16384)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--seconds", type=float, default=8.0, help="seconds per ceiling measurement (default: 8)")
+    parser.add_argument("--synthetic", type=int, default=1024, help="synthetic JPEGs to write when there is no --data")
+    parser.add_argument("--skip-tests", action="store_true")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+
+    import torch
+    import torchvision
+
+    from featx.extraction import gpu_decoding_available, load_model, probe_layers
+
+    say("== machine")
+    say(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {len(os.sched_getaffinity(0))} cores")
+    if not torch.cuda.is_available():
+        say("no CUDA GPU visible to torch: nothing to measure here; the GPU figures need a machine with one.")
+        if not args.skip_tests:
+            run_gpu_tests(timeout=240)
+        say(f"\ndone in {time.perf_counter() - started:.0f} s (no GPU)")
+        return 0
+    device = torch.device("cuda")
+    properties = torch.cuda.get_device_properties(device)
+    memory = properties.total_memory / 2**30
+    say(f"GPU: {properties.name}, {memory:.0f} GiB; nvJPEG decoder: {gpu_decoding_available()}")
+    os.environ.setdefault("FEATX_CACHE_DIR", tempfile.mkdtemp(prefix="featx-cache-"))
+
+    with tempfile.TemporaryDirectory(prefix="featx-device-check-") as tmp:
+        tmp = Path(tmp)
+        source = args.data
+        if source is None:
+            say(f"\nno data folder: writing {args.synthetic} synthetic JPEGs ...")
+            source = synthetic_jpegs(tmp / "synthetic", args.synthetic)
+        data = cycled_view(source, args.images, tmp / "view")
+        say(f"data: {args.images:,} JPEGs cycling through {source}; batch size {args.batch_size}")
+
+        loaded = load_model(MODEL, weights="none")
+        plan = probe_layers(loaded, (LAYER,), "avg")
+        say(f"\n== forward-only ceiling ({MODEL} {LAYER}, random tensors on the GPU, autotuned configuration)")
+        forward = {}
+        for precision in PRECISIONS:
+            forward[precision] = forward_ceiling(loaded, plan, device, precision, args.batch_size, args.seconds / 2)
+            f = forward[precision]
+            peak = f["peak_bytes"] / 2**30
+            say(f"{precision}: {f['images_per_second']:9,.0f} images/s  ({f['config']}; peak {peak:.2f} GiB)")
+
+        say("\n== decode ceilings (files -> preprocessed batch on the GPU, no network)")
+        decode = {}
+        for where in ("cpu", "gpu") if gpu_decoding_available() else ("cpu",):
+            decode[where] = decode_ceiling(data, loaded.preprocessing, device, where, args.batch_size, args.seconds)
+            say(f"{where} decode: {decode[where]:9,.0f} images/s")
+
+        say(f"\n== featx end to end ({args.images:,} JPEG files -> finished store)")
+        say(f"{'precision':>9} {'decode':>6} {'images/s':>10} {'ceiling':>9} {'ratio':>6} {'peak GiB':>9}  targets")
+        for precision in PRECISIONS:
+            for where in decode:
+                if time.perf_counter() - started > 6 * 60:
+                    say("(stopping the end-to-end runs: 6 minutes spent)")
+                    break
+                run = end_to_end(data, tmp / "store.h5", device, precision, where, args.batch_size)
+                ceiling = min(forward[precision]["images_per_second"], decode[where])
+                ratio = run["images_per_second"] / ceiling
+                met = run["images_per_second"] >= TARGET_IMAGES_PER_SECOND and ratio >= TARGET_RATIO
+                say(
+                    f"{precision:>9} {where:>6} {run['images_per_second']:10,.0f} {ceiling:9,.0f} {ratio:6.2f} "
+                    f"{run['peak_bytes'] / 2**30:9.2f}  {'met' if met else 'NOT met'} "
+                    f"(>= {TARGET_IMAGES_PER_SECOND:,}/s and >= {TARGET_RATIO} x ceiling)"
+                )
+    if not args.skip_tests:
+        run_gpu_tests(timeout=max(30.0, 7.5 * 60 - (time.perf_counter() - started)))
+    say(f"\ndone in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
