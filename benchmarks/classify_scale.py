@@ -1,28 +1,32 @@
 #!/usr/bin/env python
 """Classification at scale: fit and predict time, peak RSS and accuracy per family, featx vs scikit-learn defaults.
 
-For each ``--rows`` x ``--dim`` x ``--classes`` case a synthetic format-1
-store is written through :class:`featx.store.StoreWriter`: class centres in a
-64-dimensional latent space, projected to D columns through a random matrix,
-rectified, plus noise (correlated, CNN-like columns), 80 % ``train`` / 20 %
-``test`` split, float32.  Every measurement runs in a FRESH subprocess, which
-reports its own peak RSS (``VmHWM`` of ``/proc/self/status``) for the whole
-process: imports, join, fit, evaluation and the written run folder.
+For each ``--case ROWSxDIMxCLASSES`` a synthetic format-1 store is written
+through :class:`featx.store.StoreWriter`: class centres in a 64-dimensional
+latent space, projected to D columns through a random matrix, rectified, plus
+noise (correlated, CNN-like columns), 80 % ``train`` / 20 % ``test`` split,
+float32.  ``--store STORE[:LAYER]`` adds a real store (its stored split, or
+featx's stratified hold-out).  Every measurement runs in a FRESH subprocess;
+its peak RSS is the whole process's (``ru_maxrss`` of that child, from
+``os.wait4``): imports, join, fit, evaluation and the written run folder.
 
 featx
     ``featx.classify(store, models=family, memory=...)``: what the command runs.
 sklearn
-    The same rows read with ``featx.open_store``, ``StandardScaler`` then the
-    estimator with its defaults (``LinearSVC``, ``LogisticRegression``,
-    ``GaussianNB``, ``XGBClassifier``), as a user would write it.
+    The same train and evaluation rows (featx's join and split), read whole,
+    ``StandardScaler`` then the estimator with its defaults (``LinearSVC``,
+    ``LogisticRegression``, ``GaussianNB``, ``XGBClassifier``, ``MLPClassifier``),
+    as a user would write it.
 
 Usage::
 
-    python benchmarks/classify_scale.py --rows 1088 --dim 4608 --classes 17
-    python benchmarks/classify_scale.py --rows 50000 --dim 512 --classes 10 --families svm,logreg
-    python benchmarks/classify_scale.py --rows 300000 --dim 2048 --classes 100 --families bayes --memory 3G
+    python benchmarks/classify_scale.py --case 1088x4608x17 --repeats 3
+    python benchmarks/classify_scale.py --case 50000x512x10 --families svm,logreg --repeats 3
+    python benchmarks/classify_scale.py --case 300000x2048x100 --families bayes,logreg,svm --tools featx --repeats 1
+    python benchmarks/classify_scale.py --store features/digits/resnet18.h5 --families xgboost
 
-Prints a table (medians over ``--repeats``) and writes ``--json``.
+The pairs are interleaved (featx, sklearn, featx, ...), since the machine may
+be shared.  Prints a table (medians over ``--repeats``) and writes ``--json``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -76,15 +81,6 @@ def write_store(path: Path, rows: int, dim: int, classes: int, seed: int = 0, bl
     return path
 
 
-def _peak_rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def child(args: argparse.Namespace) -> dict:
     """One measurement, in this (fresh) process."""
     import warnings
@@ -92,105 +88,193 @@ def child(args: argparse.Namespace) -> dict:
     if args.tool == "featx":
         import featx
 
+        from featx.classification import FAMILIES
+
         options = {"memory": args.memory} if args.memory else {}
+        # --param values apply to the families that declare them (max_iter caps a memory-only measurement).
+        params = dict(p.split("=", 1) for p in args.param)
+        params = {k: v for k, v in params.items() if k in FAMILIES[args.family].params}
+        _preload()
         started = time.perf_counter()
-        run = featx.classify(str(args.store), models=args.family, out=args.out, plots=False, **options)
+        run = featx.classify(args.store_path, models=args.family, out=args.out, plots=False, params=params, **options)
         total = time.perf_counter() - started
         r = run.results[0]
         return {"fit_s": r.fit_seconds, "predict_s": r.predict_seconds, "total_s": total, "accuracy": r.accuracy,
-                "converged": not r.warnings, "path": run.fit.path, "peak_rss": _peak_rss()}
+                "converged": not r.warnings, "path": run.fit.path, "fit_input": r.fit_input}
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.preprocessing import StandardScaler
 
-    from featx import open_store
+    from featx.classification import join_features, plan_evaluation
 
     started = time.perf_counter()
-    with open_store(args.store) as store:
-        X, y, train = store.features("f"), store.labels, store.splits == "train"
+    joined = join_features([args.store_path])
+    train, test = plan_evaluation(joined, cv=None, test_size=0.25, seed=0).folds[0]
+    X, y = joined.X, joined.labels
     estimator = _sklearn_default(args.family)
     scaler = StandardScaler().fit(X[train])
-    Xtr, Xte = scaler.transform(X[train]), scaler.transform(X[~train])
+    Xtr, Xte = scaler.transform(X[train]), scaler.transform(X[test])
     t = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         estimator.fit(Xtr, y[train])
     fit = time.perf_counter() - t
     t = time.perf_counter()
-    accuracy = float(np.mean(estimator.predict(Xte) == y[~train]))
+    accuracy = float(np.mean(estimator.predict(Xte) == y[test]))
     return {"fit_s": fit, "predict_s": time.perf_counter() - t, "total_s": time.perf_counter() - started,
             "accuracy": accuracy, "converged": not any(issubclass(w.category, ConvergenceWarning) for w in caught),
-            "path": "in-memory", "peak_rss": _peak_rss()}
+            "path": "in-memory", "fit_input": "matrix"}
+
+
+def _preload() -> None:
+    """Import what the featx fit imports lazily, so that both tools' fit times exclude imports."""
+    import importlib
+
+    for module in ("sklearn.compose", "sklearn.linear_model", "sklearn.naive_bayes", "sklearn.neural_network",
+                   "sklearn.preprocessing", "sklearn.svm", "xgboost"):
+        importlib.import_module(module)
 
 
 def _sklearn_default(family: str):
     from sklearn.linear_model import LogisticRegression
     from sklearn.naive_bayes import GaussianNB
+    from sklearn.neural_network import MLPClassifier
     from sklearn.svm import LinearSVC
     from xgboost import XGBClassifier
 
-    return {"svm": LinearSVC, "logreg": LogisticRegression, "bayes": GaussianNB, "xgboost": XGBClassifier}[family]()
+    return {"svm": LinearSVC, "logreg": LogisticRegression, "bayes": GaussianNB, "xgboost": XGBClassifier,
+            "mlp": MLPClassifier}[family]()
 
 
-def measure(store: Path, tool: str, family: str, memory: str | None, timeout: float, folder: Path) -> dict:
-    command = [sys.executable, __file__, "--child", "--tool", tool, "--family", family, "--store", str(store),
+def measure(store: Path, tool: str, family: str, memory: str | None, timeout: float, folder: Path,
+            params: list[str]) -> dict:
+    """One measurement in a fresh child process; its peak RSS from the kernel's accounting of that child."""
+    command = [sys.executable, __file__, "--child", "--tool", tool, "--family", family, "--store-path", str(store),
                "--out", str(folder / f"{tool}-{family}-{time.monotonic_ns()}")]
     if memory:
         command += ["--memory", memory]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {timeout:.0f} s"}
-    if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    for param in params:
+        command += ["--param", param]
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        child_process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True, cwd=REPO)
+        timer = threading.Timer(timeout, child_process.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(child_process.pid, 0)
+        finally:
+            timer.cancel()
+        child_process.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        stderr.seek(0)
+        out, err = stdout.read(), stderr.read()
+    if child_process.returncode != 0:
+        if child_process.returncode == -9:
+            return {"error": f"killed after {timeout:.0f} s"}
+        return {"error": (err.strip().splitlines() or ["?"])[-1]}
+    # ru_maxrss is in KiB on Linux: the peak resident set of the whole child process.  Its CPU seconds
+    # (every thread, imports included) say more than wall seconds on a machine that others load.
+    return {**json.loads(out.strip().splitlines()[-1]), "peak_rss": usage.ru_maxrss * 1024,
+            "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
 def _median(runs: list[dict]) -> dict:
     good = [r for r in runs if "error" not in r]
     if not good:
         return runs[0]
-    out = {k: statistics.median(r[k] for r in good) for k in ("fit_s", "predict_s", "total_s", "accuracy", "peak_rss")}
-    out.update(converged=all(r["converged"] for r in good), path=good[0]["path"], repeats=len(good))
+    keys = ("fit_s", "predict_s", "total_s", "cpu_s", "accuracy", "peak_rss")
+    out = {k: statistics.median(r[k] for r in good) for k in keys}
+    out.update(converged=all(r["converged"] for r in good), path=good[0]["path"], fit_input=good[0]["fit_input"],
+               repeats=len(good))
     return out
+
+
+def _case(text: str) -> tuple[int, int, int]:
+    try:
+        rows, dim, classes = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a case is ROWSxDIMxCLASSES, e.g. 1088x4608x17; got {text!r}") from None
+    return rows, dim, classes
+
+
+def _store_shape(spec: str) -> tuple[int, int, int]:
+    from featx.classification import join_features
+
+    joined = join_features([spec], load=False)
+    return len(joined.ids), joined.n_features, len(joined.classes)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[1088])
-    parser.add_argument("--dim", type=int, default=4608)
-    parser.add_argument("--classes", type=int, default=17)
+    parser.add_argument("--case", type=_case, action="append", help="ROWSxDIMxCLASSES of a synthetic store (repeatable)")
+    parser.add_argument("--store", dest="stores", action="append", default=[], help="a real STORE[:LAYER] (repeatable)")
     parser.add_argument("--families", default="svm,logreg,bayes,xgboost")
     parser.add_argument("--tools", default="featx,sklearn")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory", help="featx's --memory (default: the RAM available)")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds before one measurement is abandoned")
-    parser.add_argument("--workdir", type=Path, help="where the stores go (default: a temporary folder)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="a featx classifier parameter, for the families that declare it (repeatable)")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds before one measurement is abandoned")
+    parser.add_argument("--workdir", type=Path, help="where the synthetic stores go (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=Path("classify_scale.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tool", help=argparse.SUPPRESS)
     parser.add_argument("--family", help=argparse.SUPPRESS)
-    parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--store-path", dest="store_path", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(args)))
         return 0
+    cases = args.case or ([] if args.stores else [(1088, 4608, 17)])
+    results = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         folder = Path(tmp)
-        results = []
-        for rows in args.rows:
-            store = write_store(folder / f"synthetic-{rows}x{args.dim}.h5", rows, args.dim, args.classes)
-            matrix = rows * args.dim * 4
+        inputs = [(spec, *_store_shape(spec)) for spec in args.stores]
+        for rows, dim, classes in cases:
+            started = time.perf_counter()
+            store = write_store(folder / f"synthetic-{rows}x{dim}x{classes}.h5", rows, dim, classes)
+            print(f"wrote {store.name} in {time.perf_counter() - started:.0f} s", flush=True)
+            inputs.append((str(store), rows, dim, classes))
+        for store, rows, dim, classes in inputs:
             for family in args.families.split(","):
-                for tool in args.tools.split(","):
-                    runs = [measure(store, tool, family, args.memory if tool == "featx" else None, args.timeout, folder)
-                            for _ in range(args.repeats)]
-                    row = {"rows": rows, "dim": args.dim, "classes": args.classes, "family": family, "tool": tool,
-                           "matrix_bytes": matrix, **_median(runs), "runs": runs}
+                tools = args.tools.split(",")
+                runs: dict[str, list[dict]] = {tool: [] for tool in tools}
+                for _ in range(args.repeats):  # interleaved: featx, sklearn, featx, ...
+                    for tool in tools:
+                        memory = args.memory if tool == "featx" else None
+                        params = args.param if tool == "featx" else []
+                        runs[tool].append(measure(store, tool, family, memory, args.timeout, folder, params))
+                for tool in tools:
+                    row = {"store": Path(store).name, "rows": rows, "dim": dim, "classes": classes, "family": family,
+                           "tool": tool, "matrix_bytes": rows * dim * 4, **_median(runs[tool]), "runs": runs[tool]}
                     results.append(row)
                     print(_line(row), flush=True)
+            if Path(store).parent == folder:
+                Path(store).unlink()  # the large synthetic stores go as soon as they are measured
     args.json.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "results": results}, indent=2) + "\n")
+    print(_table(results))
     return 0
+
+
+def _table(results: list[dict]) -> str:
+    """featx and sklearn side by side: one line per case and family (medians)."""
+    head = ("| rows x dim, classes | family | featx fit s | predict s | process CPU s | peak RSS (x matrix) | acc | conv "
+            "| sklearn fit s | predict s | process CPU s | peak RSS (x matrix) | acc | conv |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    keyed = {}
+    for r in results:
+        keyed.setdefault((r["rows"], r["dim"], r["classes"], r["family"]), {})[r["tool"]] = r
+    for (rows, dim, classes, family), tools in keyed.items():
+        cells = [f"{rows:,} x {dim:,}, {classes}", family]
+        for tool in ("featx", "sklearn"):
+            r = tools.get(tool)
+            if r is None or "error" in r:
+                cells += [r["error"] if r else "-", "", "", "", "", ""]
+                continue
+            rss = f"{r['peak_rss'] / 2**30:.2f} GiB ({r['peak_rss'] / r['matrix_bytes']:.2f}x)"
+            cells += [f"{r['fit_s']:.2f}", f"{r['predict_s']:.2f}", f"{r['cpu_s']:.1f}", rss, f"{r['accuracy']:.3f}",
+                      "yes" if r["converged"] else "NO"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _line(row: dict) -> str:
@@ -198,8 +282,9 @@ def _line(row: dict) -> str:
     if "error" in row:
         return f"{head} {row['error']}"
     return (f"{head} fit {row['fit_s']:8.2f}s  predict {row['predict_s']:6.2f}s  total {row['total_s']:8.2f}s  "
-            f"acc {row['accuracy']:.3f}  converged {str(row['converged']):<5}  peak RSS "
-            f"{row['peak_rss'] / 2**30:5.2f} GiB ({row['peak_rss'] / row['matrix_bytes']:.2f}x matrix)  {row['path']}")
+            f"cpu {row['cpu_s']:7.1f}s  acc {row['accuracy']:.3f}  converged {str(row['converged']):<5}  peak RSS "
+            f"{row['peak_rss'] / 2**30:5.2f} GiB ({row['peak_rss'] / row['matrix_bytes']:.2f}x matrix)  {row['path']} "
+            f"({row['fit_input']})")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ A worked example is in :func:`run_classification`'s docstring.
 
 from typing import TYPE_CHECKING
 
-from ._pipeline import NORMALIZERS, build_pipeline
+from ._pipeline import NORMALIZERS, build_pipeline, fit_in_place
 from ._registry import FAMILIES, Family, Param, all_params, param_help, parse_models, resolve_params, xgboost_device
 
 if TYPE_CHECKING:  # what _LAZY serves, for type checkers and readers
@@ -76,6 +76,7 @@ __all__ = [
     "ClassifyConfig",
     "ClassifyRun",
     "build_pipeline",
+    "fit_in_place",
     "format_results",
     "run_classification",
 ]

@@ -11,6 +11,7 @@ input has and reports the others.  Features are read through
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ __all__ = ["FeatureBlock", "JoinedFeatures", "parse_feature_spec", "check_featur
 # Root attributes that say how a block's features were computed; kept with
 # every classifier so that `predict` can compute the same features again.
 PROVENANCE_KEYS = (*IDENTITY_KEYS, "data_root", "featx_version")
+log = logging.getLogger("featx")
 LAYER_KEYS = ("node", "pool", "requested", "precision", "dtype")
 _EXAMPLES = 3
 
@@ -134,16 +136,17 @@ class JoinedFeatures:
         return sum(b.dim for b in self.blocks)
 
     def rows(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Features of the joined *rows* (increasing indices), read from the stores: one block of a streaming fit.
+        """Features of the joined *rows*, read from the stores: a training matrix, or one block of a streaming fit.
 
-        Rows of one block are close together in each store (stores are in
-        id order), so each input is read as one contiguous slice; when they
-        are scattered (a store written in another order), only those rows are read.
+        Each store is read in contiguous windows of at most :data:`READ_ROWS`
+        rows that hold wanted rows (never h5py fancy indexing, never a read
+        larger than one window), and only the wanted rows are kept: the result
+        is the only copy of the features made.
 
         Parameters
         ----------
         rows : ndarray of int, (n_rows,)
-            Increasing indices into the joined samples.
+            Indices into the joined samples (increasing ones read in one sweep).
         out : ndarray of float32, (>= n_rows, n_features), optional
             A buffer reused from block to block.
 
@@ -151,17 +154,13 @@ class JoinedFeatures:
         -------
         ndarray of float32, (n_rows, n_features)
         """
+        rows = np.asarray(rows, dtype=np.int64)
         if self.X is not None:
             return self.X[rows]
         block = (np.empty((rows.size, self.n_features), dtype=np.float32) if out is None else out[: rows.size])
         for source in self.sources:
-            wanted = source.rows[rows]
             with open_store(source.path) as store:
-                low, high = int(wanted.min()), int(wanted.max()) + 1
-                if high - low <= 2 * wanted.size:
-                    block[:, source.columns] = store.features(source.layer, slice(low, high))[wanted - low]
-                else:
-                    block[:, source.columns] = store.features(source.layer, wanted)
+                _read_windows(store, source, source.rows[rows], block)
         return block
 
     @property
@@ -256,6 +255,27 @@ def _no_common_ids(stores: list[FeatureStore]) -> ClassifyError:
     )
 
 
+def _warn_data_roots(stores: list[FeatureStore]) -> None:
+    """Warn when the stores were extracted from different data folders (their ``data_root`` attributes).
+
+    Ids are paths relative to the data folder, so two folders with the same
+    file names join silently even when they hold different images; a store
+    moved or re-extracted from a copy of the folder is also reported, which a
+    warning (not an error) leaves the user to judge.
+    """
+    roots = {str(store.meta["data_root"]) for store in stores if store.meta.get("data_root") is not None}
+    if len(roots) < 2:
+        return
+    described = "; ".join(f"'{store.path}' from {store.meta.get('data_root', '?')}" for store in stores)
+    log.warning(
+        message(
+            f"the feature inputs were extracted from different data roots ({described}): they are joined on "
+            "sample ids relative to each root, as if the folders held the same images",
+            hint="join stores extracted from the same data folder, or check that the folders hold the same images",
+        )
+    )
+
+
 #: Rows read from a store at a time: one contiguous h5py read each (~8 MiB at 2,048 float32 columns).
 READ_ROWS = 1024
 
@@ -280,6 +300,26 @@ class _Source:
     layer: str
     rows: np.ndarray  # (n_joined,) store row of each joined row
     columns: slice
+
+
+def _read_windows(store: FeatureStore, source: _Source, wanted: np.ndarray, out: np.ndarray) -> None:
+    """Write store rows *wanted* of one layer into ``out[:, source.columns]``, row ``i`` from ``wanted[i]``.
+
+    The wanted rows are visited in store order, in contiguous windows of at
+    most :data:`READ_ROWS` rows that start at a wanted row: dense selections
+    (a training split, a block of a streaming fit) are read in one sweep,
+    scattered ones window by window.
+    """
+    order = np.argsort(wanted, kind="stable")
+    ordered = wanted[order]
+    i = 0
+    while i < ordered.size:
+        low = int(ordered[i])
+        j = int(np.searchsorted(ordered, low + READ_ROWS, side="left"))
+        high = int(ordered[j - 1]) + 1
+        window = store.features(source.layer, slice(low, high))
+        out[order[i:j], source.columns] = window[ordered[i:j] - low]  # cast to float32 in place (float16 stores)
+        i = j
 
 
 def _scan(store: FeatureStore, source: _Source, ids: np.ndarray, out: np.ndarray | None) -> None:
@@ -350,6 +390,7 @@ def join_features(specs: Sequence[str | os.PathLike], *, load: bool = True) -> J
             raise ClassifyError(
                 message(f"a feature input is given twice: {', '.join(twice)}", hint="give each STORE:LAYER once")
             )
+        _warn_data_roots(stores)
 
         id_sets = [set(store.ids.tolist()) for store in stores]
         common = np.array(sorted(set.intersection(*id_sets)), dtype=object)

@@ -9,7 +9,9 @@ streams.  :func:`stream_fit` then reads the training rows in blocks
   variances as a fit on the whole matrix);
 - ``GaussianNB.partial_fit`` in one pass (exact);
 - logreg and the linear SVM as ``SGDClassifier`` (``log_loss`` / ``hinge``)
-  by ``partial_fit`` over :data:`EPOCHS` passes, blocks and rows shuffled.
+  by ``partial_fit`` over :data:`EPOCHS` passes, blocks and rows shuffled;
+- the MLP by ``MLPClassifier.partial_fit`` (Adam) over the same passes;
+- xgboost from an ``xgboost.DataIter`` (:mod:`._boosting`), on either path.
 
 The fitted objects are the same scikit-learn pipeline as in memory (the
 normaliser, then the estimator), so artifacts and ``predict`` do not change.
@@ -18,6 +20,7 @@ normaliser, then the estimator), so artifacts and ``predict`` do not change.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +29,12 @@ import numpy as np
 from ..errors import ClassifyError, message, option
 from ..formatting import format_bytes
 from ._join import JoinedFeatures
+from ._pipeline import fit_normaliser
 from ._registry import FAMILIES
 
-__all__ = ["FitPlan", "plan_fit", "stream_fit", "stream_predict", "EPOCHS", "MIN_BLOCK_ROWS"]
+__all__ = [
+    "FitPlan", "plan_fit", "stream_fit", "stream_predict", "row_blocks", "fit_naive_bayes", "EPOCHS", "MIN_BLOCK_ROWS",
+]
 
 log = logging.getLogger("featx")
 
@@ -38,9 +44,11 @@ EPOCHS = 5
 MIN_BLOCK_ROWS = 8
 #: Most rows a block has: larger blocks save no time, they only cost memory.
 MAX_BLOCK_ROWS = 65_536
-# A block is held a few times at once: read, normalised, and the float64
-# copy the SGD and naive Bayes solvers make of it.
+# A block is held a few times at once: as read, normalised, shuffled, and
+# the solver's own per-class or minibatch views of it.
 _BLOCK_COPIES = 4
+#: Bytes of the blocks an in-memory fit normalises and predicts at a time.
+IN_MEMORY_BLOCK_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -55,15 +63,16 @@ class FitPlan:
         Bytes.
     matrix_bytes : int
         Size of the joined float32 matrix.
-    block_rows : int or None
-        Rows per block when streaming.
+    block_rows : int
+        Rows per block: of a streaming fit, or (in memory) normalised and
+        predicted at a time, and handed to xgboost at a time.
     """
 
     path: str
     reason: str
     memory_budget: int
     matrix_bytes: int
-    block_rows: int | None = None
+    block_rows: int
 
     @property
     def streaming(self) -> bool:
@@ -111,7 +120,8 @@ def plan_fit(n_rows: int, n_features: int, memory: int, *, models: tuple[str, ..
     matrix = n_rows * n_features * 4
     if matrix <= memory:
         reason = f"the {format_bytes(matrix)} feature matrix fits the {format_bytes(memory)} memory budget"
-        return FitPlan("in-memory", reason, memory, matrix)
+        block = max(MIN_BLOCK_ROWS, min(MAX_BLOCK_ROWS, IN_MEMORY_BLOCK_BYTES // (n_features * 4)))
+        return FitPlan("in-memory", reason, memory, matrix, int(block))
     row_bytes = n_features * 4 * _BLOCK_COPIES
     block_rows = min(MAX_BLOCK_ROWS, memory // row_bytes)
     if block_rows < MIN_BLOCK_ROWS:
@@ -132,7 +142,7 @@ def plan_fit(n_rows: int, n_features: int, memory: int, *, models: tuple[str, ..
             message(
                 f"the {format_bytes(matrix)} feature matrix does not fit the {format_bytes(memory)} memory budget, "
                 f"and {what} cannot be fitted by streaming blocks",
-                hint=f"raise {option('memory')}, or use bayes, logreg or svm (linear) without "
+                hint=f"raise {option('memory')}, or use bayes, logreg, svm (linear), xgboost or mlp without "
                 f"{option('search')} and {option('pca')}",
             )
         )
@@ -140,8 +150,32 @@ def plan_fit(n_rows: int, n_features: int, memory: int, *, models: tuple[str, ..
     return FitPlan("streaming", reason, memory, matrix, int(block_rows))
 
 
-def _chunks(rows: np.ndarray, block_rows: int) -> list[np.ndarray]:
+def row_blocks(rows: np.ndarray, block_rows: int) -> list[np.ndarray]:
+    """*rows* cut into consecutive blocks of at most *block_rows*."""
     return [rows[i : i + block_rows] for i in range(0, rows.size, block_rows)]
+
+
+def fit_naive_bayes(estimator: Any, blocks: Iterable[tuple[np.ndarray, np.ndarray]], n_classes: int) -> Any:
+    """``GaussianNB.partial_fit`` over ``(X, y)`` blocks, with the variance smoothing ``fit`` would use.
+
+    ``GaussianNB.fit`` on the whole matrix would make one more full copy of
+    it (``np.var(X, axis=0)`` for its smoothing term); block by block, the
+    per-class means and variances are exact (Chan et al.'s update), but
+    ``partial_fit`` takes the smoothing term from the first block alone.
+    The variance of every column over all rows follows from the per-class
+    counts, means and variances (the law of total variance), so the term is
+    set afterwards to ``var_smoothing`` times the largest of them: what ``fit`` computes.
+    """
+    classes = np.arange(n_classes)
+    for X, y in blocks:
+        estimator.partial_fit(X, y, classes=classes)
+    counts = estimator.class_count_[:, None]
+    within = estimator.var_ - estimator.epsilon_
+    mean = (counts * estimator.theta_).sum(axis=0) / counts.sum()
+    total = (counts * (within + (estimator.theta_ - mean) ** 2)).sum(axis=0) / counts.sum()
+    estimator.epsilon_ = estimator.var_smoothing * float(total.max())
+    estimator.var_ = within + estimator.epsilon_
+    return estimator
 
 
 def _mixed_blocks(rows: np.ndarray, block_rows: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -154,7 +188,7 @@ def _mixed_blocks(rows: np.ndarray, block_rows: int, rng: np.random.Generator) -
     dealt into blocks, mix the classes while an epoch reads each chunk about once.
     """
     run = max(1, min(256, block_rows // 8))
-    runs = _chunks(rows, run)
+    runs = row_blocks(rows, run)
     order = rng.permutation(len(runs))
     per_block = max(1, block_rows // run)
     dealt = (order[k : k + per_block] for k in range(0, len(order), per_block))
@@ -186,43 +220,44 @@ def stream_fit(name: str, params: dict, joined: JoinedFeatures, rows: np.ndarray
     sklearn.pipeline.Pipeline
         Fitted.
     """
-    from sklearn.preprocessing import StandardScaler
-
-    chunks = _chunks(np.sort(rows), block_rows)
+    rows = np.sort(rows)
+    chunks = row_blocks(rows, block_rows)
     buffer = np.empty((min(block_rows, rows.size), joined.n_features), dtype=np.float32)
     normaliser, estimator = pipeline.named_steps["blocks"], pipeline.named_steps["clf"]
-    # Pass 1: the first block fits the ColumnTransformer; partial_fit adds the other blocks' statistics.
-    normaliser.fit(joined.rows(chunks[0], buffer))
-    scalers = [(t, cols) for _, t, cols in normaliser.transformers_ if isinstance(t, StandardScaler)]
-    for chunk in chunks[1:]:
-        block = joined.rows(chunk, buffer)
-        for scaler, cols in scalers:
-            scaler.partial_fit(block[:, cols])
+    fit_normaliser(normaliser, (joined.rows(chunk, buffer) for chunk in chunks))
     classes = np.arange(len(joined.classes))
     labels = joined.labels
-    epochs = 1 if not hasattr(estimator, "loss") else EPOCHS  # naive Bayes is exact in one pass
+    if name == "bayes":  # exact in one pass
+        blocks = ((normaliser.transform(joined.rows(chunk, buffer)), labels[chunk]) for chunk in chunks)
+        fit_naive_bayes(estimator, blocks, len(classes))
+        return pipeline
     rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        if epochs > 1:
-            chunks = _mixed_blocks(np.sort(rows), block_rows, rng)
-        for chunk in chunks:
+    for _ in range(EPOCHS):
+        for chunk in _mixed_blocks(rows, block_rows, rng):
             X = normaliser.transform(joined.rows(chunk, buffer))
-            y = labels[chunk]
-            if epochs > 1:  # SGD needs shuffled rows; the store order is sorted by class folder
-                order = rng.permutation(chunk.size)
-                X, y = X[order], y[order]
-            estimator.partial_fit(X, y, classes=classes)
+            # SGD and Adam need shuffled rows; the store order is sorted by class folder.
+            order = rng.permutation(chunk.size)
+            estimator.partial_fit(X[order], labels[chunk][order], classes=classes)
     return pipeline
 
 
 def stream_predict(model: Any, joined: JoinedFeatures, rows: np.ndarray, block_rows: int,
                    proba: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predictions (and probabilities when *proba*) of *rows*, read in blocks."""
+    """Predictions (and probabilities when *proba*) of *rows*, read in blocks.
+
+    The rows are visited in store order (each block one sweep over a few
+    windows of the stores, wherever the evaluation rows lie); the results come
+    back in the order of *rows*.
+    """
+    order = np.argsort(rows, kind="stable")
     predicted, probabilities = [], []
     buffer = np.empty((min(block_rows, max(rows.size, 1)), joined.n_features), dtype=np.float32)
-    for chunk in _chunks(rows, block_rows):
+    for chunk in row_blocks(rows[order], block_rows):
         block = joined.rows(chunk, buffer)
         predicted.append(np.asarray(model.predict(block), dtype=np.int64))
         if proba:
             probabilities.append(model.predict_proba(block))
-    return np.concatenate(predicted), np.concatenate(probabilities) if proba else None
+    back = np.empty_like(order)
+    back[order] = np.arange(order.size)
+    labels = np.concatenate(predicted)[back]
+    return labels, np.concatenate(probabilities)[back] if proba else None

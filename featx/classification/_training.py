@@ -36,9 +36,10 @@ from ._artifact import save_classifier
 from ._config import ClassifyConfig
 from ._evaluation import Evaluation, check_components, plan_evaluation, search_folds
 from ._join import FeatureBlock, JoinedFeatures, join_features
-from ._pipeline import build_pipeline
-from ._registry import FAMILIES, XGBOOST_EARLY_STOP_FRACTION, XGBOOST_EARLY_STOP_ROUNDS
-from ._streaming import FitPlan, plan_fit, stream_fit, stream_predict
+from ._boosting import fit_xgboost
+from ._pipeline import build_pipeline, fit_in_place, transform_in_place
+from ._registry import FAMILIES
+from ._streaming import FitPlan, fit_naive_bayes, plan_fit, stream_fit, stream_predict
 from ._report import classification_metrics, json_default, plot_confusion, predictions_frame
 
 __all__ = ["ClassifierResult", "ClassifyRun", "run_classification"]
@@ -78,6 +79,11 @@ class ClassifierResult:
         The predictions file holds per-class probabilities.
     warnings : list of str
         Convergence warnings raised while fitting.
+    fit_input : str
+        What the estimator learnt from: ``'matrix'`` (one float32 matrix of
+        the training rows, normalised in place), ``'blocks'`` (``partial_fit``
+        over blocks read from the stores), or xgboost's ``'QuantileDMatrix'`` /
+        ``'ExtMemQuantileDMatrix'`` (built from blocks).
     """
 
     name: str
@@ -97,6 +103,7 @@ class ClassifierResult:
     fold_accuracies: list[float] = field(default_factory=list)
     has_proba: bool = False
     warnings: list[str] = field(default_factory=list)
+    fit_input: str = "matrix"
 
 
 @dataclass
@@ -161,6 +168,7 @@ class _Fitter:
         self.joined = joined
         self.plan = plan
         self.warnings: list[str] = []
+        self.fit_input = "blocks" if plan.streaming else "matrix"  # see ClassifierResult.fit_input
 
     def make(self, n_rows: int):
         fam = FAMILIES[self.name]
@@ -171,57 +179,54 @@ class _Fitter:
         return build_pipeline(self.joined.blocks, self.config.normalize, self.config.pca, estimator, self.config.seed)
 
     def predict(self, model: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Predicted class indices of *rows*, and their probabilities when the model has them."""
-        proba = hasattr(model, "predict_proba")
-        if self.plan.streaming:
-            return stream_predict(model, self.joined, rows, self.plan.block_rows, proba)
-        X = self.joined.X[rows]
-        return np.asarray(model.predict(X), dtype=np.int64), model.predict_proba(X) if proba else None
+        """Predicted class indices of *rows*, and their probabilities when the model has them.
 
-    def _fit_early_stopping(self, estimator: Any, X: np.ndarray, y: np.ndarray) -> Any:
-        """xgboost: stop boosting when the log loss of a stratified tenth of the training rows stops improving.
-
-        The held-out rows are training rows, never evaluation rows.  Too few
-        rows to hold out one of each class twice: every round is fitted.
+        Read from the stores block by block on either path: the evaluation
+        rows are never held as one more matrix.
         """
-        from sklearn.model_selection import train_test_split
-
-        n_val = int(np.ceil(XGBOOST_EARLY_STOP_FRACTION * len(y)))
-        counts = np.bincount(y)
-        if n_val < len(self.joined.classes) or counts[counts > 0].min() < 2:
-            return estimator.fit(X, y)
-        fit, val = train_test_split(
-            np.arange(len(y)), test_size=n_val, stratify=y, random_state=self.config.seed
-        )
-        fit, val = np.sort(fit), np.sort(val)
-        front, clf = estimator[:-1], estimator.steps[-1][1]
-        clf.set_params(early_stopping_rounds=XGBOOST_EARLY_STOP_ROUNDS)
-        Xf = front.fit_transform(X[fit], y[fit])
-        clf.fit(Xf, y[fit], eval_set=[(front.transform(X[val]), y[val])], verbose=False)
-        return estimator
+        return stream_predict(model, self.joined, rows, self.plan.block_rows, hasattr(model, "predict_proba"))
 
     def fit(self, rows: np.ndarray) -> tuple[Any, dict[str, Any] | None]:
-        """Fit on *rows*; return the fitted pipeline and the search summary (or None)."""
+        """Fit on *rows*; return the fitted pipeline and the search summary (or None).
+
+        The training rows are read into one float32 matrix (the only copy)
+        and normalised in place (:func:`fit_in_place`); xgboost reads them
+        block by block into its quantised matrix instead, and a streaming plan
+        fits block by block with ``partial_fit``.
+        """
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.model_selection import GridSearchCV
 
         estimator = self.make(len(rows))
+        if self.name == "xgboost" and not self.config.search:
+            model, matrix = fit_xgboost(
+                estimator, self.joined, rows, block_rows=self.plan.block_rows, memory=self.plan.memory_budget,
+                seed=self.config.seed,
+            )
+            self.fit_input = matrix
+            return model, None
         if self.plan.streaming:
             model = stream_fit(
                 self.name, self.params, self.joined, rows, estimator, self.plan.block_rows, self.config.seed
             )
             return model, None
-        X, y = self.joined.X[rows], self.joined.labels[rows]
+        rows = np.sort(rows)
+        X, y = self.joined.rows(rows), self.joined.labels[rows]
         if self.config.search:
             grid = {f"clf__{k}": v for k, v in FAMILIES[self.name].grid(self.params).items()}
             folds = search_folds(y, self.joined.classes, self.config.seed)
             estimator = GridSearchCV(estimator, grid, scoring="accuracy", cv=folds, error_score="raise")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            if self.name == "xgboost" and not self.config.search:
-                self._fit_early_stopping(estimator, X, y)
-            else:
+            if self.config.search:  # each inner fold fits its own normaliser: the matrix stays as read
                 estimator.fit(X, y)
+            elif self.name == "bayes":  # GaussianNB.fit would copy X once more (np.var): by blocks, as exact
+                features, step = transform_in_place(estimator, X, self.plan.block_rows), self.plan.block_rows
+                blocks = ((features[i : i + step], y[i : i + step]) for i in range(0, len(y), step))
+                fit_naive_bayes(estimator.named_steps["clf"], blocks, len(self.joined.classes))
+            else:
+                fit_in_place(estimator, X, y, self.plan.block_rows)
+        del X
         for w in caught:
             if issubclass(w.category, ConvergenceWarning):
                 text = message(
@@ -366,6 +371,7 @@ def _evaluate(
         fold_accuracies=fold_accuracies if evaluation.mode == "cv" else [],
         has_proba=proba is not None,
         warnings=fitter.warnings,
+        fit_input=fitter.fit_input,
     )
 
 
@@ -419,6 +425,7 @@ def _results_json(run: ClassifyRun) -> dict[str, Any]:
                 "searched": r.searched,
                 "fold_accuracies": r.fold_accuracies,
                 "warnings": r.warnings,
+                "fit_input": r.fit_input,
                 "predictions": r.predictions.name,
                 "confusion": r.confusion.name if r.confusion else None,
                 "artifact": r.artifact.name,
@@ -469,9 +476,8 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
     )
     if plan.streaming:
         log.info(f"streaming fit in blocks of {plan.block_rows:,} rows: {plan.reason}")
-        joined.check()
-    else:
-        joined.load()
+    # One pass over every store for NaN/inf; the fits then read only the rows they use.
+    joined.check()
     if joined.missing:
         for spec, ids in joined.missing.items():
             log.warning(f"{len(ids):,} sample id(s) are missing from {spec} and left out (e.g. {ids[0]})")

@@ -144,3 +144,42 @@ def test_an_unfinished_store(tmp_path):
         "finish it by running the same extract command again"
     )):
         run_classification(config_for(tmp_path, [store]))
+
+
+def test_rows_read_in_windows_equal_the_loaded_matrix(tmp_path, two_stores, monkeypatch):
+    alexnet, resnet = two_stores
+    reference = join_features([f"{alexnet}:fc7", resnet])
+    order = np.random.default_rng(1).permutation(len(reference.ids))
+    shuffled = write_store(
+        tmp_path / "shuffled.h5", list(reference.ids[order]), reference.labels[order],
+        {"penultimate": reference.X[order, 6:]}, splits=list(reference.splits[order]),
+    )
+    # Windows of 5 store rows: dense, scattered (the shuffled store) and unordered selections all cross several.
+    monkeypatch.setattr("featx.classification._join.READ_ROWS", 5)
+    joined = join_features([f"{alexnet}:fc7", shuffled], load=False)
+    assert joined.X is None
+    for rows in (np.arange(36), np.arange(3, 30, 2), np.random.default_rng(2).permutation(36)[:17]):
+        block = joined.rows(rows)
+        assert block.dtype == np.float32 and block.flags.c_contiguous
+        np.testing.assert_array_equal(block, reference.X[rows])
+
+
+def test_stores_from_different_data_roots_are_joined_with_a_warning(tmp_path, two_stores, caplog):
+    alexnet, _ = two_stores
+    ids, labels, splits = dataset()
+    moved = write_store(
+        tmp_path / "moved.h5", ids, labels, {"f": blobs(labels, 2, seed=0)}, splits=splits, data_root="/data/copy",
+    )
+    with caplog.at_level("WARNING", logger="featx"):
+        joined = join_features([f"{alexnet}:fc7", moved])
+    assert len(joined.ids) == 36
+    expected = (
+        f"the feature inputs were extracted from different data roots ('{alexnet}' from /data/test; '{moved}' "
+        "from /data/copy): they are joined on sample ids relative to each root, as if the folders held the same "
+        "images; join stores extracted from the same data folder, or check that the folders hold the same images"
+    )
+    assert [r.getMessage() for r in caplog.records] == [expected]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="featx"):
+        join_features([f"{alexnet}:fc7", f"{alexnet}:conv5"])
+    assert caplog.records == []
