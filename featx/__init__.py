@@ -28,6 +28,8 @@ __all__ = [
     "predict",
     "list_layers",
     "format_layers",
+    "list_models",
+    "format_models",
     "describe_store",
     "export_store",
     # reading what they wrote
@@ -52,6 +54,8 @@ _LAZY = {
     "predict": "featx._api",
     "list_layers": "featx.extraction",
     "format_layers": "featx.extraction",
+    "list_models": "featx.extraction",
+    "format_models": "featx.extraction",
     "describe_store": "featx.store",
     "export_store": "featx.store",
     "open_store": "featx.store",

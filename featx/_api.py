@@ -2,7 +2,7 @@
 
 ``featx.extract(...)`` is ``run_pipeline.py extract ...``, ``featx.classify(...)``
 is ``classify``, ``featx.predict(...)`` is ``predict``, ``featx.list_layers(...)``
-is ``layers``, ``featx.describe_store(...)`` is ``info`` and
+is ``layers``, ``featx.list_models(...)`` is ``models``, ``featx.describe_store(...)`` is ``info`` and
 ``featx.export_store(...)`` is ``export``; each returns the result object the
 command prints.  Every argument is checked before any work starts; mistakes
 raise a :class:`featx.FeatxError` (a ``ValueError`` for bad values) whose
@@ -58,7 +58,7 @@ def extract(
         Any other field of :class:`featx.extraction.ExtractConfig`:
         ``weights_file``, ``seed``, ``image_size``, ``pool``, ``batch_size``,
         ``workers``, ``device``, ``precision``, ``dtype``, ``compression``,
-        ``overwrite``, ``checkpoint_seconds``, ``progress``.
+        ``overwrite``, ``force``, ``checkpoint_seconds``, ``progress``.
 
     Returns
     -------

@@ -59,7 +59,7 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _add_extract(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
-    from .extraction import COMPRESSIONS, POOLS, PRECISIONS, STORAGE_DTYPES
+    from .extraction import COMPRESSIONS, DECODERS, ENGINES, INTERPOLATIONS, POOLS, PRECISIONS, STORAGE_DTYPES
 
     p = sub.add_parser(
         "extract",
@@ -69,7 +69,10 @@ def _add_extract(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
         "of a folder into an HDF5 feature store (resumable; re-running a finished extraction is a no-op).",
     )
     p.add_argument("--data", type=Path, default=None, help="image folder (default: data/digits, the built-in handwritten digits)")
-    p.add_argument("--model", default="resnet50", help="torchvision model name (default: resnet50)")
+    p.add_argument(
+        "--model", default="resnet50",
+        help="torchvision model name, or timm/<architecture> (default: resnet50; `models` lists them)",
+    )
     p.add_argument(
         "--layer", dest="layers", action="append", metavar="NAME",
         help="graph node, module path or alias (penultimate, conv5, fc7, block2_pool, ...); "
@@ -79,6 +82,14 @@ def _add_extract(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     p.add_argument("--weights-file", type=Path, help="state dict to load (torch.load with weights_only=True)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation with --weights none")
     p.add_argument("--image-size", type=int, help="crop size (default: the weights' own, usually 224)")
+    pre = p.add_argument_group(
+        "preprocessing (default: the weights' own; a --weights-file may bring its own in PATH.json)"
+    )
+    pre.add_argument("--resize", type=int, metavar="N", help="resize the shorter side to N pixels")
+    pre.add_argument("--crop", type=int, metavar="N", help="centre crop of NxN pixels (--image-size also scales the resize)")
+    pre.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean subtracted, e.g. 0.5,0.5,0.5")
+    pre.add_argument("--std", metavar="S[,S,S]", help="per-channel standard deviation divided by, e.g. 0.5,0.5,0.5")
+    pre.add_argument("--interpolation", choices=list(INTERPOLATIONS), help="interpolation of the resize")
     p.add_argument("--pool", choices=list(POOLS), default="avg", help="pooling of convolutional outputs (default: avg)")
     p.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="compute precision")
     p.add_argument("--dtype", choices=list(STORAGE_DTYPES), default="float32", help="storage precision")
@@ -86,8 +97,40 @@ def _add_extract(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     p.add_argument("--out", type=Path, help="store path (default: features/<dataset>/<model>-<weights>.h5)")
     p.add_argument("--overwrite", action="store_true", help="replace a store made with another configuration")
     p.add_argument(
+        "--force", action="store_true",
+        help="start even if the free disk space looks too small for the store (the estimate is an upper bound)",
+    )
+    p.add_argument(
         "--checkpoint-seconds", type=float, default=10.0,
         help="save progress at least this often (default: 10; 0 = after every batch)",
+    )
+    p.add_argument(
+        "--no-autotune", dest="autotune", action="store_false",
+        help="run the network in the default configuration instead of timing a few images-per-pass sizes and "
+        "memory layouts first (the choice is cached per model and machine; a store keeps its first run's)",
+    )
+    p.add_argument(
+        "--decode", choices=list(DECODERS), default="auto",
+        help="where JPEGs are decoded: gpu (nvJPEG; needs a CUDA device), cpu, or auto (the GPU when the "
+        "network runs on one; default); other formats and files the GPU refuses are decoded on the CPU",
+    )
+    ray_options = p.add_argument_group("Ray engine (pip install 'featx[ray]'; the store is the local engine's)")
+    ray_options.add_argument(
+        "--engine", choices=list(ENGINES), default="local",
+        help="local: this process (default); ray: Ray workers on this machine's cores and GPUs or on a cluster",
+    )
+    ray_options.add_argument(
+        "--ray-address", metavar="ADDRESS",
+        help="join this Ray cluster (HOST:PORT of `ray start --head`, ray://HOST:PORT, or auto) instead of "
+        "starting Ray on this machine; the images must be at the same path on every node",
+    )
+    ray_options.add_argument(
+        "--ray-workers", type=int, metavar="K",
+        help="Ray workers (default: one per GPU; on the CPU one per as many cores as this process runs threads)",
+    )
+    ray_options.add_argument(
+        "--gpus-per-worker", type=float, metavar="G",
+        help="GPUs of each Ray worker (default: 1 when the cluster has GPUs, else 0; fractions share a GPU)",
     )
     p.set_defaults(run=_run_extract)
 
@@ -112,6 +155,11 @@ def _run_extract(args: argparse.Namespace) -> int:
         weights_file=args.weights_file,
         seed=args.seed,
         image_size=args.image_size,
+        resize=args.resize,
+        crop=args.crop,
+        mean=args.mean,
+        std=args.std,
+        interpolation=args.interpolation,
         pool=args.pool,
         batch_size=args.batch_size,
         workers=args.workers,
@@ -121,8 +169,15 @@ def _run_extract(args: argparse.Namespace) -> int:
         compression=args.compression,
         out=args.out,
         overwrite=args.overwrite,
+        force=args.force,
         checkpoint_seconds=args.checkpoint_seconds,
         progress=_progress(args),
+        autotune=args.autotune,
+        decode=args.decode,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        ray_workers=args.ray_workers,
+        gpus_per_worker=args.gpus_per_worker,
     )
     if args.data is None:
         # The configuration is checked first; then the built-in digits are written (once).
@@ -139,9 +194,10 @@ def _add_layers(sub: argparse._SubParsersAction, parents: list[argparse.Argument
         "layers",
         help="list a model's layers with aliases, output shapes and parameters",
         description="List the layer names of a model (graph nodes), their aliases, output shapes "
-        "(channels x height x width) and parameter counts, like a Keras model.summary().",
+        "(channels x height x width) and parameter counts (each layer's, and the running total up to it), "
+        "like a Keras model.summary().",
     )
-    p.add_argument("--model", default="resnet50", help="torchvision model name (default: resnet50)")
+    p.add_argument("--model", default="resnet50", help="torchvision model name, or timm/<architecture> (default: resnet50)")
     p.add_argument("--image-size", type=int, help="input size (default: the weights' crop size, usually 224)")
     p.add_argument("--all", action="store_true", help="also list nodes without parameters or aliases")
     p.set_defaults(run=_run_layers)
@@ -151,6 +207,33 @@ def _run_layers(args: argparse.Namespace) -> int:
     from .extraction import format_layers, list_layers
 
     print(format_layers(list_layers(args.model, image_size=args.image_size, show_all=args.all)))
+    return 0
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _add_models(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    from .extraction import MODEL_SOURCES
+
+    p = sub.add_parser(
+        "models",
+        help="list the models that can be extracted, with weights, input size, parameters and cache state",
+        description="List torchvision's classification models or timm's architectures: the pretrained weights "
+        "(default first), the default input size, the parameter count, the width of the penultimate layer, "
+        "and which weights are in the local cache (usable offline).",
+    )
+    p.add_argument("--source", choices=list(MODEL_SOURCES), default="torchvision", help="default: torchvision")
+    p.add_argument(
+        "--filter", metavar="TEXT", help="only names containing TEXT (case-insensitive), or matching a pattern such as convnext*"
+    )
+    p.set_defaults(run=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from .extraction import format_models, list_models
+
+    print(format_models(list_models(source=args.source, filter=args.filter)))
     return 0
 
 
@@ -387,7 +470,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- main
 
 COMMANDS: list[Callable[[argparse._SubParsersAction, list[argparse.ArgumentParser]], None]] = [
-    _add_extract, _add_layers, _add_classify, _add_predict,
+    _add_extract, _add_layers, _add_models, _add_classify, _add_predict,
     _add_info, _add_export, _add_demo,
 ]
 

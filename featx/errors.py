@@ -40,9 +40,13 @@ __all__ = [
     "StoreError",
     "StoreNotFoundError",
     "StoreMismatchError",
+    "StoreLockedError",
+    "StoreWriteError",
+    "DiskFullError",
     "ClassifyError",
     "ExportError",
     "DemoError",
+    "ClusterError",
     "message",
     "choices",
     "close_matches",
@@ -99,6 +103,18 @@ class StoreMismatchError(StoreError):
     """An existing store was made with another configuration than the one requested."""
 
 
+class StoreLockedError(StoreError):
+    """Another process is writing the same store (one writer per store; readers are never blocked)."""
+
+
+class StoreWriteError(StoreError, OSError):
+    """The file system failed while a store was written (an I/O error); the rows committed so far are kept."""
+
+
+class DiskFullError(StoreWriteError):
+    """The store does not fit, or did not fit, in the free space (or quota) where it is written."""
+
+
 class ClassifyError(FeatxError, ValueError):
     """Features or labels cannot be used to train or evaluate a classifier."""
 
@@ -109,6 +125,10 @@ class ExportError(FeatxError, ValueError):
 
 class DemoError(FeatxError, ValueError):
     """The demo cannot run as configured."""
+
+
+class ClusterError(FeatxError, ValueError):
+    """The Ray cluster cannot run the extraction as asked: unreachable, too few GPUs, a shard that keeps failing."""
 
 
 _NOTHING = object()

@@ -9,10 +9,15 @@ registries (:data:`POOLS`, :data:`PRECISIONS`, :data:`STORAGE_DTYPES`,
 :data:`COMPRESSIONS`), nor does :class:`ExtractConfig` or :func:`format_extraction`; ``from featx.extraction import extract_features`` does.
 
 Modules: ``_config`` (configuration, checks, result, its summary), ``_engine``
-(the run and its writer thread), ``_network`` (layer plan, truncated graph),
-``_loader`` (decoding workers, batch joining), ``_device``, ``_models`` and
+(the run and its writer thread), ``_ray`` and ``_shards`` (the Ray engine: the
+cluster and the driver; shards and the worker that extracts them), ``_network`` (layer plan, truncated graph),
+``_loader`` (decoding workers, batch joining), ``_autotune`` (images per pass
+and memory layout, chosen, cached, recorded), ``_gpu_decode`` (nvJPEG batches), ``_device``, ``_models`` and
 ``_weights`` (models, weights and their labels), ``_layers`` (names, aliases,
-listing), ``_images``, ``_pooling``, ``_onednn`` and ``_allocator``.
+listing), ``_images``, ``_pooling``, ``_onednn`` and ``_allocator``;
+``_preprocessing`` (the weights' preprocessing, ``--resize``/``--mean``/...,
+sidecars), ``_timm`` (``timm/`` models through timm's own API), ``_keras``
+(Keras applications VGG weights), ``_catalog`` (the ``models`` listing).
 """
 
 from __future__ import annotations
@@ -27,10 +32,31 @@ _EXPORTS = {
     "PRECISION_NAMES": "_config",
     "STORAGE_DTYPES": "_config",
     "COMPRESSIONS": "_config",
+    "DECODERS": "_config",
     "ExtractConfig": "_config",
     "ExtractResult": "_config",
+    "ENGINES": "_config",
+    "WorkerThroughput": "_config",
     "default_store_path": "_config",
     "format_extraction": "_config",
+    # _autotune: how the network runs (images per pass, memory layout)
+    "ForwardChoice": "_autotune",
+    "cache_dir": "_autotune",
+    "candidate_configs": "_autotune",
+    "choose_forward_config": "_autotune",
+    "default_forward_config": "_autotune",
+    "measure_candidates": "_autotune",
+    "recorded_forward_config": "_autotune",
+    # _gpu_decode: JPEGs decoded on the GPU, the CPU as the fallback
+    "JpegHeader": "_gpu_decode",
+    "read_jpeg_header": "_gpu_decode",
+    "EncodedBatch": "_gpu_decode",
+    "EncodedImageDataset": "_gpu_decode",
+    "collate_encoded": "_gpu_decode",
+    "GpuJpegDecoder": "_gpu_decode",
+    "decode_jpegs_on_gpu": "_gpu_decode",
+    "gpu_decoding_available": "_gpu_decode",
+    "resolve_decode": "_gpu_decode",
     # _engine: the run
     "extract_features": "_engine",
     # _device
@@ -38,6 +64,10 @@ _EXPORTS = {
     "resolve_device": "_device",
     # _network: layer plan, truncated graph
     "CPU_FORWARD_BYTES": "_network",
+    "LAYOUTS": "_network",
+    "ForwardConfig": "_network",
+    "default_layout": "_network",
+    "layouts_for": "_network",
     "LayerPlan": "_network",
     "FeatureExtractor": "_network",
     "probe_layers": "_network",
@@ -55,6 +85,8 @@ _EXPORTS = {
     # _images
     "IMAGE_EXTENSIONS": "_images",
     "MAX_IMAGE_PIXELS": "_images",
+    "SPLIT_FOLDERS": "_images",
+    "split_of_folder": "_images",
     "ImageBatch": "_images",
     "ImageCollection": "_images",
     "ImageDataset": "_images",
@@ -69,9 +101,42 @@ _EXPORTS = {
     "LayerListing": "_layers",
     "list_layers": "_layers",
     "format_layers": "_layers",
+    "parameters_up_to": "_layers",
     # _models, _weights
     "LoadedModel": "_models",
-    "Preprocessing": "_models",
+    "read_state_dict": "_models",
+    "check_state_dict": "_models",
+    # _preprocessing: the weights' recipe and the user's changes to it (no torch)
+    "Preprocessing": "_preprocessing",
+    "PreprocessingOptions": "_preprocessing",
+    "INTERPOLATIONS": "_preprocessing",
+    "CHANNEL_ORDERS": "_preprocessing",
+    "PIXEL_RANGES": "_preprocessing",
+    "RESIZE_MODES": "_preprocessing",
+    "CAFFE_PREPROCESSING": "_preprocessing",
+    "read_sidecar": "_preprocessing",
+    "sidecar_path": "_preprocessing",
+    # _timm: timm/<architecture> models
+    "TIMM_PREFIX": "_timm",
+    "TimmNetwork": "_timm",
+    "TimmLayerIndex": "_timm",
+    "is_timm_model": "_timm",
+    "load_timm_model": "_timm",
+    "list_timm_architectures": "_timm",
+    "timm_preprocessing": "_timm",
+    "hub_cache_dir": "_timm",
+    # _keras: Keras applications VGG weights
+    "keras_layer_names": "_keras",
+    "keras_conv_to_torch": "_keras",
+    "keras_dense_to_torch": "_keras",
+    "keras_vgg_state_dict": "_keras",
+    "load_keras_vgg": "_keras",
+    # _catalog: the models command
+    "MODEL_SOURCES": "_config",
+    "ModelEntry": "_catalog",
+    "ModelCatalog": "_catalog",
+    "list_models": "_catalog",
+    "format_models": "_catalog",
     "check_model_name": "_models",
     "list_model_names": "_models",
     "load_model": "_models",

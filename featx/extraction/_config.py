@@ -8,6 +8,9 @@ anything heavy is loaded.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -19,14 +22,19 @@ from ..paths import check_writable_file
 from ..store import parse_weights_label
 from ._images import MAX_IMAGE_PIXELS
 from ._pooling import POOLS
+from ._preprocessing import PreprocessingOptions
 
 __all__ = [
     "PRECISIONS",
     "PRECISION_NAMES",
     "STORAGE_DTYPES",
     "COMPRESSIONS",
+    "MODEL_SOURCES",
+    "DECODERS",
+    "ENGINES",
     "ExtractConfig",
     "ExtractResult",
+    "WorkerThroughput",
     "default_store_path",
     "format_extraction",
 ]
@@ -39,6 +47,14 @@ PRECISION_NAMES = tuple(PRECISIONS)
 STORAGE_DTYPES = ("float32", "float16")
 # HDF5 filters h5py ships with (no plugin needed to read the store elsewhere).
 COMPRESSIONS = ("gzip", "lzf")
+# Where models come from (`run_pipeline.py models --source`): torchvision's names, timm's as timm/<name>.
+MODEL_SOURCES = ("torchvision", "timm")
+# Where JPEGs are decoded: auto (on the GPU when the network runs on CUDA), cpu, gpu.
+DECODERS = ("auto", "cpu", "gpu")
+# Engine name -> what runs the network (the Ray engine is featx.extraction._ray).
+ENGINES = {"local": "this process", "ray": "Ray actors, on this machine or a Ray cluster"}
+# The options only the Ray engine reads.
+_RAY_OPTIONS = ("ray_address", "ray_workers", "gpus_per_worker")
 
 
 def _is_int(value: Any) -> bool:
@@ -67,7 +83,15 @@ class ExtractConfig:
     seed : int
         Seed of the random initialisation with ``weights='none'``.
     image_size : int, optional
-        Crop size instead of the weights' own.
+        Crop size instead of the weights' own; the resize is scaled with it.
+    resize, crop : int, optional
+        Shorter side after resizing, centre-crop size: each instead of the
+        weights' own (or of what *image_size* makes of them; *crop* must then
+        equal *image_size*).
+    mean, std : tuple of float or str, optional
+        Per-channel normalisation instead of the weights' own (``'0.5,0.5,0.5'`` is read too).
+    interpolation : str, optional
+        Interpolation of the resize, one of :data:`~featx.extraction.INTERPOLATIONS`.
     pool : str
         Pooling of 4-D/3-D outputs: one of :data:`~featx.extraction.POOLS`.
     batch_size : int
@@ -89,12 +113,37 @@ class ExtractConfig:
         Parent folder of default store paths.
     overwrite : bool
         Replace a store made with another configuration.
+    force : bool
+        Start even when the free space where the store goes looks too small
+        for what is left to write (the estimate is an upper bound).
     checkpoint_seconds : float
         Save progress at least this often (0: after every batch).
     progress : bool
         Show a progress bar.
     max_pixels : int
         Images with more pixels are refused as decompression bombs.
+    autotune : bool
+        Time a few micro-batch sizes and memory layouts of the network before
+        the run and use the fastest (cached per model and machine); a store
+        keeps the choice of the run that started it.
+    decode : str
+        Where JPEGs are decoded, one of :data:`DECODERS`: ``gpu`` (needs a
+        CUDA device), ``cpu``, or ``auto`` (the GPU when the network runs on one).
+    engine : str
+        One of :data:`ENGINES`: ``local`` (this process) or ``ray`` (Ray
+        actors; needs ``pip install 'featx[ray]'``).  The store is the same bit
+        for bit on the CPU.
+    ray_address : str, optional
+        With ``engine='ray'``: the cluster to join (``HOST:PORT`` of ``ray
+        start --head``, ``ray://HOST:PORT``, or ``auto``); by default a local
+        Ray instance over this machine's cores and GPUs is started.
+    ray_workers : int, optional
+        With ``engine='ray'``: Ray actors that run the network; by default one
+        per GPU (per *gpus_per_worker* GPUs), or on the CPU one per as many
+        cores as this process runs threads.
+    gpus_per_worker : float, optional
+        With ``engine='ray'``: GPUs of each worker (fractions share a GPU); by
+        default 1 when the cluster has GPUs (and *device* is not ``cpu``), else 0.
     """
 
     data: Path = Path("data")
@@ -104,6 +153,11 @@ class ExtractConfig:
     weights_file: Path | None = None
     seed: int = 0
     image_size: int | None = None
+    resize: int | None = None
+    crop: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    interpolation: str | None = None
     pool: str = "avg"
     batch_size: int = 64
     workers: int | None = None
@@ -114,9 +168,22 @@ class ExtractConfig:
     out: Path | None = None
     features_dir: Path = Path("features")
     overwrite: bool = False
+    force: bool = False
     checkpoint_seconds: float = 10.0
     progress: bool = True
     max_pixels: int = MAX_IMAGE_PIXELS
+    autotune: bool = True
+    decode: str = "auto"
+    engine: str = "local"
+    ray_address: str | None = None
+    ray_workers: int | None = None
+    gpus_per_worker: float | None = None
+
+    def preprocessing_options(self) -> PreprocessingOptions:
+        """The preprocessing changes asked for (``resize``, ``crop``, ``mean``, ``std``, ``interpolation``)."""
+        return PreprocessingOptions(
+            resize=self.resize, crop=self.crop, mean=self.mean, std=self.std, interpolation=self.interpolation
+        )
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -126,7 +193,8 @@ class ExtractConfig:
         repeated = [name for i, name in enumerate(self.layers) if name in self.layers[:i]]
         if repeated:
             raise ConfigError(message("a layer is requested twice", got=repeated[0], hint="ask for each layer once"))
-        for name, registry in (("pool", POOLS), ("precision", PRECISIONS), ("dtype", STORAGE_DTYPES)):
+        registries = (("pool", POOLS), ("precision", PRECISIONS), ("dtype", STORAGE_DTYPES), ("decode", DECODERS))
+        for name, registry in registries:
             if getattr(self, name) not in registry:
                 raise ConfigError(message(option(name), allowed=choices(registry), got=getattr(self, name)))
         if self.compression is not None and self.compression not in COMPRESSIONS:
@@ -143,20 +211,94 @@ class ExtractConfig:
             raise ConfigError(
                 message(option("image_size"), allowed="a positive integer (the crop size in pixels)", got=self.image_size)
             )
+        options = self.preprocessing_options()  # checks the values
+        object.__setattr__(self, "mean", options.mean)
+        object.__setattr__(self, "std", options.std)
+        if self.image_size is not None and self.crop is not None and self.crop != self.image_size:
+            # image_size is the crop, with the resize scaled to it (an explicit resize wins).
+            raise ConfigError(
+                message(
+                    f"{option('image_size')} is the crop size; it cannot differ from {option('crop')}",
+                    got=(self.image_size, self.crop),
+                    hint=f"pass one of them (with {option('resize')} for the resize)",
+                )
+            )
         seconds = self.checkpoint_seconds
         if not isinstance(seconds, numbers.Real) or isinstance(seconds, bool) or not seconds >= 0 or math.isinf(seconds):
             raise ConfigError(
                 message(option("checkpoint_seconds"), allowed="a number of seconds >= 0 (0: after every batch)", got=seconds)
             )
+        if not isinstance(self.autotune, bool):
+            raise ConfigError(message(option("autotune"), allowed="True or False", got=self.autotune))
         if not _is_int(self.max_pixels) or self.max_pixels < 1:
             raise ConfigError(message(option("max_pixels"), allowed="a positive integer", got=self.max_pixels))
+        self._check_engine()
         if self.out is not None:
             # The default path needs the weights' name: extract_features checks it.
             check_writable_file(self.out, "out")
 
+    def _check_engine(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(message(option("engine"), allowed=choices(ENGINES), got=self.engine))
+        if self.engine != "ray":
+            given = [name for name in _RAY_OPTIONS if getattr(self, name) is not None]
+            if given:
+                raise ConfigError(
+                    message(f"{option(given[0])} is an option of the Ray engine", hint=f"add {option('engine', 'ray')}")
+                )
+            return
+        # find_spec looks Ray up without importing it (this module stays light).
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError(
+                message(f"{option('engine', 'ray')} needs Ray, which is not installed", hint="pip install 'featx[ray]'")
+            )
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(
+                message(
+                    f"{option('device')} with {option('engine', 'ray')}", allowed="auto, cpu or cuda", got=self.device,
+                    hint=f"Ray gives each worker its GPUs ({option('gpus_per_worker')})",
+                )
+            )
+        if self.decode == "gpu":
+            raise ConfigError(
+                message(
+                    f"{option('decode', 'gpu')} does not work with {option('engine', 'ray')}",
+                    hint=f"Ray workers decode on their CPUs; leave out {option('decode')}",
+                )
+            )
+        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address.strip()):
+            raise ConfigError(
+                message(option("ray_address"), allowed="HOST:PORT, ray://HOST:PORT or auto", got=self.ray_address)
+            )
+        if self.ray_workers is not None and (not _is_int(self.ray_workers) or self.ray_workers < 1):
+            raise ConfigError(message(option("ray_workers"), allowed="a positive integer", got=self.ray_workers))
+        gpus = self.gpus_per_worker
+        if gpus is not None:
+            if not isinstance(gpus, numbers.Real) or isinstance(gpus, bool) or not 0 <= gpus < math.inf:
+                raise ConfigError(
+                    message(option("gpus_per_worker"), allowed="a number >= 0 (fractions share a GPU)", got=gpus)
+                )
+            if gpus > 0 and self.device == "cpu":
+                raise ConfigError(
+                    message(
+                        f"{option('gpus_per_worker', gpus)} contradicts {option('device', 'cpu')}",
+                        hint="leave out one of them",
+                    )
+                )
+            if gpus == 0 and self.device == "cuda":
+                raise ConfigError(
+                    message(
+                        f"{option('gpus_per_worker', gpus)} contradicts {option('device', 'cuda')}",
+                        hint="leave out one of them",
+                    )
+                )
+
 
 def default_store_path(config: ExtractConfig) -> Path:
-    """``features/<dataset>/<model>-<weights>[-s<seed>][-<size>].h5``, deterministic from the configuration.
+    """``features/<dataset>/<model>-<weights>[-s<seed>][-<size>][-p<hash>].h5``, deterministic from the configuration.
+
+    A timm model's ``timm/`` becomes ``timm-`` (one file, no subfolder);
+    ``-p<hash>`` stands for preprocessing options (``resize``, ``mean``, ...) when any is given.
 
     Worked out without loading the model or reading an image, so that it can be
     checked before any work starts.
@@ -173,12 +315,39 @@ def default_store_path(config: ExtractConfig) -> Path:
     dataset = Path(config.data).expanduser().resolve().name or "data"
     label = weights_label(config.model, weights=config.weights, weights_file=config.weights_file)
     kind, name = parse_weights_label(label)
-    parts = [config.model, f"file-{name.rsplit('.', 1)[0]}" if kind == "file" else label]
+    parts = [config.model.replace("/", "-"), f"file-{name.rsplit('.', 1)[0]}" if kind == "file" else label]
     if kind == "none" and config.seed:
         parts.append(f"s{config.seed}")
     if config.image_size is not None:
         parts.append(str(config.image_size))
+    given = config.preprocessing_options().given()
+    if given:
+        digest = hashlib.sha256(json.dumps(given, sort_keys=True).encode()).hexdigest()
+        parts.append(f"p{digest[:8]}")
     return Path(config.features_dir) / dataset / ("-".join(parts) + ".h5")
+
+
+@dataclass(frozen=True)
+class WorkerThroughput:
+    """What one worker of the Ray engine did in an extraction.
+
+    Attributes
+    ----------
+    name : str
+        The worker and where it ran (node, process, device).
+    images : int
+        Images it extracted.
+    seconds : float
+        Time it spent on them (decoding and the network).
+    """
+
+    name: str
+    images: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass
@@ -201,6 +370,15 @@ class ExtractResult:
         Wall time from the first image to the finished store.
     images : int
         Images processed by this run.
+    added, removed : int
+        Images new to the store, and images of the store no longer in the data
+        folder, when the run updated a complete store incrementally.
+    updated : bool
+        The run was an incremental update.
+    workers : list of WorkerThroughput
+        With the Ray engine: what each worker did.
+    retried_shards : int
+        With the Ray engine: shards handed out again after a worker failed on them.
     """
 
     path: Path
@@ -210,6 +388,11 @@ class ExtractResult:
     up_to_date: bool = False
     seconds: float = 0.0
     images: int = 0
+    added: int = 0
+    removed: int = 0
+    updated: bool = False
+    workers: list[WorkerThroughput] = field(default_factory=list)
+    retried_shards: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -233,8 +416,14 @@ def format_extraction(result: ExtractResult) -> str:
     if result.up_to_date:
         return f"up to date: {result.path} ({result.rows:,} images; {layers})"
     lines = [f"wrote {result.path}: {result.rows:,} images; layers {layers}"]
+    if result.updated:
+        lines[0] = f"updated {result.path} (+{result.added:,} / -{result.removed:,} images): {result.rows:,} images; layers {layers}"
     if result.images:
         lines.append(f"  {result.images:,} images in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s)")
+    for worker in result.workers:
+        lines.append(f"    {worker.name}: {worker.images:,} images, {worker.images_per_second:.1f} images/s")
+    if result.retried_shards:
+        lines.append(f"  {result.retried_shards} shard(s) handed out again after a Ray worker failed on them")
     if result.failed:
         lines.append(f"  {len(result.failed)} image(s) could not be used (listed in /failed):")
         lines += [f"    {image_id}: {reason}" for image_id, reason in result.failed]

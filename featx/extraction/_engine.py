@@ -29,13 +29,15 @@ from tqdm.auto import tqdm
 from .._version import __version__
 from ..formatting import format_bytes
 from ..paths import check_writable_file
-from ..store import StoreWriter, open_store
+from ..store import StoreWriter, lock_store, open_store
+from ._autotune import choose_forward_config, default_forward_config, default_micro_batch
 from ._config import ExtractConfig, ExtractResult, default_store_path
 from ._device import autocast, resolve_device
+from ._gpu_decode import resolve_decode
 from ._images import ImageCollection, discover_images
 from ._loader import BatchJoiner, ImageLoader, default_workers
 from ._models import LoadedModel, load_model, weights_label
-from ._network import FeatureExtractor, prepare_extractor, probe_layers
+from ._network import FeatureExtractor, ForwardConfig, prepare_extractor, probe_layers
 
 __all__ = ["extract_features"]
 
@@ -92,18 +94,8 @@ def _meta(loaded: LoadedModel, collection: ImageCollection) -> dict:
     }
 
 
-def micro_batch_size(batch_size: int, max_images: int, device: torch.device) -> int:
-    """How many images each pass through the network runs (see :class:`FeatureExtractor`).
-
-    The batch size, or on the CPU, where a batch's activations live in the
-    memory the whole process runs in, at most *max_images*
-    (:func:`probe_layers`), in equal slices: VGG16's 64-channel full-resolution
-    activations of 64 images take 2.4 GiB with oneDNN's copies.
-    """
-    if device.type != "cpu" or batch_size <= max_images:
-        return batch_size
-    slices = -(-batch_size // max_images)
-    return -(-batch_size // slices)
+#: Images per pass without autotuning (the Ray engine's name for it; see default_micro_batch).
+micro_batch_size = default_micro_batch
 
 
 def extract_features(config: ExtractConfig) -> ExtractResult:
@@ -134,42 +126,64 @@ def extract_features(config: ExtractConfig) -> ExtractResult:
     >>> result = extract_features(ExtractConfig(data="data/digits", model="resnet18", weights="none"))  # doctest: +SKIP
     >>> print(format_extraction(result))  # doctest: +SKIP
     """
-    device = resolve_device(config.device)
+    cluster = None
+    if config.engine == "ray":
+        from ._ray import RayCluster  # imports Ray, for this engine only
+
+        # Joined and checked (address, GPUs) before any work; the network runs on its workers' device.
+        cluster = RayCluster.connect(config)
+        config = cluster.driver_config(config)
+    device = cluster.device if cluster is not None else resolve_device(config.device)
+    decode = resolve_decode(config.decode, device)
     # The names are checked, and the default path worked out, without loading anything.
     weights_label(config.model, weights=config.weights, weights_file=config.weights_file)
     path = Path(config.out) if config.out is not None else check_writable_file(default_store_path(config), "out")
     collection = discover_images(config.data)
+    # One writer per store: a second run is told now, before a model is loaded.
+    lock = lock_store(path)
     loaded = load_model(
         config.model,
         weights=config.weights,
         weights_file=config.weights_file,
         seed=config.seed,
         image_size=config.image_size,
+        preprocessing=config.preprocessing_options(),
     )
     plan = probe_layers(loaded, config.layers, config.pool)
     specs = plan.specs(precision=config.precision, dtype=config.dtype)
+    # How the network runs, chosen once for every engine and recorded in the store:
+    # a resumed or extended run reuses it, so that every row is computed the same way.
+    choice = choose_forward_config(
+        loaded, plan, path=path, overwrite=config.overwrite, batch_size=config.batch_size,
+        device=device, precision=config.precision, autotune=config.autotune,
+    )
+    forward = choice.config
     writer = StoreWriter(
         path,
-        meta=_meta(loaded, collection),
+        meta={**_meta(loaded, collection), **forward.attrs(device)},
         layers=specs,
         samples=collection,
         overwrite=config.overwrite,
+        force=config.force,
         checkpoint_seconds=config.checkpoint_seconds,
         compression=config.compression,
+        lock=lock,
     )
+    collection.log_layout()  # only now: a user error found before stays one line
     if writer.up_to_date:
         log.info(f"{path} already holds {', '.join(config.layers)} for these images: nothing to do")
         with open_store(path) as store:
             return ExtractResult(path=path, rows=len(store), layers=plan.dims, up_to_date=True)
 
     todo = writer.todo
+    log.info(choice.describe(default_forward_config(config.batch_size, plan.max_images, device, config.precision)))
     if len(todo) < len(specs):
         log.info(f"{path} already holds {', '.join(s.name for s in specs if s not in todo)}; adding {', '.join(s.name for s in todo)}")
     extractor = FeatureExtractor(
         loaded.module,
         {s.name: s.node for s in todo},
         {s.name: s.pool for s in todo},
-        micro_batch=micro_batch_size(config.batch_size, plan.max_images, device),
+        micro_batch=forward.micro_batch,
     ).eval()
     # The extractor holds the layers it runs; the rest of the network (VGG16's
     # classifier: 490 MB) is not kept in memory for the whole run.  FX tracing
@@ -182,14 +196,32 @@ def extract_features(config: ExtractConfig) -> ExtractResult:
             f"{spec.name} (node {spec.node}, {'x'.join(map(str, spec.source_shape))}, pool {spec.pool}): "
             f"{len(collection):,} rows x {spec.dim:,} x {itemsize} B = {format_bytes(len(collection) * spec.dim * itemsize)}"
         )
+    update = writer.update
+    if update is not None:
+        retried = f", {update.retried:,} that failed last time tried again" if update.retried else ""
+        log.info(
+            f"updating {path} to the data folder now: +{update.added:,} new images, -{update.removed:,} removed; "
+            f"{update.kept:,} rows kept{retried}"
+        )
     if writer.resuming:
-        log.info(f"resuming {path}: {writer.start:,} of {len(collection):,} images already done")
+        log.info(f"resuming {path}: {len(collection) - len(writer.remaining):,} of {len(collection):,} images already done")
 
     workers = config.workers if config.workers is not None else default_workers(device)
-    failed, processed, seconds = _run(config, collection, loaded, extractor, writer, device, workers)
+    cluster_summary: dict = {}
+    try:
+        if cluster is not None:
+            failed, processed, seconds, cluster_summary = cluster.run(config, collection, loaded, extractor, writer, forward)
+        else:
+            failed, processed, seconds = _run(config, collection, loaded, extractor, writer, device, workers, forward, decode)
+    finally:
+        writer.close()  # the store's lock
     with open_store(path) as store:
         rows = len(store)
-    return ExtractResult(path=path, rows=rows, layers=plan.dims, failed=failed, seconds=seconds, images=processed)
+    changes = dict(updated=True, added=update.added, removed=update.removed) if update is not None else {}
+    return ExtractResult(
+        path=path, rows=rows, layers=plan.dims, failed=failed, seconds=seconds, images=processed, **changes,
+        **cluster_summary,
+    )
 
 
 def _run(
@@ -200,28 +232,36 @@ def _run(
     writer: StoreWriter,
     device: torch.device,
     workers: int,
+    forward: ForwardConfig,
+    decode: str = "cpu",
 ) -> tuple[list[tuple[str, str]], int, float]:
     """Run the images from ``writer.start`` on through the network into the store.
 
-    Returns the images that failed, the number processed and the seconds taken.
+    *extractor* runs ``forward.micro_batch`` images per pass; it is prepared
+    here in ``forward.layout``.  JPEGs are decoded on the GPU with
+    ``decode='gpu'`` (see :class:`ImageLoader`).  Returns the images that
+    failed, the number processed and the seconds taken.
     """
-    extractor = prepare_extractor(extractor, device, config.precision)
+    extractor = prepare_extractor(extractor, device, config.precision, forward.layout)
     loader = ImageLoader(
         collection,
         loaded.preprocessing,
-        indices=range(writer.start, len(collection)),
+        indices=writer.remaining,
         batch_size=config.batch_size,
         workers=workers,
         device=device,
         max_pixels=config.max_pixels,
+        decode=decode,
     )
+    if decode == "gpu":
+        log.info("decoding JPEGs on the GPU (nvJPEG); other files on the CPU")
     joiner = BatchJoiner(device)
     failed: list[tuple[str, str]] = []
     thread = _WriterThread(writer)
     thread.start()
     bar = tqdm(
         total=len(collection),
-        initial=writer.start,
+        initial=len(collection) - len(writer.remaining),
         unit="img",
         desc=f"{loaded.name} {','.join(s.name for s in writer.todo)}",
         disable=not config.progress,
@@ -258,4 +298,6 @@ def _run(
         raise
     bar.close()
     writer.finish()
+    if loader.gpu_decoder is not None and loader.gpu_decoder.refused:
+        log.info(f"{loader.gpu_decoder.refused} JPEG(s) that the GPU's decoder refused were decoded on the CPU")
     return failed, processed, time.perf_counter() - started
