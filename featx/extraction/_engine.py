@@ -32,10 +32,10 @@ from ..paths import check_writable_file
 from ..store import StoreWriter, lock_store, open_store
 from ._autotune import choose_forward_config, default_forward_config, default_micro_batch
 from ._config import ExtractConfig, ExtractResult, default_store_path
-from ._device import autocast, resolve_device
+from ._device import resolve_device
 from ._gpu_decode import resolve_decode
 from ._images import ImageCollection, discover_images
-from ._loader import BatchJoiner, ImageLoader, default_workers
+from ._loader import BatchJoiner, ImageLoader, default_workers, run_batch
 from ._models import LoadedModel, load_model, weights_label
 from ._network import FeatureExtractor, ForwardConfig, prepare_extractor, probe_layers
 
@@ -272,14 +272,7 @@ def _run(
     try:
         with torch.inference_mode():
             for chunks in loader:
-                indices = [i for chunk in chunks for i in chunk.indices]
-                failures = [f for chunk in chunks for f in chunk.failures]
-                pixels = [chunk.pixels for chunk in chunks if chunk.pixels is not None]
-                features = {}
-                if pixels:
-                    with autocast(device, config.precision):
-                        outputs = extractor(joiner(pixels))
-                    features = {name: joiner.detach(value) for name, value in outputs.items()}
+                indices, failures, features = run_batch(extractor, joiner, chunks, device, config.precision)
                 last = max([*indices, *(i for i, _ in failures)])
                 thread.put(dict(stop=last + 1, indices=indices, features=features, failures=failures))
                 failed.extend((collection.ids[i], reason) for i, reason in failures)

@@ -13,12 +13,14 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from ..errors import message
+from ._device import autocast
 from ._gpu_decode import EncodedImageDataset, GpuJpegDecoder, collate_encoded
 from ._images import (
     MAX_IMAGE_PIXELS,
@@ -85,6 +87,26 @@ class BatchJoiner:
         if self._buffer is not None and np.may_share_memory(array, self._buffer.numpy()):
             array = array.copy()
         return array
+
+
+def run_batch(
+    extractor: Any, joiner: BatchJoiner, chunks: Sequence[Any], device: torch.device, precision: str
+) -> tuple[list[int], list[tuple[int, str]], dict[str, np.ndarray]]:
+    """One batch's decoded chunks through the network: the local engine's step and a Ray worker's.
+
+    Returns the candidate indices computed, the ``(index, reason)`` of the
+    images that failed to decode, and each layer's features (empty when every
+    image of the batch failed).
+    """
+    indices = [i for chunk in chunks for i in chunk.indices]
+    failures = [f for chunk in chunks for f in chunk.failures]
+    pixels = [chunk.pixels for chunk in chunks if chunk.pixels is not None]
+    features: dict[str, np.ndarray] = {}
+    if pixels:
+        with autocast(device, precision):
+            outputs = extractor(joiner(pixels))
+        features = {name: joiner.detach(value) for name, value in outputs.items()}
+    return indices, failures, features
 
 
 # On the CPU, decoding workers run at the lowest priority.  The network's

@@ -28,9 +28,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError, message
-from ._device import autocast
 from ._images import ImageCollection
-from ._loader import BatchJoiner, ImageLoader
+from ._loader import BatchJoiner, ImageLoader, run_batch
 from ._models import Preprocessing
 from ._network import FeatureExtractor, prepare_extractor
 
@@ -214,13 +213,10 @@ class ShardWorker:
         outputs: dict[str, list[np.ndarray]] = {}
         with torch.inference_mode():
             for chunks in loader:
-                indices += [i for chunk in chunks for i in chunk.indices]
-                failures += [f for chunk in chunks for f in chunk.failures]
-                pixels = [chunk.pixels for chunk in chunks if chunk.pixels is not None]
-                if pixels:
-                    with autocast(self.device, recipe.precision):
-                        batch = self.extractor(self.joiner(pixels))
-                    for name, value in batch.items():
-                        outputs.setdefault(name, []).append(self.joiner.detach(value))
+                done, failed, batch = run_batch(self.extractor, self.joiner, chunks, self.device, recipe.precision)
+                indices += done
+                failures += failed
+                for name, value in batch.items():
+                    outputs.setdefault(name, []).append(value)
         features = {name: np.concatenate(parts) for name, parts in outputs.items()}
         return ShardResult(shard.number, shard.stop, indices, features, failures, time.perf_counter() - started)
