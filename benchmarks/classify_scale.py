@@ -12,6 +12,10 @@ its peak RSS is the whole process's (``ru_maxrss`` of that child, from
 
 featx
     ``featx.classify(store, models=family, memory=...)``: what the command runs.
+subsample
+    featx's in-memory fit on ``--subsample`` random training rows (300,000 by
+    default), evaluated on the same evaluation rows: the reference accuracy
+    of a streaming fit too large for memory.
 sklearn
     The same train and evaluation rows (featx's join and split), read whole,
     ``StandardScaler`` then the estimator with its defaults (``LinearSVC``,
@@ -24,6 +28,8 @@ Usage::
     python benchmarks/classify_scale.py --case 50000x512x10 --families svm,logreg --repeats 3
     python benchmarks/classify_scale.py --case 300000x2048x100 --families bayes,logreg,svm --tools featx --repeats 1
     python benchmarks/classify_scale.py --store features/digits/resnet18.h5 --families xgboost
+    python benchmarks/classify_scale.py --case 1000000x2048x100 --families bayes,logreg,svm --tools featx,subsample \\
+        --memory 3G --repeats 1 --keep --workdir /tmp/cs   # streaming at 1M vs in memory on 300k of its rows
 
 The pairs are interleaved (featx, sklearn, featx, ...), since the machine may
 be shared.  Prints a table (medians over ``--repeats``) and writes ``--json``.
@@ -55,7 +61,7 @@ _META = {
 }
 
 
-def write_store(path: Path, rows: int, dim: int, classes: int, seed: int = 0, block: int = 8192) -> Path:
+def write_store(path: Path, rows: int, dim: int, classes: int, seed: int = 0, block: int = 65536) -> Path:
     """A synthetic store of *rows* x *dim* float32 features of *classes* classes, written block by block."""
     from featx.store import LayerSpec, StoreWriter
 
@@ -101,6 +107,8 @@ def child(args: argparse.Namespace) -> dict:
         r = run.results[0]
         return {"fit_s": r.fit_seconds, "predict_s": r.predict_seconds, "total_s": total, "accuracy": r.accuracy,
                 "converged": not r.warnings, "path": run.fit.path, "fit_input": r.fit_input}
+    if args.tool == "subsample":
+        return _subsample_child(args)
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.preprocessing import StandardScaler
 
@@ -125,6 +133,34 @@ def child(args: argparse.Namespace) -> dict:
             "path": "in-memory", "fit_input": "matrix"}
 
 
+def _subsample_child(args: argparse.Namespace) -> dict:
+    """featx's in-memory fit on ``--subsample`` random training rows, evaluated on all of featx's evaluation rows.
+
+    The reference of the 1M-row streaming target: the accuracy a fit of the
+    whole matrix in memory would reach, on a subsample that fits in memory.
+    It runs featx's own fitter (``_Fitter``) on the rows chosen here.
+    """
+    from featx.classification import ClassifyConfig, join_features, plan_evaluation, plan_fit
+    from featx.classification._training import _Fitter
+
+    config = ClassifyConfig(features=(args.store_path,), models=args.family, out=args.out, plots=False)
+    joined = join_features(config.features, load=False)
+    train, test = plan_evaluation(joined, cv=None, test_size=config.test_size, seed=config.seed).folds[0]
+    rows = np.sort(np.random.default_rng(0).choice(train, min(args.subsample, train.size), replace=False))
+    plan = plan_fit(rows.size, joined.n_features, config.memory, models=config.models, params=config.model_params,
+                    search=False, pca=None)
+    fitter = _Fitter(args.family, config.model_params[args.family], config, joined, plan)
+    _preload()
+    started = time.perf_counter()
+    model, _ = fitter.fit(rows)
+    fit = time.perf_counter() - started
+    t = time.perf_counter()
+    predicted, _ = fitter.predict(model, test)
+    return {"fit_s": fit, "predict_s": time.perf_counter() - t, "total_s": time.perf_counter() - started,
+            "accuracy": float(np.mean(predicted == joined.labels[test])), "converged": not fitter.warnings,
+            "path": f"{plan.path}, {rows.size:,} training rows", "fit_input": fitter.fit_input}
+
+
 def _preload() -> None:
     """Import what the featx fit imports lazily, so that both tools' fit times exclude imports."""
     import importlib
@@ -146,10 +182,10 @@ def _sklearn_default(family: str):
 
 
 def measure(store: Path, tool: str, family: str, memory: str | None, timeout: float, folder: Path,
-            params: list[str]) -> dict:
+            params: list[str], subsample: int) -> dict:
     """One measurement in a fresh child process; its peak RSS from the kernel's accounting of that child."""
     command = [sys.executable, __file__, "--child", "--tool", tool, "--family", family, "--store-path", str(store),
-               "--out", str(folder / f"{tool}-{family}-{time.monotonic_ns()}")]
+               "--out", str(folder / f"{tool}-{family}-{time.monotonic_ns()}"), "--subsample", str(subsample)]
     if memory:
         command += ["--memory", memory]
     for param in params:
@@ -207,13 +243,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--case", type=_case, action="append", help="ROWSxDIMxCLASSES of a synthetic store (repeatable)")
     parser.add_argument("--store", dest="stores", action="append", default=[], help="a real STORE[:LAYER] (repeatable)")
     parser.add_argument("--families", default="svm,logreg,bayes,xgboost")
-    parser.add_argument("--tools", default="featx,sklearn")
+    parser.add_argument("--tools", default="featx,sklearn",
+                        help="featx, sklearn, and/or subsample (featx in memory on --subsample training rows)")
+    parser.add_argument("--subsample", type=int, default=300_000, help="training rows of the subsample tool")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory", help="featx's --memory (default: the RAM available)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="a featx classifier parameter, for the families that declare it (repeatable)")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds before one measurement is abandoned")
     parser.add_argument("--workdir", type=Path, help="where the synthetic stores go (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the synthetic stores in --workdir, and reuse those already there")
     parser.add_argument("--json", type=Path, default=Path("classify_scale.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tool", help=argparse.SUPPRESS)
@@ -230,9 +270,15 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         inputs = [(spec, *_store_shape(spec)) for spec in args.stores]
         for rows, dim, classes in cases:
-            started = time.perf_counter()
-            store = write_store(folder / f"synthetic-{rows}x{dim}x{classes}.h5", rows, dim, classes)
-            print(f"wrote {store.name} in {time.perf_counter() - started:.0f} s", flush=True)
+            name = f"synthetic-{rows}x{dim}x{classes}.h5"
+            kept = args.keep and args.workdir is not None and (args.workdir / name).exists()
+            if kept:
+                store = args.workdir / name
+                print(f"reusing {store}", flush=True)
+            else:
+                started = time.perf_counter()
+                store = write_store((args.workdir if args.keep and args.workdir else folder) / name, rows, dim, classes)
+                print(f"wrote {store.name} in {time.perf_counter() - started:.0f} s", flush=True)
             inputs.append((str(store), rows, dim, classes))
         for store, rows, dim, classes in inputs:
             for family in args.families.split(","):
@@ -242,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
                     for tool in tools:
                         memory = args.memory if tool == "featx" else None
                         params = args.param if tool == "featx" else []
-                        runs[tool].append(measure(store, tool, family, memory, args.timeout, folder, params))
+                        runs[tool].append(
+                            measure(store, tool, family, memory, args.timeout, folder, params, args.subsample)
+                        )
                 for tool in tools:
                     row = {"store": Path(store).name, "rows": rows, "dim": dim, "classes": classes, "family": family,
                            "tool": tool, "matrix_bytes": rows * dim * 4, **_median(runs[tool]), "runs": runs[tool]}
@@ -256,16 +304,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _table(results: list[dict]) -> str:
-    """featx and sklearn side by side: one line per case and family (medians)."""
-    head = ("| rows x dim, classes | family | featx fit s | predict s | process CPU s | peak RSS (x matrix) | acc | conv "
-            "| sklearn fit s | predict s | process CPU s | peak RSS (x matrix) | acc | conv |")
+    """The tools side by side (featx, sklearn, subsample: those run): one line per case and family (medians)."""
+    tools_run = [tool for tool in ("featx", "sklearn", "subsample") if any(r["tool"] == tool for r in results)]
+    head = "| rows x dim, classes | family | " + " | ".join(
+        f"{tool} fit s | predict s | process CPU s | peak RSS (x matrix) | acc | conv" for tool in tools_run) + " |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     keyed = {}
     for r in results:
         keyed.setdefault((r["rows"], r["dim"], r["classes"], r["family"]), {})[r["tool"]] = r
     for (rows, dim, classes, family), tools in keyed.items():
         cells = [f"{rows:,} x {dim:,}, {classes}", family]
-        for tool in ("featx", "sklearn"):
+        for tool in tools_run:
             r = tools.get(tool)
             if r is None or "error" in r:
                 cells += [r["error"] if r else "-", "", "", "", "", ""]
@@ -278,7 +327,7 @@ def _table(results: list[dict]) -> str:
 
 
 def _line(row: dict) -> str:
-    head = f"{row['rows']:>9,} x {row['dim']:<5,} C={row['classes']:<3} {row['family']:<8} {row['tool']:<7}"
+    head = f"{row['rows']:>9,} x {row['dim']:<5,} C={row['classes']:<3} {row['family']:<8} {row['tool']:<9}"
     if "error" in row:
         return f"{head} {row['error']}"
     return (f"{head} fit {row['fit_s']:8.2f}s  predict {row['predict_s']:6.2f}s  total {row['total_s']:8.2f}s  "

@@ -56,6 +56,8 @@ BOOSTER = "booster.ubj"
 # Types a featx pipeline holds that skops does not trust by default.  Anything
 # else that skops reports as untrusted makes loading fail.
 TRUSTED_TYPES = (
+    "featx.classification._bayes.GaussianNaiveBayes",
+    "featx.classification._linear.MinibatchLinearClassifier",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
     "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
 )

@@ -8,9 +8,10 @@ streams.  :func:`stream_fit` then reads the training rows in blocks
 - the per-block ``StandardScaler``\\ s by ``partial_fit`` (the same means and
   variances as a fit on the whole matrix);
 - ``GaussianNB.partial_fit`` in one pass (exact);
-- logreg and the linear SVM as ``SGDClassifier`` (``log_loss`` / ``hinge``)
-  by ``partial_fit`` over :data:`EPOCHS` passes, blocks and rows shuffled;
-- the MLP by ``MLPClassifier.partial_fit`` (Adam) over the same passes;
+- logreg and the linear SVM by :class:`~._linear.MinibatchLinearClassifier`
+  (softmax / squared hinge): ``partial_fit`` per block, blocks and rows
+  shuffled, epochs until its objective settles (``end_epoch``);
+- the MLP by ``MLPClassifier.partial_fit`` (Adam) over :data:`EPOCHS` passes;
 - xgboost from an ``xgboost.DataIter`` (:mod:`._boosting`), on either path.
 
 The fitted objects are the same scikit-learn pipeline as in memory (the
@@ -38,7 +39,7 @@ __all__ = [
 
 log = logging.getLogger("featx")
 
-#: Passes of the SGD models over the training rows when streaming.
+#: Passes of the streamed MLP over the training rows.
 EPOCHS = 5
 #: Fewest rows a block may have; a budget smaller than such a block is refused.
 MIN_BLOCK_ROWS = 8
@@ -232,12 +233,21 @@ def stream_fit(name: str, params: dict, joined: JoinedFeatures, rows: np.ndarray
         fit_naive_bayes(estimator, blocks, len(classes))
         return pipeline
     rng = np.random.default_rng(seed)
-    for _ in range(EPOCHS):
+    # The minibatch linear models say when an epoch has settled their objective (end_epoch); the MLP runs EPOCHS.
+    settles = hasattr(estimator, "end_epoch")
+    for _ in range(estimator.max_iter if settles else EPOCHS):
         for chunk in _mixed_blocks(rows, block_rows, rng):
             X = normaliser.transform(joined.rows(chunk, buffer))
-            # SGD and Adam need shuffled rows; the store order is sorted by class folder.
+            # Minibatches need shuffled rows; the store order is sorted by class folder.
             order = rng.permutation(chunk.size)
             estimator.partial_fit(X[order], labels[chunk][order], classes=classes)
+        if settles:
+            done = estimator.end_epoch()
+            # An epoch of 10^6 rows takes tens of seconds: say where the fit is.
+            log.info(f"{name}: epoch {estimator.n_iter_}, objective {estimator.objective_:.5g}"
+                     + (" (settled)" if done else ""))
+            if done:
+                break
     return pipeline
 
 

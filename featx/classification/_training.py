@@ -175,7 +175,7 @@ class _Fitter:
         build = fam.stream if self.plan.streaming else fam.build
         estimator = build(self.params, self.config.seed)
         if fam.for_rows is not None and not self.config.search:
-            fam.for_rows(estimator, self.params, n_rows, self.joined.n_features)
+            estimator = fam.for_rows(estimator, self.params, n_rows, self.joined.n_features, self.plan.streaming)
         return build_pipeline(self.joined.blocks, self.config.normalize, self.config.pca, estimator, self.config.seed)
 
     def predict(self, model: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -185,6 +185,22 @@ class _Fitter:
         rows are never held as one more matrix.
         """
         return stream_predict(model, self.joined, rows, self.plan.block_rows, hasattr(model, "predict_proba"))
+
+    def _record(self, caught: list[warnings.WarningMessage]) -> None:
+        """Keep (and log once) the convergence warnings of a fit; re-issue the others."""
+        from sklearn.exceptions import ConvergenceWarning
+
+        for w in caught:
+            if issubclass(w.category, ConvergenceWarning):
+                text = message(
+                    f"{self.name} did not converge ({str(w.message).splitlines()[0]})",
+                    hint=f"raise {option('max_iter')}",
+                )
+                if text not in self.warnings:
+                    self.warnings.append(text)
+                    log.warning(text)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
     def fit(self, rows: np.ndarray) -> tuple[Any, dict[str, Any] | None]:
         """Fit on *rows*; return the fitted pipeline and the search summary (or None).
@@ -206,9 +222,12 @@ class _Fitter:
             self.fit_input = matrix
             return model, None
         if self.plan.streaming:
-            model = stream_fit(
-                self.name, self.params, self.joined, rows, estimator, self.plan.block_rows, self.config.seed
-            )
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                model = stream_fit(
+                    self.name, self.params, self.joined, rows, estimator, self.plan.block_rows, self.config.seed
+                )
+            self._record(caught)
             return model, None
         rows = np.sort(rows)
         X, y = self.joined.rows(rows), self.joined.labels[rows]
@@ -227,17 +246,7 @@ class _Fitter:
             else:
                 fit_in_place(estimator, X, y, self.plan.block_rows)
         del X
-        for w in caught:
-            if issubclass(w.category, ConvergenceWarning):
-                text = message(
-                    f"{self.name} did not converge ({str(w.message).splitlines()[0]})",
-                    hint=f"raise {option('max_iter')}",
-                )
-                if text not in self.warnings:
-                    self.warnings.append(text)
-                    log.warning(text)
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        self._record(caught)
         if not self.config.search:
             return estimator, None
         best = {k.removeprefix("clf__"): v for k, v in estimator.best_params_.items()}
