@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{engine:>8} {s['engine_images_per_second']:9.1f} {ratio:6.2f} {s['end_to_end_seconds']:13.1f} "
             f"{ratio_e2e:6.2f}  {s['identical_to_local']}"
         )
-    print(f"({time.perf_counter() - started:.0f} s in all)")
+    loads = [r["load_average"] for r in runs]
+    print(f"({time.perf_counter() - started:.0f} s in all; 1-minute load average {min(loads):.1f} to {max(loads):.1f} after the runs)")
     if args.json:
         args.json.write_text(json.dumps({"settings": vars(args) | {"data": str(args.data), "json": str(args.json)},
                                          "runs": runs, "summary": summary}, indent=2))

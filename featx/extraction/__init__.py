@@ -77,6 +77,7 @@ _EXPORTS = {
     "WORKER_NICENESS": "_loader",
     "BatchJoiner": "_loader",
     "ImageLoader": "_loader",
+    "DecodePool": "_loader",
     "default_workers": "_loader",
     # _allocator, _onednn: CPU tuning
     "reuse_freed_memory": "_allocator",

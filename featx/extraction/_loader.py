@@ -5,14 +5,26 @@ chunk per worker; the chunks of a batch are joined into one tensor on the
 device the network runs on (pinned memory and non-blocking copies on CUDA).
 With GPU decoding (:mod:`featx.extraction._gpu_decode`) the workers read the
 JPEGs' bytes and the main process decodes each batch's JPEGs on the GPU.
+
+:class:`ImageLoader` decodes one list of images (the local engine's run);
+:class:`DecodePool` is fed list after list by a Ray worker, its processes
+started once, and decodes the first batches of the next list while the
+network runs the last ones of the current one.  Both cut batches into the
+same chunks.
 """
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,7 +42,7 @@ from ._images import (
     collate_images,
 )
 
-__all__ = ["WORKER_NICENESS", "ImageLoader", "BatchJoiner", "default_workers"]
+__all__ = ["WORKER_NICENESS", "BatchJoiner", "DecodePool", "ImageLoader", "default_workers"]
 
 
 def default_workers(device: torch.device | None = None) -> int:
@@ -143,6 +155,12 @@ def _decode_in_background(worker_id: int) -> None:
     os.nice(WORKER_NICENESS)
 
 
+def _batch_chunks(batch: Sequence[int], batch_size: int, workers: int) -> list[list[int]]:
+    """A batch cut into one chunk per decoding worker (ImageLoader's and DecodePool's cut)."""
+    chunk = -(-batch_size // max(1, workers))
+    return [list(batch[b : b + chunk]) for b in range(0, len(batch), chunk)]
+
+
 class ImageLoader:
     """The engine's input pipeline: file bytes -> preprocessed images, batch after batch.
 
@@ -192,12 +210,10 @@ class ImageLoader:
         if decode not in ("cpu", "gpu") or (decode == "gpu" and device.type != "cuda"):
             allowed = "'cpu', or 'gpu' with a CUDA device"
             raise ValueError(message("decode", allowed=allowed, got=f"{decode!r} on {device}"))
-        chunk = -(-batch_size // max(1, workers))
         chunks: list = []
         self.chunks_per_batch: list[int] = []
         for a in range(0, len(indices), batch_size):
-            batch = indices[a : a + batch_size]
-            parts = [list(batch[b : b + chunk]) for b in range(0, len(batch), chunk)]
+            parts = _batch_chunks(indices[a : a + batch_size], batch_size, workers)
             chunks.extend(parts)
             self.chunks_per_batch.append(len(parts))
         self.gpu_decoder: GpuJpegDecoder | None = None
@@ -224,3 +240,137 @@ class ImageLoader:
         for count in self.chunks_per_batch:
             batch = [next(chunks) for _ in range(count)]
             yield [self.gpu_decoder(batch)] if self.gpu_decoder is not None else batch
+
+
+# The dataset of a DecodePool's process (set once, when the process starts).
+_POOL_DATASET: ImageDataset | None = None
+# Linux's prctl option that signals a process when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _start_pool_decoder(dataset: ImageDataset, parent: int) -> None:
+    """A DecodePool process: decode at low priority, leave Ctrl-C to the worker, die with the worker."""
+    global _POOL_DATASET
+    _POOL_DATASET = dataset
+    _decode_in_background(0)
+    # Preprocessing runs elementwise operations only: one thread, as in a DataLoader worker.
+    torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        # A Ray worker that is killed (ray.kill, a crash) cannot stop its pool:
+        # the kernel does, instead of leaving the processes waiting for work.
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the worker died before the line above
+        os._exit(0)
+
+
+def _decode_chunk(indices: list[int]) -> ImageBatch:
+    assert _POOL_DATASET is not None
+    return collate_images([_POOL_DATASET[i] for i in indices])
+
+
+@dataclass
+class _QueuedBatch:
+    key: tuple[Hashable, int]  # (the list's key, the batch's position in it)
+    chunks: list[list[int]]
+    futures: list[Future] | None = None  # None until submitted (or always, without processes)
+
+
+class DecodePool:
+    """Decoding processes started once and fed list after list of images: a Ray worker's input pipeline.
+
+    An :class:`ImageLoader` starts its processes for one list, and the first
+    batch of the list is decoded while the network waits.  A Ray worker gets
+    one shard after another; with a loader per shard it would pay that (and a
+    fork) for every shard.  The pool's processes stay, and it decodes up to
+    *prefetch* batches ahead of the one the network runs, across the lists it
+    was given: the first batches of the next shard are decoded during the last
+    ones of the current shard.  The batches, their chunks and the processes'
+    priority are :class:`ImageLoader`'s, so the pixels are the same.
+
+    Parameters
+    ----------
+    collection : ImageCollection
+    preprocessing : callable
+        PIL image -> tensor (3, H, W).
+    batch_size, workers : int
+        ``workers=0``: each batch is decoded in this process when it is taken.
+    max_pixels : int
+    prefetch : int
+        Batches decoded ahead (a DataLoader's ``prefetch_factor``, 2).
+    """
+
+    def __init__(
+        self,
+        collection: ImageCollection,
+        preprocessing: Callable,
+        *,
+        batch_size: int,
+        workers: int,
+        max_pixels: int = MAX_IMAGE_PIXELS,
+        prefetch: int = 2,
+    ) -> None:
+        self.dataset = ImageDataset(collection, preprocessing, max_pixels=max_pixels)
+        self.batch_size = batch_size
+        self.workers = workers
+        self.prefetch = prefetch
+        self._executor: ProcessPoolExecutor | None = None
+        self._queue: deque[_QueuedBatch] = deque()
+
+    def schedule(self, key: Hashable, indices: Sequence[int]) -> None:
+        """Queue the batches of *indices* (candidates, in order) after those queued, under *key*."""
+        for position, a in enumerate(range(0, len(indices), self.batch_size)):
+            chunks = _batch_chunks(indices[a : a + self.batch_size], self.batch_size, self.workers)
+            self._queue.append(_QueuedBatch((key, position), chunks))
+        self._submit()
+
+    def starts_with(self, key: Hashable) -> bool:
+        """Whether the next batch taken is the first one of the list queued under *key*."""
+        return bool(self._queue) and self._queue[0].key == (key, 0)
+
+    def discard(self) -> None:
+        """Forget every queued batch (those being decoded finish and are dropped)."""
+        for item in self._queue:
+            for future in item.futures or ():
+                future.cancel()
+        self._queue.clear()
+
+    def take(self) -> list[ImageBatch]:
+        """The next queued batch, as its decoded chunks in order; waits for it.
+
+        Raises
+        ------
+        BrokenProcessPool
+            A decoding process died; the queue is emptied and the next
+            :meth:`schedule` starts new processes.
+        """
+        item = self._queue.popleft()
+        self._submit()
+        if item.futures is None:
+            return [collate_images([self.dataset[i] for i in chunk]) for chunk in item.chunks]
+        try:
+            return [future.result() for future in item.futures]
+        except BrokenProcessPool:
+            self.discard()
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the processes (a later :meth:`schedule` starts new ones)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def _submit(self) -> None:
+        if self.workers == 0:
+            return
+        for item in list(self._queue)[: self.prefetch]:
+            if item.futures is None:
+                if self._executor is None:
+                    self._executor = ProcessPoolExecutor(
+                        self.workers,
+                        # Forked: the dataset and preprocessing need no pickling, and no imports are repeated.
+                        mp_context=multiprocessing.get_context("fork"),
+                        initializer=_start_pool_decoder,
+                        initargs=(self.dataset, os.getpid()),
+                    )
+                item.futures = [self._executor.submit(_decode_chunk, chunk) for chunk in item.chunks]

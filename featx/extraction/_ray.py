@@ -15,8 +15,12 @@ network.  Then, instead of running the network itself:
    no node needs a weights cache or network access), with the driver's
    choice of images per pass and memory layout, so every worker computes the
    local engine's bits.  Each worker decodes its shards' images itself, on
-   its node's cores (no driver bottleneck), and returns the pooled features
-   through Ray's object store.
+   its node's cores (no driver bottleneck), in decoding processes it starts
+   once (:class:`~featx.extraction.DecodePool`), and returns the pooled
+   features through Ray's object store.  The driver names each worker's next
+   shard with its current one, so the worker decodes the first batches of
+   the next shard while its network runs the last ones of the current shard:
+   a shard boundary costs a call, not a batch decoded while the network waits.
 3. The driver keeps the one :class:`~featx.store.StoreWriter` and adds the
    shards in order (finished shards that overtake a slower one wait in a
    bounded buffer), so the store format, its crash safety and resuming are
@@ -36,10 +40,18 @@ workers; the driver only appends features, about 8 KiB an image for
 ResNet-50's ``penultimate`` (tens of MB/s for several GPUs, far below what
 HDF5 appends on one disk), so it is no bottleneck; a worker gets its next
 shard as soon as it returns one, and the last shards are small next to the
-run (a few shards per worker), so workers finish together.  What is lost per
-shard: its decoding processes start afresh (a fork, and the first batch
-decoded before the network runs), about a batch's decoding time, next to up
-to 64 batches of work.
+run (a few shards per worker), so workers finish together.  What a run pays
+that the local engine does not: Ray's start (a local instance) and each
+worker's start (a Python process importing torch, and the network fetched
+from the object store), a few seconds in all.
+
+On the CPU every worker runs the driver's number of threads (bit for bit), so
+workers that share a node's cores (``--ray-workers 2`` on 2 cores) would run
+networks whose threads stall each other at every operation's barrier; such
+workers take turns on the network, batch by batch (``take_turns``), and
+decode while they wait.  A local Ray instance starts its workers at niceness
+0, like the local engine's process (Ray's default is 15, which would leave the
+network little more CPU than its decoding processes at 19).
 
 Cluster setups: the images must be readable at the same absolute path on
 every node (a shared file system, or the same copy on each); only the driver
@@ -131,10 +143,16 @@ class _WorkerPlan:
 
     def describe(self) -> str:
         each = f"{self.cpus:g} CPU(s)" + (f" and {self.gpus:g} GPU(s)" if self.gpus else "")
+        turns = ", taking turns on the network" if self.take_turns else ""
         return (
             f"{self.workers} Ray worker(s) of {each} each, on {self.device}, {self.threads} thread(s), "
-            f"{self.decode_workers} decoding process(es)"
+            f"{self.decode_workers} decoding process(es){turns}"
         )
+
+    @property
+    def take_turns(self) -> bool:
+        """Whether the workers run more threads than the cores they reserve, so share them with each other."""
+        return self.device == "cpu" and self.cpus < self.threads
 
 
 def _plan_workers(config: ExtractConfig, have: _Resources, threads: int) -> _WorkerPlan:
@@ -254,9 +272,9 @@ class _RayShardWorker(ShardWorker):
         self._load(shared)
         return super().describe()
 
-    def extract(self, shard: Shard, shared: list) -> ShardResult:
+    def extract(self, shard: Shard, shared: list, then: Shard | None = None) -> ShardResult:
         self._load(shared)
-        return super().extract(shard)
+        return super().extract(shard, then)
 
 
 class RayCluster:
@@ -336,6 +354,11 @@ class RayCluster:
                 include_dashboard=False,
                 logging_level=logging.WARNING,
                 log_to_driver=False,
+                # Ray starts its workers at niceness 15 by default.  Here they are the extraction:
+                # at 15 their network threads would yield to any other work (and share the
+                # cores almost evenly with their decoding processes at 19), where the local
+                # engine runs its network at 0 and decodes at 19.
+                _system_config={"worker_niceness": 0},
             )
             self._disconnect = True
             log.info(f"started a local Ray instance ({self.resources.describe()}) in {time.perf_counter() - started:.1f} s")
@@ -411,13 +434,11 @@ class _Run:
             threads=plan.threads,
             decode_workers=plan.decode_workers,
             max_pixels=config.max_pixels,
+            take_turns=plan.take_turns,
         )
-        # Absolute: the workers' working folder is not the driver's.
-        images = dataclasses.replace(self.collection, root=self.collection.root.resolve())
-        self.shared = [ray.put(self.extractor), ray.put(images)]
         token = uuid.uuid4().hex[:8]
         worker_class = ray.remote(_RayShardWorker)
-        return [
+        actors = [
             worker_class.options(
                 name=f"featx-{token}-worker-{i}",
                 num_cpus=plan.cpus,
@@ -430,6 +451,13 @@ class _Run:
             ).remote(recipe)
             for i in range(plan.workers)
         ]
+        # Put while the workers' processes start (they fetch both with their first call).
+        # Absolute: the workers' working folder is not the driver's.
+        images = dataclasses.replace(self.collection, root=self.collection.root.resolve())
+        put = time.perf_counter()
+        self.shared = [ray.put(self.extractor), ray.put(images)]
+        log.debug(f"network and image list put in the object store in {time.perf_counter() - put:.2f} s")
+        return actors
 
     def _ready(self, actor) -> ray.ObjectRef:
         """A call that returns once *actor* is ready: retried while Ray restarts it, failed if it is dead for good."""
@@ -450,6 +478,8 @@ class _Run:
         waiting: dict = {self._ready(actor): (i, None) for i, actor in enumerate(actors)}
         idle: list[int] = []
         todo = [(shard.number, shard) for shard in self.shards]  # a heap: retried shards first
+        # worker -> the shard it gets next, named with its current one so that it decodes it ahead.
+        upcoming: dict[int, Shard] = {}
         done: dict[int, ShardResult] = {}
         attempts = [0] * len(self.shards)
         errors: dict[int, str] = {}
@@ -479,10 +509,22 @@ class _Run:
                             "and the same command resumes from them",
                         )
                     )
-                while idle and todo and todo[0][0] < committed + window and (failing is None or todo[0][0] < failing.number):
-                    _, shard = heapq.heappop(todo)
-                    worker = idle.pop()
-                    waiting[actors[worker].extract.remote(shard, self.shared)] = (worker, shard)
+                # Shards from this number on wait: the buffer of finished shards is full, or one before keeps failing.
+                limit = committed + window if failing is None else min(committed + window, failing.number)
+                for worker in list(idle):
+                    shard = upcoming.pop(worker, None)
+                    if shard is not None and shard.number >= limit:
+                        heapq.heappush(todo, (shard.number, shard))
+                        shard = None
+                    if shard is None:
+                        if not (todo and todo[0][0] < limit):
+                            continue
+                        _, shard = heapq.heappop(todo)
+                    if todo and todo[0][0] < limit:
+                        upcoming[worker] = heapq.heappop(todo)[1]
+                    idle.remove(worker)
+                    then = upcoming.get(worker)
+                    waiting[actors[worker].extract.remote(shard, self.shared, then)] = (worker, shard)
                 ready, _ = ray.wait(list(waiting), num_returns=1, timeout=30.0)
                 if not ready:
                     if not any_ready and time.perf_counter() - started > start_seconds:
@@ -510,7 +552,11 @@ class _Run:
                         retried += 1
                         heapq.heappush(todo, (shard.number, shard))
                     if isinstance(exc, ray.exceptions.RayActorError):
-                        # Ray restarts the worker; it takes shards again once it answers.
+                        # Ray restarts the worker; it takes shards again once it answers,
+                        # and the shard it was to get next goes to whichever worker is free first.
+                        if worker in upcoming:
+                            reserved = upcoming.pop(worker)
+                            heapq.heappush(todo, (reserved.number, reserved))
                         waiting[self._ready(actors[worker])] = (worker, None)
                     else:
                         idle.append(worker)
@@ -519,7 +565,12 @@ class _Run:
                 if shard is None:
                     names[worker] = f"worker {worker} ({value})"
                     any_ready = True
+                    log.debug(f"{names[worker]} ready {time.perf_counter() - started:.2f} s after the run started")
                     continue
+                log.debug(
+                    f"shard {shard.number} from {names[worker]} at {time.perf_counter() - started:.2f} s: "
+                    f"{value.seconds:.2f} s, {value.decode_wait:.2f} s of it waiting for decoded images"
+                )
                 busy[worker] += value.seconds
                 images[worker] += len(shard.indices)
                 bar.update(len(shard.indices))

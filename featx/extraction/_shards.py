@@ -5,7 +5,9 @@ multiples of the batch size of the list the local engine would run (so a
 shard's batches are the local engine's batches).  A :class:`ShardWorker` holds
 the driver's truncated network, built once, and turns a shard into a
 :class:`ShardResult`: the pooled features of its images, decoded by the worker
-itself.  The Ray engine (:mod:`._ray`) makes the worker a Ray actor; nothing
+itself, in a :class:`~featx.extraction.DecodePool` whose processes start once
+and decode the worker's next shard (which the driver names with the current
+one) while the network runs the last batches of the current one.  The Ray engine (:mod:`._ray`) makes the worker a Ray actor; nothing
 here depends on Ray, so a worker also runs in-process.
 
 Why the features are the local engine's bit for bit: the network runs a fixed
@@ -17,19 +19,27 @@ ResNet-50's last stage sum in another order with 1 thread than with 2).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: workers there do not take turns
+    fcntl = None
+
 from ..errors import DataError, message
 from ._images import ImageCollection
-from ._loader import BatchJoiner, ImageLoader, run_batch
+from ._loader import BatchJoiner, DecodePool, run_batch
 from ._models import Preprocessing
 from ._network import FeatureExtractor, prepare_extractor
 
@@ -42,6 +52,10 @@ SHARDS_PER_WORKER = 4
 MAX_BATCHES_PER_SHARD = 64
 # ... and of at most this many bytes of features (the driver buffers a few shards).
 MAX_SHARD_BYTES = 256 << 20
+#: The file whose lock workers on one node take turns on (``take_turns``), one per user.  Their
+#: threads wait for one another at every operation: two networks whose threads share the cores
+#: stall each other at each of those waits, while one at a time runs at the full speed of the cores.
+TURN_LOCK = Path(tempfile.gettempdir()) / f"featx-{os.getuid() if hasattr(os, 'getuid') else 0}-network.lock"
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,11 @@ class WorkerRecipe:
     decode_workers : int
         Decoding processes (0: decode in the worker itself).
     max_pixels : int
+    take_turns : bool
+        The workers of a node run more threads than it has cores (on the
+        CPU every worker runs the driver's threads): they run the network
+        one at a time, batch by batch (see :data:`TURN_LOCK`), and decode
+        while they wait.
     """
 
     preprocessing: Preprocessing
@@ -128,6 +147,7 @@ class WorkerRecipe:
     threads: int
     decode_workers: int
     max_pixels: int
+    take_turns: bool = False
 
 
 @dataclass
@@ -145,6 +165,8 @@ class ShardResult:
     failures : list of (candidate index, reason)
     seconds : float
         Time the worker spent on the shard.
+    decode_wait : float
+        Of *seconds*, the time the network waited for decoded images.
     """
 
     number: int
@@ -153,6 +175,7 @@ class ShardResult:
     features: dict[str, np.ndarray]
     failures: list[tuple[int, str]]
     seconds: float
+    decode_wait: float = 0.0
 
 
 class ShardWorker:
@@ -183,40 +206,74 @@ class ShardWorker:
             )
         self.recipe = recipe
         self.images = images
+        # One pool for every shard: its processes start once, and decode the next shard ahead.
+        self.decoder = DecodePool(
+            images,
+            recipe.preprocessing,
+            batch_size=recipe.batch_size,
+            workers=recipe.decode_workers,
+            max_pixels=recipe.max_pixels,
+        )
         torch.set_num_threads(recipe.threads)
         self.device = torch.device(recipe.device)
         self.extractor = prepare_extractor(extractor, self.device, recipe.precision, recipe.layout)
         self.joiner = BatchJoiner(self.device)
 
     def describe(self) -> str:
-        """``"10.0.0.5 pid 123, cpu, 2 threads"``: where the worker runs."""
+        """``"10.0.0.5 pid 123, cpu, 2 threads"``: where the worker runs (and its niceness, if not 0)."""
         where = f"{socket.gethostname()} pid {os.getpid()}"
+        niceness = os.nice(0) if hasattr(os, "nice") else 0
+        if niceness:
+            # A cluster started with Ray's default (15): the network yields to other work on the node.
+            where += f", niceness {niceness}"
         if self.device.type == "cuda":
             return f"{where}, {torch.cuda.get_device_name(self.device)}"
         return f"{where}, cpu, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}"
 
-    def extract(self, shard: Shard) -> ShardResult:
-        """Decode the shard's images and run them through the network, batch by batch."""
+    def extract(self, shard: Shard, then: Shard | None = None) -> ShardResult:
+        """Decode the shard's images and run them through the network, batch by batch.
+
+        *then*, the shard the driver will give this worker next, is decoded
+        ahead while the network runs the last batches of *shard*.
+        """
         started = time.perf_counter()
         recipe = self.recipe
-        loader = ImageLoader(
-            self.images,
-            recipe.preprocessing,
-            indices=shard.indices,
-            batch_size=recipe.batch_size,
-            workers=recipe.decode_workers,
-            device=self.device,
-            max_pixels=recipe.max_pixels,
-        )
+        pool = self.decoder
+        if not pool.starts_with(shard.number):
+            # Not decoded ahead (the first shard, or the driver changed its plan): what is queued is stale.
+            pool.discard()
+            pool.schedule(shard.number, shard.indices)
+        if then is not None:
+            pool.schedule(then.number, then.indices)
         indices: list[int] = []
         failures: list[tuple[int, str]] = []
         outputs: dict[str, list[np.ndarray]] = {}
+        waited = 0.0
         with torch.inference_mode():
-            for chunks in loader:
-                done, failed, batch = run_batch(self.extractor, self.joiner, chunks, self.device, recipe.precision)
+            for _ in range(-(-len(shard.indices) // recipe.batch_size)):
+                asked = time.perf_counter()
+                chunks = pool.take()
+                waited += time.perf_counter() - asked
+                with self._turn():
+                    done, failed, batch = run_batch(self.extractor, self.joiner, chunks, self.device, recipe.precision)
                 indices += done
                 failures += failed
                 for name, value in batch.items():
                     outputs.setdefault(name, []).append(value)
         features = {name: np.concatenate(parts) for name, parts in outputs.items()}
-        return ShardResult(shard.number, shard.stop, indices, features, failures, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        return ShardResult(shard.number, shard.stop, indices, features, failures, seconds, waited)
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """The network to itself among the workers of this node, when they take turns."""
+        if not self.recipe.take_turns or fcntl is None:
+            yield
+            return
+        # Opened for each batch, so that no decoding process (forked between batches) holds it.
+        fd = os.open(TURN_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock

@@ -20,13 +20,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 from conftest import copy_real_images, quick_extract
 from PIL import Image
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'featx[ray]'): the Ray engine is not tested")
 
 from featx.errors import ClusterError, ConfigError
-from featx.extraction import ExtractConfig, format_extraction
+from featx.extraction import DecodePool, ExtractConfig, discover_images, format_extraction, load_image, load_model
 from featx.store import StoreWriter, open_store
 
 # Attributes that differ between two runs by design.
@@ -113,14 +114,18 @@ def assert_same_store(expected: Path, actual: Path) -> None:
 
 
 def test_two_workers_write_the_local_store_bit_for_bit(ray_cluster, images, local_store, tmp_path, run_cli):
+    # A decoding process each (the local store decoded in-process): each worker's DecodePool decodes
+    # its next shard ahead, and 2 workers of 2 threads on 2 CPUs take turns on the network.
     code, out, err = run_cli(
         "extract", "--data", images, "--out", tmp_path / "ray.h5", "--model", "resnet18", "--layer", "conv2",
-        "--layer", "penultimate", "--weights", "none", "--image-size", 64, "--batch-size", 2, "--workers", 0,
+        "--layer", "penultimate", "--weights", "none", "--image-size", 64, "--batch-size", 2, "--workers", 1,
         "--device", "cpu", "--no-autotune", "--checkpoint-seconds", 0, "--no-progress",
         "--engine", "ray", "--ray-workers", 2,
     )
     assert code == 0, err
     assert_same_store(local_store, tmp_path / "ray.h5")
+    # Each worker runs the driver's threads on 1 of the 2 CPUs: they share the cores.
+    assert ("taking turns on the network" in err) == (torch.get_num_threads() > 1), err
     workers = [line for line in out.splitlines() if line.strip().startswith("worker ")]
     assert len(workers) == 2 and all("images/s" in line for line in workers)
     assert sum(int(line.split(": ")[1].split(" images")[0]) for line in workers) == 12
@@ -269,3 +274,32 @@ def test_without_ray_the_engine_names_the_extra(images, tmp_path, monkeypatch, r
 def test_ray_options_are_checked_when_the_configuration_is_made(settings, text):
     with pytest.raises(ConfigError, match=text):
         ExtractConfig(**settings)
+
+
+def test_the_decode_pool_decodes_the_next_list_ahead_in_the_loaders_chunks(images):
+    collection = discover_images(images)
+    preprocessing = load_model("resnet18", weights="none", image_size=32).preprocessing
+    pool = DecodePool(collection, preprocessing, batch_size=5, workers=2)
+    try:
+        pool.schedule(0, range(7))
+        pool.schedule(1, range(7, 10))
+        assert not pool.starts_with(1)
+        first, second = pool.take(), pool.take()
+        # Batches of 5 in chunks of 3 (5 over 2 processes), as ImageLoader cuts them; the list's last batch is short.
+        assert [chunk.indices for chunk in first] == [[0, 1, 2], [3, 4]]
+        assert [chunk.indices for chunk in second] == [[5, 6]]
+        # The next list's first batch was handed to the processes before it was asked for.
+        assert pool.starts_with(1) and pool._queue[0].futures is not None
+        third = pool.take()
+        assert [chunk.indices for chunk in third] == [[7, 8, 9]]
+        for chunk in first + second + third:
+            expected = torch.stack([preprocessing(load_image(collection.path(i))) for i in chunk.indices])
+            assert torch.equal(chunk.pixels, expected)
+        # A list that is not run (the driver gave the worker another shard) is dropped.
+        pool.schedule(2, range(5))
+        pool.discard()
+        assert not pool.starts_with(2)
+        pool.schedule(3, [10, 11])
+        assert [chunk.indices for chunk in pool.take()] == [[10, 11]]
+    finally:
+        pool.close()
