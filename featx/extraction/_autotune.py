@@ -50,6 +50,7 @@ from ._network import (
     layouts_for,
     prepare_extractor,
 )
+from ._timm import TimmNetwork
 
 __all__ = [
     "AUTOTUNE_VARIABLE",
@@ -62,6 +63,7 @@ __all__ = [
     "default_forward_config",
     "default_micro_batch",
     "measure_candidates",
+    "network_layouts",
     "recorded_forward_config",
 ]
 
@@ -103,24 +105,52 @@ def default_micro_batch(batch_size: int, max_images: int, device: torch.device) 
     return -(-batch_size // slices)
 
 
-def default_forward_config(batch_size: int, max_images: int, device: torch.device, precision: str) -> ForwardConfig:
-    """The configuration without autotuning: :func:`default_micro_batch` and :func:`default_layout`."""
-    return ForwardConfig(default_micro_batch(batch_size, max_images, device), default_layout(device, precision))
+def network_layouts(loaded: LoadedModel, device: torch.device, precision: str) -> tuple[str, ...]:
+    """The layouts *loaded*'s network runs in on *device* in *precision*.
+
+    :func:`~featx.extraction.layouts_for`, without ``blocked`` for a timm
+    model: oneDNN's blocked chains are rewritten into FX graphs, and a timm
+    body (timm's own ``forward_intermediates``) is none, so it runs plain
+    NCHW; offering ``blocked`` would time ``contiguous`` twice and record a
+    layout that never ran.
+    """
+    layouts = layouts_for(device, precision)
+    if isinstance(loaded.module, TimmNetwork):
+        layouts = tuple(layout for layout in layouts if layout != "blocked")
+    return layouts
 
 
-def candidate_configs(batch_size: int, max_images: int, device: torch.device, precision: str) -> list[ForwardConfig]:
+def default_forward_config(
+    batch_size: int, max_images: int, device: torch.device, precision: str, layouts: Sequence[str] | None = None
+) -> ForwardConfig:
+    """The configuration without autotuning: :func:`default_micro_batch` and :func:`default_layout`.
+
+    *layouts* (:func:`network_layouts`) are those the network runs in; where
+    the default layout is not among them (``blocked`` for a timm model), the
+    default is ``contiguous``.
+    """
+    layout = default_layout(device, precision)
+    if layouts is not None and layout not in layouts:
+        layout = "contiguous"
+    return ForwardConfig(default_micro_batch(batch_size, max_images, device), layout)
+
+
+def candidate_configs(
+    batch_size: int, max_images: int, device: torch.device, precision: str, layouts: Sequence[str] | None = None
+) -> list[ForwardConfig]:
     """The configurations the autotuner times, the default first.
 
     Micro batches of 1, 4, 16, 64 and 256 images up to the default's (which
     bounds memory, and above which a pass only pads), in every layout that runs
-    on *device* in *precision*, except ``contiguous`` where ``blocked`` runs:
-    the blocked layout computes the same bits as the plain one without its
-    reorders (:mod:`featx.extraction._onednn`), and is the plain one itself for
-    a network without a chain of convolutions.
+    on *device* in *precision* (or in *layouts*, :func:`network_layouts`),
+    except ``contiguous`` where ``blocked`` runs: the blocked layout computes
+    the same bits as the plain one without its reorders
+    (:mod:`featx.extraction._onednn`), and is the plain one itself for a
+    network without a chain of convolutions.
     """
-    default = default_forward_config(batch_size, max_images, device, precision)
+    default = default_forward_config(batch_size, max_images, device, precision, layouts)
     sizes = sorted({size for size in _SIZES if size < default.micro_batch} | {default.micro_batch})
-    layouts = layouts_for(device, precision)
+    layouts = tuple(layouts) if layouts is not None else layouts_for(device, precision)
     if "blocked" in layouts:
         layouts = tuple(layout for layout in layouts if layout != "contiguous")
     configs = [default]
@@ -149,6 +179,9 @@ class ForwardChoice:
         Time the measurement took (0 unless ``measured``).
     cache_file : Path or None
         Where the measurement is cached.
+    default : ForwardConfig or None
+        The configuration without autotuning, which a measured or cached
+        choice is compared with in :meth:`describe`.
     """
 
     config: ForwardConfig
@@ -156,9 +189,11 @@ class ForwardChoice:
     images_per_second: dict[ForwardConfig, float] = field(default_factory=dict)
     seconds: float = 0.0
     cache_file: Path | None = None
+    default: ForwardConfig | None = None
 
     def describe(self, default: ForwardConfig | None = None) -> str:
-        """One line for the log: the configuration, where it comes from, and what it gains."""
+        """One line for the log: the configuration, where it comes from, and what it gains (against *default*, else :attr:`default`)."""
+        default = default if default is not None else self.default
         text = f"forward pass: {self.config.describe()}"
         if self.source == "recorded":
             return f"{text} (recorded in the store by the run that started it)"
@@ -376,19 +411,28 @@ def _fastest(speeds: dict[ForwardConfig, float], default: ForwardConfig) -> Forw
     return best
 
 
-def recorded_forward_config(path: str | os.PathLike, device: torch.device, precision: str) -> ForwardConfig | None:
+def recorded_forward_config(
+    path: str | os.PathLike, device: torch.device, precision: str, layouts: Sequence[str] | None = None
+) -> ForwardConfig | None:
     """The configuration an earlier run into the store at *path* recorded, if this run can reuse it.
 
     ``None`` when nothing is recorded (no store, or a store from before this
     was recorded), when it was recorded on another kind of device (the
-    features differ between devices anyway), or when its layout cannot run here.
+    features differ between devices anyway), or when its layout cannot run
+    here: not in *layouts* (:func:`network_layouts`; by default
+    :func:`~featx.extraction.layouts_for`).  ``blocked`` recorded for a network
+    that cannot run it (a timm model's store from a featx that recorded it) is
+    read as ``contiguous``, the layout such a run computed in.
     """
     recorded = recorded_attrs(path, ForwardConfig.ATTRS)
     try:
         config = ForwardConfig(int(recorded["forward_micro_batch"]), str(recorded["forward_layout"]))
     except (KeyError, TypeError, ValueError):
         return None
-    if recorded.get("forward_device") != device.type or config.layout not in layouts_for(device, precision):
+    runs_here = tuple(layouts) if layouts is not None else layouts_for(device, precision)
+    if config.layout == "blocked" and "blocked" not in runs_here and "blocked" in layouts_for(device, precision):
+        config = ForwardConfig(config.micro_batch, "contiguous")
+    if recorded.get("forward_device") != device.type or config.layout not in runs_here:
         return None
     return config
 
@@ -430,27 +474,28 @@ def choose_forward_config(
     -------
     ForwardChoice
     """
-    default = default_forward_config(batch_size, plan.max_images, device, precision)
+    layouts = network_layouts(loaded, device, precision)
+    default = default_forward_config(batch_size, plan.max_images, device, precision, layouts)
     if not overwrite:
-        recorded = recorded_forward_config(path, device, precision)
+        recorded = recorded_forward_config(path, device, precision, layouts)
         if recorded is not None:
-            return ForwardChoice(recorded, "recorded")
+            return ForwardChoice(recorded, "recorded", default=default)
         if Path(path).exists() or parts_dir(path).is_dir():
             # An earlier run left rows without a usable record: before featx recorded
             # the choice, every run ran the default.
-            return ForwardChoice(default, "unrecorded")
+            return ForwardChoice(default, "unrecorded", default=default)
     if not autotune or os.environ.get(AUTOTUNE_VARIABLE, "").strip().lower() in ("0", "off", "false", "no"):
-        return ForwardChoice(default, "default")
+        return ForwardChoice(default, "default", default=default)
     key = _cache_key(loaded, plan, batch_size, device, precision)
     cache_file = _cache_file(key)
     speeds = _read_cache(cache_file, key)
     if speeds is not None and default in speeds:
-        return ForwardChoice(_fastest(speeds, default), "cached", speeds, cache_file=cache_file)
+        return ForwardChoice(_fastest(speeds, default), "cached", speeds, cache_file=cache_file, default=default)
     started = time.perf_counter()
     base = FeatureExtractor(loaded.module, plan.nodes, plan.pools).eval()
     speeds = measure_candidates(
         base,
-        candidate_configs(batch_size, plan.max_images, device, precision),
+        candidate_configs(batch_size, plan.max_images, device, precision, layouts),
         image_size=loaded.preprocessing.crop,
         batch_size=batch_size,
         device=device,
@@ -459,4 +504,6 @@ def choose_forward_config(
     del base
     chosen = _fastest(speeds, default)
     _write_cache(cache_file, key, speeds, chosen)
-    return ForwardChoice(chosen, "measured", speeds, seconds=time.perf_counter() - started, cache_file=cache_file)
+    return ForwardChoice(
+        chosen, "measured", speeds, seconds=time.perf_counter() - started, cache_file=cache_file, default=default
+    )

@@ -30,7 +30,7 @@ from .._version import __version__
 from ..formatting import format_bytes
 from ..paths import check_writable_file
 from ..store import StoreWriter, lock_store, open_store
-from ._autotune import choose_forward_config, default_forward_config, default_micro_batch
+from ._autotune import choose_forward_config, default_micro_batch
 from ._config import ExtractConfig, ExtractResult, default_store_path
 from ._device import resolve_device
 from ._gpu_decode import resolve_decode
@@ -151,16 +151,9 @@ def extract_features(config: ExtractConfig) -> ExtractResult:
     )
     plan = probe_layers(loaded, config.layers, config.pool)
     specs = plan.specs(precision=config.precision, dtype=config.dtype)
-    # How the network runs, chosen once for every engine and recorded in the store:
-    # a resumed or extended run reuses it, so that every row is computed the same way.
-    choice = choose_forward_config(
-        loaded, plan, path=path, overwrite=config.overwrite, batch_size=config.batch_size,
-        device=device, precision=config.precision, autotune=config.autotune,
-    )
-    forward = choice.config
     writer = StoreWriter(
         path,
-        meta={**_meta(loaded, collection), **forward.attrs(device)},
+        meta=_meta(loaded, collection),
         layers=specs,
         samples=collection,
         overwrite=config.overwrite,
@@ -175,8 +168,23 @@ def extract_features(config: ExtractConfig) -> ExtractResult:
         with open_store(path) as store:
             return ExtractResult(path=path, rows=len(store), layers=plan.dims, up_to_date=True)
 
+    # How the network runs, chosen once for every engine and recorded in the store:
+    # a resumed or extended run reuses it, so that every row is computed the same way.
+    # Chosen only once the writer has accepted the store: a measurement takes up to
+    # 30 s, which a configuration the store refuses must not cost.  The writer reads
+    # its meta only when it writes a part or the store file, so the choice joins it here.
+    try:
+        choice = choose_forward_config(
+            loaded, plan, path=path, overwrite=config.overwrite, batch_size=config.batch_size,
+            device=device, precision=config.precision, autotune=config.autotune,
+        )
+    except BaseException:
+        writer.close()  # the store's lock
+        raise
+    forward = choice.config
+    writer.meta.update(forward.attrs(device))
     todo = writer.todo
-    log.info(choice.describe(default_forward_config(config.batch_size, plan.max_images, device, config.precision)))
+    log.info(choice.describe())
     if len(todo) < len(specs):
         log.info(f"{path} already holds {', '.join(s.name for s in specs if s not in todo)}; adding {', '.join(s.name for s in todo)}")
     extractor = FeatureExtractor(

@@ -14,6 +14,7 @@ heavy is loaded; the transform itself imports torchvision when it first runs.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import numbers
@@ -99,15 +100,51 @@ class Preprocessing:
         size = [self.resize, self.resize] if self.resize_mode == "squash" else [self.resize]
         image = F.resize(image, size, interpolation=InterpolationMode(self.interpolation), antialias=True)
         image = F.center_crop(image, [self.crop])
-        if not isinstance(image, torch.Tensor):
-            image = F.pil_to_tensor(image)
+        if isinstance(image, torch.Tensor) or image.mode != "RGB":
+            return self.normalize(image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image))
+        return self._looked_up(image)
+
+    def normalize(self, pixels: Any) -> Any:
+        """Scale, reorder the channels of and normalise 8-bit pixels ``(..., 3, H, W)``: the float32 tail of the recipe.
+
+        ``ToTensor``'s ``/ 255`` (unless *pixel_range* is 255), the channel
+        flip for ``BGR``, then ``Normalize``'s ``(x - mean) / std``, as
+        torchvision computes them, in float32.
+        """
+        import torch
+        from torchvision.transforms import functional as F
+
         if self.pixel_range == 255:
-            image = image.to(torch.float)  # 8-bit values as they are, exactly
+            pixels = pixels.to(torch.float)  # 8-bit values as they are, exactly
         else:
-            image = F.convert_image_dtype(image, torch.float)
+            pixels = F.convert_image_dtype(pixels, torch.float)
         if self.channel_order == "BGR":
-            image = image.flip(0)
-        return F.normalize(image, mean=list(self.mean), std=list(self.std))
+            pixels = pixels.flip(-3)
+        return F.normalize(pixels, mean=list(self.mean), std=list(self.std))
+
+    def _looked_up(self, image: Any) -> Any:
+        """:meth:`normalize` of an 8-bit RGB PIL image, by table: the same bits in one pass.
+
+        Every output value is :meth:`normalize` of one 8-bit value of one
+        channel, and float32 arithmetic gives the same bits for the same
+        operands wherever they sit in a tensor; so the 3 x 256 possible values
+        are computed once (:func:`_lookup_table`) and each pixel is looked up.
+        That replaces the HWC -> CHW copy, the float conversion, the scaling,
+        the copy ``Normalize`` makes and its two passes: 0.55 -> 0.25 ms per
+        224 x 224 image on a 2-core CPU, where decoding and resizing one take 5 to 6 ms.
+        """
+        import numpy as np
+        import torch
+
+        table = _lookup_table(tuple(self.mean), tuple(self.std), self.pixel_range, self.channel_order)
+        pixels = np.asarray(image)  # (H, W, 3) uint8
+        out = torch.empty((3, *pixels.shape[:2]), dtype=torch.float)
+        values = out.numpy()
+        # normalize() flips after scaling: output channel k holds input channel 2 - k.
+        sources = (2, 1, 0) if self.channel_order == "BGR" else (0, 1, 2)
+        for k, source in enumerate(sources):
+            np.take(table[k], pixels[:, :, source], out=values[k])
+        return out
 
     @classmethod
     def of_weights(cls, weights: Any) -> Preprocessing:
@@ -156,6 +193,23 @@ class Preprocessing:
             f"resize {'to ' if self.resize_mode == 'squash' else ''}{self.resize} ({self.interpolation}), crop {self.crop}, {self.channel_order} in "
             f"[0, {self.pixel_range}], mean {tuple(self.mean)} std {tuple(self.std)}"
         )
+
+
+@functools.lru_cache(maxsize=16)
+def _lookup_table(mean: tuple[float, ...], std: tuple[float, ...], pixel_range: int, channel_order: str) -> Any:
+    """``table[k, v]``: output channel *k* of :meth:`Preprocessing.normalize` where its source channel holds *v*.
+
+    Computed by :meth:`Preprocessing.normalize` itself, on one row per channel
+    holding 0..255 (every channel the same, so the BGR flip only says which
+    input channel each output channel reads: :meth:`Preprocessing._looked_up`).
+    """
+    import torch
+
+    ramp = torch.arange(256, dtype=torch.uint8).expand(3, 1, 256).contiguous()
+    recipe = Preprocessing(
+        resize=1, crop=1, mean=mean, std=std, pixel_range=pixel_range, channel_order=channel_order
+    )
+    return recipe.normalize(ramp).reshape(3, 256).numpy()
 
 
 # Keras applications' preprocess_input(mode='caffe') (VGG16, VGG19, ResNet50):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -13,7 +14,7 @@ import torch
 from conftest import quick_extract
 
 from featx.cli import main
-from featx.errors import ConfigError
+from featx.errors import ConfigError, DiskFullError, StoreMismatchError
 from featx.extraction import (
     LAYOUTS,
     ExtractConfig,
@@ -296,3 +297,64 @@ def test_decode_gpu_without_a_gpu_is_refused_before_any_work(synthetic_dataset, 
     assert "use --decode cpu" in err
     assert not out.exists() and not parts_dir(out).exists()
     assert "channels_last" in LAYOUTS
+
+
+def test_a_timm_model_is_offered_and_records_no_blocked_layout(autotuning, synthetic_dataset, tmp_path):
+    """timm bodies are no FX graphs: oneDNN's blocked rewrite does not apply, they run plain NCHW."""
+    pytest.importorskip("timm")
+    loaded = load_model("timm/test_resnet", weights="none", image_size=32)
+    plan = probe_layers(loaded, ("penultimate",), "avg")
+    settings = {"batch_size": 4, "device": CPU, "precision": "fp32"}
+    choice = choose_forward_config(loaded, plan, path=tmp_path / "none.h5", overwrite=False, autotune=True, **settings)
+    assert choice.source == "measured" and choice.default == ForwardConfig(4, "contiguous")
+    assert {c.layout for c in choice.images_per_second} == {"contiguous", "channels_last"}
+    assert choice.config.layout in ("contiguous", "channels_last")
+    run = {"model": "timm/test_resnet", "layers": ("penultimate",), "batch_size": 4, "image_size": 32}
+    tuned = quick_extract(synthetic_dataset, tmp_path / "tuned.h5", **run)
+    assert recorded_attrs(tuned.path, ForwardConfig.ATTRS)["forward_layout"] in ("contiguous", "channels_last")
+    default = quick_extract(synthetic_dataset, tmp_path / "default.h5", **run, autotune=False)
+    assert recorded_attrs(default.path, ForwardConfig.ATTRS) == ForwardConfig(4, "contiguous").attrs(CPU)
+    # A store recorded as 'blocked' by an earlier featx ran contiguous: it is resumed so.
+    with h5py.File(default.path, "r+") as f:
+        f.attrs["forward_layout"] = "blocked"
+    layouts = ("channels_last", "contiguous")
+    assert recorded_forward_config(default.path, CPU, "fp32", layouts) == ForwardConfig(4, "contiguous")
+    again = choose_forward_config(loaded, plan, path=default.path, overwrite=False, autotune=True, **settings)
+    assert (again.source, again.config) == ("recorded", ForwardConfig(4, "contiguous"))
+    # A torchvision network still runs (and records) blocked.
+    assert recorded_forward_config(default.path, CPU, "fp32") == ForwardConfig(4, "blocked")
+
+
+def test_a_run_the_store_writer_refuses_is_refused_before_autotuning(
+    autotuning, synthetic_dataset, tmp_path, monkeypatch
+):
+    """The autotuner runs only once the writer has accepted the store: a refusal costs no measurement."""
+    run = {"layers": ("penultimate",), "image_size": 32}
+    path = tmp_path / "seed0.h5"
+    monkeypatch.setenv("FEATX_AUTOTUNE", "0")
+    quick_extract(synthetic_dataset, path, **run, seed=0)
+    monkeypatch.setenv("FEATX_AUTOTUNE", "1")
+    timed = []
+
+    def no_measurement(self, pixels):
+        timed.append(len(pixels))
+        raise AssertionError("the autotuner ran")
+
+    monkeypatch.setattr(FeatureExtractor, "forward", no_measurement)
+    with pytest.raises(StoreMismatchError, match=r"was made with another configuration .*seed"):
+        quick_extract(synthetic_dataset, path, **run, seed=1)
+    # A new store (nothing recorded: this one would be measured) on a disk too full for it.
+    fresh = tmp_path / "fresh.h5"
+    with monkeypatch.context() as full:
+        full.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 20, 10 << 20, 1000))
+        with pytest.raises(DiskFullError, match="not enough free space"):
+            quick_extract(synthetic_dataset, fresh, **run)
+    assert timed == [] and not _cache_files(autotuning)
+    assert not fresh.exists() and not parts_dir(fresh).exists()
+    # With room, the same run autotunes (the patched forward is what it times), and a failed
+    # measurement leaves the store's lock free for the next run.
+    with pytest.raises(AssertionError, match="the autotuner ran"):
+        quick_extract(synthetic_dataset, fresh, **run)
+    assert timed and not fresh.exists()
+    monkeypatch.undo()  # the real forward again, and the suite's FEATX_AUTOTUNE=0
+    assert quick_extract(synthetic_dataset, fresh, **run).rows == 10

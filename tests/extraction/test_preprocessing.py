@@ -108,3 +108,36 @@ def test_caffe_mode_is_exact_bgr_mean_subtraction_without_scaling():
     expected = (pixels[:, :, ::-1].astype(np.float32) - np.array([103.939, 116.779, 123.68], dtype=np.float32)).transpose(2, 0, 1)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
     assert caffe.attrs()["channel_order"] == "BGR" and caffe.attrs()["pixel_range"] == 255
+
+
+def _torchvision_tail(recipe: Preprocessing, image: Image.Image) -> torch.Tensor:
+    """The float32 path the table replaces, as featx computed it before: ToTensor, flip, Normalize."""
+    size = [recipe.resize, recipe.resize] if recipe.resize_mode == "squash" else [recipe.resize]
+    image = F.center_crop(F.resize(image, size, interpolation=InterpolationMode(recipe.interpolation)), [recipe.crop])
+    pixels = F.pil_to_tensor(image)
+    pixels = pixels.to(torch.float) if recipe.pixel_range == 255 else F.convert_image_dtype(pixels, torch.float)
+    if recipe.channel_order == "BGR":
+        pixels = pixels.flip(0)
+    return F.normalize(pixels, mean=list(recipe.mean), std=list(recipe.std))
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        Preprocessing(resize=256, crop=224),
+        Preprocessing(resize=235, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic"),
+        Preprocessing(resize=224, crop=224, resize_mode="squash", **CAFFE_PREPROCESSING),
+    ],
+    ids=["imagenet", "timm-bicubic", "caffe-squash"],
+)
+def test_the_lookup_table_gives_the_bits_of_the_float32_operations(recipe, tiny_dataset):
+    # Every 8-bit value in every channel (a 256 x 256 image holds each value in each channel 256 times) ...
+    rng = np.random.default_rng(0)
+    every_value = np.stack([rng.permutation(np.repeat(np.arange(256, dtype=np.uint8), 256)) for _ in range(3)], -1)
+    images = [Image.fromarray(every_value.reshape(256, 256, 3))]
+    # ... and real JPEGs of other sizes and aspect ratios.
+    images += [Image.open(path).convert("RGB") for path in sorted(tiny_dataset.rglob("*.jpg"))]
+    for image in images:
+        got, expected = recipe(image), _torchvision_tail(recipe, image)
+        assert got.dtype == torch.float32 and got.shape == expected.shape == (3, recipe.crop, recipe.crop)
+        assert torch.equal(got, expected)
