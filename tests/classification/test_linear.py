@@ -15,7 +15,7 @@ from stores import blobs, write_store
 
 from featx.classification import FAMILIES, ClassifyConfig, load_classifier, run_classification
 from featx.classification._bayes import GaussianNaiveBayes
-from featx.classification._linear import MinibatchLinearClassifier, for_rows
+from featx.classification._linear import ANNEAL_STEPS, HALVINGS, MinibatchLinearClassifier, for_rows
 
 
 def _problem(n=600, d=5, classes=3, seed=0):
@@ -146,3 +146,17 @@ def test_naive_bayes_by_matrix_products_equals_the_per_class_loop():
     np.testing.assert_allclose(ours._joint_log_likelihood(X), reference, rtol=1e-10, atol=1e-8)
     np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
     np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), atol=1e-4)
+
+
+def test_an_epoch_of_many_minibatches_halves_the_step_whatever_the_objective_did():
+    X, y = _problem(n=ANNEAL_STEPS * 8)
+    model = MinibatchLinearClassifier("log_loss", batch_size=8, random_state=0)
+    for_rows(model, C=1.0, n_rows=len(y))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        model.fit(X, y)
+    # Every epoch is ANNEAL_STEPS minibatches: HALVINGS epochs, and near the optimum still.
+    assert (model.n_iter_, model.converged_) == (HALVINGS, True)
+    value, size = _objective("log_loss", X, y, model.alpha)
+    exact = minimize(value, np.zeros(size), method="L-BFGS-B", options={"maxiter": 10_000, "gtol": 1e-10})
+    assert value(np.concatenate([model.coef_.ravel(), model.intercept_]).astype(np.float64)) <= exact.fun * 1.02
