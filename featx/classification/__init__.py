@@ -11,6 +11,9 @@ evaluation, training, saved classifiers and reports.
 ``_pipeline``       per-block normalisation -> optional PCA -> estimator
 ``_streaming``      :func:`plan_fit` (in memory or streaming, from ``memory``) and the
                     block-by-block ``partial_fit`` of a matrix larger than the budget
+``_linear``         :class:`MinibatchLinearClassifier`: the linear svm and streamed
+                    logreg, minibatch Adam on BLAS products
+``_bayes``          :class:`GaussianNaiveBayes`: GaussianNB predicted by matrix products
 ``_training``       :func:`run_classification`: fit, evaluate, write the run folder
 ``_artifact``       saved classifiers without pickle: :func:`save_classifier`, :func:`load_classifier`
 ``_report``         metrics, prediction files, confusion plots, :func:`format_results`
@@ -39,9 +42,11 @@ if TYPE_CHECKING:  # what _LAZY serves, for type checkers and readers
         load_classifier,
         save_classifier,
     )
+    from ._bayes import GaussianNaiveBayes
     from ._config import ClassifyConfig
     from ._evaluation import Evaluation, plan_evaluation
     from ._join import FeatureBlock, JoinedFeatures, join_features, parse_feature_spec
+    from ._linear import MinibatchLinearClassifier
     from ._report import classification_metrics, format_results, predictions_frame
     from ._streaming import FitPlan, plan_fit
     from ._training import ClassifierResult, ClassifyRun, run_classification
@@ -49,36 +54,38 @@ if TYPE_CHECKING:  # what _LAZY serves, for type checkers and readers
 __all__ = [
     "ARTIFACT_FORMAT",
     "ARTIFACT_VERSION",
-    "TRUSTED_TYPES",
-    "FittedClassifier",
-    "load_classifier",
-    "save_classifier",
-    "Evaluation",
-    "plan_evaluation",
-    "FeatureBlock",
-    "JoinedFeatures",
-    "join_features",
-    "parse_feature_spec",
     "FAMILIES",
-    "Family",
-    "Param",
-    "all_params",
-    "param_help",
-    "parse_models",
-    "resolve_params",
-    "xgboost_device",
-    "classification_metrics",
-    "predictions_frame",
     "NORMALIZERS",
-    "FitPlan",
-    "plan_fit",
+    "TRUSTED_TYPES",
     "ClassifierResult",
     "ClassifyConfig",
     "ClassifyRun",
+    "Evaluation",
+    "Family",
+    "FeatureBlock",
+    "FitPlan",
+    "FittedClassifier",
+    "GaussianNaiveBayes",
+    "JoinedFeatures",
+    "MinibatchLinearClassifier",
+    "Param",
+    "all_params",
     "build_pipeline",
+    "classification_metrics",
     "fit_in_place",
     "format_results",
+    "join_features",
+    "load_classifier",
+    "param_help",
+    "parse_feature_spec",
+    "parse_models",
+    "plan_evaluation",
+    "plan_fit",
+    "predictions_frame",
+    "resolve_params",
     "run_classification",
+    "save_classifier",
+    "xgboost_device",
 ]
 
 # Name -> the module that owns it.  Served on first use: these modules import
@@ -94,6 +101,8 @@ _LAZY = {
     **dict.fromkeys(("FeatureBlock", "JoinedFeatures", "join_features", "parse_feature_spec"), "._join"),
     **dict.fromkeys(("classification_metrics", "format_results", "predictions_frame"), "._report"),
     **dict.fromkeys(("FitPlan", "plan_fit"), "._streaming"),
+    "GaussianNaiveBayes": "._bayes",
+    "MinibatchLinearClassifier": "._linear",
     **dict.fromkeys(("ClassifierResult", "ClassifyRun", "run_classification"), "._training"),
 }
 

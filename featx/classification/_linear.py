@@ -99,6 +99,10 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
     converged_ : bool
     """
 
+    #: See the module docstring (the same as the module's constants).
+    HALVINGS = HALVINGS
+    ANNEAL_STEPS = ANNEAL_STEPS
+
     def __init__(self, loss: str = "squared_hinge", *, alpha: float = 1e-4, max_iter: int = 100, tol: float = 1e-3,
                  eta0: float = 1e-2, batch_size: int | None = None, random_state: int | None = None) -> None:
         self.loss = loss

@@ -13,9 +13,21 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.naive_bayes import GaussianNB
 from stores import blobs, write_store
 
-from featx.classification import FAMILIES, ClassifyConfig, load_classifier, run_classification
-from featx.classification._bayes import GaussianNaiveBayes
-from featx.classification._linear import ANNEAL_STEPS, HALVINGS, MinibatchLinearClassifier, for_rows
+from featx.classification import (
+    FAMILIES,
+    ClassifyConfig,
+    GaussianNaiveBayes,
+    MinibatchLinearClassifier,
+    load_classifier,
+    run_classification,
+)
+
+HALVINGS, ANNEAL_STEPS = MinibatchLinearClassifier.HALVINGS, MinibatchLinearClassifier.ANNEAL_STEPS
+
+
+def for_rows(model, C, n_rows):
+    """What classify sets before a fit: alpha = 1 / (C n)."""
+    model.set_params(alpha=1.0 / (C * n_rows))
 
 
 def _problem(n=600, d=5, classes=3, seed=0):
