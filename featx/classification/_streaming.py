@@ -179,21 +179,29 @@ def fit_naive_bayes(estimator: Any, blocks: Iterable[tuple[np.ndarray, np.ndarra
     return estimator
 
 
-def _mixed_blocks(rows: np.ndarray, block_rows: int, rng: np.random.Generator) -> list[np.ndarray]:
+def _mixed_blocks(rows: np.ndarray, block_rows: int, n_classes: int, rng: np.random.Generator) -> list[np.ndarray]:
     """SGD blocks for one epoch: each made of short contiguous runs of rows drawn from the whole store.
 
     Rows are in id order, i.e. grouped by class folder: a contiguous block
     would hold one class.  A block of every n-th row would hold them all but
     touch every HDF5 chunk of the store, so that each epoch read the store once
-    per block.  Runs of ``block_rows // 8`` rows (at most 256), shuffled and
-    dealt into blocks, mix the classes while an epoch reads each chunk about once.
+    per block.  The rows are cut into runs of at most 256 rows, ``block_rows // 8``
+    and ``block_rows // (2 n_classes)`` (so that a class of an even share has
+    two runs per block), and each stretch of as many consecutive runs as there
+    are blocks is dealt, shuffled, one run to every block: every block then
+    holds every class in about its share of the rows, while an epoch reads
+    each chunk about once.  (Runs dealt at random left a class out of whole blocks: at
+    10^6 rows of 100 classes, 64 minibatches in a row without it, and the
+    streamed svm reached 0.26 where the in-memory fit reached 0.47.)
     """
-    run = max(1, min(256, block_rows // 8))
+    run = max(1, min(256, block_rows // 8, block_rows // (2 * max(n_classes, 1))))
     runs = row_blocks(rows, run)
-    order = rng.permutation(len(runs))
     per_block = max(1, block_rows // run)
-    dealt = (order[k : k + per_block] for k in range(0, len(order), per_block))
-    return [np.sort(np.concatenate([runs[i] for i in block])) for block in dealt]
+    n_blocks = -(-len(runs) // per_block)
+    stretches = -(-len(runs) // n_blocks)
+    owner = np.concatenate([rng.permutation(n_blocks) for _ in range(stretches)])[: len(runs)]
+    blocks = (np.flatnonzero(owner == b) for b in rng.permutation(n_blocks))
+    return [np.sort(np.concatenate([runs[i] for i in members])) for members in blocks if members.size]
 
 
 def stream_fit(name: str, params: dict, joined: JoinedFeatures, rows: np.ndarray, pipeline: Any,
@@ -236,7 +244,7 @@ def stream_fit(name: str, params: dict, joined: JoinedFeatures, rows: np.ndarray
     # The minibatch linear models say when an epoch has settled their objective (end_epoch); the MLP runs EPOCHS.
     settles = hasattr(estimator, "end_epoch")
     for _ in range(estimator.max_iter if settles else EPOCHS):
-        for chunk in _mixed_blocks(rows, block_rows, rng):
+        for chunk in _mixed_blocks(rows, block_rows, len(classes), rng):
             X = normaliser.transform(joined.rows(chunk, buffer))
             # Minibatches need shuffled rows; the store order is sorted by class folder.
             order = rng.permutation(chunk.size)

@@ -196,3 +196,26 @@ def test_what_cannot_stream_is_refused_naming_the_budget(tmp_path):
     )):
         run_classification(config_for(tmp_path, [store], models=("svm",), params={"kernel": "rbf"}, memory=_TINY,
                                       search=True))
+
+
+def test_every_streamed_block_holds_every_class(tmp_path, monkeypatch):
+    # 12 classes of 60 rows in id order (so grouped by class); blocks of 60 of the 480 training rows.
+    rows = sorted((f"{'train' if i % 3 else 'val'}/{c:02d}/{i:03d}.jpg", c) for c in range(12) for i in range(60))
+    labels = np.array([c for _, c in rows])
+    store = write_store(tmp_path / "s.h5", [r for r, _ in rows], labels, {"f": blobs(labels, 6, seed=4)},
+                        splits=[r.split("/")[0] for r, _ in rows], classes=tuple(f"{c:02d}" for c in range(12)))
+    from featx.classification import MinibatchLinearClassifier
+
+    seen = []
+    fit = MinibatchLinearClassifier.partial_fit
+
+    def spy(self, X, y, classes=None):
+        seen.append(np.unique(y))
+        return fit(self, X, y, classes=classes)
+
+    monkeypatch.setattr(MinibatchLinearClassifier, "partial_fit", spy)
+    run = run_classification(config_for(tmp_path, [store], models=("logreg",), memory=60 * 6 * 4 * 4))
+    assert run.fit.block_rows == 60 and len(seen) >= 6
+    # Runs of consecutive rows dealt one per block from each stretch: no class is left out of a block.
+    assert all(np.array_equal(classes, np.arange(12)) for classes in seen)
+    assert run.results[0].accuracy > 0.8
