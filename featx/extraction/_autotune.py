@@ -32,7 +32,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -447,6 +447,7 @@ def choose_forward_config(
     device: torch.device,
     precision: str,
     autotune: bool,
+    before_measuring: Callable[[], None] | None = None,
 ) -> ForwardChoice:
     """The forward configuration of an extraction into *path*: recorded, cached, measured or default.
 
@@ -469,6 +470,10 @@ def choose_forward_config(
     autotune : bool
         Measure (or reuse a measurement) when nothing is recorded; else the
         default.  ``FEATX_AUTOTUNE=0`` in the environment turns it off too.
+    before_measuring : callable, optional
+        Called just before a measurement, only when one is made (the Ray
+        engine waits there for its workers' processes to be up, so that they
+        do not share the cores with it).
 
     Returns
     -------
@@ -491,6 +496,8 @@ def choose_forward_config(
     speeds = _read_cache(cache_file, key)
     if speeds is not None and default in speeds:
         return ForwardChoice(_fastest(speeds, default), "cached", speeds, cache_file=cache_file, default=default)
+    if before_measuring is not None:
+        before_measuring()
     started = time.perf_counter()
     base = FeatureExtractor(loaded.module, plan.nodes, plan.pools).eval()
     speeds = measure_candidates(

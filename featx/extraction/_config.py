@@ -367,7 +367,9 @@ class ExtractResult:
     up_to_date : bool
         The store already held every requested layer; nothing was computed.
     seconds : float
-        Wall time from the first image to the finished store.
+        Wall time from the network and its forward configuration ready to the
+        finished store (the Ray engine's workers, whatever they still need
+        then, included).
     images : int
         Images processed by this run.
     added, removed : int

@@ -20,6 +20,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from ._images import ImageCollection, discover_images
 from ._loader import BatchJoiner, ImageLoader, default_workers, run_batch
 from ._models import LoadedModel, load_model, weights_label
 from ._network import FeatureExtractor, ForwardConfig, prepare_extractor, probe_layers
+
+if TYPE_CHECKING:
+    from ._ray import RayCluster
 
 __all__ = ["extract_features"]
 
@@ -126,13 +130,20 @@ def extract_features(config: ExtractConfig) -> ExtractResult:
     >>> result = extract_features(ExtractConfig(data="data/digits", model="resnet18", weights="none"))  # doctest: +SKIP
     >>> print(format_extraction(result))  # doctest: +SKIP
     """
-    cluster = None
-    if config.engine == "ray":
-        from ._ray import RayCluster  # imports Ray, for this engine only
+    if config.engine != "ray":
+        return _extract(config, None)
+    from ._ray import RayCluster  # imports Ray, for this engine only
 
-        # Joined and checked (address, GPUs) before any work; the network runs on its workers' device.
-        cluster = RayCluster.connect(config)
-        config = cluster.driver_config(config)
+    # Joined and checked (address, GPUs) before any work; the network runs on its workers' device.
+    cluster = RayCluster.connect(config)
+    try:
+        return _extract(cluster.driver_config(config), cluster)
+    finally:
+        cluster.close()  # its workers, and the Ray instance it started, whatever happened
+
+
+def _extract(config: ExtractConfig, cluster: RayCluster | None) -> ExtractResult:
+    """:func:`extract_features` on the local engine (*cluster* None) or on a ``RayCluster``."""
     device = cluster.device if cluster is not None else resolve_device(config.device)
     decode = resolve_decode(config.decode, device)
     # The names are checked, and the default path worked out, without loading anything.
@@ -141,6 +152,10 @@ def extract_features(config: ExtractConfig) -> ExtractResult:
     collection = discover_images(config.data)
     # One writer per store: a second run is told now, before a model is loaded.
     lock = lock_store(path)
+    if cluster is not None:
+        # Every check that needs no model is passed: the workers' processes start
+        # now and import torch while this one builds the network.
+        cluster.start()
     loaded = load_model(
         config.model,
         weights=config.weights,
@@ -177,6 +192,8 @@ def extract_features(config: ExtractConfig) -> ExtractResult:
         choice = choose_forward_config(
             loaded, plan, path=path, overwrite=config.overwrite, batch_size=config.batch_size,
             device=device, precision=config.precision, autotune=config.autotune,
+            # A measurement must not share the cores with the Ray workers' imports.
+            before_measuring=cluster.wait_until_ready if cluster is not None else None,
         )
     except BaseException:
         writer.close()  # the store's lock
@@ -248,8 +265,11 @@ def _run(
     *extractor* runs ``forward.micro_batch`` images per pass; it is prepared
     here in ``forward.layout``.  JPEGs are decoded on the GPU with
     ``decode='gpu'`` (see :class:`ImageLoader`).  Returns the images that
-    failed, the number processed and the seconds taken.
+    failed, the number processed and the seconds taken: from this call (the
+    network and its forward configuration ready; the Ray engine counts from
+    the same instant) to the finished store.
     """
+    started = time.perf_counter()
     extractor = prepare_extractor(extractor, device, config.precision, forward.layout)
     loader = ImageLoader(
         collection,
@@ -275,7 +295,6 @@ def _run(
         disable=not config.progress,
         dynamic_ncols=True,
     )
-    started = time.perf_counter()
     processed = 0
     try:
         with torch.inference_mode():

@@ -5,16 +5,22 @@ Design
 The driver (the process that runs ``extract``) does everything the local
 engine does up to the forward loop: it checks the configuration, loads the
 model, asks the store writer what is left to do and builds the truncated
-network.  Then, instead of running the network itself:
+network.  Ray and the workers start earlier, as soon as the store is locked
+(:meth:`RayCluster.start`): each worker is a new Python process that imports
+torch and featx (several seconds), which then overlaps the driver's model
+loading.  An autotuning measurement waits until the workers are up
+(:meth:`RayCluster.wait_until_ready`): it times the network, and must not
+share the cores with their imports.  Then, instead of running the network itself:
 
 1. The images still to do are cut into shards of whole batches
    (:func:`~featx.extraction._shards.plan_shards`: at multiples of the batch
    size, a few shards per worker, at most 64 batches or 256 MiB of features).
-2. ``--ray-workers`` Ray actors (:class:`~featx.extraction._shards.ShardWorker`)
+2. The ``--ray-workers`` Ray actors (:class:`~featx.extraction._shards.ShardWorker`)
    each get the driver's network once through the object store (``ray.put``:
-   no node needs a weights cache or network access), with the driver's
-   choice of images per pass and memory layout, so every worker computes the
-   local engine's bits.  Each worker decodes its shards' images itself, on
+   no node needs a weights cache or network access), with their first shard,
+   together with the recipe that holds the driver's choice of images per pass
+   and memory layout (made after the actors started), so every worker
+   computes the local engine's bits.  Each worker decodes its shards' images itself, on
    its node's cores (no driver bottleneck), in decoding processes it starts
    once (:class:`~featx.extraction.DecodePool`), and returns the pooled
    features through Ray's object store.  The driver names each worker's next
@@ -41,9 +47,12 @@ ResNet-50's ``penultimate`` (tens of MB/s for several GPUs, far below what
 HDF5 appends on one disk), so it is no bottleneck; a worker gets its next
 shard as soon as it returns one, and the last shards are small next to the
 run (a few shards per worker), so workers finish together.  What a run pays
-that the local engine does not: Ray's start (a local instance) and each
-worker's start (a Python process importing torch, and the network fetched
-from the object store), a few seconds in all.
+that the local engine does not: Ray's start (a local instance), the part of
+each worker's start (a Python process importing torch) that the driver's
+model loading does not cover, and the network fetched from the object store,
+a few seconds in all.  The run's seconds count from the network and forward
+configuration being ready (the local engine's instant too) to the finished
+store, so what the workers still need then is in them.
 
 On the CPU every worker runs the driver's number of threads (bit for bit), so
 workers that share a node's cores (``--ray-workers 2`` on 2 cores) would run
@@ -76,7 +85,7 @@ import ray.exceptions
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ClusterError, message, option
+from ..errors import ClusterError, DataError, message, option
 from ..store import StoreWriter
 from ._config import ExtractConfig, WorkerThroughput
 from ._images import ImageCollection
@@ -251,26 +260,32 @@ def _error_of(exc: BaseException) -> str:
 
 
 class _RayShardWorker(ShardWorker):
-    """A :class:`ShardWorker` that fetches its network and image list from the object store on first use.
+    """A :class:`ShardWorker` that starts before the driver's network exists and gets it with its first shard.
 
-    Every call brings the references (in a list, which Ray leaves as it is),
-    so a worker that Ray restarted fetches them again by itself; none is a
-    constructor argument, which Ray warns about for restartable actors.
+    The actor is created as soon as Ray is up, with only what the cluster
+    plan knows (device, threads), so its process imports torch and featx
+    while the driver builds its network and chooses the forward
+    configuration.  The recipe (with that configuration), the network and
+    the image list come as object references with every call (in a list,
+    which Ray leaves as it is) and are fetched on first use, so a worker
+    that Ray restarted fetches them again by itself; none is a constructor
+    argument, which Ray warns about for restartable actors.
     """
 
-    def __init__(self, recipe: WorkerRecipe) -> None:
-        self.recipe = recipe
+    def __init__(self, device: str, threads: int) -> None:
+        self.device = torch.device(device)
+        torch.set_num_threads(threads)
         self.loaded = False
+
+    def ready(self) -> str:
+        """Where the worker runs (:meth:`ShardWorker.describe`); returns once its process has imported featx."""
+        return super().describe()
 
     def _load(self, shared: list) -> None:
         if not self.loaded:
-            extractor, images = ray.get(shared)
-            super().__init__(self.recipe, extractor, images)
+            recipe, extractor, images = ray.get(shared)
+            super().__init__(recipe, extractor, images)
             self.loaded = True
-
-    def describe(self, shared: list) -> str:
-        self._load(shared)
-        return super().describe()
 
     def extract(self, shard: Shard, shared: list, then: Shard | None = None) -> ShardResult:
         self._load(shared)
@@ -283,7 +298,7 @@ class RayCluster:
     Made by :meth:`connect` at the start of an extraction: Ray is joined at
     ``--ray-address`` (or, when this process already runs Ray, used as it
     is), or, without an address, a local Ray instance over this machine's
-    cores and GPUs is planned (and started by :meth:`run`).  The workers'
+    cores and GPUs is planned (and started by :meth:`start`).  The workers'
     number, resources and device are worked out here, so that a cluster
     without the GPUs asked for is a one-line error before a model is loaded.
 
@@ -299,6 +314,7 @@ class RayCluster:
         self.device = torch.device(plan.device)
         self._start_local = start_local
         self._disconnect = disconnect
+        self._workers: _Workers | None = None
 
     @classmethod
     def connect(cls, config: ExtractConfig) -> RayCluster:
@@ -344,7 +360,7 @@ class RayCluster:
             return dataclasses.replace(config, autotune=False)
         return config
 
-    def _start(self) -> None:
+    def _start_ray(self) -> None:
         if self._start_local and not ray.is_initialized():
             started = time.perf_counter()
             ray.init(
@@ -363,7 +379,60 @@ class RayCluster:
             self._disconnect = True
             log.info(f"started a local Ray instance ({self.resources.describe()}) in {time.perf_counter() - started:.1f} s")
 
-    def _close(self) -> None:
+    def start(self) -> None:
+        """Start Ray (a local instance) and the workers, without waiting for them.
+
+        Called by the engine as soon as the store is locked, before the driver
+        builds its network and chooses the forward configuration: each
+        worker's process (a new Python process importing torch and featx,
+        several seconds) starts meanwhile.  The workers get the network, the
+        image list and the recipe (that configuration included) with their
+        first shard (:meth:`run`).  :meth:`close` stops them.
+        """
+        if self._workers is not None:
+            return
+        self._start_ray()
+        plan = self.plan
+        token = uuid.uuid4().hex[:8]
+        worker_class = ray.remote(_RayShardWorker)
+        actors = [
+            worker_class.options(
+                name=f"featx-{token}-worker-{i}",
+                num_cpus=plan.cpus,
+                num_gpus=plan.gpus,
+                # A killed worker comes back; its shard is handed out again by the
+                # driver, which counts the attempts (SHARD_ATTEMPTS).
+                max_restarts=-1,
+                max_task_retries=0,
+                scheduling_strategy="SPREAD",
+            ).remote(plan.device, plan.threads)
+            for i in range(plan.workers)
+        ]
+        self._workers = _Workers(actors, [_ready(actor) for actor in actors], time.perf_counter())
+        log.debug(f"{len(actors)} Ray worker(s) starting")
+
+    def wait_until_ready(self) -> None:
+        """Wait for every worker's process to be up (or to have failed: :meth:`run` reports it).
+
+        The engine calls it before it autotunes: a measurement of the network's
+        speed must not share the cores with the workers' imports.
+        """
+        if self._workers is None:
+            return
+        waited = time.perf_counter()
+        refs = self._workers.ready
+        timeout = _LOCAL_WORKER_START_SECONDS if self._start_local else _WORKER_START_SECONDS
+        up, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        log.debug(
+            f"{len(up)} of {len(refs)} Ray worker(s) up after a wait of {time.perf_counter() - waited:.2f} s: autotuning now"
+        )
+
+    def close(self) -> None:
+        """Stop the workers, and the local Ray instance or the connection this cluster opened."""
+        if self._workers is not None and ray.is_initialized():
+            for actor in self._workers.actors:
+                ray.kill(actor, no_restart=True)
+        self._workers = None
         if self._disconnect and ray.is_initialized():
             ray.shutdown()
 
@@ -378,13 +447,19 @@ class RayCluster:
     ) -> tuple[list[tuple[str, str]], int, float, dict]:
         """Extract ``writer.remaining`` on the workers into the store; the Ray engine's counterpart of the local run.
 
+        Starts the workers if :meth:`start` has not; stops them and Ray
+        (:meth:`close`) however it ends.
+
         Returns
         -------
         failed : list of (id, reason)
         images : int
             Images processed.
         seconds : float
-            From starting the workers to the finished store (starting Ray itself not included).
+            From this call (the driver's network and forward configuration
+            ready, the local engine's instant too) to the finished store:
+            whatever the workers still need to start is in it; starting a
+            local Ray instance is not (unless :meth:`start` was not called).
         summary : dict
             ``workers`` (a :class:`~featx.extraction.WorkerThroughput` each) and
             ``retried_shards``, fields of :class:`~featx.extraction.ExtractResult`.
@@ -395,12 +470,31 @@ class RayCluster:
             A worker could not start, or a shard failed :data:`SHARD_ATTEMPTS` times;
             every shard before it is committed.
         """
-        self._start()
+        started = time.perf_counter()
         try:
-            run = _Run(self.plan, config, collection, loaded, extractor, writer, forward)
-            return run.extract(_LOCAL_WORKER_START_SECONDS if self._start_local else _WORKER_START_SECONDS)
+            if self._workers is None:
+                self.start()
+                started = time.perf_counter()  # after the local Ray instance's start; the workers' is in it
+            run = _Run(self.plan, config, collection, loaded, extractor, writer, forward, self._workers)
+            seconds = _LOCAL_WORKER_START_SECONDS if self._start_local else _WORKER_START_SECONDS
+            failed, processed, _, summary = run.extract(seconds)
+            return failed, processed, time.perf_counter() - started, summary
         finally:
-            self._close()
+            self.close()
+
+
+def _ready(actor) -> ray.ObjectRef:
+    """A call that returns once *actor* is up: retried while Ray restarts it, failed if it is dead for good."""
+    return actor.ready.options(max_task_retries=-1).remote()
+
+
+@dataclass
+class _Workers:
+    """The actors of a run, the calls that return once each is up, and when they were created."""
+
+    actors: list
+    ready: list
+    created: float
 
 
 @dataclass
@@ -414,6 +508,7 @@ class _Run:
     extractor: FeatureExtractor
     writer: StoreWriter
     forward: ForwardConfig
+    workers: _Workers
 
     def __post_init__(self) -> None:
         config, writer = self.config, self.writer
@@ -423,7 +518,8 @@ class _Run:
         batches = batches_per_shard(n_batches, self.plan.workers, batch_bytes)
         self.shards = plan_shards(remaining, config.batch_size, batches)
 
-    def _start_workers(self) -> list:
+    def _share(self) -> None:
+        """Put the recipe, the network and the image list in the object store: the workers fetch them with their first shard."""
         plan, config = self.plan, self.config
         recipe = WorkerRecipe(
             preprocessing=self.loaded.preprocessing,
@@ -436,32 +532,11 @@ class _Run:
             max_pixels=config.max_pixels,
             take_turns=plan.take_turns,
         )
-        token = uuid.uuid4().hex[:8]
-        worker_class = ray.remote(_RayShardWorker)
-        actors = [
-            worker_class.options(
-                name=f"featx-{token}-worker-{i}",
-                num_cpus=plan.cpus,
-                num_gpus=plan.gpus,
-                # A killed worker comes back; its shard is handed out again by the
-                # driver, which counts the attempts (SHARD_ATTEMPTS).
-                max_restarts=-1,
-                max_task_retries=0,
-                scheduling_strategy="SPREAD",
-            ).remote(recipe)
-            for i in range(plan.workers)
-        ]
-        # Put while the workers' processes start (they fetch both with their first call).
         # Absolute: the workers' working folder is not the driver's.
         images = dataclasses.replace(self.collection, root=self.collection.root.resolve())
         put = time.perf_counter()
-        self.shared = [ray.put(self.extractor), ray.put(images)]
+        self.shared = [ray.put(recipe), ray.put(self.extractor), ray.put(images)]
         log.debug(f"network and image list put in the object store in {time.perf_counter() - put:.2f} s")
-        return actors
-
-    def _ready(self, actor) -> ray.ObjectRef:
-        """A call that returns once *actor* is ready: retried while Ray restarts it, failed if it is dead for good."""
-        return actor.describe.options(max_task_retries=-1).remote(self.shared)
 
     def extract(self, start_seconds: float) -> tuple[list[tuple[str, str]], int, float, dict]:
         writer, collection = self.writer, self.collection
@@ -470,12 +545,13 @@ class _Run:
             writer.finish()
             return [], 0, time.perf_counter() - started, {}
         log.info(f"{self.plan.describe()}; {len(self.shards)} shard(s) of up to {len(self.shards[0].indices)} images")
-        actors = self._start_workers()
+        self._share()
+        actors = self.workers.actors
         names = [f"worker {i}" for i in range(len(actors))]
         busy = [0.0] * len(actors)
         images = [0] * len(actors)
-        # ref -> (worker, shard); shard None for a worker's describe() call: it is ready when that returns.
-        waiting: dict = {self._ready(actor): (i, None) for i, actor in enumerate(actors)}
+        # ref -> (worker, shard); shard None for a worker's ready() call: it takes shards once that returns.
+        waiting: dict = {ref: (i, None) for i, ref in enumerate(self.workers.ready)}
         idle: list[int] = []
         todo = [(shard.number, shard) for shard in self.shards]  # a heap: retried shards first
         # worker -> the shard it gets next, named with its current one so that it decodes it ahead.
@@ -527,7 +603,7 @@ class _Run:
                     waiting[actors[worker].extract.remote(shard, self.shared, then)] = (worker, shard)
                 ready, _ = ray.wait(list(waiting), num_returns=1, timeout=30.0)
                 if not ready:
-                    if not any_ready and time.perf_counter() - started > start_seconds:
+                    if not any_ready and time.perf_counter() - self.workers.created > start_seconds:
                         raise ClusterError(
                             message(
                                 f"no Ray worker started within {start_seconds:.0f} s",
@@ -540,7 +616,9 @@ class _Run:
                     value = ray.get(ready[0])
                 except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
                     error = _error_of(exc)
-                    if shard is None:
+                    # A worker that cannot see the data folder (a DataError when it takes in the network
+                    # and image list with its first shard) would fail every shard: the run stops now.
+                    if shard is None or isinstance(getattr(exc, "cause", None), DataError):
                         raise ClusterError(message(f"Ray {names[worker]} could not start", hint=error)) from None
                     attempts[shard.number] += 1
                     errors[shard.number] = error
@@ -557,7 +635,7 @@ class _Run:
                         if worker in upcoming:
                             reserved = upcoming.pop(worker)
                             heapq.heappush(todo, (reserved.number, reserved))
-                        waiting[self._ready(actors[worker])] = (worker, None)
+                        waiting[_ready(actors[worker])] = (worker, None)
                     else:
                         idle.append(worker)
                     continue
@@ -565,7 +643,10 @@ class _Run:
                 if shard is None:
                     names[worker] = f"worker {worker} ({value})"
                     any_ready = True
-                    log.debug(f"{names[worker]} ready {time.perf_counter() - started:.2f} s after the run started")
+                    log.debug(
+                        f"{names[worker]} ready {time.perf_counter() - self.workers.created:.2f} s after it was created, "
+                        f"{time.perf_counter() - started:.2f} s after the run started"
+                    )
                     continue
                 log.debug(
                     f"shard {shard.number} from {names[worker]} at {time.perf_counter() - started:.2f} s: "
@@ -589,9 +670,6 @@ class _Run:
             except BaseException:
                 writer.abort()
             raise
-        finally:
-            for actor in actors:
-                ray.kill(actor, no_restart=True)
         bar.close()
         writer.finish()
         throughput = [

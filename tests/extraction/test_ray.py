@@ -8,13 +8,16 @@ of a single colour, so that one test has a shard that keeps failing.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -28,12 +31,14 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'feat
 
 from featx.errors import ClusterError, ConfigError
 from featx.extraction import DecodePool, ExtractConfig, discover_images, format_extraction, load_image, load_model
-from featx.store import StoreWriter, open_store
+from featx.store import StoreWriter, open_store, recorded_attrs
 
 # Attributes that differ between two runs by design.
 RUN_ATTRS = {"created_utc"}
 # The configuration of every run here (batches of 2: a dozen images make six shards).
 SETTINGS = {"batch_size": 2, "autotune": False, "checkpoint_seconds": 0}
+# The store's record of how the network ran (ForwardConfig.ATTRS).
+FORWARD_ATTRS = ("forward_micro_batch", "forward_layout", "forward_device")
 
 
 def refuse_single_colour_images() -> None:
@@ -131,6 +136,61 @@ def test_two_workers_write_the_local_store_bit_for_bit(ray_cluster, images, loca
     assert sum(int(line.split(": ")[1].split(" images")[0]) for line in workers) == 12
 
 
+@contextlib.contextmanager
+def featx_messages() -> Iterator[list[str]]:
+    """The featx logger's messages while in the block, from DEBUG on (the CLI stops it propagating: caplog may miss them)."""
+    messages: list[str] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("featx")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_workers_started_before_autotuning_run_the_chosen_configuration_bit_for_bit(
+    ray_cluster, images, local_store, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("FEATX_AUTOTUNE", "1")
+    monkeypatch.setenv("FEATX_CACHE_DIR", str(tmp_path / "cache"))
+    settings = {**SETTINGS, "autotune": True}
+    with featx_messages() as messages:
+        measured = quick_extract(images, tmp_path / "measured.h5", engine="ray", ray_workers=1, **settings)
+    assert measured.rows == 12 and len(measured.workers) == 1
+    # The driver measured only once its worker was up (started before the model was built).
+    [up] = [i for i, line in enumerate(messages) if "Ray worker(s) up after a wait" in line]
+    [tuned] = [i for i, line in enumerate(messages) if "autotuned in" in line]
+    assert messages[up].startswith("1 of 1 Ray worker(s) up") and up < tuned
+    # The local engine reuses the cached measurement: the same configuration and the same bits.
+    local = quick_extract(images, tmp_path / "local-measured.h5", **settings)
+    assert recorded_attrs(local.path, FORWARD_ATTRS) == recorded_attrs(measured.path, FORWARD_ATTRS)
+    assert_same_store(local.path, measured.path)
+    # Made to prefer a configuration with other bits than the default (one image per pass in
+    # channels_last), both engines use it and record it: the workers run what the driver chose.
+    [cache_file] = (tmp_path / "cache" / "autotune").glob("*.json")
+    content = json.loads(cache_file.read_text())
+    for candidate in content["candidates"]:
+        chosen = (candidate["micro_batch"], candidate["layout"]) == (1, "channels_last")
+        candidate["images_per_second"] = 1000.0 if chosen else 1.0
+    cache_file.write_text(json.dumps(content))
+    local = quick_extract(images, tmp_path / "local.h5", **settings)
+    on_ray = quick_extract(images, tmp_path / "ray.h5", engine="ray", ray_workers=1, **settings)
+    for path in (local.path, on_ray.path):
+        assert recorded_attrs(path, FORWARD_ATTRS) == {
+            "forward_micro_batch": 1, "forward_layout": "channels_last", "forward_device": "cpu",
+        }
+    assert_same_store(local.path, on_ray.path)
+    # The configuration shows in the bits: workers that ran the default would not have matched.
+    with open_store(local_store) as default, open_store(local.path) as other:
+        assert default.meta["forward_layout"] != "channels_last"
+        assert default.features("penultimate").tobytes() != other.features("penultimate").tobytes()
+
+
 def test_a_killed_worker_is_restarted_and_the_store_is_the_same(ray_cluster, images, local_store, tmp_path, monkeypatch):
     commit = StoreWriter.commit
     killed = []
@@ -214,6 +274,24 @@ def test_a_shard_that_keeps_failing_is_named_and_the_shards_before_it_are_kept(r
     with open_store(out) as store:
         assert len(store) == 6
         assert list(store.ids) == sorted(str(p.relative_to(data)) for p in data.rglob("*.jpg"))[:6]
+
+
+def test_workers_that_cannot_see_the_images_stop_the_run_at_once_in_one_line(ray_cluster, images, tmp_path, monkeypatch):
+    data = shutil.copytree(images, tmp_path / "data")
+    init = StoreWriter.__init__
+
+    def init_then_hide_the_images(self, *args, **kwargs):
+        # The driver has listed the images; the workers, which get the list with their first shard, find no folder.
+        init(self, *args, **kwargs)
+        data.rename(tmp_path / "elsewhere")
+
+    monkeypatch.setattr(StoreWriter, "__init__", init_then_hide_the_images)
+    with pytest.raises(ClusterError) as raised:
+        quick_extract(data, tmp_path / "ray.h5", engine="ray", ray_workers=1, **SETTINGS)
+    text = str(raised.value)
+    assert "\n" not in text and text.startswith("Ray worker 0 (")
+    assert f"could not start; DataError: the data folder is not at '{data.resolve()}' on node " in text
+    assert "failed" not in text  # not retried: every shard would fail the same way
 
 
 def test_gpus_on_a_cluster_without_gpus_is_one_line_saying_what_it_has(ray_cluster, images, tmp_path):
