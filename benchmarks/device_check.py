@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""One-shot check of featx on a GPU: throughput from JPEG files, the ceilings, memory, and the GPU tests.
+"""One-shot check of featx on a GPU: throughput from JPEG files, the ceilings, memory, classify, and the GPU tests.
 
 Run from the repository root, in the project's environment, on a machine with
 a CUDA GPU (it installs nothing and needs no network; ``--weights none``)::
 
-    .venv/bin/python benchmarks/device_check.py            # about 5 minutes, at most 8
+    .venv/bin/python benchmarks/device_check.py            # about 6 minutes, at most 9
     python benchmarks/device_check.py --images 4096        # shorter
+    python benchmarks/device_check.py --classify-only      # section 5 alone, about 2 minutes
 
 It prints, for ResNet-50 ``penultimate``:
 
@@ -20,15 +21,27 @@ It prints, for ResNet-50 ``penultimate``:
    precision with CPU and with GPU decoding: images/s, the ratio to the smaller
    of its forward and decode ceilings, and the peak device memory; against the
    targets of issue 13 (>= 5,000 images/s and >= 0.8 of that ceiling);
-5. the GPU tests of the suite (``tests/extraction/test_cuda.py`` and
-   ``test_gpu_decode.py``), with their pytest summary.
+5. classify on the GPU: the minibatch linear svm and logreg
+   (``MinibatchLinearClassifier``) through torch on ``cuda`` against the
+   numpy CPU fit of the same seed on the same synthetic in-memory matrix
+   (``--classify-shape``, 200,000 x 2,048 float32, 100 classes: fit seconds,
+   epochs, held-out accuracy, agreement and coefficient difference), and
+   xgboost (featx's settings) on ``cuda`` against the CPU on a smaller one,
+   each fit stopped after ``--xgboost-seconds``;
+6. the GPU tests of the suite (``tests/extraction/test_cuda.py``,
+   ``test_gpu_decode.py`` and the CUDA tests of
+   ``tests/classification/test_linear_torch.py``), with their pytest summary.
 
 The JPEGs are the data folder's (``--data``; by default
 ``../shared/data/hymenoptera_data`` when it exists) or, where there is none,
 synthetic photographs written once into a temporary folder; a folder of
 symbolic links cycles through them up to ``--images``.  Each measurement is
-bounded in time (``--seconds``) so that the whole script stays under 8 minutes.
-Without a GPU it says so, runs the (then skipped) GPU tests, and exits 0.
+bounded in time (``--seconds``, ``--xgboost-seconds``; the end-to-end runs stop
+after 6 minutes, the classify section gets at most 2) so that the whole script
+stays under 9 minutes.  Each classify measurement is guarded: one that fails
+prints its error and the next one runs.  Without a GPU it says so, runs the
+(then skipped) GPU tests, and exits 0; ``--classify-only --classify-device cpu``
+runs section 5 with torch's CPU kernels instead, to check the script itself.
 """
 
 from __future__ import annotations
@@ -49,7 +62,14 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 MODEL, LAYER = "resnet50", "penultimate"
 TARGET_IMAGES_PER_SECOND = 5000
 TARGET_RATIO = 0.8
-GPU_TESTS = ("tests/extraction/test_cuda.py", "tests/extraction/test_gpu_decode.py")
+GPU_TESTS = (
+    "tests/extraction/test_cuda.py", "tests/extraction/test_gpu_decode.py",
+    "tests/classification/test_linear_torch.py::test_a_cuda_fit_is_the_numpy_fit",
+    "tests/classification/test_linear_torch.py::test_a_cuda_classify_run_fits_the_linear_models_there",
+)
+CLASSIFY_SHAPE = "200000x2048x100"  # rows x columns x classes of the linear models' matrix
+XGBOOST_SHAPE = "20000x256x10"
+CLASSIFY_SECONDS = 120  # the most the classify section may take
 
 
 def say(text: str = "") -> None:
@@ -173,6 +193,133 @@ def end_to_end(data: Path, out: Path, device, precision: str, decode: str, batch
     return {"images_per_second": result.images_per_second, "peak_bytes": torch.cuda.max_memory_allocated(device)}
 
 
+def _shape(text: str) -> tuple[int, int, int]:
+    rows, columns, classes = (int(part) for part in text.lower().split("x"))
+    return rows, columns, classes
+
+
+def synthetic_classes(rows: int, columns: int, classes: int, seed: int):
+    """float32 rows around one random centre per class, the centres close enough that accuracy stays below 1."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, rows)
+    centres = rng.normal(scale=3.0 / np.sqrt(columns), size=(classes, columns)).astype(np.float32)
+    X = rng.standard_normal((rows, columns), dtype=np.float32)
+    X += centres[labels]
+    return X, labels
+
+
+def _guarded(what: str, measure) -> dict | None:
+    """*measure()*, or its error printed in one line: one failing measurement does not end the script."""
+    try:
+        return measure()
+    except Exception as error:  # noqa: BLE001 - a benchmark reports every failure and goes on
+        say(f"{what}: FAILED ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+        return None
+
+
+def time_linear(loss: str, X, y, X_test, y_test, device: str, backend: str | None) -> dict:
+    """Seconds, epochs and held-out accuracy of classify's minibatch model (``alpha = 1 / n``, C = 1)."""
+    import numpy as np
+
+    from featx.classification import MinibatchLinearClassifier
+
+    model = MinibatchLinearClassifier(loss, alpha=1.0 / len(y), max_iter=100, random_state=0, device=device,
+                                      backend=backend)
+    start = time.perf_counter()
+    model.fit(X, y)  # returns once coef_ has been copied back from the device: no pending work
+    seconds = time.perf_counter() - start
+    return {"model": model, "seconds": seconds, "epochs": model.n_iter_, "converged": model.converged_,
+            "accuracy": float(np.mean(model.predict(X_test) == y_test))}
+
+
+def time_xgboost(X, y, X_test, y_test, device: str, cap: float) -> dict:
+    """xgboost with featx's settings (hist, every core) on *device*, stopped after *cap* seconds of rounds."""
+    import numpy as np
+    import xgboost
+
+    from featx.classification import FAMILIES, ClassifyConfig, using_device
+
+    class TimeCap(xgboost.callback.TrainingCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.start = time.perf_counter()
+
+        def after_iteration(self, model, epoch, evals_log) -> bool:
+            return time.perf_counter() - self.start > cap
+
+    params = ClassifyConfig(features="x.h5", models="xgboost", device="cpu").model_params["xgboost"]
+    with using_device(device):
+        estimator = FAMILIES["xgboost"].build(params, 0)
+    estimator.set_params(callbacks=[TimeCap()])
+    start = time.perf_counter()
+    estimator.fit(X, y)
+    seconds = time.perf_counter() - start
+    rounds = estimator.get_booster().num_boosted_rounds()
+    return {"seconds": seconds, "rounds": rounds, "device": estimator.get_params()["device"],
+            "accuracy": float(np.mean(estimator.predict(X_test) == y_test))}
+
+
+def classify_section(device: str, shape: str, xgboost_shape: str, xgboost_seconds: float, budget: float) -> None:
+    """Section 5: the linear models on *device* against the numpy CPU fit, then xgboost on *device* and the CPU."""
+    import numpy as np
+
+    started = time.perf_counter()
+    rows, columns, classes = _shape(shape)
+    say(f"\n== classify on {device}: minibatch linear models, {rows:,} x {columns:,} float32, {classes} classes "
+        f"(+ {rows // 10:,} held-out rows)")
+    data = _guarded("synthetic matrix", lambda: synthetic_classes(rows + rows // 10, columns, classes, seed=0))
+    if data is not None:
+        X, y = data
+        X_train, y_train, X_test, y_test = X[:rows], y[:rows], X[rows:], y[rows:]
+        backend = "torch"  # on 'cpu' too: then the torch code on torch's CPU kernels
+        # The first fit on a device pays for its CUDA context and kernels: a small one first, not measured.
+        _guarded("warm-up", lambda: time_linear("log_loss", X_train[:4096], y_train[:4096], X_test[:64],
+                                               y_test[:64], device, backend))
+        say(f"{'model':>6} {'fit on':>10} {'fit s':>8} {'epochs':>6} {'converged':>9} {'accuracy':>8}  "
+            f"agreement, max |coef diff| / max |coef|")
+        for family, loss in (("svm", "squared_hinge"), ("logreg", "log_loss")):
+            if time.perf_counter() - started > 0.6 * budget:
+                say(f"(stopping the linear fits: {0.6 * budget:.0f} s spent)")
+                break
+            fits = {}
+            for where, on, engine in (("numpy cpu", "cpu", None), (f"torch {device}", device, backend)):
+                fits[where] = _guarded(f"{family} {where}", lambda loss=loss, on=on, engine=engine: time_linear(
+                    loss, X_train, y_train, X_test, y_test, on, engine))
+                f = fits[where]
+                if f is None:
+                    continue
+                line = (f"{family:>6} {where:>10} {f['seconds']:8.2f} {f['epochs']:6d} {f['converged']!s:>9} "
+                        f"{f['accuracy']:8.4f}")
+                reference = fits.get("numpy cpu")
+                if reference is not None and f is not reference:
+                    agree = float(np.mean(f["model"].predict(X_test) == reference["model"].predict(X_test)))
+                    diff = np.abs(f["model"].coef_ - reference["model"].coef_).max()
+                    line += f"  {agree:.4f}, {diff / np.abs(reference['model'].coef_).max():.1e}"
+                    line += f"  ({reference['seconds'] / f['seconds']:.1f}x the CPU's speed)"
+                say(line)
+        del data, X, X_train, X_test
+    rows, columns, classes = _shape(xgboost_shape)
+    devices = list(dict.fromkeys((device, "cpu")))
+    say(f"\n== xgboost on {' and '.join(devices)}: {rows:,} x {columns:,}, {classes} classes, featx's settings, "
+        f"each stopped after {xgboost_seconds:.0f} s")
+    data = _guarded("synthetic matrix", lambda: synthetic_classes(rows + rows // 10, columns, classes, seed=1))
+    if data is None:
+        return
+    X, y = data
+    say(f"{'fit on':>8} {'fit s':>8} {'rounds':>6} {'s/round':>8} {'accuracy':>8}")
+    for where in devices:
+        if time.perf_counter() - started > budget - xgboost_seconds:
+            say(f"(stopping: {budget:.0f} s spent)")
+            break
+        f = _guarded(f"xgboost {where}", lambda where=where: time_xgboost(
+            X[:rows], y[:rows], X[rows:], y[rows:], where, xgboost_seconds))
+        if f is not None:
+            say(f"{f['device']:>8} {f['seconds']:8.2f} {f['rounds']:6d} {f['seconds'] / max(f['rounds'], 1):8.3f} "
+                f"{f['accuracy']:8.4f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA if DEFAULT_DATA.is_dir() else None)
@@ -181,8 +328,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds per ceiling measurement (default: 8)")
     parser.add_argument("--synthetic", type=int, default=1024, help="synthetic JPEGs to write when there is no --data")
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--classify-only", action="store_true", help="only the classify section")
+    parser.add_argument("--skip-classify", action="store_true", help="no classify section")
+    parser.add_argument("--classify-device", default="cuda",
+                        help="torch device of the classify section (default: cuda; cpu checks the script)")
+    parser.add_argument("--classify-shape", default=CLASSIFY_SHAPE, metavar="ROWSxCOLUMNSxCLASSES",
+                        help=f"the linear models' matrix (default: {CLASSIFY_SHAPE})")
+    parser.add_argument("--xgboost-shape", default=XGBOOST_SHAPE, metavar="ROWSxCOLUMNSxCLASSES",
+                        help=f"xgboost's matrix (default: {XGBOOST_SHAPE})")
+    parser.add_argument("--xgboost-seconds", type=float, default=20.0, help="time cap per xgboost fit (default: 20)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+
+    def classify() -> None:
+        classify_section(args.classify_device, args.classify_shape, args.xgboost_shape, args.xgboost_seconds,
+                         CLASSIFY_SECONDS)
 
     import torch
     import torchvision
@@ -191,9 +351,13 @@ def main(argv: list[str] | None = None) -> int:
 
     say("== machine")
     say(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {len(os.sched_getaffinity(0))} cores")
+    if args.classify_only and (args.classify_device == "cpu" or torch.cuda.is_available()):
+        classify()
+        say(f"\ndone in {time.perf_counter() - started:.0f} s")
+        return 0
     if not torch.cuda.is_available():
         say("no CUDA GPU visible to torch: nothing to measure here; the GPU figures need a machine with one.")
-        if not args.skip_tests:
+        if not args.skip_tests and not args.classify_only:
             run_gpu_tests(timeout=240)
         say(f"\ndone in {time.perf_counter() - started:.0f} s (no GPU)")
         return 0
@@ -244,8 +408,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"{run['peak_bytes'] / 2**30:9.2f}  {'met' if met else 'NOT met'} "
                     f"(>= {TARGET_IMAGES_PER_SECOND:,}/s and >= {TARGET_RATIO} x ceiling)"
                 )
+    if not args.skip_classify:
+        classify()
     if not args.skip_tests:
-        run_gpu_tests(timeout=max(30.0, 7.5 * 60 - (time.perf_counter() - started)))
+        run_gpu_tests(timeout=max(30.0, 8.5 * 60 - (time.perf_counter() - started)))
     say(f"\ndone in {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -107,7 +107,9 @@ def classify(
     **options
         Any other field of :class:`featx.classification.ClassifyConfig`:
         ``normalize``, ``pca``, ``test_size``, ``cv``, ``seed``, ``search``,
-        ``params`` (classifier parameters such as ``{"C": 0.1}``), ``plots``.
+        ``params`` (classifier parameters such as ``{"C": 0.1}``), ``plots``,
+        ``memory``, ``device`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``: where
+        svm, logreg and xgboost fit).
 
     Returns
     -------

@@ -35,10 +35,16 @@ DEFAULT_DATA = Path("data")
 # --------------------------------------------------------------------------- shared options
 
 
+def _device_option() -> argparse.ArgumentParser:
+    """``--device``: every command that runs a network, and classify (its GPU families)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto, a GPU when present)")
+    return parent
+
+
 def _runtime_options() -> argparse.ArgumentParser:
     """``--device``, ``--workers`` and ``--no-progress``: every command that runs a network."""
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parent = argparse.ArgumentParser(add_help=False, parents=[_device_option()])
     parent.add_argument("--workers", type=int, help="decoding processes (default: one per core, at most 16)")
     parent.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parent
@@ -245,10 +251,12 @@ def _add_classify(sub: argparse._SubParsersAction, parents: list[argparse.Argume
 
     p = sub.add_parser(
         "classify",
+        parents=[_device_option()],
         help="train and compare classifiers on feature stores",
         description="Train classifiers on cached features (several stores are joined on sample id), evaluate "
         "them on the stored train/val|test split (else a stratified hold-out or --cv K), print a comparison "
-        "table and write a run folder with results.json, predictions, confusion matrices and the classifiers.",
+        "table and write a run folder with results.json, predictions, confusion matrices and the classifiers. "
+        "--device: where svm and logreg (through torch) and xgboost fit.",
     )
     p.add_argument(
         "--features", action="append", required=True, metavar="STORE[:LAYER]",
@@ -301,6 +309,7 @@ def _run_classify(args: argparse.Namespace) -> int:
         params={name: value for name, value in params.items() if value is not None},
         plots=not args.no_plots,
         memory=args.memory,
+        device=args.device,
     )
     print(format_results(run_classification(config)))
     return 0

@@ -3,7 +3,9 @@
 - only :mod:`featx.store` imports h5py, and it imports neither torch nor the
   other two sides;
 - :mod:`featx.classification` never imports :mod:`featx.extraction` (nor
-  torch), and :mod:`featx.extraction` never imports :mod:`featx.classification`;
+  torch, except its GPU kernel of the linear models, :data:`TORCH_KERNEL`,
+  inside functions only, so that a CPU run never loads it), and
+  :mod:`featx.extraction` never imports :mod:`featx.classification`;
 - no module imports a private name (``_x``) of another module, nor a private
   module of a package that is not its own (or an ancestor of its own); tests
   included.
@@ -18,6 +20,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The one module of featx.classification that may import torch, and only inside its functions.
+TORCH_KERNEL = "classification._torch_linear"
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class Import:
     line: int
     module: str  # absolute module imported from (or imported)
     name: str | None  # the name taken from it, None for `import module`
+    in_function: bool = False  # inside a function body (runs when called, not when the module is imported)
 
 
 def _module_name(path: Path, root: Path) -> str:
@@ -44,10 +49,16 @@ def imports_of(path: Path, root: Path) -> list[Import]:
     """Every import of one file, relative imports made absolute (function-level imports included)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     package = _package_of(path, root)
+    in_functions = {
+        id(inner)
+        for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        for inner in ast.walk(node) if inner is not node
+    }
     found = []
     for node in ast.walk(tree):
+        local = id(node) in in_functions
         if isinstance(node, ast.Import):
-            found += [Import(path, node.lineno, alias.name, None) for alias in node.names]
+            found += [Import(path, node.lineno, alias.name, None, local) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
@@ -55,7 +66,7 @@ def imports_of(path: Path, root: Path) -> list[Import]:
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ""
-            found += [Import(path, node.lineno, module, alias.name) for alias in node.names]
+            found += [Import(path, node.lineno, module, alias.name, local) for alias in node.names]
     return found
 
 
@@ -83,7 +94,10 @@ def violations(root: Path, package: str = "featx", extra_files: list[Path] = ())
                     top in ("torch", "torchvision") or any(_within(t, extraction) or _within(t, classification) for t in targets)
                 ):
                     problems.append(f"{where}: {store} imports {imp.module}")
-                if _within(importer, classification) and (
+                kernel = importer == f"{package}.{TORCH_KERNEL}" and top == "torch"
+                if kernel and not imp.in_function:
+                    problems.append(f"{where}: {importer} imports torch outside a function")
+                elif _within(importer, classification) and not kernel and (
                     top in ("torch", "torchvision") or any(_within(t, extraction) for t in targets)
                 ):
                     problems.append(f"{where}: {classification} imports {imp.module}")
@@ -119,6 +133,12 @@ def test_featx_and_its_tests_follow_the_import_rule():
          "featx/classification/_bad.py:1: featx.classification imports featx.extraction"),
         ("featx/classification/_bad.py", "def f():\n    import torch\n",
          "featx/classification/_bad.py:2: featx.classification imports torch"),
+        ("featx/classification/_torch_linear.py", "import torch\n",
+         "featx/classification/_torch_linear.py:1: featx.classification._torch_linear imports torch outside a function"),
+        ("featx/classification/_torch_linear.py", "from torch import nn\n\ndef f():\n    return nn\n",
+         "featx/classification/_torch_linear.py:1: featx.classification._torch_linear imports torch outside a function"),
+        ("featx/classification/_torch_linear.py", "def f():\n    import torchvision\n",
+         "featx/classification/_torch_linear.py:2: featx.classification imports torchvision"),
         ("featx/extraction/_bad.py", "from featx.classification import FAMILIES\n",
          "featx/extraction/_bad.py:1: featx.extraction imports featx.classification"),
         ("featx/prediction.py", "import h5py\n", "featx/prediction.py:1: h5py imported outside featx.store"),
@@ -138,6 +158,16 @@ def test_the_rule_catches_a_violating_import(tmp_path, path, source, expected):
     (tmp_path / "featx/store/_reader.py").write_text("")
     (tmp_path / path).write_text(source)
     assert violations(tmp_path) == [expected]
+
+
+def test_the_rule_allows_torch_inside_the_functions_of_the_classification_kernel_only(tmp_path):
+    (tmp_path / "featx/classification").mkdir(parents=True)
+    (tmp_path / "featx/__init__.py").write_text("")
+    (tmp_path / "featx/classification/__init__.py").write_text("")
+    (tmp_path / "featx/classification/_torch_linear.py").write_text(
+        "class Adam:\n    def step(self):\n        import torch\n        from torch import nn\n"
+    )
+    assert violations(tmp_path) == []
 
 
 def test_the_rule_allows_a_package_its_own_private_modules(tmp_path):

@@ -31,7 +31,18 @@ A worked example is in :func:`run_classification`'s docstring.
 from typing import TYPE_CHECKING
 
 from ._pipeline import NORMALIZERS, build_pipeline, fit_in_place
-from ._registry import FAMILIES, Family, Param, all_params, param_help, parse_models, resolve_params, xgboost_device
+from ._registry import (
+    FAMILIES,
+    Family,
+    Param,
+    all_params,
+    cuda_device_count,
+    param_help,
+    parse_models,
+    resolve_params,
+    using_device,
+    xgboost_device,
+)
 
 if TYPE_CHECKING:  # what _LAZY serves, for type checkers and readers
     from ._artifact import (
@@ -43,7 +54,7 @@ if TYPE_CHECKING:  # what _LAZY serves, for type checkers and readers
         save_classifier,
     )
     from ._bayes import GaussianNaiveBayes
-    from ._config import ClassifyConfig
+    from ._config import ClassifyConfig, parse_device
     from ._evaluation import Evaluation, plan_evaluation
     from ._join import FeatureBlock, JoinedFeatures, join_features, parse_feature_spec
     from ._linear import MinibatchLinearClassifier
@@ -72,11 +83,13 @@ __all__ = [
     "all_params",
     "build_pipeline",
     "classification_metrics",
+    "cuda_device_count",
     "fit_in_place",
     "format_results",
     "join_features",
     "load_classifier",
     "param_help",
+    "parse_device",
     "parse_feature_spec",
     "parse_models",
     "plan_evaluation",
@@ -85,6 +98,7 @@ __all__ = [
     "resolve_params",
     "run_classification",
     "save_classifier",
+    "using_device",
     "xgboost_device",
 ]
 
@@ -96,7 +110,7 @@ _LAZY = {
          "save_classifier"),
         "._artifact",
     ),
-    "ClassifyConfig": "._config",
+    **dict.fromkeys(("ClassifyConfig", "parse_device"), "._config"),
     **dict.fromkeys(("Evaluation", "plan_evaluation"), "._evaluation"),
     **dict.fromkeys(("FeatureBlock", "JoinedFeatures", "join_features", "parse_feature_spec"), "._join"),
     **dict.fromkeys(("classification_metrics", "format_results", "predictions_frame"), "._report"),

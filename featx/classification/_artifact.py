@@ -110,6 +110,30 @@ class FittedClassifier:
         return np.asarray(self.pipeline.predict_proba(X), dtype=np.float64) if self.has_proba else None
 
 
+# skops.io lists scikit-learn's estimators when it is imported (sklearn.utils.all_estimators walks every
+# sklearn package), and one of them, the torch wrapper of the vendored array-api-compat, imports torch:
+# ~0.5 GiB and ~2 s in a classify run that never uses it.  all_estimators skips packages that fail to
+# import, and no estimator lives there, so the trusted and untrusted types are the same without it.
+_SKOPS_TORCH_ROUTE = "sklearn.externals.array_api_compat.torch"
+
+
+def _skops_io() -> Any:
+    """``skops.io``, imported without letting scikit-learn's estimator listing import torch."""
+    import sys
+
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    blocked = _SKOPS_TORCH_ROUTE not in sys.modules  # a caller that imported it keeps it
+    if blocked:
+        sys.modules[_SKOPS_TORCH_ROUTE] = None  # makes its import fail, as a missing package would
+    try:
+        import skops.io
+    finally:
+        if blocked and sys.modules.get(_SKOPS_TORCH_ROUTE, 0) is None:
+            del sys.modules[_SKOPS_TORCH_ROUTE]
+    return skops.io
+
+
 def _versions() -> dict[str, str]:
     import sklearn
     import skops
@@ -139,7 +163,7 @@ def save_classifier(path: str | os.PathLike, pipeline: Any, manifest: Mapping[st
     manifest : mapping
         JSON-serialisable description; format and version fields are added.
     """
-    import skops.io as sio
+    sio = _skops_io()
 
     path = Path(path)
     estimator = pipeline.steps[-1][1]
@@ -203,7 +227,7 @@ def _check_manifest(manifest: Any, path: Path) -> None:
 
 
 def _load_pipeline(data: bytes, path: Path) -> Any:
-    import skops.io as sio
+    sio = _skops_io()
 
     try:
         untrusted = sio.get_untrusted_types(data=data)

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, message, option
+from ..errors import ConfigError, DeviceError, message, option
 from ._join import check_feature_specs
 from ._pipeline import NORMALIZERS
-from ._registry import parse_models, resolve_params, unknown_name
+from ._registry import cuda_device_count, parse_models, resolve_params, torch_has_cuda, unknown_name
 
-__all__ = ["ClassifyConfig", "parse_memory", "available_memory"]
+__all__ = ["ClassifyConfig", "parse_memory", "parse_device", "available_memory"]
 
 _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _MEMORY_ALLOWED = "a number of bytes, optionally with a unit K, M, G or T (e.g. 512M, 4G)"
@@ -53,6 +53,49 @@ def parse_memory(value: Any) -> int:
     if size < 1:
         raise ConfigError(message(option("memory"), allowed=_MEMORY_ALLOWED, got=value))
     return size
+
+_DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def parse_device(name: Any) -> str:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` -> the device a classify run uses: ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
+
+    ``auto`` is ``'cuda'`` when the CUDA driver sees a GPU
+    (:func:`~._registry.cuda_device_count`, asked without importing torch),
+    else ``'cpu'``.
+
+    Raises
+    ------
+    DeviceError
+        Not a device name, or a GPU this machine does not have.
+    """
+    import re
+
+    if name == "auto":
+        return "cuda" if cuda_device_count() > 0 else "cpu"
+    if name == "cpu":
+        return "cpu"
+    match = re.fullmatch(r"cuda(?::(\d+))?", name) if isinstance(name, str) else None
+    if match is None:
+        raise DeviceError(message(option("device"), allowed=_DEVICES, got=name))
+    count = cuda_device_count()
+    if count == 0:
+        raise DeviceError(
+            message(
+                f"device '{name}' is not available",
+                hint=f"the CUDA driver sees no GPU on this machine; use {option('device', 'cpu')} or "
+                f"{option('device', 'auto')}",
+            )
+        )
+    if match.group(1) is not None and int(match.group(1)) >= count:
+        raise DeviceError(
+            message(
+                f"device '{name}' is not available",
+                hint=f"this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}",
+            )
+        )
+    return name
+
 
 # What scikit-learn and numpy accept as a random_state seed.
 _MAX_SEED = 2**32 - 1
@@ -99,12 +142,18 @@ class ClassifyConfig:
         Memory budget in bytes (or text such as ``"4G"``); by default the RAM
         available when the configuration is made.  A training matrix larger
         than it is fitted by streaming it from the stores in blocks.
+    device : {'auto', 'cpu', 'cuda', 'cuda:N'}
+        Where the linear models (svm, logreg; through torch) and xgboost fit:
+        ``auto`` is the GPU when the CUDA driver sees one.  On the CPU no
+        torch is imported.
 
     Attributes
     ----------
     model_params : dict of str -> dict
         Each chosen family's full, checked parameter set: its defaults with
         *params* applied where it declares them (:func:`resolve_params`).
+    compute_device : str
+        *device* resolved by :func:`parse_device`: ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
 
     Raises
     ------
@@ -131,7 +180,9 @@ class ClassifyConfig:
     runs_dir: Path = Path("runs")
     plots: bool = True
     memory: int | str | None = None
+    device: str = "auto"
     model_params: dict[str, dict[str, Any]] = field(init=False, repr=False, compare=False)
+    compute_device: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", parse_models(self.models))
@@ -157,3 +208,14 @@ class ClassifyConfig:
         object.__setattr__(self, "memory", available_memory() if self.memory is None else parse_memory(self.memory))
         # The one check of the classifiers' parameters: the registry's declarations.
         object.__setattr__(self, "model_params", resolve_params(self.models, self.params))
+        object.__setattr__(self, "compute_device", parse_device(self.device))
+        linear = [m for m in self.models if m == "logreg" or (m == "svm" and self.model_params[m]["kernel"] == "linear")]
+        if self.device != "auto" and self.compute_device != "cpu" and linear and not torch_has_cuda():
+            # auto fits them on the CPU then; asked for a GPU, they cannot run there.
+            raise DeviceError(
+                message(
+                    f"device '{self.device}' cannot fit {', '.join(linear)}",
+                    hint=f"they run on a GPU through torch, and no torch built with CUDA is installed; "
+                    f"use {option('device', 'cpu')} or {option('device', 'auto')}",
+                )
+            )

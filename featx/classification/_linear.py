@@ -35,10 +35,19 @@ the issue notes).  The same
 object learns from one in-memory matrix (:meth:`fit`) or from blocks read
 from the stores (:meth:`partial_fit` per block, :meth:`end_epoch` after each
 pass), so streamed and in-memory fits share their code and their artifacts.
+
+The optimiser's state and its step are the backend's: :class:`NumpyAdam` here
+(the default, ``device='cpu'``), or :class:`~._torch_linear.TorchAdam` on a
+torch device (``device='cuda'``; ``backend='torch'`` with ``device='cpu'``
+runs the torch code on the CPU).  The estimator keeps the rest (epochs,
+halvings, averaging, minibatch order), so both backends fit the same
+minibatches in the same order from the same seed, and ``coef_`` /
+``intercept_`` are float32 numpy arrays after either.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Any
 
@@ -50,9 +59,10 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-__all__ = ["HALVINGS", "LOSSES", "MinibatchLinearClassifier", "for_rows"]
+__all__ = ["BACKENDS", "HALVINGS", "LOSSES", "MinibatchLinearClassifier", "NumpyAdam", "for_rows"]
 
 LOSSES = ("squared_hinge", "log_loss")
+BACKENDS = ("numpy", "torch")
 #: Times the step is halved on a plateau before the fit counts as converged.
 HALVINGS = 4
 #: Minibatches of an epoch after which the step halves, whatever the objective did.
@@ -65,7 +75,7 @@ _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 # Below this many multiply-adds per product, one BLAS thread is faster: measured at 50,000 x 512, 10
 # classes (781-row minibatches, 4e6 per product) under load, 2 threads took 90 s and one 11 s.
 _THREADED_PRODUCT = 1 << 24
-_TRAINING_STATE = ("_moments", "_sums", "_sums_from", "_t", "_epoch_start", "_step_size", "_halvings", "_best", "_loss_sum", "_seen")
+_TRAINING_STATE = ("_adam", "_sums_from", "_t", "_epoch_start", "_step_size", "_halvings", "_best", "_seen")
 
 
 class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
@@ -88,6 +98,12 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
         :data:`MIN_STEPS` steps per epoch).
     random_state : int, optional
         Seed of the minibatch order and of nothing else (the weights start at zero).
+    device : str
+        ``'cpu'``, or a torch CUDA device (``'cuda'``, ``'cuda:N'``) to fit on.
+    backend : {'numpy', 'torch'}, optional
+        The arrays the fit computes with: by default numpy on ``'cpu'`` and
+        torch elsewhere; ``'torch'`` with ``device='cpu'`` runs the torch
+        code on torch's CPU kernels.
 
     Attributes
     ----------
@@ -106,7 +122,8 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
     ANNEAL_STEPS = ANNEAL_STEPS
 
     def __init__(self, loss: str = "squared_hinge", *, alpha: float = 1e-4, max_iter: int = 100, tol: float = 1e-3,
-                 eta0: float = 1e-2, batch_size: int | None = None, random_state: int | None = None) -> None:
+                 eta0: float = 1e-2, batch_size: int | None = None, random_state: int | None = None,
+                 device: str = "cpu", backend: str | None = None) -> None:
         self.loss = loss
         self.alpha = alpha
         self.max_iter = max_iter
@@ -114,6 +131,8 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
         self.eta0 = eta0
         self.batch_size = batch_size
         self.random_state = random_state
+        self.device = device
+        self.backend = backend
 
     # ------------------------------------------------------------------ fitting
 
@@ -124,12 +143,16 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
         labels = np.searchsorted(self.classes_, y)
         rng = np.random.default_rng(self.random_state)
         size = self.batch_size or int(min(MAX_BATCH, max(32, X.shape[0] // MIN_STEPS)))
-        with _blas_threads(size, X.shape[1], self.classes_.size):
+        rows, targets = self._adam.source(X, labels)
+        with self._threads(size, X.shape[1]):
             while not self.converged_ and self.n_iter_ < self.max_iter:
                 order = rng.permutation(X.shape[0])
                 for start in range(0, order.size, size):
-                    batch = np.sort(order[start : start + size])  # sorted: a gather in memory order
-                    self._step(X[batch], labels[batch])
+                    order[start : start + size].sort()  # sorted minibatches: each a gather in memory order
+                order = self._adam.index(order)
+                for start in range(0, X.shape[0], size):
+                    batch = order[start : start + size]
+                    self._step(rows[batch], targets[batch])
                 self.end_epoch()
         return self
 
@@ -142,21 +165,23 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
             self._start(X.shape[1], np.asarray(classes))
         labels = np.searchsorted(self.classes_, y)
         size = self.batch_size or MAX_BATCH
-        with _blas_threads(size, X.shape[1], self.classes_.size):
+        rows, targets = self._adam.source(X, labels, whole=True)
+        with self._threads(size, X.shape[1]):
             for start in range(0, X.shape[0], size):
-                self._step(X[start : start + size], labels[start : start + size])
+                self._step(rows[start : start + size], targets[start : start + size])
+        self._adam.export(self.coef_, self.intercept_)
         return self
 
     def end_epoch(self) -> bool:
         """Close a pass over the training rows: halve the step on a plateau; return whether the fit has converged."""
         if self._seen == 0:
             return self.converged_
-        objective = self._loss_sum / self._seen + 0.5 * self.alpha * float(np.vdot(self.coef_, self.coef_))
+        objective = self._adam.take_loss() / self._seen + 0.5 * self.alpha * self._adam.squared_norm()
         if self._t - self._epoch_start >= ANNEAL_STEPS or objective > self._best * (1.0 - self.tol):
             self._step_size /= 2.0
             self._halvings += 1
         self._best = min(self._best, objective)
-        self._loss_sum, self._seen = 0.0, 0
+        self._seen = 0
         self._epoch_start = self._t
         self.n_iter_ += 1
         self.objective_ = objective
@@ -164,10 +189,9 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
         steps = self._t - self._sums_from
         if self.converged_ and steps:
             # The mean of the last epoch's iterates (Polyak-Ruppert averaging): less minibatch noise than the last one.
-            np.divide(self._sums[0], steps, out=self.coef_)
-            np.divide(self._sums[1], steps, out=self.intercept_)
-        for total in self._sums:
-            total[...] = 0.0
+            self._adam.average(steps)
+        self._adam.reset_sums()
+        self._adam.export(self.coef_, self.intercept_)
         self._sums_from = self._t
         if not self.converged_ and self.n_iter_ >= self.max_iter:
             warnings.warn(
@@ -188,67 +212,53 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
         shape = (classes.size, n_features)
         self.coef_ = np.zeros(shape, dtype=np.float32)
         self.intercept_ = np.zeros(classes.size, dtype=np.float32)
-        self._moments = [np.zeros(shape, np.float32), np.zeros(shape, np.float32),
-                         np.zeros(classes.size, np.float32), np.zeros(classes.size, np.float32)]
+        if self._backend() == "torch":
+            from ._torch_linear import TorchAdam
+
+            self._adam = TorchAdam(classes.size, n_features, self.device, (_BETA1, _BETA2), _EPS)
+        else:
+            self._adam = NumpyAdam(self.coef_, self.intercept_)
         self._t = 0
         self._epoch_start = 0
-        self._sums = [np.zeros(shape, np.float32), np.zeros(classes.size, np.float32)]  # of this epoch's iterates
         self._sums_from = 0
         self._step_size = float(self.eta0)
         self._halvings = 0
         self._best = np.inf
-        self._loss_sum, self._seen = 0.0, 0
+        self._seen = 0
         self.n_iter_ = 0
         self.objective_ = float("nan")
         self.converged_ = False
 
-    def _step(self, X: np.ndarray, labels: np.ndarray) -> None:
-        """One Adam step on the minibatch ``X`` (rows) with class indices *labels*."""
+    def _backend(self) -> str:
+        """The backend the parameters name: see the class docstring."""
+        backend = self.backend or ("numpy" if self.device == "cpu" else "torch")
+        if backend not in BACKENDS:
+            raise ValueError(f"The 'backend' parameter of {type(self).__name__} must be one of "
+                             f"{', '.join(map(repr, BACKENDS))} or None. Got {backend!r} instead.")
+        if backend == "numpy" and self.device != "cpu":
+            raise ValueError(f"The 'device' parameter of {type(self).__name__} must be 'cpu' with the numpy "
+                             f"backend. Got {self.device!r} instead.")
+        return backend
+
+    def _threads(self, batch: int, n_features: int) -> Any:
+        """numpy's BLAS threads for the products (see :func:`_blas_threads`); torch chooses its own."""
+        if isinstance(self._adam, NumpyAdam):
+            return _blas_threads(batch, n_features, self.classes_.size)
+        return contextlib.nullcontext()
+
+    def _step(self, X: Any, labels: Any) -> None:
+        """One Adam step on the minibatch ``X`` (rows) with class indices *labels*, by the backend."""
         n = X.shape[0]
         if n == 0:
             return
-        scores = X @ self.coef_.T.astype(X.dtype, copy=False)
-        scores += self.intercept_
-        rows = np.arange(n)
-        if self.loss == "log_loss":
-            scores -= scores.max(axis=1, keepdims=True)
-            np.exp(scores, out=scores)
-            scores /= scores.sum(axis=1, keepdims=True)
-            self._loss_sum -= float(np.log(np.maximum(scores[rows, labels], 1e-30)).sum())
-            scores[rows, labels] -= 1.0
-            grad_scores = scores
-        else:  # one-vs-rest squared hinge: targets +1 for the row's class, -1 for the others
-            scores[rows, labels] *= -1.0
-            margin = np.maximum(scores + 1.0, 0.0)  # 1 - t s, with t s made -s above
-            self._loss_sum += float(np.vdot(margin, margin))
-            margin *= 2.0
-            margin[rows, labels] *= -1.0
-            grad_scores = margin
-        grad_scores /= n
-        grad_coef = (grad_scores.T @ X).astype(np.float32, copy=False)
-        grad_coef += np.float32(self.alpha) * self.coef_
-        grad_intercept = grad_scores.sum(axis=0, dtype=np.float32)
         self._seen += n
         self._t += 1
         correction = np.sqrt(1.0 - _BETA2**self._t) / (1.0 - _BETA1**self._t)
-        step = np.float32(self._step_size * correction)
-        for param, grad, first, second in ((self.coef_, grad_coef, *self._moments[:2]),
-                                           (self.intercept_, grad_intercept, *self._moments[2:])):
-            first *= _BETA1
-            first += (1.0 - _BETA1) * grad
-            second *= _BETA2
-            np.square(grad, out=grad)
-            second += (1.0 - _BETA2) * grad
-            np.sqrt(second, out=grad)
-            grad += _EPS
-            np.divide(first, grad, out=grad)
-            grad *= step
-            param -= grad
-        self._sums[0] += self.coef_
-        self._sums[1] += self.intercept_
+        self._adam.step(X, labels, self.loss, self.alpha, self._step_size * correction)
 
     def __getstate__(self) -> dict[str, Any]:
-        # A saved classifier keeps what predicts, not the optimiser's state (two more copies of coef_).
+        # A saved classifier keeps what predicts, not the optimiser's state (four more copies of coef_, and on a
+        # GPU torch tensors: a pickle or artifact of a torch fit holds numpy arrays only).
         return {k: v for k, v in super().__getstate__().items() if k not in _TRAINING_STATE}
 
     # ------------------------------------------------------------------ prediction
@@ -265,6 +275,92 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
         np.exp(scores, out=scores)
         scores /= scores.sum(axis=1, keepdims=True)
         return scores
+
+
+class NumpyAdam:
+    """Adam's state of ``(coef, intercept)`` in numpy arrays, and its step: the default backend.
+
+    Parameters
+    ----------
+    coef : ndarray of shape (n_classes, n_features), float32
+    intercept : ndarray of shape (n_classes,), float32
+        The estimator's own ``coef_`` and ``intercept_``, updated in place
+        (so :meth:`export` has nothing to copy).
+    """
+
+    def __init__(self, coef: np.ndarray, intercept: np.ndarray) -> None:
+        self.coef, self.intercept = coef, intercept
+        self.moments = [np.zeros_like(coef), np.zeros_like(coef), np.zeros_like(intercept), np.zeros_like(intercept)]
+        self.sums = [np.zeros_like(coef), np.zeros_like(intercept)]  # of this epoch's iterates
+        self.loss_sum = 0.0
+
+    def source(self, X: np.ndarray, labels: np.ndarray, *, whole: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """What minibatches are taken from: *X* and *labels* themselves (gathered rows, never a copy of *X*)."""
+        return X, labels
+
+    def index(self, rows: np.ndarray) -> np.ndarray:
+        return rows
+
+    def step(self, X: np.ndarray, labels: np.ndarray, loss: str, alpha: float, step: float) -> None:
+        """One Adam step of size *step* (bias-corrected) on the minibatch ``X`` with class indices *labels*."""
+        n = X.shape[0]
+        scores = X @ self.coef.T.astype(X.dtype, copy=False)
+        scores += self.intercept
+        rows = np.arange(n)
+        if loss == "log_loss":
+            scores -= scores.max(axis=1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(axis=1, keepdims=True)
+            self.loss_sum -= float(np.log(np.maximum(scores[rows, labels], 1e-30)).sum())
+            scores[rows, labels] -= 1.0
+            grad_scores = scores
+        else:  # one-vs-rest squared hinge: targets +1 for the row's class, -1 for the others
+            scores[rows, labels] *= -1.0
+            margin = np.maximum(scores + 1.0, 0.0)  # 1 - t s, with t s made -s above
+            self.loss_sum += float(np.vdot(margin, margin))
+            margin *= 2.0
+            margin[rows, labels] *= -1.0
+            grad_scores = margin
+        grad_scores /= n
+        grad_coef = (grad_scores.T @ X).astype(np.float32, copy=False)
+        grad_coef += np.float32(alpha) * self.coef
+        grad_intercept = grad_scores.sum(axis=0, dtype=np.float32)
+        step = np.float32(step)
+        for param, grad, first, second in ((self.coef, grad_coef, *self.moments[:2]),
+                                           (self.intercept, grad_intercept, *self.moments[2:])):
+            first *= _BETA1
+            first += (1.0 - _BETA1) * grad
+            second *= _BETA2
+            np.square(grad, out=grad)
+            second += (1.0 - _BETA2) * grad
+            np.sqrt(second, out=grad)
+            grad += _EPS
+            np.divide(first, grad, out=grad)
+            grad *= step
+            param -= grad
+        self.sums[0] += self.coef
+        self.sums[1] += self.intercept
+
+    def take_loss(self) -> float:
+        """The loss summed over the steps since the last call, and reset it."""
+        total, self.loss_sum = self.loss_sum, 0.0
+        return total
+
+    def squared_norm(self) -> float:
+        """``|coef|^2``."""
+        return float(np.vdot(self.coef, self.coef))
+
+    def average(self, steps: int) -> None:
+        """The coefficients become the mean of the iterates summed since :meth:`reset_sums`."""
+        np.divide(self.sums[0], steps, out=self.coef)
+        np.divide(self.sums[1], steps, out=self.intercept)
+
+    def reset_sums(self) -> None:
+        for total in self.sums:
+            total[...] = 0.0
+
+    def export(self, coef: np.ndarray, intercept: np.ndarray) -> None:
+        """Nothing to copy: *coef* and *intercept* are this backend's own arrays."""
 
 
 def _blas_threads(batch: int, n_features: int, n_classes: int) -> Any:

@@ -37,8 +37,10 @@ Gaussian naive Bayes are indifferent to.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +57,10 @@ __all__ = [
     "resolve_params",
     "unknown_name",
     "xgboost_device",
+    "cuda_device_count",
+    "torch_has_cuda",
+    "using_device",
+    "linear_device",
     "XGBOOST_EARLY_STOP_FRACTION",
     "XGBOOST_EARLY_STOP_ROUNDS",
 ]
@@ -138,30 +144,90 @@ _C = Param(1.0, "a float in the range (0, inf)", _positive_float, "inverse regul
 
 
 @functools.cache
-def xgboost_device() -> str:
-    """``'cuda'`` when this xgboost is built with CUDA and the CUDA driver sees a GPU, else ``'cpu'``.
+def cuda_device_count() -> int:
+    """The GPUs the CUDA driver sees (``cuDeviceGetCount``); 0 without an NVIDIA driver.
 
-    Asked of the driver directly (``cuDeviceGetCount``, what
-    ``torch.cuda.is_available()`` asks too), so that classification never
-    imports torch: importing it would cost seconds and tie this side to the
-    extraction side's dependencies.
+    Asked of the driver directly (what ``torch.cuda.is_available()`` asks
+    too), so that classification never imports torch to find out: importing
+    it would cost seconds and tie this side to the extraction side's
+    dependencies.
     """
     import ctypes
     import sys
 
-    import xgboost
-
-    if not xgboost.build_info().get("USE_CUDA"):
-        return "cpu"
     name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
     try:
         driver = ctypes.CDLL(name)
     except OSError:  # no NVIDIA driver on this machine
-        return "cpu"
+        return 0
     count = ctypes.c_int(0)
     if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+@functools.cache
+def torch_has_cuda() -> bool:
+    """An installed torch built with CUDA, read from its ``torch/version.py`` without importing torch."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.origin:
+        return False
+    try:
+        text = (Path(spec.origin).parent / "version.py").read_text()
+    except OSError:
+        return False
+    return re.search(r"^cuda\b[^=\n]*=\s*['\"]", text, flags=re.MULTILINE) is not None
+
+
+# The device of the classify run in progress ('cpu', 'cuda' or 'cuda:N', resolved), None outside one.
+_RUN_DEVICE: ContextVar[str | None] = ContextVar("featx_classify_device", default=None)
+
+
+@contextlib.contextmanager
+def using_device(device: str) -> Iterator[None]:
+    """Build and fit the classifiers on *device* (resolved: ``'cpu'``, ``'cuda'`` or ``'cuda:N'``) inside.
+
+    The families' builders, and xgboost's booster parameters, ask
+    :func:`linear_device` and :func:`xgboost_device`; outside this context
+    the linear models run on the CPU and xgboost where it did before (CUDA
+    when the driver sees a GPU).
+    """
+    token = _RUN_DEVICE.set(device)
+    try:
+        yield
+    finally:
+        _RUN_DEVICE.reset(token)
+
+
+def linear_device() -> str:
+    """Where the minibatch linear models run: the run's GPU when torch has CUDA, else ``'cpu'`` (numpy)."""
+    device = _RUN_DEVICE.get()
+    return device if device not in (None, "cpu") and torch_has_cuda() else "cpu"
+
+
+@functools.cache
+def _xgboost_has_cuda() -> bool:
+    import xgboost
+
+    return bool(xgboost.build_info().get("USE_CUDA"))
+
+
+def xgboost_device() -> str:
+    """The run's GPU when this xgboost is built with CUDA, else ``'cpu'``.
+
+    Outside a run (:func:`using_device`), e.g. when a saved booster is
+    loaded: ``'cuda'`` when the CUDA driver sees a GPU (:func:`cuda_device_count`).
+    """
+    if not _xgboost_has_cuda():
         return "cpu"
-    return "cuda" if count.value > 0 else "cpu"
+    device = _RUN_DEVICE.get()
+    if device is None:
+        device = "cuda" if cuda_device_count() > 0 else "cpu"
+    return device
 
 
 @dataclass(frozen=True)
@@ -206,7 +272,7 @@ def _minibatch(loss: str, params: Mapping[str, Any], seed: int):
     from ._linear import MinibatchLinearClassifier
 
     # alpha is set from C and the number of rows by _linear_for_rows before fitting.
-    return MinibatchLinearClassifier(loss, max_iter=params["max_iter"], random_state=seed)
+    return MinibatchLinearClassifier(loss, max_iter=params["max_iter"], random_state=seed, device=linear_device())
 
 
 # With fewer rows than columns (1,088 x 4,608, 17 classes: separable) the linear
@@ -227,14 +293,30 @@ def _sgd_hinge(params: Mapping[str, Any], n_rows: int, seed: int):
     )
 
 
+# lbfgs costs hundreds of passes over the training matrix, the minibatch softmax model a few: from
+# 2^26 training values (e.g. 32,768 x 2,048) the in-memory logreg is the minibatch model.  Measured on
+# 300,000 x 2,048, 100 classes (2 cores): lbfgs 675 s, accuracy 0.471; see the issue notes for the
+# minibatch model there.  Below (50,000 x 512, 10 classes: 3.8 s; the demo's digits) lbfgs stays.
+_LBFGS_MAX_CELLS = 1 << 26
+
+
 def _linear_for_rows(estimator: Any, params: Mapping[str, Any], n_rows: int, n_features: int, streaming: bool) -> Any:
     """``alpha = 1 / (C n)`` (scikit-learn's ``C`` objective over ``C n``); the SVM's solver from the shape.
 
     Returns the estimator to fit: the minibatch model given, or, for an
     in-memory linear SVM with fewer rows than columns, ``SGDClassifier``.
+    The in-memory logreg with at least as many rows as columns is the
+    minibatch softmax model on a GPU (:func:`linear_device`; the SVM's rule,
+    since lbfgs runs on the CPU only), and on the CPU from
+    :data:`_LBFGS_MAX_CELLS` training values on.
     """
+    from sklearn.linear_model import LogisticRegression
+
     from ._linear import MinibatchLinearClassifier, for_rows
 
+    if isinstance(estimator, LogisticRegression) and n_rows >= n_features and (
+            linear_device() != "cpu" or n_rows * n_features >= _LBFGS_MAX_CELLS):
+        estimator = _minibatch("log_loss", params, estimator.random_state)
     if not isinstance(estimator, MinibatchLinearClassifier):
         return estimator
     if estimator.loss == "squared_hinge" and n_rows < n_features and not streaming:

@@ -38,7 +38,7 @@ from ._evaluation import Evaluation, check_components, plan_evaluation, search_f
 from ._join import FeatureBlock, JoinedFeatures, join_features
 from ._boosting import fit_xgboost
 from ._pipeline import build_pipeline, fit_in_place, transform_in_place
-from ._registry import FAMILIES
+from ._registry import FAMILIES, using_device
 from ._streaming import FitPlan, fit_naive_bayes, plan_fit, stream_fit, stream_predict
 from ._report import classification_metrics, json_default, plot_confusion, predictions_frame
 
@@ -84,6 +84,13 @@ class ClassifierResult:
         the training rows, normalised in place), ``'blocks'`` (``partial_fit``
         over blocks read from the stores), or xgboost's ``'QuantileDMatrix'`` /
         ``'ExtMemQuantileDMatrix'`` (built from blocks).
+    solver : str
+        The estimator that was fitted (the family's shape rules choose it):
+        ``'MinibatchLinearClassifier'``, ``'SGDClassifier'``,
+        ``'LogisticRegression'``, ``'XGBClassifier'``, ...
+    device : str
+        Where it was fitted: ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (see
+        ``ClassifyConfig.device``).
     """
 
     name: str
@@ -104,6 +111,8 @@ class ClassifierResult:
     has_proba: bool = False
     warnings: list[str] = field(default_factory=list)
     fit_input: str = "matrix"
+    solver: str = ""
+    device: str = "cpu"
 
 
 @dataclass
@@ -381,7 +390,14 @@ def _evaluate(
         has_proba=proba is not None,
         warnings=fitter.warnings,
         fit_input=fitter.fit_input,
+        solver=type(model.named_steps["clf"]).__name__,
+        device=_fitted_device(model.named_steps["clf"]),
     )
+
+
+def _fitted_device(estimator: Any) -> str:
+    """Where *estimator* was fitted: its ``device`` parameter (the minibatch models', xgboost's), else the CPU."""
+    return str(estimator.get_params().get("device") or "cpu")
 
 
 def _write_missing(out: Path, missing: Mapping[str, list[str]]) -> Path | None:
@@ -411,6 +427,7 @@ def _results_json(run: ClassifyRun) -> dict[str, Any]:
             "cv": config.cv,
             "seed": config.seed,
             "search": config.search,
+            "device": config.device,
             "params": dict(config.params),
         },
         "inputs": [b.to_json() for b in run.inputs],
@@ -435,6 +452,8 @@ def _results_json(run: ClassifyRun) -> dict[str, Any]:
                 "fold_accuracies": r.fold_accuracies,
                 "warnings": r.warnings,
                 "fit_input": r.fit_input,
+                "solver": r.solver,
+                "device": r.device,
                 "predictions": r.predictions.name,
                 "confusion": r.confusion.name if r.confusion else None,
                 "artifact": r.artifact.name,
@@ -497,9 +516,10 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
         f"{' + '.join(f'{b.spec} ({b.dim:,})' for b in joined.blocks)}; {evaluation.description}"
     )
     results = []
-    for name in config.models:
-        log.info(f"fitting {name} ...")
-        results.append(_evaluate(name, config.model_params[name], joined, evaluation, config, out, plan))
+    with using_device(config.compute_device):  # what the families' builders and xgboost's parameters ask
+        for name in config.models:
+            log.info(f"fitting {name} ...")
+            results.append(_evaluate(name, config.model_params[name], joined, evaluation, config, out, plan))
     _write_missing(out, joined.missing)
     run = ClassifyRun(
         out_dir=out,

@@ -131,15 +131,27 @@ def test_a_saved_linear_model_keeps_what_predicts_and_not_the_optimiser(tmp_path
     assert all(r.warnings == [] for r in run.results)
 
 
+def _chosen(model, n_rows, n_features, streaming=False):
+    """The estimator classify fits for *model* on *n_rows* x *n_features* training values."""
+    params = ClassifyConfig(features="x.h5", models=model).model_params[model]
+    family = FAMILIES[model]
+    return family.for_rows((family.stream if streaming else family.build)(params, 0), params, n_rows, n_features,
+                           streaming)
+
+
 def test_few_rows_and_many_columns_fit_the_svm_by_sgd():
-    params = ClassifyConfig(features="x.h5", models="svm").model_params["svm"]
-    family = FAMILIES["svm"]
-    wide = family.for_rows(family.build(params, 0), params, 100, 4_608, False)
-    tall = family.for_rows(family.build(params, 0), params, 10_000, 512, False)
-    streamed = family.for_rows(family.stream(params, 0), params, 100, 4_608, True)
+    wide, tall, streamed = _chosen("svm", 100, 4_608), _chosen("svm", 10_000, 512), _chosen("svm", 100, 4_608, True)
     assert type(wide).__name__ == "SGDClassifier" and wide.alpha == pytest.approx(1 / 100)
     assert type(tall).__name__ == "MinibatchLinearClassifier" and tall.alpha == pytest.approx(1 / 10_000)
     assert type(streamed).__name__ == "MinibatchLinearClassifier"
+
+
+def test_a_large_in_memory_logreg_is_the_minibatch_softmax_model():
+    # 2^26 training values is where lbfgs's hundreds of passes give way to the minibatch model's few.
+    small, large, wide = _chosen("logreg", 50_000, 512), _chosen("logreg", 32_768, 2_048), _chosen("logreg", 2_048, 32_768)
+    assert type(small).__name__ == type(wide).__name__ == "LogisticRegression"
+    assert type(large).__name__ == "MinibatchLinearClassifier" and large.loss == "log_loss"
+    assert large.alpha == pytest.approx(1 / 32_768) and large.max_iter == 1_000
 
 
 def test_naive_bayes_by_matrix_products_equals_the_per_class_loop():
