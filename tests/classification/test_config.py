@@ -14,7 +14,7 @@ from featx.errors import ConfigError
 
 MODELS = "models must be one of svm, logreg, bayes, xgboost, mlp (or several, comma-separated)"
 PARAMETERS = (
-    "C, alpha, gamma, hidden, kernel, learning_rate, max_depth, max_iter, n_estimators, subsample, var_smoothing"
+    "C, alpha, gamma, hidden, kernel, learning_rate, max_bin, max_depth, max_iter, n_estimators, subsample, var_smoothing"
 )
 
 
@@ -39,6 +39,10 @@ PARAMETERS = (
         ),
         ({"params": {"max_depth": 3}}, "parameter 'max_depth' is not used by svm; it applies to xgboost"),
         (
+            {"params": {"max_bin": 300}, "models": ("xgboost",)},
+            "the 'max_bin' parameter of xgboost must be an int in the range [2, 256]; got 300",
+        ),
+        (
             {"params": {"gama": 1}},
             f"the name of a classifier parameter must be one of {PARAMETERS}; got 'gama'; did you mean gamma?",
         ),
@@ -51,7 +55,7 @@ PARAMETERS = (
     ],
     ids=[
         "unknown-model", "model-close-match", "no-model", "unknown-normalize", "normalize-close-match", "C-text",
-        "C-number", "kernel", "hidden", "param-of-another-family", "unknown-param", "test_size", "test_size-text",
+        "C-number", "kernel", "hidden", "param-of-another-family", "max_bin", "unknown-param", "test_size", "test_size-text",
         "cv", "pca", "pca-bool", "seed",
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import numpy as np
@@ -114,6 +115,17 @@ def test_streamed_and_in_memory_xgboost_agree(tmp_path):
     # The same quantiles and trees from the same blocks, in memory or paged to disk.
     pd.testing.assert_frame_equal(pd.read_csv(memory.results[0].predictions), pd.read_csv(streamed.results[0].predictions),
                                   atol=1e-6)
+
+
+def test_a_long_boosting_run_says_where_it_is(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr("featx.classification._boosting.PROGRESS_SECONDS", 0.0)  # every round counts as long
+    store = _store(tmp_path)
+    with caplog.at_level(logging.INFO, logger="featx"):
+        run = run_classification(config_for(tmp_path, [store], models=("xgboost",), params={"n_estimators": 3}))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("xgboost: round")]
+    assert [line.split(",")[0] for line in lines] == [f"xgboost: round {k} of at most 3" for k in (1, 2, 3)]
+    assert all(re.search(r", held-out loss [\d.e-]+, [\d.]+ s per round, at most \d+ min left$", line) for line in lines)
+    assert run.results[0].accuracy > 0.8
 
 
 @pytest.mark.parametrize("model", ["logreg", "svm", "mlp"])
