@@ -477,7 +477,7 @@ class RayCluster:
                 started = time.perf_counter()  # after the local Ray instance's start; the workers' is in it
             run = _Run(self.plan, config, collection, loaded, extractor, writer, forward, self._workers)
             seconds = _LOCAL_WORKER_START_SECONDS if self._start_local else _WORKER_START_SECONDS
-            failed, processed, _, summary = run.extract(seconds)
+            failed, processed, summary = run.extract(seconds)
             return failed, processed, time.perf_counter() - started, summary
         finally:
             self.close()
@@ -538,12 +538,12 @@ class _Run:
         self.shared = [ray.put(recipe), ray.put(self.extractor), ray.put(images)]
         log.debug(f"network and image list put in the object store in {time.perf_counter() - put:.2f} s")
 
-    def extract(self, start_seconds: float) -> tuple[list[tuple[str, str]], int, float, dict]:
+    def extract(self, start_seconds: float) -> tuple[list[tuple[str, str]], int, dict]:
         writer, collection = self.writer, self.collection
         started = time.perf_counter()
         if not self.shards:  # every image is in committed parts: only the final file is left
             writer.finish()
-            return [], 0, time.perf_counter() - started, {}
+            return [], 0, {}
         log.info(f"{self.plan.describe()}; {len(self.shards)} shard(s) of up to {len(self.shards[0].indices)} images")
         self._share()
         actors = self.workers.actors
@@ -675,4 +675,4 @@ class _Run:
         throughput = [
             WorkerThroughput(name=names[i], images=images[i], seconds=busy[i]) for i in range(len(actors)) if images[i]
         ]
-        return failed, processed, time.perf_counter() - started, {"workers": throughput, "retried_shards": retried}
+        return failed, processed, {"workers": throughput, "retried_shards": retried}
