@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import DeviceError, message, option
+from .. import devices
 from ._config import PRECISIONS
 
 __all__ = ["resolve_device", "autocast"]
 
-_DEVICES = "auto, cpu, cuda or cuda:N"
-
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; refuse devices this machine lacks.
+    """``auto`` -> CUDA when torch sees a GPU, else CPU; refuse devices this machine lacks.
+
+    The name is read by :func:`featx.devices.resolve_device`, against the GPUs torch sees.
 
     Parameters
     ----------
@@ -25,32 +25,12 @@ def resolve_device(name: str) -> torch.device:
     DeviceError
         The name is not a device, or this machine has no such GPU.
     """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise DeviceError(message(option("device"), allowed=_DEVICES, got=name)) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                message(
-                    f"device '{name}' is not available",
-                    hint=f"no CUDA GPU is visible to torch (torch {torch.__version__}); "
-                    f"use {option('device', 'cpu')} or {option('device', 'auto')}",
-                )
-            )
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise DeviceError(
-                message(
-                    f"device '{name}' is not available",
-                    hint=f"this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}",
-                )
-            )
-    elif device.type != "cpu":
-        raise DeviceError(message(option("device"), allowed=_DEVICES, got=name))
-    return device
+    resolved = devices.resolve_device(
+        name,
+        gpus=lambda: torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        no_gpu=f"no CUDA GPU is visible to torch (torch {torch.__version__})",
+    )
+    return torch.device(resolved)
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:
