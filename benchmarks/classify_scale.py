@@ -150,9 +150,7 @@ def _subsample_child(args: argparse.Namespace) -> dict:
     rows = np.sort(np.random.default_rng(0).choice(train, min(args.subsample, train.size), replace=False))
     _preload()
     started = time.perf_counter()
-    estimator = family.build(params, config.seed)
-    if family.for_rows is not None:
-        estimator = family.for_rows(estimator, params, rows.size, joined.n_features, False)
+    estimator = family.build(params, config.seed, rows=rows.size, features=joined.n_features)
     pipeline = build_pipeline(joined.blocks, config.normalize, None, estimator, config.seed)
     block = 16_384
     with warnings.catch_warnings(record=True) as caught:

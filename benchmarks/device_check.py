@@ -240,7 +240,7 @@ def time_xgboost(X, y, X_test, y_test, device: str, cap: float) -> dict:
     import numpy as np
     import xgboost
 
-    from featx.classification import FAMILIES, ClassifyConfig, using_device
+    from featx.classification import FAMILIES, ClassifyConfig
 
     class TimeCap(xgboost.callback.TrainingCallback):
         def __init__(self) -> None:
@@ -251,8 +251,7 @@ def time_xgboost(X, y, X_test, y_test, device: str, cap: float) -> dict:
             return time.perf_counter() - self.start > cap
 
     params = ClassifyConfig(features="x.h5", models="xgboost", device="cpu").model_params["xgboost"]
-    with using_device(device):
-        estimator = FAMILIES["xgboost"].build(params, 0)
+    estimator = FAMILIES["xgboost"].build(params, 0, device=device)
     estimator.set_params(callbacks=[TimeCap()])
     start = time.perf_counter()
     estimator.fit(X, y)

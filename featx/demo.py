@@ -18,10 +18,11 @@ import contextlib
 import io
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .classification import FAMILIES, ClassifyConfig, ClassifyRun, parse_models, run_classification
+from .classification import FAMILIES, ClassifyConfig, ClassifyRun, all_params, parse_models, run_classification
 from .digits import materialise_digits
 from .errors import DemoError, WeightsError, choices, message, option
 from .formatting import format_table
@@ -233,13 +234,19 @@ def _extract(config: DemoConfig, data: Path, network: str, weights: str) -> tupl
     return result.path, result.layers[LAYER]
 
 
+def _classifier_params(classifiers: Sequence[str]) -> dict[str, str]:
+    """The :data:`CLASSIFIER_PARAMS` a chosen classifier declares (classify refuses one that none declares)."""
+    chosen, declared = set(parse_models(classifiers)), all_params()
+    return {name: value for name, value in CLASSIFIER_PARAMS.items() if chosen & set(declared[name])}
+
+
 def _classify(config: DemoConfig, data: Path, stores: list[Path], name: str) -> ClassifyRun:
     return run_classification(
         ClassifyConfig(
             features=tuple(f"{store}:{LAYER}" for store in stores),
             models=config.classifiers,
             normalize="standard",
-            params=CLASSIFIER_PARAMS if "svm" in config.classifiers else {},
+            params=_classifier_params(config.classifiers),
             seed=config.seed,
             out=config.runs_dir / data.name / name,
             plots=False,
@@ -310,8 +317,8 @@ def format_demo(result: DemoResult) -> str:
     lines = [
         f"digits: {result.n_images:,} images of 8x8 pixels at {config.image_size}x{config.image_size}, "
         f"{result.n_train:,} train / {result.n_test:,} test, 10 classes ({result.data})",
-        f"features: {LAYER} layer, standardised{'; svm with an RBF kernel' if 'svm' in classifiers else ''}; "
-        "cells: test accuracy, fit time",
+        f"features: {LAYER} layer, standardised{'; svm with an RBF kernel' if _classifier_params(classifiers) else ''}"
+        "; cells: test accuracy, fit time",
         "",
         format_table(header, rows),
         "",

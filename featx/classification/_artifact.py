@@ -5,16 +5,18 @@ An artifact is one zip file::
     manifest.json    format, versions, classifier, classes, and every input:
                      store, layer, model, weights (+sha256), preprocessing,
                      pooling, normalisation
-    pipeline.skops   the scikit-learn pipeline (skops.io), for xgboost without
-                     its last step
-    booster.ubj      xgboost only: the booster in xgboost's own UBJSON format
+    pipeline.skops   the scikit-learn pipeline (skops.io), without its last
+                     step when the family saves its estimator apart
+    booster.ubj      the estimator in its library's own format, for a family
+                     that declares one (``Family.own_file``: xgboost's booster
+                     in UBJSON); the manifest's ``files.booster`` names it
 
 ``pickle``/``joblib`` would run arbitrary code while loading a file someone
 sent.  skops.io rebuilds objects only from types it is told to trust: its
 own default list (scikit-learn and numpy types) plus :data:`TRUSTED_TYPES`
-here; a file naming any other type is refused before anything is built.
-xgboost's UBJSON is data, not code, and round-trips the model bit for bit
-(JSON would round floats through text).
+(what the families declare); a file naming any other type is refused before
+anything is built.  The family named in the manifest says whether its
+estimator is saved apart, and how to load it.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import ClassifyError, message
-from ._registry import xgboost_device
-from ._report import json_default
+from ._json import json_default
+from ._registry import FAMILIES, OwnFile, trusted_types
 
 __all__ = [
     "ARTIFACT_FORMAT",
@@ -52,19 +54,13 @@ ARTIFACT_FORMAT = "featx-classifier"
 ARTIFACT_VERSION = 1
 MANIFEST = "manifest.json"
 PIPELINE = "pipeline.skops"
-BOOSTER = "booster.ubj"
 # Types a featx pipeline holds that skops does not trust by default.  Anything
 # else that skops reports as untrusted makes loading fail.
-TRUSTED_TYPES = (
-    "featx.classification._bayes.GaussianNaiveBayes",
-    "featx.classification._linear.MinibatchLinearClassifier",
-    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
-    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
-)
+TRUSTED_TYPES = trusted_types()
 _MAX_MEMBER_BYTES = 8 << 30
 # The hints of the errors below: what to pass instead, how to get a good file.
-_PASS_ONE = "pass a classifier-<model>.zip from a classify run folder"
-_REFIT = "re-run classify to make a new one"
+_PASS_ONE = "pass a classifier-<model>.zip from a `featx classify` run folder"
+_REFIT = "re-run `featx classify` to make a new one"
 
 
 @dataclass
@@ -112,7 +108,7 @@ class FittedClassifier:
 
 # skops.io lists scikit-learn's estimators when it is imported (sklearn.utils.all_estimators walks every
 # sklearn package), and one of them, the torch wrapper of the vendored array-api-compat, imports torch:
-# ~0.5 GiB and ~2 s in a classify run that never uses it.  all_estimators skips packages that fail to
+# seconds and hundreds of MiB in a classify run that never uses it.  all_estimators skips packages that fail to
 # import, and no estimator lives there, so the trusted and untrusted types are the same without it.
 _SKOPS_TORCH_ROUTE = "sklearn.externals.array_api_compat.torch"
 
@@ -147,8 +143,11 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _is_xgboost(estimator: Any) -> bool:
-    return type(estimator).__module__.startswith("xgboost")
+def _own_file(manifest: Mapping[str, Any]) -> OwnFile | None:
+    """The file of its own that the family named in *manifest* saves its estimator to, if any."""
+    classifier = manifest.get("classifier")
+    family = FAMILIES.get(classifier.get("family")) if isinstance(classifier, Mapping) else None
+    return family.own_file if family is not None else None
 
 
 def save_classifier(path: str | os.PathLike, pipeline: Any, manifest: Mapping[str, Any]) -> Path:
@@ -162,31 +161,31 @@ def save_classifier(path: str | os.PathLike, pipeline: Any, manifest: Mapping[st
         Fitted; its last step is the estimator.
     manifest : mapping
         JSON-serialisable description; format and version fields are added.
+        Its ``classifier.family`` says whether the estimator is saved apart
+        from the pipeline (``Family.own_file``).
     """
     sio = _skops_io()
 
     path = Path(path)
-    estimator = pipeline.steps[-1][1]
-    booster = _is_xgboost(estimator)
+    own_file = _own_file(manifest)
     full = {
         "format": ARTIFACT_FORMAT,
         "format_version": ARTIFACT_VERSION,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
         **manifest,
-        "files": {"pipeline": PIPELINE, "booster": BOOSTER if booster else None},
+        "files": {"pipeline": PIPELINE, "booster": own_file.name if own_file else None},
     }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(MANIFEST, json.dumps(full, indent=2, default=json_default))
-            archive.writestr(PIPELINE, sio.dumps(pipeline[:-1] if booster else pipeline))
-            if booster:
+            archive.writestr(PIPELINE, sio.dumps(pipeline[:-1] if own_file else pipeline))
+            if own_file:
                 with tempfile.TemporaryDirectory() as folder:
-                    # XGBModel.save_model keeps the sklearn wrapper's attributes (classes, ...).
-                    file = Path(folder) / BOOSTER
-                    estimator.save_model(file)
-                    archive.write(file, BOOSTER)
+                    file = Path(folder) / own_file.name
+                    own_file.save(pipeline.steps[-1][1], file)
+                    archive.write(file, own_file.name)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -220,8 +219,8 @@ def _check_manifest(manifest: Any, path: Path) -> None:
         raise ClassifyError(
             message(
                 f"classifier '{path}' has featx classifier format {version!r} (written by featx {written_by})",
-                hint=f"this featx {__version__} reads format {ARTIFACT_VERSION} only: re-run classify with this "
-                f"featx, or use featx {written_by} to predict",
+                hint=f"this featx {__version__} reads format {ARTIFACT_VERSION} only: re-run `featx classify` with "
+                f"this featx, or use featx {written_by} to predict",
             )
         )
 
@@ -240,20 +239,10 @@ def _load_pipeline(data: bytes, path: Path) -> Any:
         raise ClassifyError(
             message(
                 f"'{path}' holds types featx does not trust ({', '.join(refused)})",
-                hint="it was not written by featx classify, refusing to load it",
+                hint="it was not written by `featx classify`, refusing to load it",
             )
         )
     return sio.loads(data, trusted=list(untrusted))
-
-
-def _load_booster(data: bytes) -> Any:
-    from xgboost import XGBClassifier
-
-    model = XGBClassifier()
-    model.load_model(bytearray(data))
-    # Trained on a GPU, used where there may be none (and the other way round).
-    model.set_params(device=xgboost_device())
-    return model
 
 
 def load_classifier(path: str | os.PathLike) -> FittedClassifier:
@@ -288,9 +277,16 @@ def load_classifier(path: str | os.PathLike) -> FittedClassifier:
                 raise ClassifyError(message(f"'{path}': its manifest is not valid JSON ({exc})", hint=_REFIT)) from None
             _check_manifest(manifest, path)
             pipeline = _load_pipeline(_read_member(archive, PIPELINE, path), path)
-            if manifest.get("files", {}).get("booster"):
-                booster = _load_booster(_read_member(archive, BOOSTER, path))
-                pipeline = Pipeline([*pipeline.steps, ("clf", booster)])
+            member = manifest.get("files", {}).get("booster")
+            if member:
+                own_file = _own_file(manifest)
+                if own_file is None:
+                    raise ClassifyError(
+                        message(f"'{path}': its manifest names an estimator file '{member}' for a classifier family "
+                                "that saves none", hint=_REFIT)
+                    )
+                estimator = own_file.load(_read_member(archive, own_file.name, path))
+                pipeline = Pipeline([*pipeline.steps, ("clf", estimator)])
     except zipfile.BadZipFile:
         raise ClassifyError(message(f"'{path}' is not a featx classifier (not a zip file)", hint=_PASS_ONE)) from None
     saved_with = manifest.get("versions", {}).get("scikit-learn")
@@ -298,6 +294,6 @@ def load_classifier(path: str | os.PathLike) -> FittedClassifier:
     if saved_with != current:
         log.warning(
             f"'{path}' was saved with scikit-learn {saved_with}, this is {current}: its predictions may differ "
-            "slightly; re-run classify to refit it with this version"
+            "slightly; re-run `featx classify` to refit it with this version"
         )
     return FittedClassifier(pipeline=pipeline, manifest=manifest, path=path)

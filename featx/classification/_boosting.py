@@ -29,10 +29,14 @@ import numpy as np
 
 from ._join import JoinedFeatures
 from ._pipeline import fit_normaliser, transform_in_place
-from ._registry import XGBOOST_BINS, XGBOOST_EARLY_STOP_FRACTION, XGBOOST_EARLY_STOP_ROUNDS, xgboost_device
 from ._streaming import row_blocks
 
 __all__ = ["fit_xgboost", "early_stopping_split", "QUANTISED_BYTES_PER_VALUE"]
+
+#: Fraction of the training rows xgboost holds out (stratified) for early stopping.
+XGBOOST_EARLY_STOP_FRACTION = 0.1
+#: Boosting rounds without improvement of the held-out log loss before xgboost stops.
+XGBOOST_EARLY_STOP_ROUNDS = 10
 
 #: Bytes per feature value of xgboost's quantised matrix (a uint8 bin index with max_bin <= 256).
 QUANTISED_BYTES_PER_VALUE = 1
@@ -125,10 +129,10 @@ def _booster_params(estimator: Any, n_classes: int, seed: int) -> dict[str, Any]
         **({"num_class": n_classes} if multi else {}),
         "eval_metric": "mlogloss" if multi else "logloss",
         "tree_method": "hist",
-        "device": settings["device"] or xgboost_device(),  # where the builder put it (the run's device)
+        "device": settings["device"],  # where the registry put it (the run's device, if xgboost can use it)
         "nthread": settings["n_jobs"] or os.cpu_count(),
         "max_depth": settings["max_depth"],
-        "max_bin": settings["max_bin"] or XGBOOST_BINS,
+        "max_bin": settings["max_bin"],
         "learning_rate": settings["learning_rate"],
         "subsample": settings["subsample"],
         "seed": seed,
@@ -209,4 +213,3 @@ def fit_xgboost(pipeline: Any, joined: JoinedFeatures, rows: np.ndarray, *, bloc
     # The sklearn wrapper reads the classes and the best iteration from the booster itself.
     estimator.load_model(bytearray(booster.save_raw("ubj")))
     return pipeline, kind
-

@@ -1,11 +1,15 @@
 """What a classification run depends on, checked once when it is made.
 
 :class:`ClassifyConfig` refuses every value that is wrong whatever the data
-(an unknown classifier or normalisation, a parameter out of range, a test
-size outside (0, 1), fewer than 2 folds) when it is constructed, before any
-store is read.  What can only be judged against the data (a class too small
-for the folds, more PCA components than rows) is checked by
-:mod:`._evaluation` once the stores are joined, still before anything is fitted.
+and the machine (an unknown classifier or normalisation, a parameter out of
+range, a test size outside (0, 1), fewer than 2 folds, a device name that is
+not one) when it is constructed, asking nothing of the machine.  What depends
+on the machine (the memory budget, whether the device asked for is there) is
+worked out by :meth:`ClassifyConfig.resolve`, the first thing
+:func:`~featx.classification.run_classification` does, before any store is
+read.  What can only be judged against the data (a class too small for the
+folds, more PCA components than rows) is checked by :mod:`._evaluation` once
+the stores are joined, still before anything is fitted.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DeviceError, message, option
+from .. import devices
+from ..errors import ConfigError, message, option
 from ._join import check_feature_specs
 from ._pipeline import NORMALIZERS
-from ._registry import cuda_device_count, parse_models, resolve_params, torch_has_cuda, unknown_name
+from ._registry import check_gpu_libraries, parse_models, resolve_params, unknown_name
 
-__all__ = ["ClassifyConfig", "parse_memory", "parse_device", "available_memory"]
+__all__ = ["ClassifyConfig", "ClassifyResources", "parse_memory", "available_memory"]
 
 _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _MEMORY_ALLOWED = "a number of bytes, optionally with a unit K, M, G or T (e.g. 512M, 4G)"
@@ -54,48 +59,6 @@ def parse_memory(value: Any) -> int:
         raise ConfigError(message(option("memory"), allowed=_MEMORY_ALLOWED, got=value))
     return size
 
-_DEVICES = "auto, cpu, cuda or cuda:N"
-
-
-def parse_device(name: Any) -> str:
-    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` -> the device a classify run uses: ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
-
-    ``auto`` is ``'cuda'`` when the CUDA driver sees a GPU
-    (:func:`~._registry.cuda_device_count`, asked without importing torch),
-    else ``'cpu'``.
-
-    Raises
-    ------
-    DeviceError
-        Not a device name, or a GPU this machine does not have.
-    """
-    import re
-
-    if name == "auto":
-        return "cuda" if cuda_device_count() > 0 else "cpu"
-    if name == "cpu":
-        return "cpu"
-    match = re.fullmatch(r"cuda(?::(\d+))?", name) if isinstance(name, str) else None
-    if match is None:
-        raise DeviceError(message(option("device"), allowed=_DEVICES, got=name))
-    count = cuda_device_count()
-    if count == 0:
-        raise DeviceError(
-            message(
-                f"device '{name}' is not available",
-                hint=f"the CUDA driver sees no GPU on this machine; use {option('device', 'cpu')} or "
-                f"{option('device', 'auto')}",
-            )
-        )
-    if match.group(1) is not None and int(match.group(1)) >= count:
-        raise DeviceError(
-            message(
-                f"device '{name}' is not available",
-                hint=f"this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}",
-            )
-        )
-    return name
-
 
 # What scikit-learn and numpy accept as a random_state seed.
 _MAX_SEED = 2**32 - 1
@@ -106,8 +69,28 @@ def _is_int(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
+class ClassifyResources:
+    """What this machine gives a classification run: :meth:`ClassifyConfig.resolve`.
+
+    Attributes
+    ----------
+    memory : int
+        The memory budget in bytes: ``ClassifyConfig.memory``, else the RAM
+        available when the configuration was resolved.
+    device : str
+        ``ClassifyConfig.device`` resolved: ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
+    """
+
+    memory: int
+    device: str
+
+
+@dataclass(frozen=True)
 class ClassifyConfig:
-    """Everything a classification run depends on.  See ``run_pipeline.py classify --help``.
+    """Everything a classification run depends on.  See ``featx classify --help``.
+
+    Constructing it checks every value and asks nothing of the machine;
+    :meth:`resolve` reads what the machine has.
 
     Parameters
     ----------
@@ -139,26 +122,21 @@ class ClassifyConfig:
     plots : bool
         Write the confusion-matrix PNGs.
     memory : int or str, optional
-        Memory budget in bytes (or text such as ``"4G"``); by default the RAM
-        available when the configuration is made.  A training matrix larger
-        than it is fitted by streaming it from the stores in blocks.
+        Memory budget in bytes (text such as ``"4G"`` is read into bytes); by
+        default the RAM available when the run starts (:meth:`resolve`).  A
+        training matrix larger than it is fitted by streaming it from the
+        stores in blocks.
     device : {'auto', 'cpu', 'cuda', 'cuda:N'}
-        Where the linear models (svm, logreg; through torch) and xgboost fit:
-        ``auto`` is the GPU when the CUDA driver sees one.  On the CPU no
-        torch is imported.
-
-    Attributes
-    ----------
-    model_params : dict of str -> dict
-        Each chosen family's full, checked parameter set: its defaults with
-        *params* applied where it declares them (:func:`resolve_params`).
-    compute_device : str
-        *device* resolved by :func:`parse_device`: ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
+        Where the families that can use a GPU fit (svm and logreg through
+        torch, xgboost): ``auto`` is the GPU when the CUDA driver sees one.
+        On the CPU no torch is imported.
 
     Raises
     ------
     ConfigError
         A value that is not allowed, named with what is allowed.
+    DeviceError
+        A device that is not a device name.
 
     Examples
     --------
@@ -181,10 +159,9 @@ class ClassifyConfig:
     plots: bool = True
     memory: int | str | None = None
     device: str = "auto"
-    model_params: dict[str, dict[str, Any]] = field(init=False, repr=False, compare=False)
-    compute_device: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # Checks only, and the given values in the types the fields declare (models, features, memory).
         object.__setattr__(self, "models", parse_models(self.models))
         object.__setattr__(self, "features", check_feature_specs(self.features))
         object.__setattr__(self, "params", dict(self.params))
@@ -205,17 +182,31 @@ class ClassifyConfig:
             raise ConfigError(
                 message(option("seed"), allowed=f"an integer in the range [0, {_MAX_SEED}]", got=self.seed)
             )
-        object.__setattr__(self, "memory", available_memory() if self.memory is None else parse_memory(self.memory))
-        # The one check of the classifiers' parameters: the registry's declarations.
-        object.__setattr__(self, "model_params", resolve_params(self.models, self.params))
-        object.__setattr__(self, "compute_device", parse_device(self.device))
-        linear = [m for m in self.models if m == "logreg" or (m == "svm" and self.model_params[m]["kernel"] == "linear")]
-        if self.device != "auto" and self.compute_device != "cpu" and linear and not torch_has_cuda():
-            # auto fits them on the CPU then; asked for a GPU, they cannot run there.
-            raise DeviceError(
-                message(
-                    f"device '{self.device}' cannot fit {', '.join(linear)}",
-                    hint=f"they run on a GPU through torch, and no torch built with CUDA is installed; "
-                    f"use {option('device', 'cpu')} or {option('device', 'auto')}",
-                )
-            )
+        if self.memory is not None:
+            object.__setattr__(self, "memory", parse_memory(self.memory))
+        resolve_params(self.models, self.params)  # the one check of the classifiers' parameters
+        devices.parse_device(self.device)
+
+    @property
+    def model_params(self) -> dict[str, dict[str, Any]]:
+        """Each chosen family's full parameter set: its defaults, with *params* applied where it declares them."""
+        return resolve_params(self.models, self.params)
+
+    def resolve(self) -> ClassifyResources:
+        """What this machine gives the run: the memory budget, and the device resolved.
+
+        Returns
+        -------
+        ClassifyResources
+
+        Raises
+        ------
+        DeviceError
+            A GPU this machine does not have, or one asked for by name that a
+            chosen family cannot use here (no torch built with CUDA for svm
+            and logreg).
+        """
+        device = devices.resolve_device(self.device)
+        if self.device != "auto":  # auto fits such families on the CPU
+            check_gpu_libraries(self.models, self.model_params, device, self.device)
+        return ClassifyResources(memory=available_memory() if self.memory is None else self.memory, device=device)

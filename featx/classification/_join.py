@@ -163,11 +163,6 @@ class JoinedFeatures:
                 _read_windows(store, source, source.rows[rows], block)
         return block
 
-    @property
-    def n_missing(self) -> int:
-        """Number of distinct ids left out because an input lacks them."""
-        return len({i for ids in self.missing.values() for i in ids})
-
 
 def parse_feature_spec(spec: str | os.PathLike) -> tuple[Path, str | None]:
     """``"STORE[:LAYER]"`` -> ``(store path, layer or None)``.

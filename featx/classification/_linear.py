@@ -1,17 +1,15 @@
 """Linear classifiers trained by minibatch Adam on BLAS matrix products: the linear SVM, and streamed logreg.
 
 Why not ``SGDClassifier``: it updates the weights row by row and, for the
-hinge loss, solves one binary problem per class, so an epoch over
-1,000,000 x 2,048 features of 100 classes is 100 passes of scalar loops over
-8 GB (about five minutes per epoch on 2 cores).  Here every class is updated
-at once from a minibatch of rows: two float32 matrix products per step
-(``X_b @ W`` and ``X_b.T @ G``), about 7 s per epoch of that matrix on the
-same cores (numpy's OpenBLAS at ~120 GFLOP/s), and the training matrix is
-never converted nor copied (minibatches are gathered rows).
+hinge loss, solves one binary problem per class, so an epoch over a million
+rows of 100 classes is a hundred passes of scalar loops over the matrix.  Here
+every class is updated at once from a minibatch of rows: two float32 matrix
+products per step (``X_b @ W`` and ``X_b.T @ G``) at BLAS speed, and the
+training matrix is never converted nor copied (minibatches are gathered rows).
 
 The objective is scikit-learn's, divided by ``C n``: the mean loss over the
 ``n`` training rows plus ``alpha / 2 |W|^2`` with ``alpha = 1 / (C n)``
-(:func:`for_rows` sets it), intercepts unpenalised.  Losses:
+(the registry sets it from ``C`` and the training rows), intercepts unpenalised.  Losses:
 
 ``squared_hinge``
     one-vs-rest squared hinge, summed over classes: ``LinearSVC``'s default
@@ -26,15 +24,13 @@ objective by less than ``tol`` (relative), or that took at least
 the step has been halved :data:`HALVINGS` times, and its coefficients are
 then the mean of the last epoch's iterates (Polyak-Ruppert averaging);
 ``max_iter`` caps the epochs (then a ``ConvergenceWarning``, as
-scikit-learn's solvers do).  Why
-the second rule: at 10^6 training rows an epoch is ~1,000 steps of 1,024 rows
-and, when streaming, a read of the whole store (~8 GB); the objective kept
-improving by more than ``tol`` per epoch for more than 17 of them, where four
-epochs, the step halved after each, reach the in-memory accuracy (figures in
-the issue notes).  The same
-object learns from one in-memory matrix (:meth:`fit`) or from blocks read
-from the stores (:meth:`partial_fit` per block, :meth:`end_epoch` after each
-pass), so streamed and in-memory fits share their code and their artifacts.
+scikit-learn's solvers do).  Why the second rule: on a large training set an
+epoch is many steps (and, when streaming, a read of the whole store), and a
+few epochs with the step halved after each reach the accuracy that waiting for
+the objective to settle reaches many epochs later.  The same object learns
+from one in-memory matrix (:meth:`fit`) or from blocks read from the stores
+(:meth:`partial_fit` per block, :meth:`end_epoch` after each pass), so
+streamed and in-memory fits share their code and their artifacts.
 
 The optimiser's state and its step are the backend's: :class:`NumpyAdam` here
 (the default, ``device='cpu'``), or :class:`~._torch_linear.TorchAdam` on a
@@ -59,7 +55,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-__all__ = ["BACKENDS", "HALVINGS", "LOSSES", "MinibatchLinearClassifier", "NumpyAdam", "for_rows"]
+__all__ = ["BACKENDS", "HALVINGS", "LOSSES", "MinibatchLinearClassifier", "NumpyAdam"]
 
 LOSSES = ("squared_hinge", "log_loss")
 BACKENDS = ("numpy", "torch")
@@ -72,8 +68,7 @@ MAX_BATCH = 1024
 #: ... and at least this many steps per epoch on small training sets.
 MIN_STEPS = 16
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
-# Below this many multiply-adds per product, one BLAS thread is faster: measured at 50,000 x 512, 10
-# classes (781-row minibatches, 4e6 per product) under load, 2 threads took 90 s and one 11 s.
+# Below this many multiply-adds per product, one BLAS thread is faster: threads cost more than they save.
 _THREADED_PRODUCT = 1 << 24
 _TRAINING_STATE = ("_adam", "_sums_from", "_t", "_epoch_start", "_step_size", "_halvings", "_best", "_seen")
 
@@ -367,8 +362,3 @@ def _blas_threads(batch: int, n_features: int, n_classes: int) -> Any:
     """One BLAS thread for small products (threads cost more than they save there), else the default."""
     return threadpool_limits(limits=1, user_api="blas") if batch * n_features * n_classes < _THREADED_PRODUCT \
         else threadpool_limits(limits=None)
-
-
-def for_rows(estimator: Any, C: float, n_rows: int) -> None:
-    """``alpha = 1 / (C n)`` for *n_rows* training rows: scikit-learn's ``C`` objective divided by ``C n``."""
-    estimator.set_params(alpha=1.0 / (C * max(n_rows, 1)))

@@ -1,12 +1,23 @@
-"""The classifier registry: five families built from scikit-learn and xgboost.
+"""The classifier registry: every fact about a classifier family, in its entry of :data:`FAMILIES`.
 
-Each family is a :class:`Family`: the hyper-parameters it declares (with
-defaults, a parser for command-line text and the sklearn-style range check,
-as scikit-learn's ``_parameter_constraints``), a function that builds the
-estimator, and the grid a search explores.  The estimators are scikit-learn's
-and xgboost's own, except the minibatch linear models of :mod:`._linear`
-(scikit-learn's objectives, a solver it lacks) and :mod:`._bayes`'s
-``GaussianNB`` with a faster prediction.
+Each family is a :class:`Family`:
+
+- the hyper-parameters it declares (defaults, a parser for command-line text
+  and the sklearn-style range check, as scikit-learn's
+  ``_parameter_constraints``), and the grid a search explores;
+- the estimator it fits for a training shape and a device (``make``: the
+  solver choice), built from scikit-learn and xgboost, or from :mod:`._linear`
+  (scikit-learn's objectives, a solver it lacks) and :mod:`._bayes`
+  (``GaussianNB`` with a faster prediction);
+- how it learns (``learns``: :data:`FIT`, :data:`ONE_PASS` or
+  :data:`BOOSTING`), and with which parameters it can learn from blocks
+  streamed from the stores (``streams``, ``streams_with``);
+- the library that takes it to a GPU (``gpu``, ``gpu_with``);
+- what its artifact needs: the types skops must trust (``trusted``), and a file
+  of its own beside the pipeline (``own_file``, xgboost's booster).
+
+The code that fits, streams and saves asks these attributes, never a family's
+name: adding a family is one entry here and its estimator's module.
 
 Parameters are checked once, by :func:`resolve_params`, when a
 :class:`~featx.classification.ClassifyConfig` is made: before any store is
@@ -16,17 +27,15 @@ an estimator is built), so the command line builds its options from it cheaply.
 ========  ==============================================================
 svm       a linear SVM (``kernel='linear'``): ``LinearSVC``'s one-vs-rest squared
           hinge objective, fitted by minibatch Adam on BLAS products
-          (:mod:`._linear`), which converges in seconds where liblinear's
-          ``LinearSVC`` took minutes and stopped unconverged on 4,608 columns
-          and ``SGDClassifier`` took minutes per epoch at 10^6 x 2,048, 100
-          classes; or ``SVC`` with an RBF kernel (``kernel='rbf'``)
-logreg    multinomial ``LogisticRegression`` (lbfgs); when streaming, the same
-          softmax objective by the minibatch fit of :mod:`._linear`
+          (:mod:`._linear`), or ``SGDClassifier``'s hinge with fewer rows than
+          columns; or ``SVC`` with an RBF kernel (``kernel='rbf'``)
+logreg    multinomial ``LogisticRegression`` (lbfgs); the same softmax
+          objective by the minibatch fit of :mod:`._linear` when streaming, on
+          a GPU, or from :data:`LBFGS_MAX_VALUES` training values
 bayes     ``GaussianNB`` (:mod:`._bayes`: its prediction by matrix products)
 xgboost   ``XGBClassifier``, ``tree_method='hist'``, every core, early stopping on
-          a held-out tenth of the training rows, 64 histogram bins (a quarter
-          of xgboost's default: rounds 2.6-4x faster at the same accuracy),
-          on CUDA when a GPU is present
+          a held-out tenth of the training rows (:mod:`._boosting`), 64
+          histogram bins, on CUDA when the run's device is a GPU
 mlp       ``MLPClassifier``: a few dense layers on top of the frozen features
 ========  ==============================================================
 
@@ -38,32 +47,34 @@ Gaussian naive Bayes are indifferent to.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, choices, close_matches, message, option
+from .. import devices
+from ..errors import ConfigError, DeviceError, choices, close_matches, message, option
 
 __all__ = [
     "Param",
     "Family",
+    "GpuLibrary",
+    "OwnFile",
+    "Fit",
     "FAMILIES",
+    "FIT",
+    "ONE_PASS",
+    "BOOSTING",
     "family",
     "parse_models",
     "all_params",
     "param_help",
     "resolve_params",
     "unknown_name",
-    "xgboost_device",
-    "cuda_device_count",
-    "torch_has_cuda",
-    "using_device",
-    "linear_device",
-    "XGBOOST_EARLY_STOP_FRACTION",
-    "XGBOOST_EARLY_STOP_ROUNDS",
+    "streaming_families",
+    "check_gpu_libraries",
+    "trusted_types",
 ]
 
 
@@ -143,71 +154,40 @@ def _hidden(value: Any) -> tuple[int, ...]:
 _KERNELS = ("linear", "rbf")
 _C = Param(1.0, "a float in the range (0, inf)", _positive_float, "inverse regularisation strength")
 
+# --------------------------------------------------------------------------- what a family declares
 
-@functools.cache
-def cuda_device_count() -> int:
-    """The GPUs the CUDA driver sees (``cuDeviceGetCount``); 0 without an NVIDIA driver.
+#: ``Family.learns``: ``fit`` on one float32 matrix of the training rows, normalised in place; when
+#: streaming, ``partial_fit`` over shuffled blocks, epoch after epoch.
+FIT = "fit"
+#: ``Family.learns``: the estimator's ``fit_blocks(blocks, classes)``, exact in one pass over row blocks,
+#: in memory as when streaming (no copy of the training matrix is made).
+ONE_PASS = "one-pass"
+#: ``Family.learns``: boosting on xgboost's quantised matrix, built from row blocks (:mod:`._boosting`),
+#: in memory as when streaming; a grid search fits the estimator on the matrix instead.
+BOOSTING = "boosting"
 
-    Asked of the driver directly (what ``torch.cuda.is_available()`` asks
-    too), so that classification never imports torch to find out: importing
-    it would cost seconds and tie this side to the extraction side's
-    dependencies.
+
+@dataclass(frozen=True)
+class GpuLibrary:
+    """A library that fits a family's estimator on a GPU.
+
+    Attributes
+    ----------
+    name : str
+    has_cuda : callable
+        ``() -> bool``: this installation of the library can use CUDA.
+    checked : bool
+        A GPU asked for explicitly is refused before the run when the library
+        lacks CUDA; else the family fits on the CPU.
     """
-    import ctypes
-    import sys
 
-    name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
-    try:
-        driver = ctypes.CDLL(name)
-    except OSError:  # no NVIDIA driver on this machine
-        return 0
-    count = ctypes.c_int(0)
-    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return 0
-    return count.value
+    name: str
+    has_cuda: Callable[[], bool]
+    checked: bool
 
-
-@functools.cache
-def torch_has_cuda() -> bool:
-    """An installed torch built with CUDA, read from its ``torch/version.py`` without importing torch."""
-    import importlib.util
-    import re
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("torch")
-    if spec is None or not spec.origin:
-        return False
-    try:
-        text = (Path(spec.origin).parent / "version.py").read_text()
-    except OSError:
-        return False
-    return re.search(r"^cuda\b[^=\n]*=\s*['\"]", text, flags=re.MULTILINE) is not None
-
-
-# The device of the classify run in progress ('cpu', 'cuda' or 'cuda:N', resolved), None outside one.
-_RUN_DEVICE: ContextVar[str | None] = ContextVar("featx_classify_device", default=None)
-
-
-@contextlib.contextmanager
-def using_device(device: str) -> Iterator[None]:
-    """Build and fit the classifiers on *device* (resolved: ``'cpu'``, ``'cuda'`` or ``'cuda:N'``) inside.
-
-    The families' builders, and xgboost's booster parameters, ask
-    :func:`linear_device` and :func:`xgboost_device`; outside this context
-    the linear models run on the CPU and xgboost where it did before (CUDA
-    when the driver sees a GPU).
-    """
-    token = _RUN_DEVICE.set(device)
-    try:
-        yield
-    finally:
-        _RUN_DEVICE.reset(token)
-
-
-def linear_device() -> str:
-    """Where the minibatch linear models run: the run's GPU when torch has CUDA, else ``'cpu'`` (numpy)."""
-    device = _RUN_DEVICE.get()
-    return device if device not in (None, "cpu") and torch_has_cuda() else "cpu"
+    def device(self, device: str) -> str:
+        """Where the library fits on the run's *device* (resolved): that GPU when it can use CUDA, else ``'cpu'``."""
+        return device if device != "cpu" and self.has_cuda() else "cpu"
 
 
 @functools.cache
@@ -217,18 +197,53 @@ def _xgboost_has_cuda() -> bool:
     return bool(xgboost.build_info().get("USE_CUDA"))
 
 
-def xgboost_device() -> str:
-    """The run's GPU when this xgboost is built with CUDA, else ``'cpu'``.
+# torch is read from its version file (featx.devices, looked up at each call), so it can be checked before
+# the run; xgboost is asked by importing it, which the configuration's checks do not do.
+TORCH = GpuLibrary("torch", lambda: devices.torch_has_cuda(), checked=True)
+XGBOOST = GpuLibrary("xgboost", _xgboost_has_cuda, checked=False)
 
-    Outside a run (:func:`using_device`), e.g. when a saved booster is
-    loaded: ``'cuda'`` when the CUDA driver sees a GPU (:func:`cuda_device_count`).
+
+@dataclass(frozen=True)
+class OwnFile:
+    """A fitted estimator saved beside the skops pipeline, in its library's own format.
+
+    Attributes
+    ----------
+    name : str
+        Its member in the artifact's zip (the manifest's ``files.booster``).
+    save : callable
+        ``(estimator, path) -> None``.
+    load : callable
+        ``bytes -> estimator``, ready to predict on this machine.
     """
-    if not _xgboost_has_cuda():
-        return "cpu"
-    device = _RUN_DEVICE.get()
-    if device is None:
-        device = "cuda" if cuda_device_count() > 0 else "cpu"
-    return device
+
+    name: str
+    save: Callable[[Any, Path], None]
+    load: Callable[[bytes], Any]
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What the estimator a family makes depends on besides its parameters.
+
+    Attributes
+    ----------
+    device : str
+        Where it fits: ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (its GPU library's CUDA already checked).
+    rows, features : int or None
+        Shape of the training matrix; ``None`` for a grid search, whose inner folds vary.
+    streaming : bool
+        It learns from blocks streamed from the stores.
+    """
+
+    device: str = "cpu"
+    rows: int | None = None
+    features: int | None = None
+    streaming: bool = False
+
+
+def _holds(values: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
+    return all(params[name] == value for name, value in values.items())
 
 
 @dataclass(frozen=True)
@@ -243,103 +258,116 @@ class Family:
         The estimator, in words.
     params : dict of str -> Param
         Hyper-parameters it declares.
-    build : callable
-        ``(params, seed) -> estimator`` with every declared parameter in *params*.
+    make : callable
+        ``(params, seed, fit: Fit) -> estimator`` with every declared
+        parameter in *params*: the estimator to fit for that shape and device
+        (see :meth:`build`).
     grid : callable
         ``params -> {name: [values]}``: what ``search`` tries (may depend on
         a fixed parameter such as the SVM kernel).
-    for_rows : callable, optional
-        ``(estimator, params, n_rows, n_features, streaming) -> estimator``:
-        sets what depends on the shape of the training matrix (the penalty of
-        a given ``C``, xgboost's bins) and returns the estimator to fit (the
-        linear SVM's solver depends on the shape).
-    stream : callable, optional
-        ``(params, seed) -> estimator`` for training matrices larger than the
-        memory budget: one with ``partial_fit``, or xgboost's (fitted from an
-        ``xgboost.DataIter``); ``None`` (or an estimator of ``None``) when the
-        family has no incremental fit.
+    learns : {FIT, ONE_PASS, BOOSTING}
+        How it learns from the training rows.
+    streams : bool
+        It can learn from blocks streamed from the stores (a training matrix
+        larger than the memory budget) ...
+    streams_with : dict of str -> value
+        ... with these parameter values only (the SVM's linear kernel).
+    gpu : GpuLibrary, optional
+        The library that fits it on a GPU; ``None``: it fits on the CPU.
+    gpu_with : dict of str -> value
+        The parameter values with which it uses that library.
+    trusted : tuple of str
+        Types its fitted estimator holds that skops does not trust by default.
+    own_file : OwnFile, optional
+        Its estimator is saved apart from the skops pipeline, in this format.
     """
 
     name: str
     description: str
     params: Mapping[str, Param]
-    build: Callable[[Mapping[str, Any], int], Any]
+    make: Callable[[Mapping[str, Any], int, Fit], Any]
     grid: Callable[[Mapping[str, Any]], dict[str, list[Any]]]
-    for_rows: Callable[[Any, Mapping[str, Any], int, int, bool], Any] | None = None
-    stream: Callable[[Mapping[str, Any], int], Any] | None = None
+    learns: str = FIT
+    streams: bool = True
+    streams_with: Mapping[str, Any] = field(default_factory=dict)
+    gpu: GpuLibrary | None = None
+    gpu_with: Mapping[str, Any] = field(default_factory=dict)
+    trusted: tuple[str, ...] = ()
+    own_file: OwnFile | None = None
+
+    def build(self, params: Mapping[str, Any], seed: int, *, device: str = "cpu", rows: int | None = None,
+              features: int | None = None, streaming: bool = False) -> Any:
+        """The estimator this family fits, unfitted.
+
+        Parameters
+        ----------
+        params : mapping
+            Every declared parameter (:func:`resolve_params`).
+        seed : int
+            Its ``random_state``.
+        device : str
+            The run's device, resolved (``'cpu'``, ``'cuda'``, ``'cuda:N'``):
+            used when the family's GPU library can (:meth:`fit_device`).
+        rows, features : int, optional
+            Shape of the training matrix, which chooses the solver and sets
+            the penalty of a given ``C``; left out for a grid search.
+        streaming : bool
+            The estimator learns from streamed blocks (:attr:`streams`).
+        """
+        return self.make(params, seed, Fit(self.fit_device(params, device), rows, features, streaming))
+
+    def fit_device(self, params: Mapping[str, Any], device: str) -> str:
+        """Where it fits with *params* on the run's *device*: that GPU when its library can use it, else ``'cpu'``."""
+        library = self.gpu_library(params)
+        return library.device(device) if library is not None else "cpu"
+
+    def gpu_library(self, params: Mapping[str, Any]) -> GpuLibrary | None:
+        """The library that takes the family to a GPU with *params*, or ``None``."""
+        return self.gpu if self.gpu is not None and _holds(self.gpu_with, params) else None
+
+    def can_stream(self, params: Mapping[str, Any]) -> bool:
+        """It can learn from blocks streamed from the stores, with *params*."""
+        return self.streams and _holds(self.streams_with, params)
 
 
-def _minibatch(loss: str, params: Mapping[str, Any], seed: int):
+# --------------------------------------------------------------------------- the families' estimators
+
+
+def _minibatch(loss: str, params: Mapping[str, Any], seed: int, fit: Fit):
+    """The minibatch linear model, with ``alpha = 1 / (C n)`` when the training rows *n* are known."""
     from ._linear import MinibatchLinearClassifier
 
-    # alpha is set from C and the number of rows by _linear_for_rows before fitting.
-    return MinibatchLinearClassifier(loss, max_iter=params["max_iter"], random_state=seed, device=linear_device())
+    estimator = MinibatchLinearClassifier(loss, max_iter=params["max_iter"], random_state=seed, device=fit.device)
+    if fit.rows is not None:
+        estimator.set_params(alpha=_alpha(params, fit.rows))
+    return estimator
 
 
-# With fewer rows than columns (1,088 x 4,608, 17 classes: separable) the linear
-# SVM is SGDClassifier's hinge loss with the 'optimal' step schedule, which
-# converges in ~100 epochs of cheap per-row updates at about logreg's accuracy:
-# 0.658 against 0.676 in 2.7 s, where the minibatch squared hinge reached 0.648.
+def _alpha(params: Mapping[str, Any], rows: int) -> float:
+    return 1.0 / (params["C"] * max(rows, 1))
+
+
+# With fewer rows than columns the classes are separable and the minibatch squared hinge stops short of
+# logreg's accuracy; SGDClassifier's per-row hinge updates ('optimal' steps) converge there in a few seconds.
 # It stops after 5 epochs improving the training loss by less than tol.
 _SGD_TOL = 1e-3
 _SGD_PATIENCE = 5
 
 
-def _sgd_hinge(params: Mapping[str, Any], n_rows: int, seed: int):
-    from sklearn.linear_model import SGDClassifier
+def _make_svm(params: Mapping[str, Any], seed: int, fit: Fit):
+    """``SVC`` (rbf); the linear SVM: ``SGDClassifier`` in memory with fewer rows than columns, else minibatch."""
+    if params["kernel"] != "linear":
+        from sklearn.svm import SVC
 
-    return SGDClassifier(
-        loss="hinge", alpha=1.0 / (params["C"] * max(n_rows, 1)), max_iter=params["max_iter"], tol=_SGD_TOL,
-        learning_rate="optimal", n_iter_no_change=_SGD_PATIENCE, n_jobs=-1, random_state=seed,
-    )
+        return SVC(kernel="rbf", C=params["C"], gamma=params["gamma"], max_iter=-1, random_state=seed)
+    if fit.rows is not None and fit.rows < fit.features and not fit.streaming:
+        from sklearn.linear_model import SGDClassifier
 
-
-# lbfgs costs hundreds of passes over the training matrix, the minibatch softmax model a few: from
-# 2^26 training values (e.g. 32,768 x 2,048) the in-memory logreg is the minibatch model.  Measured on
-# 300,000 x 2,048, 100 classes (2 cores): lbfgs 675 s, accuracy 0.471; see the issue notes for the
-# minibatch model there.  Below (50,000 x 512, 10 classes: 3.8 s; the demo's digits) lbfgs stays.
-_LBFGS_MAX_CELLS = 1 << 26
-
-
-def _linear_for_rows(estimator: Any, params: Mapping[str, Any], n_rows: int, n_features: int, streaming: bool) -> Any:
-    """``alpha = 1 / (C n)`` (scikit-learn's ``C`` objective over ``C n``); the SVM's solver from the shape.
-
-    Returns the estimator to fit: the minibatch model given, or, for an
-    in-memory linear SVM with fewer rows than columns, ``SGDClassifier``.
-    The in-memory logreg with at least as many rows as columns is the
-    minibatch softmax model on a GPU (:func:`linear_device`; the SVM's rule,
-    since lbfgs runs on the CPU only), and on the CPU from
-    :data:`_LBFGS_MAX_CELLS` training values on.
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    from ._linear import MinibatchLinearClassifier, for_rows
-
-    if isinstance(estimator, LogisticRegression) and n_rows >= n_features and (
-            linear_device() != "cpu" or n_rows * n_features >= _LBFGS_MAX_CELLS):
-        estimator = _minibatch("log_loss", params, estimator.random_state)
-    if not isinstance(estimator, MinibatchLinearClassifier):
-        return estimator
-    if estimator.loss == "squared_hinge" and n_rows < n_features and not streaming:
-        return _sgd_hinge(params, n_rows, estimator.random_state)
-    for_rows(estimator, params["C"], n_rows)
-    return estimator
-
-
-def _build_svm(params: Mapping[str, Any], seed: int):
-    from sklearn.svm import SVC
-
-    if params["kernel"] == "linear":
-        return _minibatch("squared_hinge", params, seed)
-    return SVC(kernel="rbf", C=params["C"], gamma=params["gamma"], max_iter=-1, random_state=seed)
-
-
-def _stream_svm(params: Mapping[str, Any], seed: int):
-    return _minibatch("squared_hinge", params, seed) if params["kernel"] == "linear" else None
-
-
-def _stream_logreg(params: Mapping[str, Any], seed: int):
-    return _minibatch("log_loss", params, seed)
+        return SGDClassifier(
+            loss="hinge", alpha=_alpha(params, fit.rows), max_iter=params["max_iter"], tol=_SGD_TOL,
+            learning_rate="optimal", n_iter_no_change=_SGD_PATIENCE, n_jobs=-1, random_state=seed,
+        )
+    return _minibatch("squared_hinge", params, seed, fit)
 
 
 def _svm_grid(params: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -349,32 +377,37 @@ def _svm_grid(params: Mapping[str, Any]) -> dict[str, list[Any]]:
     return {"C": [0.1, 1.0, 10.0, 100.0], "gamma": ["scale", 1e-4, 1e-3]}
 
 
-def _build_logreg(params: Mapping[str, Any], seed: int):
+#: Training values (rows x columns) from which the in-memory logreg is the minibatch softmax model:
+#: lbfgs costs hundreds of passes over the training matrix, the minibatch model a few.
+LBFGS_MAX_VALUES = 1 << 26
+
+
+def _make_logreg(params: Mapping[str, Any], seed: int, fit: Fit):
+    """``LogisticRegression`` (lbfgs), or the minibatch softmax model.
+
+    The minibatch model when streaming, and in memory with at least as many
+    rows as columns on a GPU (lbfgs runs on the CPU only) or from
+    :data:`LBFGS_MAX_VALUES` training values.
+    """
+    tall = fit.rows is not None and fit.rows >= fit.features
+    if fit.streaming or (tall and (fit.device != "cpu" or fit.rows * fit.features >= LBFGS_MAX_VALUES)):
+        return _minibatch("log_loss", params, seed, fit)
     from sklearn.linear_model import LogisticRegression
 
     # lbfgs fits the multinomial (softmax) model whatever the number of classes.
     return LogisticRegression(C=params["C"], max_iter=params["max_iter"], solver="lbfgs", random_state=seed)
 
 
-def _build_bayes(params: Mapping[str, Any], seed: int):  # GaussianNB.partial_fit is exact, so it streams too
+def _make_bayes(params: Mapping[str, Any], seed: int, fit: Fit):
     from ._bayes import GaussianNaiveBayes
 
     return GaussianNaiveBayes(var_smoothing=params["var_smoothing"])
 
 
-#: Fraction of the training rows xgboost holds out (stratified) for early stopping.
-XGBOOST_EARLY_STOP_FRACTION = 0.1
-#: Boosting rounds without improvement of the held-out log loss before xgboost stops.
-XGBOOST_EARLY_STOP_ROUNDS = 10
-
-
-#: Histogram bins per feature (xgboost's default is 256).  The time of a boosting round is bound by
-#: scattering gradients into per-node histograms of features x bins cells, and a smaller histogram
-#: stays in the caches.  Measured (2 cores, stratified early stopping as the pipeline does):
-#: 50,000 x 512, 10 classes: 64 bins 77 s, accuracy 0.739; 256 bins 202 s, 0.740 (10,000 test rows,
-#: standard error 0.004); 20,000 x 2,048, 100 classes: 15 s per round with 64 bins, 60 s with 256;
-#: the demo's digits (1,212 x 1,024, 10 classes, one thread): 8.3 CPU s, 0.929 against 18.8 s, 0.924.
-XGBOOST_BINS = 64
+# Histogram bins per feature, a quarter of xgboost's default: a round's time is bound by scattering
+# gradients into histograms of features x bins cells, and at 64 bins they stay in the caches at the
+# same accuracy (benchmarks/README.md).
+_XGBOOST_BINS = 64
 
 
 def _bins(value: Any) -> int:
@@ -384,14 +417,14 @@ def _bins(value: Any) -> int:
     return number
 
 
-def _build_xgboost(params: Mapping[str, Any], seed: int):
+def _make_xgboost(params: Mapping[str, Any], seed: int, fit: Fit):
     import os
 
     from xgboost import XGBClassifier
 
     return XGBClassifier(
         tree_method="hist",
-        device=xgboost_device(),
+        device=fit.device,
         n_jobs=os.cpu_count(),
         n_estimators=params["n_estimators"],
         max_depth=params["max_depth"],
@@ -402,7 +435,23 @@ def _build_xgboost(params: Mapping[str, Any], seed: int):
     )
 
 
-def _build_mlp(params: Mapping[str, Any], seed: int):
+def _save_booster(estimator: Any, path: Path) -> None:
+    # XGBModel.save_model keeps the sklearn wrapper's attributes (classes, ...).  UBJSON is data, not code,
+    # and round-trips the model bit for bit (JSON would round floats through text).
+    estimator.save_model(path)
+
+
+def _load_booster(data: bytes) -> Any:
+    from xgboost import XGBClassifier
+
+    model = XGBClassifier()
+    model.load_model(bytearray(data))
+    # Trained on a GPU, used where there may be none (and the other way round).
+    model.set_params(device=XGBOOST.device(devices.resolve_device("auto")))
+    return model
+
+
+def _make_mlp(params: Mapping[str, Any], seed: int, fit: Fit):
     from sklearn.neural_network import MLPClassifier
 
     return MLPClassifier(
@@ -423,10 +472,12 @@ FAMILIES: dict[str, Family] = {
             "gamma": Param("scale", "'scale', 'auto' or a float in the range (0, inf)", _gamma, "rbf kernel width"),
             "max_iter": Param(10_000, "an int in the range [1, inf)", _positive_int, "iteration limit"),
         },
-        _build_svm,
+        _make_svm,
         _svm_grid,
-        for_rows=_linear_for_rows,
-        stream=_stream_svm,
+        streams_with={"kernel": "linear"},
+        gpu=TORCH,
+        gpu_with={"kernel": "linear"},
+        trusted=("featx.classification._linear.MinibatchLinearClassifier",),
     ),
     "logreg": Family(
         "logreg",
@@ -435,10 +486,10 @@ FAMILIES: dict[str, Family] = {
             "C": _C,
             "max_iter": Param(1_000, "an int in the range [1, inf)", _positive_int, "iteration limit"),
         },
-        _build_logreg,
+        _make_logreg,
         lambda params: {"C": [0.001, 0.01, 0.1, 1.0, 10.0]},
-        for_rows=_linear_for_rows,
-        stream=_stream_logreg,
+        gpu=TORCH,
+        trusted=("featx.classification._linear.MinibatchLinearClassifier",),
     ),
     "bayes": Family(
         "bayes",
@@ -448,9 +499,10 @@ FAMILIES: dict[str, Family] = {
                 1e-9, "a float in the range (0, inf)", _positive_float, "variance added for stability"
             ),
         },
-        _build_bayes,
+        _make_bayes,
         lambda params: {"var_smoothing": [1e-9, 1e-6, 1e-3, 1e-1]},
-        stream=_build_bayes,
+        learns=ONE_PASS,
+        trusted=("featx.classification._bayes.GaussianNaiveBayes",),
     ),
     "xgboost": Family(
         "xgboost",
@@ -460,11 +512,13 @@ FAMILIES: dict[str, Family] = {
             "max_depth": Param(6, "an int in the range [1, inf)", _positive_int, "tree depth"),
             "learning_rate": Param(0.3, "a float in the range (0, inf)", _positive_float, "shrinkage"),
             "subsample": Param(1.0, "a float in the range (0, 1]", _fraction, "row subsampling per tree"),
-            "max_bin": Param(XGBOOST_BINS, "an int in the range [2, 256]", _bins, "histogram bins per feature"),
+            "max_bin": Param(_XGBOOST_BINS, "an int in the range [2, 256]", _bins, "histogram bins per feature"),
         },
-        _build_xgboost,
+        _make_xgboost,
         lambda params: {"max_depth": [3, 6], "learning_rate": [0.05, 0.1, 0.3], "n_estimators": [100, 300]},
-        stream=_build_xgboost,
+        learns=BOOSTING,
+        gpu=XGBOOST,
+        own_file=OwnFile("booster.ubj", _save_booster, _load_booster),
     ),
     "mlp": Family(
         "mlp",
@@ -477,9 +531,13 @@ FAMILIES: dict[str, Family] = {
             "alpha": Param(1e-4, "a float in the range (0, inf)", _positive_float, "L2 penalty"),
             "max_iter": Param(200, "an int in the range [1, inf)", _positive_int, "iteration limit"),
         },
-        _build_mlp,
+        _make_mlp,
         lambda params: {"alpha": [1e-4, 1e-2, 1.0], "hidden": [(256,), (512, 256)]},
-        stream=_build_mlp,  # MLPClassifier.partial_fit: Adam over the blocks
+        # Streamed by MLPClassifier.partial_fit: Adam over the blocks.
+        trusted=(
+            "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+            "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+        ),
     ),
 }
 
@@ -597,3 +655,56 @@ def resolve_params(models: Sequence[str], params: Mapping[str, Any]) -> dict[str
                 ) from None
         resolved[model] = values
     return resolved
+
+
+def _words(names: Sequence[str]) -> str:
+    """``a, b or c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def streaming_families() -> str:
+    """The families that can learn from streamed blocks, in words: ``svm (linear), logreg, ... or mlp``."""
+    return _words([
+        fam.name + (f" ({', '.join(map(str, fam.streams_with.values()))})" if fam.streams_with else "")
+        for fam in FAMILIES.values() if fam.streams
+    ])
+
+
+def check_gpu_libraries(models: Sequence[str], params: Mapping[str, Mapping[str, Any]], device: str,
+                        asked: str) -> None:
+    """Refuse a GPU asked for explicitly when a chosen family's (checked) GPU library has no CUDA here.
+
+    Parameters
+    ----------
+    models : sequence of str
+        Family names (already checked).
+    params : mapping
+        Each family's parameters (:func:`resolve_params`).
+    device : str
+        The run's device, resolved.
+    asked : str
+        The device as the user gave it (not ``auto``: ``auto`` fits such families on the CPU).
+
+    Raises
+    ------
+    DeviceError
+        Naming the families and the library.
+    """
+    if device == "cpu":
+        return
+    libraries = {name: FAMILIES[name].gpu_library(params[name]) for name in models}
+    for library in dict.fromkeys(lib for lib in libraries.values() if lib is not None and lib.checked):
+        if not library.has_cuda():
+            names = [name for name, lib in libraries.items() if lib is library]
+            raise DeviceError(
+                message(
+                    f"device '{asked}' cannot fit {', '.join(names)}",
+                    hint=f"they run on a GPU through {library.name}, and no {library.name} built with CUDA is "
+                    f"installed; use {option('device', 'cpu')} or {option('device', 'auto')}",
+                )
+            )
+
+
+def trusted_types() -> tuple[str, ...]:
+    """Every type a featx artifact may hold that skops does not trust by default (the families' ``trusted``)."""
+    return tuple(sorted({name for fam in FAMILIES.values() for name in fam.trusted}))

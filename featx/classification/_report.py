@@ -1,4 +1,4 @@
-"""What a run reports: metrics, prediction files, confusion-matrix plots, JSON values and the printed table.
+"""What a run reports: metrics, prediction files, confusion-matrix plots and the printed table.
 
 Metrics are scikit-learn's; plots are drawn on a bare matplotlib ``Figure``
 with the Agg canvas, so no GUI backend is ever selected and the user's
@@ -11,16 +11,14 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..formatting import format_table
+from ._run import ClassifyRun
 
-if TYPE_CHECKING:  # only for annotations: the run imports this module
-    from ._training import ClassifyRun
-
-__all__ = ["classification_metrics", "predictions_frame", "plot_confusion", "json_default", "format_results"]
+__all__ = ["classification_metrics", "predictions_frame", "plot_confusion", "format_results"]
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
@@ -128,17 +126,6 @@ def plot_confusion(
     path = Path(path)
     figure.savefig(path)
     return path
-
-
-def json_default(value: Any) -> Any:
-    """``json.dumps(default=...)`` for numpy scalars and arrays, tuples and paths."""
-    if isinstance(value, (np.integer, np.floating, np.bool_)):
-        return value.item()
-    if isinstance(value, (np.ndarray, tuple)):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 # More classes than this make the per-class table wider than a terminal.

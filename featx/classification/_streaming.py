@@ -7,12 +7,16 @@ streams.  :func:`stream_fit` then reads the training rows in blocks
 
 - the per-block ``StandardScaler``\\ s by ``partial_fit`` (the same means and
   variances as a fit on the whole matrix);
-- ``GaussianNB.partial_fit`` in one pass (exact);
-- logreg and the linear SVM by :class:`~._linear.MinibatchLinearClassifier`
-  (softmax / squared hinge): ``partial_fit`` per block, blocks and rows
-  shuffled, epochs until its objective settles (``end_epoch``);
-- the MLP by ``MLPClassifier.partial_fit`` (Adam) over :data:`EPOCHS` passes;
-- xgboost from an ``xgboost.DataIter`` (:mod:`._boosting`), on either path.
+- a family that learns in one pass (``Family.learns``, ONE_PASS: naive
+  Bayes) by its estimator's ``fit_blocks``, exact;
+- the others by ``partial_fit`` per block, blocks and rows shuffled: epochs
+  until the objective settles for an estimator that says so (``end_epoch``:
+  the minibatch linear models of :mod:`._linear`), else :data:`EPOCHS`
+  passes (the MLP's Adam);
+- a boosting family from an ``xgboost.DataIter`` (:mod:`._boosting`), on either path.
+
+Which families can stream, and with which parameters, is the registry's
+(``Family.can_stream``).
 
 The fitted objects are the same scikit-learn pipeline as in memory (the
 normaliser, then the estimator), so artifacts and ``predict`` do not change.
@@ -21,7 +25,6 @@ normaliser, then the estimator), so artifacts and ``predict`` do not change.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,15 +34,13 @@ from ..errors import ClassifyError, message, option
 from ..formatting import format_bytes
 from ._join import JoinedFeatures
 from ._pipeline import fit_normaliser
-from ._registry import FAMILIES
+from ._registry import FAMILIES, ONE_PASS, streaming_families
 
-__all__ = [
-    "FitPlan", "plan_fit", "stream_fit", "stream_predict", "row_blocks", "fit_naive_bayes", "EPOCHS", "MIN_BLOCK_ROWS",
-]
+__all__ = ["FitPlan", "plan_fit", "stream_fit", "stream_predict", "row_blocks", "EPOCHS", "MIN_BLOCK_ROWS"]
 
 log = logging.getLogger("featx")
 
-#: Passes of the streamed MLP over the training rows.
+#: Passes over the training rows of a streamed estimator that does not say when it has settled (the MLP).
 EPOCHS = 5
 #: Fewest rows a block may have; a budget smaller than such a block is refused.
 MIN_BLOCK_ROWS = 8
@@ -100,9 +101,9 @@ def plan_fit(n_rows: int, n_features: int, memory: int, *, models: tuple[str, ..
     memory : int
         Budget in bytes (``ClassifyConfig.memory``).
     models : tuple of str
-        Families to fit; each must have a streaming fit when streaming.
+        Families to fit; each must be able to stream when streaming (``Family.can_stream``).
     params : dict
-        Each family's parameters (the SVM kernel decides).
+        Each family's parameters.
     search : bool
         Grid search, which has no streaming fit.
     pca : int, optional
@@ -134,7 +135,7 @@ def plan_fit(n_rows: int, n_features: int, memory: int, *, models: tuple[str, ..
                 hint=f"pass {option('memory', need)} or more",
             )
         )
-    unable = [m for m in models if FAMILIES[m].stream is None or FAMILIES[m].stream(params[m], 0) is None]
+    unable = [m for m in models if not FAMILIES[m].can_stream(params[m])]
     refused = [option("search")] if search else []
     refused += [option("pca")] if pca is not None else []
     if unable or refused:
@@ -143,8 +144,8 @@ def plan_fit(n_rows: int, n_features: int, memory: int, *, models: tuple[str, ..
             message(
                 f"the {format_bytes(matrix)} feature matrix does not fit the {format_bytes(memory)} memory budget, "
                 f"and {what} cannot be fitted by streaming blocks",
-                hint=f"raise {option('memory')}, or use bayes, logreg, svm (linear), xgboost or mlp without "
-                f"{option('search')} and {option('pca')}",
+                hint=f"raise {option('memory')}, or use {streaming_families()} without {option('search')} and "
+                f"{option('pca')}",
             )
         )
     reason = f"the {format_bytes(matrix)} feature matrix exceeds the {format_bytes(memory)} memory budget"
@@ -154,29 +155,6 @@ def plan_fit(n_rows: int, n_features: int, memory: int, *, models: tuple[str, ..
 def row_blocks(rows: np.ndarray, block_rows: int) -> list[np.ndarray]:
     """*rows* cut into consecutive blocks of at most *block_rows*."""
     return [rows[i : i + block_rows] for i in range(0, rows.size, block_rows)]
-
-
-def fit_naive_bayes(estimator: Any, blocks: Iterable[tuple[np.ndarray, np.ndarray]], n_classes: int) -> Any:
-    """``GaussianNB.partial_fit`` over ``(X, y)`` blocks, with the variance smoothing ``fit`` would use.
-
-    ``GaussianNB.fit`` on the whole matrix would make one more full copy of
-    it (``np.var(X, axis=0)`` for its smoothing term); block by block, the
-    per-class means and variances are exact (Chan et al.'s update), but
-    ``partial_fit`` takes the smoothing term from the first block alone.
-    The variance of every column over all rows follows from the per-class
-    counts, means and variances (the law of total variance), so the term is
-    set afterwards to ``var_smoothing`` times the largest of them: what ``fit`` computes.
-    """
-    classes = np.arange(n_classes)
-    for X, y in blocks:
-        estimator.partial_fit(X, y, classes=classes)
-    counts = estimator.class_count_[:, None]
-    within = estimator.var_ - estimator.epsilon_
-    mean = (counts * estimator.theta_).sum(axis=0) / counts.sum()
-    total = (counts * (within + (estimator.theta_ - mean) ** 2)).sum(axis=0) / counts.sum()
-    estimator.epsilon_ = estimator.var_smoothing * float(total.max())
-    estimator.var_ = within + estimator.epsilon_
-    return estimator
 
 
 def _mixed_blocks(rows: np.ndarray, block_rows: int, n_classes: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -190,9 +168,8 @@ def _mixed_blocks(rows: np.ndarray, block_rows: int, n_classes: int, rng: np.ran
     two runs per block), and each stretch of as many consecutive runs as there
     are blocks is dealt, shuffled, one run to every block: every block then
     holds every class in about its share of the rows, while an epoch reads
-    each chunk about once.  (Runs dealt at random left a class out of whole blocks: at
-    10^6 rows of 100 classes, 64 minibatches in a row without it, and the
-    streamed svm reached 0.26 where the in-memory fit reached 0.47.)
+    each chunk about once.  Runs dealt at random would leave a class out of
+    many blocks in a row, which a minibatch fit does not recover from.
     """
     run = max(1, min(256, block_rows // 8, block_rows // (2 * max(n_classes, 1))))
     runs = row_blocks(rows, run)
@@ -204,22 +181,22 @@ def _mixed_blocks(rows: np.ndarray, block_rows: int, n_classes: int, rng: np.ran
     return [np.sort(np.concatenate([runs[i] for i in members])) for members in blocks if members.size]
 
 
-def stream_fit(name: str, params: dict, joined: JoinedFeatures, rows: np.ndarray, pipeline: Any,
-               block_rows: int, seed: int) -> Any:
+def stream_fit(name: str, learns: str, joined: JoinedFeatures, rows: np.ndarray, pipeline: Any, block_rows: int,
+               seed: int) -> Any:
     """Fit *pipeline* (normaliser -> streaming estimator, unfitted) on *rows*, read in blocks.
 
     Parameters
     ----------
     name : str
-        Family name.
-    params : dict
-        Its parameters.
+        Family name, for the log.
+    learns : str
+        How the family learns (``Family.learns``): in one pass, or by epochs of ``partial_fit``.
     joined : JoinedFeatures
         Joined with ``load=False``.
     rows : ndarray of int
         Increasing training rows.
     pipeline : sklearn.pipeline.Pipeline
-        ``blocks`` then ``clf``, built with the family's ``stream`` estimator.
+        ``blocks`` then ``clf``, built with the family's streaming estimator.
     block_rows : int
     seed : int
         Seed of the block and row shuffles.
@@ -236,9 +213,9 @@ def stream_fit(name: str, params: dict, joined: JoinedFeatures, rows: np.ndarray
     fit_normaliser(normaliser, (joined.rows(chunk, buffer) for chunk in chunks))
     classes = np.arange(len(joined.classes))
     labels = joined.labels
-    if name == "bayes":  # exact in one pass
-        blocks = ((normaliser.transform(joined.rows(chunk, buffer)), labels[chunk]) for chunk in chunks)
-        fit_naive_bayes(estimator, blocks, len(classes))
+    if learns == ONE_PASS:
+        estimator.fit_blocks(((normaliser.transform(joined.rows(chunk, buffer)), labels[chunk]) for chunk in chunks),
+                             classes)
         return pipeline
     rng = np.random.default_rng(seed)
     # The minibatch linear models say when an epoch has settled their objective (end_epoch); the MLP runs EPOCHS.

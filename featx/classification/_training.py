@@ -12,7 +12,8 @@ classifier family in the pipeline of :mod:`._pipeline`, and writes a run folder:
     missing-ids.csv            ids left out because an input lacks them (if any)
 
 Every check that needs no data has been made by :class:`ClassifyConfig`; the
-run folder is checked next, before any store is read.
+machine's part (memory budget, device) is resolved first and the run folder is
+checked next, before any store is read.
 """
 
 from __future__ import annotations
@@ -22,144 +23,29 @@ import logging
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._version import __version__
 from ..errors import OutputPathError, message, option
 from ..paths import check_writable_dir
 from ._artifact import save_classifier
+from ._boosting import fit_xgboost
 from ._config import ClassifyConfig
 from ._evaluation import Evaluation, check_components, plan_evaluation, search_folds
-from ._join import FeatureBlock, JoinedFeatures, join_features
-from ._boosting import fit_xgboost
+from ._join import JoinedFeatures, join_features
+from ._json import json_default
 from ._pipeline import build_pipeline, fit_in_place, transform_in_place
-from ._registry import FAMILIES, using_device
-from ._streaming import FitPlan, fit_naive_bayes, plan_fit, stream_fit, stream_predict
-from ._report import classification_metrics, json_default, plot_confusion, predictions_frame
+from ._registry import BOOSTING, FAMILIES, ONE_PASS
+from ._report import classification_metrics, plot_confusion, predictions_frame
+from ._run import ClassifierResult, ClassifyRun
+from ._streaming import FitPlan, plan_fit, stream_fit, stream_predict
 
-__all__ = ["ClassifierResult", "ClassifyRun", "run_classification"]
+__all__ = ["run_classification"]
 
 log = logging.getLogger("featx")
-
-
-@dataclass
-class ClassifierResult:
-    """Evaluation of one classifier family.
-
-    Attributes
-    ----------
-    name : str
-        Family name.
-    accuracy, balanced_accuracy, macro_f1 : float
-        On the evaluation rows (out-of-fold predictions with ``cv``).
-    fit_seconds : float
-        Time to fit once (mean over folds with ``cv``).
-    predict_seconds : float
-        Time to predict every evaluation row.
-    n_train, n_test : int
-        Training rows of a fit, and evaluation rows.
-    artifact, predictions : Path
-        The saved classifier and its ``predictions-<model>.csv``.
-    confusion : Path or None
-        The confusion-matrix PNG.
-    per_class : dict
-        ``{class: {precision, recall, f1, support}}``.
-    params : dict
-        Hyper-parameters used (the best ones with ``search``).
-    searched : dict or None
-        The grid explored by ``search`` and its best cross-validated accuracy.
-    fold_accuracies : list of float
-        Accuracy of each fold with ``cv``.
-    has_proba : bool
-        The predictions file holds per-class probabilities.
-    warnings : list of str
-        Convergence warnings raised while fitting.
-    fit_input : str
-        What the estimator learnt from: ``'matrix'`` (one float32 matrix of
-        the training rows, normalised in place), ``'blocks'`` (``partial_fit``
-        over blocks read from the stores), or xgboost's ``'QuantileDMatrix'`` /
-        ``'ExtMemQuantileDMatrix'`` (built from blocks).
-    solver : str
-        The estimator that was fitted (the family's shape rules choose it):
-        ``'MinibatchLinearClassifier'``, ``'SGDClassifier'``,
-        ``'LogisticRegression'``, ``'XGBClassifier'``, ...
-    device : str
-        Where it was fitted: ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (see
-        ``ClassifyConfig.device``).
-    """
-
-    name: str
-    accuracy: float
-    balanced_accuracy: float
-    macro_f1: float
-    fit_seconds: float
-    predict_seconds: float
-    n_train: int
-    n_test: int
-    artifact: Path
-    predictions: Path
-    confusion: Path | None = None
-    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-    searched: dict[str, Any] | None = None
-    fold_accuracies: list[float] = field(default_factory=list)
-    has_proba: bool = False
-    warnings: list[str] = field(default_factory=list)
-    fit_input: str = "matrix"
-    solver: str = ""
-    device: str = "cpu"
-
-
-@dataclass
-class ClassifyRun:
-    """What a classification run did.
-
-    Attributes
-    ----------
-    out_dir : Path
-        The run folder.
-    results : list of ClassifierResult
-        In the order of ``config.models``.
-    inputs : list of FeatureBlock
-        Stores, layers and widths of the joined inputs.
-    n_samples : int
-        Samples every input has.
-    n_labelled : int
-        Of those, the labelled ones.
-    n_features : int
-        Columns of the joined matrix.
-    classes : list of str
-    evaluation : Evaluation
-    missing_ids : dict of str -> list of str
-        For each input, ids left out because it lacks them.
-    config : ClassifyConfig
-    results_json : Path
-    fit : FitPlan
-        In memory or streaming, and why.
-    """
-
-    out_dir: Path
-    results: list[ClassifierResult]
-    inputs: list[FeatureBlock]
-    n_samples: int
-    n_labelled: int
-    n_features: int
-    classes: list[str]
-    evaluation: Evaluation
-    missing_ids: dict[str, list[str]]
-    config: ClassifyConfig
-    results_json: Path
-    fit: FitPlan | None = None
-
-    @property
-    def best(self) -> ClassifierResult:
-        """The result with the highest accuracy (first one on ties)."""
-        return max(self.results, key=lambda r: r.accuracy)
 
 
 # --------------------------------------------------------------------------- fitting
@@ -168,23 +54,23 @@ class ClassifyRun:
 class _Fitter:
     """Fits one family, with optional grid search, recording convergence warnings."""
 
-    def __init__(
-        self, name: str, params: dict[str, Any], config: ClassifyConfig, joined: JoinedFeatures, plan: FitPlan
-    ) -> None:
+    def __init__(self, name: str, params: dict[str, Any], config: ClassifyConfig, joined: JoinedFeatures,
+                 plan: FitPlan, device: str) -> None:
         self.name = name
+        self.family = FAMILIES[name]
         self.params = params
         self.config = config
         self.joined = joined
         self.plan = plan
+        self.device = device
         self.warnings: list[str] = []
         self.fit_input = "blocks" if plan.streaming else "matrix"  # see ClassifierResult.fit_input
 
     def make(self, n_rows: int):
-        fam = FAMILIES[self.name]
-        build = fam.stream if self.plan.streaming else fam.build
-        estimator = build(self.params, self.config.seed)
-        if fam.for_rows is not None and not self.config.search:
-            estimator = fam.for_rows(estimator, self.params, n_rows, self.joined.n_features, self.plan.streaming)
+        """The unfitted pipeline: the family's estimator for *n_rows* training rows (any, for a grid search)."""
+        shape = {} if self.config.search else {"rows": n_rows, "features": self.joined.n_features}
+        estimator = self.family.build(self.params, self.config.seed, device=self.device,
+                                      streaming=self.plan.streaming, **shape)
         return build_pipeline(self.joined.blocks, self.config.normalize, self.config.pca, estimator, self.config.seed)
 
     def predict(self, model: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -215,15 +101,15 @@ class _Fitter:
         """Fit on *rows*; return the fitted pipeline and the search summary (or None).
 
         The training rows are read into one float32 matrix (the only copy)
-        and normalised in place (:func:`fit_in_place`); xgboost reads them
-        block by block into its quantised matrix instead, and a streaming plan
-        fits block by block with ``partial_fit``.
+        and normalised in place (:func:`fit_in_place`); a boosting family
+        reads them block by block into its quantised matrix instead, and a
+        streaming plan fits block by block (``Family.learns`` says how).
         """
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.model_selection import GridSearchCV
 
         estimator = self.make(len(rows))
-        if self.name == "xgboost" and not self.config.search:
+        if self.family.learns == BOOSTING and not self.config.search:
             model, matrix = fit_xgboost(
                 estimator, self.joined, rows, block_rows=self.plan.block_rows, memory=self.plan.memory_budget,
                 seed=self.config.seed,
@@ -234,24 +120,25 @@ class _Fitter:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ConvergenceWarning)
                 model = stream_fit(
-                    self.name, self.params, self.joined, rows, estimator, self.plan.block_rows, self.config.seed
+                    self.name, self.family.learns, self.joined, rows, estimator, self.plan.block_rows,
+                    self.config.seed,
                 )
             self._record(caught)
             return model, None
         rows = np.sort(rows)
         X, y = self.joined.rows(rows), self.joined.labels[rows]
         if self.config.search:
-            grid = {f"clf__{k}": v for k, v in FAMILIES[self.name].grid(self.params).items()}
+            grid = {f"clf__{k}": v for k, v in self.family.grid(self.params).items()}
             folds = search_folds(y, self.joined.classes, self.config.seed)
             estimator = GridSearchCV(estimator, grid, scoring="accuracy", cv=folds, error_score="raise")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             if self.config.search:  # each inner fold fits its own normaliser: the matrix stays as read
                 estimator.fit(X, y)
-            elif self.name == "bayes":  # GaussianNB.fit would copy X once more (np.var): by blocks, as exact
+            elif self.family.learns == ONE_PASS:  # by blocks, as exact as fit and without its copies of X
                 features, step = transform_in_place(estimator, X, self.plan.block_rows), self.plan.block_rows
                 blocks = ((features[i : i + step], y[i : i + step]) for i in range(0, len(y), step))
-                fit_naive_bayes(estimator.named_steps["clf"], blocks, len(self.joined.classes))
+                estimator.named_steps["clf"].fit_blocks(blocks, np.arange(len(self.joined.classes)))
             else:
                 fit_in_place(estimator, X, y, self.plan.block_rows)
         del X
@@ -327,9 +214,10 @@ def _evaluate(
     config: ClassifyConfig,
     out: Path,
     plan: FitPlan,
+    device: str,
 ) -> ClassifierResult:
     """Fit and evaluate one family on every fold; write its predictions, plot and artifact."""
-    fitter = _Fitter(name, params, config, joined, plan)
+    fitter = _Fitter(name, params, config, joined, plan, device)
     rows, predicted, proba_parts, folds = [], [], [], []
     fit_times, predict_time = [], 0.0
     model = searched = None
@@ -413,57 +301,6 @@ def _write_missing(out: Path, missing: Mapping[str, list[str]]) -> Path | None:
     return path
 
 
-def _results_json(run: ClassifyRun) -> dict[str, Any]:
-    config = run.config
-    return {
-        "featx_version": __version__,
-        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "config": {
-            "features": list(config.features),
-            "models": list(config.models),
-            "normalize": config.normalize,
-            "pca": config.pca,
-            "test_size": config.test_size,
-            "cv": config.cv,
-            "seed": config.seed,
-            "search": config.search,
-            "device": config.device,
-            "params": dict(config.params),
-        },
-        "inputs": [b.to_json() for b in run.inputs],
-        "samples": {"joined": run.n_samples, "labelled": run.n_labelled, "features": run.n_features},
-        "missing_ids": {spec: len(ids) for spec, ids in run.missing_ids.items()},
-        "classes": run.classes,
-        "evaluation": run.evaluation.to_json(),
-        "fit": run.fit.to_json() if run.fit else None,
-        "results": [
-            {
-                "name": r.name,
-                "accuracy": r.accuracy,
-                "balanced_accuracy": r.balanced_accuracy,
-                "macro_f1": r.macro_f1,
-                "per_class": r.per_class,
-                "fit_seconds": r.fit_seconds,
-                "predict_seconds": r.predict_seconds,
-                "n_train": r.n_train,
-                "n_test": r.n_test,
-                "params": r.params,
-                "searched": r.searched,
-                "fold_accuracies": r.fold_accuracies,
-                "warnings": r.warnings,
-                "fit_input": r.fit_input,
-                "solver": r.solver,
-                "device": r.device,
-                "predictions": r.predictions.name,
-                "confusion": r.confusion.name if r.confusion else None,
-                "artifact": r.artifact.name,
-            }
-            for r in run.results
-        ],
-        "best": run.best.name,
-    }
-
-
 def run_classification(config: ClassifyConfig) -> ClassifyRun:
     """Train and evaluate the configured classifiers; write the run folder.
 
@@ -478,6 +315,9 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
 
     Raises
     ------
+    DeviceError
+        The device is not on this machine (:meth:`ClassifyConfig.resolve`);
+        raised before any store is read.
     OutputPathError
         The run folder (``out``, else ``runs_dir``) cannot be written; raised
         before any store is read.
@@ -495,11 +335,13 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
     >>> print(format_results(run))  # doctest: +SKIP
     >>> run.best.name, run.best.accuracy  # doctest: +SKIP
     """
+    resources = config.resolve()
     _check_run_folder(config)
     joined = join_features(config.features, load=False)
     evaluation = plan_evaluation(joined, cv=config.cv, test_size=config.test_size, seed=config.seed)
+    model_params = config.model_params
     plan = plan_fit(
-        len(joined.ids), joined.n_features, config.memory, models=config.models, params=config.model_params,
+        len(joined.ids), joined.n_features, resources.memory, models=config.models, params=model_params,
         search=config.search, pca=config.pca,
     )
     if plan.streaming:
@@ -516,10 +358,9 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
         f"{' + '.join(f'{b.spec} ({b.dim:,})' for b in joined.blocks)}; {evaluation.description}"
     )
     results = []
-    with using_device(config.compute_device):  # what the families' builders and xgboost's parameters ask
-        for name in config.models:
-            log.info(f"fitting {name} ...")
-            results.append(_evaluate(name, config.model_params[name], joined, evaluation, config, out, plan))
+    for name in config.models:
+        log.info(f"fitting {name} ...")
+        results.append(_evaluate(name, model_params[name], joined, evaluation, config, out, plan, resources.device))
     _write_missing(out, joined.missing)
     run = ClassifyRun(
         out_dir=out,
@@ -535,5 +376,5 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
         results_json=out / "results.json",
         fit=plan,
     )
-    run.results_json.write_text(json.dumps(_results_json(run), indent=2, default=json_default) + "\n")
+    run.results_json.write_text(json.dumps(run.to_json(), indent=2, default=json_default) + "\n")
     return run

@@ -16,13 +16,11 @@ from sklearn.preprocessing import FunctionTransformer
 from stores import blobs, dataset, write_store
 from featx import __version__
 from featx.classification import (
-    ARTIFACT_VERSION,
     FAMILIES,
     ClassifyConfig,
     build_pipeline,
     join_features,
     load_classifier,
-    resolve_params,
     run_classification,
     save_classifier,
 )
@@ -73,8 +71,9 @@ def test_xgboost_is_stored_in_its_own_format_and_nothing_is_pickled(fitted):
 def test_save_then_load_is_exact(tmp_path, fitted, family):
     """The in-memory pipeline and the reloaded one agree bit for bit, probabilities included."""
     _, joined = fitted
-    params = resolve_params([family], {"max_iter": 2000} if family in ("svm", "logreg", "mlp") else {})
-    estimator = FAMILIES[family].build(params[family], 0)
+    params = {"max_iter": 2000} if family in ("svm", "logreg", "mlp") else {}
+    config = ClassifyConfig(features="x.h5", models=family, params=params)
+    estimator = FAMILIES[family].build(config.model_params[family], 0)
     pipeline = build_pipeline(joined.blocks, "standard", 2, estimator).fit(joined.X, joined.labels)
     manifest = {"classes": joined.classes, "classifier": {"family": family}}
     loaded = load_classifier(save_classifier(tmp_path / "c.zip", pipeline, manifest))
@@ -90,7 +89,7 @@ def test_manifest_records_how_the_features_were_made(fitted):
     run, joined = fitted
     manifest = load_classifier(run.results[1].artifact).manifest
     assert manifest["format"] == "featx-classifier"
-    assert manifest["format_version"] == ARTIFACT_VERSION
+    assert manifest["format_version"] == 1
     assert manifest["versions"]["featx"] == __version__
     assert manifest["classes"] == ["a", "b", "c"]
     assert (manifest["normalize"], manifest["pca"], manifest["n_features"]) == ("l2", 3, 5)
@@ -116,7 +115,7 @@ def test_an_artifact_from_an_incompatible_version(tmp_path, fitted):
     path = _rewrite(run.results[1].artifact, tmp_path / "future.zip", manifest=future)
     with pytest.raises(ClassifyError, match=re.escape(
         f"classifier '{path}' has featx classifier format 2 (written by featx 9.0.0); this featx {__version__} "
-        "reads format 1 only: re-run classify with this featx, or use featx 9.0.0 to predict"
+        "reads format 1 only: re-run `featx classify` with this featx, or use featx 9.0.0 to predict"
     )):
         load_classifier(path)
 
@@ -126,7 +125,7 @@ def test_untrusted_types_are_refused(tmp_path, fitted):
     evil = sio.dumps(Pipeline([("f", FunctionTransformer(os.system))]).fit(np.zeros((2, 2))))
     path = _rewrite(run.results[1].artifact, tmp_path / "evil.zip", drop=("pipeline.skops",), add={"pipeline.skops": evil})
     with pytest.raises(ClassifyError, match=re.escape(
-        f"'{path}' holds types featx does not trust (posix.system); it was not written by featx classify, "
+        f"'{path}' holds types featx does not trust (posix.system); it was not written by `featx classify`, "
         "refusing to load it"
     )):
         load_classifier(path)
@@ -136,7 +135,8 @@ def test_files_that_are_not_classifiers(tmp_path, fitted):
     run, _ = fitted
     missing = tmp_path / "nope.zip"
     with pytest.raises(ClassifyError, match="^" + re.escape(
-        f"classifier not found: '{missing}' is not a file; pass a classifier-<model>.zip from a classify run folder"
+        f"classifier not found: '{missing}' is not a file; pass a classifier-<model>.zip from a `featx classify` run "
+        "folder"
     ) + "$"):
         load_classifier(missing)
     text = tmp_path / "text.zip"
@@ -150,6 +150,7 @@ def test_files_that_are_not_classifiers(tmp_path, fitted):
         load_classifier(other)
     partial = _rewrite(run.results[3].artifact, tmp_path / "partial.zip", drop=("booster.ubj",))
     with pytest.raises(ClassifyError, match=re.escape(
-        f"'{partial}' is not a complete featx classifier: it lacks 'booster.ubj'; re-run classify to make a new one"
+        f"'{partial}' is not a complete featx classifier: it lacks 'booster.ubj'; re-run `featx classify` to make a "
+        "new one"
     )):
         load_classifier(partial)

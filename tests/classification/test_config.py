@@ -87,3 +87,24 @@ def test_parameters_are_resolved_once_with_the_defaults():
         "svm": {"C": 0.5, "kernel": "rbf", "gamma": "scale", "max_iter": 10_000},
     }
     assert set(config.model_params) <= set(FAMILIES)
+
+
+def test_making_a_configuration_asks_nothing_of_the_machine(monkeypatch):
+    """The memory budget and the device are read by resolve(), when a run starts."""
+
+    def asked(*args):
+        raise AssertionError("the machine was asked")
+
+    monkeypatch.setattr("os.sysconf", asked)
+    monkeypatch.setattr("featx.devices.cuda_device_count", asked)
+    monkeypatch.setattr("featx.devices.torch_has_cuda", asked)
+    config = ClassifyConfig(features="x.h5", models="svm,xgboost", device="cuda:3")
+    assert (config.memory, config.device) == (None, "cuda:3")
+    with pytest.raises(AssertionError, match="the machine was asked"):
+        config.resolve()
+
+
+def test_resolve_gives_the_memory_budget_and_the_device(monkeypatch):
+    monkeypatch.setattr("featx.devices.cuda_device_count", lambda: 0)
+    resolved = ClassifyConfig(features="x.h5", memory="2G").resolve()
+    assert (resolved.memory, resolved.device) == (2 * 2**30, "cpu")

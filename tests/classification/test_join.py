@@ -10,7 +10,7 @@ import pytest
 
 from classify_data import config_for, write_two_stores
 from stores import blobs, dataset, write_store
-from featx.classification import join_features, parse_feature_spec, run_classification
+from featx.classification import join_features, run_classification
 from featx.errors import ClassifyError, StoreError
 
 
@@ -72,11 +72,14 @@ def test_joined_classifier_sees_the_same_matrix_when_rows_are_shuffled(tmp_path,
 
 
 def test_feature_spec_parsing(tmp_path):
-    assert parse_feature_spec("features/x.h5:fc7") == (tmp_path.__class__("features/x.h5"), "fc7")
-    assert parse_feature_spec("features/x.h5") == (tmp_path.__class__("features/x.h5"), None)
-    odd = tmp_path / "a:b.h5"
-    odd.touch()
-    assert parse_feature_spec(str(odd)) == (odd, None)
+    """``STORE:LAYER`` splits at the last colon, unless the whole spec is a path that exists."""
+    for spec in ("features/x.h5:fc7", "features/x.h5"):
+        with pytest.raises(StoreError, match=re.escape("feature store not found: 'features/x.h5';")):
+            join_features([spec])
+    ids, labels, splits = dataset()
+    odd = write_store(tmp_path / "a:b.h5", ids, labels, {"f": blobs(labels, 3, seed=0)}, splits=splits)
+    (block,) = join_features([str(odd)]).blocks
+    assert (block.store, block.layer) == (odd, "f")
 
 
 def test_a_store_with_several_layers_needs_one_named(two_stores):

@@ -134,9 +134,7 @@ def test_a_saved_linear_model_keeps_what_predicts_and_not_the_optimiser(tmp_path
 def _chosen(model, n_rows, n_features, streaming=False):
     """The estimator classify fits for *model* on *n_rows* x *n_features* training values."""
     params = ClassifyConfig(features="x.h5", models=model).model_params[model]
-    family = FAMILIES[model]
-    return family.for_rows((family.stream if streaming else family.build)(params, 0), params, n_rows, n_features,
-                           streaming)
+    return FAMILIES[model].build(params, 0, rows=n_rows, features=n_features, streaming=streaming)
 
 
 def test_few_rows_and_many_columns_fit_the_svm_by_sgd():

@@ -21,15 +21,13 @@ from stores import blobs, dataset, write_store
 
 from featx.classification import (
     FAMILIES,
-    TRUSTED_TYPES,
     ClassifyConfig,
     MinibatchLinearClassifier,
-    cuda_device_count,
-    parse_device,
+    load_classifier,
     run_classification,
-    using_device,
-    xgboost_device,
+    save_classifier,
 )
+from featx.devices import cuda_device_count
 from featx.errors import DeviceError
 
 torch = pytest.importorskip("torch")
@@ -110,8 +108,8 @@ def test_the_torch_backend_learns_from_blocks_what_the_numpy_backend_does(loss):
     _assert_same_fit(_streamed(loss), _streamed(loss, backend="torch"), _problem()[0])
 
 
-def test_a_torch_fit_keeps_no_torch_object_and_saves_as_a_numpy_fit_does():
-    import skops.io as sio
+def test_a_torch_fit_keeps_no_torch_object_and_saves_as_a_numpy_fit_does(tmp_path):
+    from sklearn.pipeline import make_pipeline
 
     X, y = _problem()
     model = _model("log_loss", backend="torch").fit(X, y)
@@ -120,9 +118,9 @@ def test_a_torch_fit_keeps_no_torch_object_and_saves_as_a_numpy_fit_does():
     pickled = pickle.dumps(model)
     assert b"torch." not in pickled  # a pickled tensor names torch._utils (only the backend's name is there)
     assert pickle.loads(pickled).get_params()["backend"] == "torch"
-    data = sio.dumps(model)
-    assert set(sio.get_untrusted_types(data=data)) <= set(TRUSTED_TYPES)
-    loaded = sio.loads(data, trusted=sio.get_untrusted_types(data=data))
+    # load_classifier refuses a type featx does not trust: the fit holds only trusted ones.
+    saved = save_classifier(tmp_path / "c.zip", make_pipeline(model), {"classifier": {"family": "logreg"}})
+    loaded = load_classifier(saved).pipeline.steps[-1][1]
     np.testing.assert_array_equal(loaded.coef_, model.coef_)
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
 
@@ -145,9 +143,8 @@ def gpus(monkeypatch):
     """``gpus(n, torch_cuda=True)``: the CUDA driver now sees *n* GPUs, and torch has CUDA or not."""
 
     def set_gpus(n: int, torch_cuda: bool = True) -> None:
-        monkeypatch.setattr("featx.classification._config.cuda_device_count", lambda: n)
-        monkeypatch.setattr("featx.classification._config.torch_has_cuda", lambda: torch_cuda)
-        monkeypatch.setattr("featx.classification._registry.torch_has_cuda", lambda: torch_cuda)
+        monkeypatch.setattr("featx.devices.cuda_device_count", lambda: n)
+        monkeypatch.setattr("featx.devices.torch_has_cuda", lambda: torch_cuda)
 
     return set_gpus
 
@@ -155,15 +152,15 @@ def gpus(monkeypatch):
 @pytest.mark.parametrize(("n", "expected"), [(0, "cpu"), (1, "cuda")])
 def test_auto_is_the_gpu_the_driver_sees(gpus, n, expected):
     gpus(n)
-    assert parse_device("auto") == expected
-    assert ClassifyConfig(features="x.h5", models="svm,logreg").compute_device == expected
-    assert ClassifyConfig(features="x.h5", device="cpu").compute_device == "cpu"
+    assert ClassifyConfig(features="x.h5").resolve().device == expected
+    assert ClassifyConfig(features="x.h5", models="svm,logreg").resolve().device == expected
+    assert ClassifyConfig(features="x.h5", device="cpu").resolve().device == "cpu"
 
 
 def test_a_gpu_the_machine_lacks_is_a_one_line_error(gpus):
     gpus(0)
     with pytest.raises(DeviceError) as error:
-        ClassifyConfig(features="x.h5", device="cuda")
+        ClassifyConfig(features="x.h5", device="cuda").resolve()
     assert str(error.value) == (
         "device 'cuda' is not available; the CUDA driver sees no GPU on this machine; use device='cpu' or "
         "device='auto'"
@@ -171,10 +168,10 @@ def test_a_gpu_the_machine_lacks_is_a_one_line_error(gpus):
     gpus(1)
     with pytest.raises(DeviceError, match=r"^device 'cuda:1' is not available; this machine has 1 CUDA GPU\(s\), "
                                           r"cuda:0 to cuda:0$"):
-        ClassifyConfig(features="x.h5", device="cuda:1")
-    assert ClassifyConfig(features="x.h5", device="cuda:0").compute_device == "cuda:0"
+        ClassifyConfig(features="x.h5", device="cuda:1").resolve()
+    assert ClassifyConfig(features="x.h5", device="cuda:0").resolve().device == "cuda:0"
     with pytest.raises(DeviceError, match="^device must be auto, cpu, cuda or cuda:N; got 'gpu'$"):
-        ClassifyConfig(features="x.h5", device="gpu")
+        ClassifyConfig(features="x.h5", device="gpu")  # not a device name: refused when the configuration is made
 
 
 def test_a_gpu_without_torch_cuda_cannot_fit_the_linear_models(gpus):
@@ -182,9 +179,9 @@ def test_a_gpu_without_torch_cuda_cannot_fit_the_linear_models(gpus):
     with pytest.raises(DeviceError, match=r"^device 'cuda' cannot fit svm, logreg; they run on a GPU through torch, "
                                           r"and no torch built with CUDA is installed; use device='cpu' or "
                                           r"device='auto'$"):
-        ClassifyConfig(features="x.h5", models="svm,logreg,bayes", device="cuda")
-    assert ClassifyConfig(features="x.h5", models="bayes,xgboost", device="cuda").compute_device == "cuda"
-    assert ClassifyConfig(features="x.h5", models="svm", device="auto").compute_device == "cuda"
+        ClassifyConfig(features="x.h5", models="svm,logreg,bayes", device="cuda").resolve()
+    assert ClassifyConfig(features="x.h5", models="bayes,xgboost", device="cuda").resolve().device == "cuda"
+    assert ClassifyConfig(features="x.h5", models="svm", device="auto").resolve().device == "cuda"
 
 
 def test_the_command_line_refuses_a_missing_gpu_before_any_work(tmp_path, gpus, run_cli):
@@ -205,27 +202,25 @@ def test_the_run_device_chooses_where_and_by_what_the_families_fit(gpus):
     svm, logreg = FAMILIES["svm"], FAMILIES["logreg"]
     svm_params = ClassifyConfig(features="x.h5", models="svm").model_params["svm"]
     logreg_params = ClassifyConfig(features="x.h5", models="logreg").model_params["logreg"]
-    assert svm.build(svm_params, 0).device == "cpu"  # outside a run: the CPU
-    with using_device("cuda"):
-        assert svm.build(svm_params, 0).device == "cuda"
-        tall = logreg.for_rows(logreg.build(logreg_params, 0), logreg_params, 1_000, 64, False)
-        wide = logreg.for_rows(logreg.build(logreg_params, 0), logreg_params, 100, 4_608, False)
-        wide_svm = svm.for_rows(svm.build(svm_params, 0), svm_params, 100, 4_608, False)
+    assert svm.build(svm_params, 0).device == "cpu"  # by default: the CPU
+    assert svm.build(svm_params, 0, device="cuda").device == "cuda"
+    tall = logreg.build(logreg_params, 0, device="cuda", rows=1_000, features=64)
+    wide = logreg.build(logreg_params, 0, device="cuda", rows=100, features=4_608)
+    wide_svm = svm.build(svm_params, 0, device="cuda", rows=100, features=4_608)
     # On a GPU, logreg with rows >= columns is the minibatch softmax model there (alpha = 1 / (C n)); lbfgs else.
     assert (type(tall).__name__, tall.loss, tall.device) == ("MinibatchLinearClassifier", "log_loss", "cuda")
     assert tall.alpha == pytest.approx(1 / 1_000) and tall.max_iter == logreg_params["max_iter"]
     assert type(wide).__name__ == "LogisticRegression"
     assert type(wide_svm).__name__ == "SGDClassifier"
-    with using_device("cpu"):
-        assert svm.build(svm_params, 0).device == "cpu"
-        assert xgboost_device() == "cpu"  # --device cpu keeps xgboost off the GPU
-        assert type(logreg.for_rows(logreg.build(logreg_params, 0), logreg_params, 1_000, 64, False)).__name__ \
-            == "LogisticRegression"
+    xgboost_params = ClassifyConfig(features="x.h5", models="xgboost").model_params["xgboost"]
+    assert FAMILIES["xgboost"].build(xgboost_params, 0, device="cpu").device == "cpu"  # --device cpu: off the GPU
+    assert type(logreg.build(logreg_params, 0, device="cpu", rows=1_000, features=64)).__name__ == "LogisticRegression"
+    gpus(1, torch_cuda=False)  # the GPU the linear models cannot use: they fit on the CPU
+    assert svm.build(svm_params, 0, device="cuda").device == "cpu"
     import xgboost
 
     if xgboost.build_info().get("USE_CUDA"):
-        with using_device("cuda:1"):
-            assert xgboost_device() == "cuda:1"
+        assert FAMILIES["xgboost"].build(xgboost_params, 0, device="cuda:1").device == "cuda:1"
 
 
 def _tiny_store(folder: Path) -> Path:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from featx.classification import FAMILIES, all_params, param_help, parse_models, resolve_params
+from featx.classification import FAMILIES, ClassifyConfig, all_params, param_help, parse_models
 from featx.errors import ConfigError
 
 
@@ -19,15 +19,20 @@ def test_model_names_are_split_checked_and_deduplicated():
         parse_models("svm,knn")
 
 
+def _resolved(models, params):
+    """Each family's full parameters, as a configuration resolves them."""
+    return ClassifyConfig(features="x.h5", models=models, params=params).model_params
+
+
 def test_every_family_declares_valid_defaults():
-    resolved = resolve_params(list(FAMILIES), {})
+    resolved = _resolved(list(FAMILIES), {})
     for name, family in FAMILIES.items():
         assert resolved[name] == {p: param.parse(param.default) for p, param in family.params.items()}
         assert resolved[name].keys() == family.params.keys()
 
 
 def test_a_parameter_applies_to_every_chosen_family_that_declares_it():
-    resolved = resolve_params(["svm", "logreg", "bayes"], {"C": "2", "max_iter": 50})
+    resolved = _resolved(["svm", "logreg", "bayes"], {"C": "2", "max_iter": 50})
     assert (resolved["svm"]["C"], resolved["logreg"]["C"]) == (2.0, 2.0)
     assert (resolved["svm"]["max_iter"], resolved["logreg"]["max_iter"]) == (50, 50)
     assert resolved["bayes"] == {"var_smoothing": 1e-9}
@@ -59,7 +64,19 @@ def test_the_registries_import_without_numpy_h5py_sklearn_or_torch():
     assert loaded == set()
 
 
-def test_the_xgboost_device_is_found_without_torch():
-    printed, loaded = _run_fresh("from featx.classification import xgboost_device\nprint(xgboost_device())")
+def test_a_loaded_booster_finds_its_device_without_torch(tmp_path):
+    """A saved xgboost classifier is loaded onto this machine's GPU (or the CPU), asked without importing torch."""
+    import numpy as np
+    from sklearn.pipeline import make_pipeline
+
+    from featx.classification import save_classifier
+
+    params = ClassifyConfig(features="x.h5", models="xgboost", params={"n_estimators": 2}).model_params["xgboost"]
+    booster = FAMILIES["xgboost"].build(params, 0).fit(np.eye(3, dtype=np.float32), [0, 1, 2])
+    path = save_classifier(tmp_path / "c.zip", make_pipeline(booster), {"classifier": {"family": "xgboost"}})
+    printed, loaded = _run_fresh(
+        "from featx.classification import load_classifier\n"
+        f"print(load_classifier({str(path)!r}).pipeline.steps[-1][1].get_params()['device'])"
+    )
     assert printed in (["cpu"], ["cuda"])
     assert "xgboost" in loaded and not loaded & {"torch", "torchvision"}

@@ -193,7 +193,9 @@ def test_nan_rows_are_refused_when_streaming(tmp_path):
 
 def test_memory_text_is_parsed_or_refused():
     assert ClassifyConfig(features="x.h5", memory="512M").memory == 512 * 2**20
-    assert ClassifyConfig(features="x.h5").memory > 0  # the RAM available
+    assert ClassifyConfig(features="x.h5", memory="512M").resolve().memory == 512 * 2**20
+    assert ClassifyConfig(features="x.h5").memory is None
+    assert ClassifyConfig(features="x.h5").resolve().memory > 0  # the RAM available
     with pytest.raises(ConfigError, match=re.escape(
         "memory must be a number of bytes, optionally with a unit K, M, G or T (e.g. 512M, 4G); got 'lots'"
     )):
@@ -204,7 +206,7 @@ def test_what_cannot_stream_is_refused_naming_the_budget(tmp_path):
     store = _store(tmp_path)
     with pytest.raises(ClassifyError, match=re.escape(
         "the 4.2 KiB feature matrix does not fit the 2.0 KiB memory budget, and svm, search cannot be fitted by "
-        "streaming blocks; raise memory, or use bayes, logreg, svm (linear), xgboost or mlp without search and pca"
+        "streaming blocks; raise memory, or use svm (linear), logreg, bayes, xgboost or mlp without search and pca"
     )):
         run_classification(config_for(tmp_path, [store], models=("svm",), params={"kernel": "rbf"}, memory=_TINY,
                                       search=True))
