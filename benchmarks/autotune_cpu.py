@@ -87,10 +87,11 @@ def forward_limit(model: str, layer: str, seconds: float) -> tuple[float, str, d
     """Best images/s of the truncated network on random tensors over SIZES x LAYOUTS, and each figure."""
     import torch
 
-    from featx.extraction import build_extractor, load_model, prepare_extractor
+    from featx.extraction import FeatureRecipe, build_network, prepare_extractor
 
-    loaded = load_model(model, weights="none")
-    extractor, _, _ = build_extractor(loaded, (layer,), "avg")
+    network = build_network(FeatureRecipe.request(model, layer, weights="none"))
+    loaded = network.loaded
+    extractor = network.truncated([layer], network.plan.max_images)
     crop = loaded.preprocessing.crop
     figures = {}
     with torch.inference_mode():
@@ -212,14 +213,15 @@ def differences(images: int, cases: tuple[str, ...] = ("resnet50:penultimate", "
     import numpy as np
     import torch
 
-    from featx.extraction import ImageDataset, build_extractor, discover_images, load_model, prepare_extractor
+    from featx.extraction import FeatureRecipe, ImageDataset, build_network, discover_images, prepare_extractor
 
     weights = os.environ.get("FEATX_BENCH_WEIGHTS", "none")
     collection = discover_images(DATA)
     for case in cases:
         model, layer = case.split(":")
-        loaded = load_model(model, weights=weights)
-        extractor, _, _ = build_extractor(loaded, (layer,), "avg")
+        network = build_network(FeatureRecipe.request(model, layer, weights=weights))
+        loaded = network.loaded
+        extractor = network.truncated([layer], network.plan.max_images)
         dataset = ImageDataset(collection, loaded.preprocessing)
         decoded = (dataset[i][1] for i in range(len(collection)))
         pixels = torch.stack([x for x in decoded if x is not None][:images])

@@ -122,7 +122,7 @@ def forward_ceiling(loaded, plan, device, precision: str, batch_size: int, secon
     """images/s of the autotuned truncated network on random tensors on the GPU, and its peak memory."""
     import torch
 
-    from featx.extraction import FeatureExtractor, autocast, choose_forward_config, prepare_extractor
+    from featx.extraction import TruncatedNetwork, autocast, choose_forward_config, prepare_extractor
 
     choice = choose_forward_config(
         loaded, plan, path=Path("/nonexistent/featx.h5"), overwrite=True, batch_size=batch_size,
@@ -130,7 +130,7 @@ def forward_ceiling(loaded, plan, device, precision: str, batch_size: int, secon
     )
     # A copy: preparing converts the weights in place, and the next precision starts from the model as loaded.
     module = copy.deepcopy(loaded.module)
-    extractor = FeatureExtractor(module, plan.nodes, plan.pools, micro_batch=choice.config.micro_batch)
+    extractor = TruncatedNetwork(module, plan.nodes, plan.pools, micro_batch=choice.config.micro_batch)
     extractor = prepare_extractor(extractor.eval(), device, precision, choice.config.layout)
     pixels = torch.randn(batch_size, 3, loaded.preprocessing.crop, loaded.preprocessing.crop, device=device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -185,7 +185,7 @@ def end_to_end(data: Path, out: Path, device, precision: str, decode: str, batch
 
     torch.cuda.reset_peak_memory_stats(device)
     result = extract_features(
-        ExtractConfig(
+        ExtractConfig.from_options(
             data=data, out=out, model=MODEL, layers=(LAYER,), weights="none", batch_size=batch_size,
             device=str(device), precision=precision, decode=decode, overwrite=True, progress=False,
         )

@@ -319,7 +319,7 @@ def child_extract(spec_json: str) -> None:
     spec["out"] = Path(spec["out"])
     spec["layers"] = tuple(spec["layers"])
     started = time.perf_counter()
-    result = extract_features(ExtractConfig(**spec))
+    result = extract_features(ExtractConfig.from_options(**spec))
     wall = time.perf_counter() - started
     figures = {
         "images": result.images,
@@ -444,15 +444,17 @@ def wait_until_idle(seconds: float, *, idle: float = 0.9, timeout: float = 900.0
 
 
 def bench_case(case: Case, args, device, collection, work: Path, say: Callable[[str], None]) -> dict:
-    from featx.extraction import build_extractor, load_model, prepare_extractor
+    from featx.extraction import FeatureRecipe, build_network, prepare_extractor
 
     result: dict = {"model": case.model, "layers": list(case.layers), "extra_layers": list(case.extra)}
     result["load_before"] = load_average()
-    loaded = load_model(case.model, weights=args.weights, seed=0, image_size=args.image_size)
+    recipe = FeatureRecipe.request(case.model, case.layers, weights=args.weights, image_size=args.image_size, pool=args.pool)
+    network = build_network(recipe)
+    loaded = network.loaded
     result["crop"] = loaded.preprocessing.crop
 
     say("forward limit ...")
-    extractor, _, _ = build_extractor(loaded, case.layers, args.pool)
+    extractor = network.truncated(case.layers, network.plan.max_images)
     extractor = prepare_extractor(extractor, device, args.precision)
     forward = forward_limit(extractor, loaded, args, device)
     result["forward_batch_seconds"] = forward

@@ -36,6 +36,9 @@ __all__ = [
     "open_store",
     "FeatureStore",
     "load_classifier",
+    # features without a store (a scikit-learn transformer), and how a feature is made
+    "FeatureExtractor",
+    "FeatureRecipe",
     # configurations and results
     "ExtractConfig",
     "ExtractResult",
@@ -61,6 +64,8 @@ _LAZY = {
     "open_store": "featx.store",
     "FeatureStore": "featx.store",
     "load_classifier": "featx.classification",
+    "FeatureExtractor": "featx.extraction",
+    "FeatureRecipe": "featx.extraction",
     "ExtractConfig": "featx.extraction",
     "ExtractResult": "featx.extraction",
     "ClassifyConfig": "featx.classification",

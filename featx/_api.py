@@ -79,7 +79,7 @@ def extract(
     from .extraction import ExtractConfig, extract_features
 
     names = (layers,) if isinstance(layers, str) else tuple(layers)
-    config = ExtractConfig(
+    config = ExtractConfig.from_options(
         data=Path(data), model=model, layers=names, weights=weights,
         out=Path(out) if out is not None else None, **options,
     )
@@ -154,7 +154,7 @@ def predict(
         accuracy), or image files.
     **options
         ``out`` (a CSV file), ``weights_files``, ``device``, ``batch_size``,
-        ``workers``, ``progress``, ``work_dir``: see
+        ``workers``, ``progress``: see
         :func:`featx.prediction.predict_images`.
 
     Returns

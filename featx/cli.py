@@ -153,7 +153,7 @@ def _data_folder(args: argparse.Namespace) -> Path:
 def _run_extract(args: argparse.Namespace) -> int:
     from .extraction import ExtractConfig, extract_features, format_extraction
 
-    config = ExtractConfig(
+    config = ExtractConfig.from_options(
         data=args.data if args.data is not None else DEFAULT_DATA / "digits",
         model=args.model,
         layers=tuple(args.layers or ("penultimate",)),
@@ -337,9 +337,6 @@ def _add_predict(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
         "--weights-file", dest="weights_files", type=Path, action="append", default=[], metavar="PATH",
         help="state dict of an input extracted with --weights-file (repeat for several)",
     )
-    p.add_argument(
-        "--work-dir", type=Path, metavar="DIR", help="folder for the temporary feature stores (default: system temp)"
-    )
     p.set_defaults(run=_run_predict)
 
 
@@ -355,7 +352,6 @@ def _run_predict(args: argparse.Namespace) -> int:
         weights_files=args.weights_files,
         progress=_progress(args),
         out=args.out,
-        work_dir=args.work_dir,
     )
     summary = format_prediction(result)
     if result.out is None:

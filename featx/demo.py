@@ -217,7 +217,7 @@ def _extract(config: DemoConfig, data: Path, network: str, weights: str) -> tupl
 
     out = config.features_dir / data.name / f"{network}-{_weights_label(weights)}-{config.image_size}.h5"
     result = extract_features(
-        ExtractConfig(
+        ExtractConfig.from_options(
             data=data,
             model=network,
             layers=(LAYER,),

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from conftest import quick_extract
 
-import featx.extraction
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ("extract", "layers", "classify", "predict", "info", "export", "demo")
@@ -52,10 +51,11 @@ def test_classify_parsing_imports_no_torch(tmp_path):
 
 
 def _refuses_before_work(run_cli, monkeypatch, argv, out: str):
-    def no_extraction(config):
+    def no_extraction(*args, **kwargs):
         raise AssertionError("extraction started before the arguments were checked")
 
-    monkeypatch.setattr(featx.extraction, "extract_features", no_extraction)
+    # Checking the store path is the first thing extract_features does: no engine, model or image before it.
+    monkeypatch.setattr("featx.extraction._engine.ENGINE_FACTORIES", {"local": no_extraction})
     code, stdout, stderr = run_cli(*argv)
     assert code == 2 and stdout == ""
     assert stderr.count("\n") == 1 and "Traceback" not in stderr

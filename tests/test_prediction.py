@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import tempfile
 import logging
 import re
 import shutil
@@ -17,10 +19,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import featx.extraction
 from featx.classification import ClassifyConfig, run_classification
 from featx.errors import ClassifyError
-from featx.extraction import ExtractConfig, extract_features
+from featx.extraction import ExtractConfig, FeatureExtractor, extract_features
+from featx.store import StoreWriter
 from featx.prediction import predict_images
 
 FAST = dict(image_size=64, workers=0, progress=False)
@@ -45,8 +47,8 @@ def trained(tmp_path_factory, hymenoptera):
                 shutil.copy(src, data / split / cls / src.name)
     first = root / "resnet18-s0.h5"
     second = root / "resnet18-s1.h5"
-    extract_features(ExtractConfig(data=data, model="resnet18", layers=("penultimate", "conv3"), weights="none", out=first, **FAST))
-    extract_features(ExtractConfig(data=data, model="resnet18", layers=("conv4",), weights="none", seed=1, pool="max", out=second, **FAST))
+    extract_features(ExtractConfig.from_options(data=data, model="resnet18", layers=("penultimate", "conv3"), weights="none", out=first, **FAST))
+    extract_features(ExtractConfig.from_options(data=data, model="resnet18", layers=("conv4",), weights="none", seed=1, pool="max", out=second, **FAST))
     run = run_classification(
         ClassifyConfig(
             features=(f"{first}:penultimate", f"{first}:conv3", f"{second}:conv4"),
@@ -63,11 +65,15 @@ def _classify_predictions(run, name: str) -> pd.DataFrame:
     return pd.read_csv(result.predictions)
 
 
-def test_predict_on_val_images_reproduces_the_classify_run(trained, monkeypatch):
+def test_predict_on_val_images_reproduces_the_classify_run(trained, monkeypatch, tmp_path):
     data, run = trained
     calls = []
-    real = featx.extraction.extract_features
-    monkeypatch.setattr(featx.extraction, "extract_features", lambda config: calls.append(config) or real(config))
+    fit = FeatureExtractor.fit
+    monkeypatch.setattr(FeatureExtractor, "fit", lambda self, *a: calls.append(self) or fit(self, *a))
+    # No store and no symbolic link is written: the features stay in memory.
+    monkeypatch.setattr(StoreWriter, "__init__", lambda *a, **k: pytest.fail("predict wrote a store"))
+    monkeypatch.setattr(os, "symlink", lambda *a, **k: pytest.fail("predict made a symbolic link"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     artifact = next(r.artifact for r in run.results if r.name == "logreg")
     result = predict_images(artifact, [data / "val"], workers=0, progress=False)
@@ -84,10 +90,16 @@ def test_predict_on_val_images_reproduces_the_classify_run(trained, monkeypatch)
     # One forward pass per network: the two inputs of the first store come from one extraction.
     # Layers are extracted by the graph node recorded at training (penultimate = flatten, conv3 = layer2).
     # The recorded preprocessing is passed on whole (ResNet-18's weights at 64 px: resize 73, crop 64).
-    assert [(c.model, c.seed, c.layers, c.pool, c.resize, c.crop) for c in calls] == [
-        ("resnet18", 0, ("flatten", "layer2.1.relu_1"), "avg", 73, 64),
-        ("resnet18", 1, ("layer3.1.relu_1",), "max", 73, 64),
+    recipes = [c.recipe_ for c in calls]
+    assert [
+        (r.model, r.seed, tuple(l.node for l in r.layers), tuple(l.pool for l in r.layers),
+         r.preprocessing.resize, r.preprocessing.crop)
+        for r in recipes
+    ] == [
+        ("resnet18", 0, ("flatten", "layer2.1.relu_1"), ("none", "avg"), 73, 64),
+        ("resnet18", 1, ("layer3.1.relu_1",), ("max",), 73, 64),
     ]
+    assert list(tmp_path.iterdir()) == []  # nothing temporary either
 
 
 def test_features_made_with_preprocessing_flags_are_predicted_with_the_same_preprocessing(trained, tmp_path):
@@ -97,7 +109,7 @@ def test_features_made_with_preprocessing_flags_are_predicted_with_the_same_prep
     data, _ = trained
     flags = dict(resize=80, crop=72, mean=(0.5,), std=(0.25,), interpolation="nearest", workers=0, progress=False)
     store = tmp_path / "flags.h5"
-    extract_features(ExtractConfig(data=data, model="resnet18", layers=("penultimate",), weights="none", out=store, **flags))
+    extract_features(ExtractConfig.from_options(data=data, model="resnet18", layers=("penultimate",), weights="none", out=store, **flags))
     run = run_classification(
         ClassifyConfig(features=(f"{store}:penultimate",), models=("logreg",), out=tmp_path / "run", plots=False)
     )
@@ -163,7 +175,7 @@ def test_features_made_with_a_weights_file_need_that_file(trained, tmp_path, run
     data, _ = trained
     weights = saved_weights("resnet18")
     store = tmp_path / "file.h5"
-    extract_features(ExtractConfig(data=data, model="resnet18", weights_file=weights, out=store, **FAST))
+    extract_features(ExtractConfig.from_options(data=data, model="resnet18", weights_file=weights, out=store, **FAST))
     run = run_classification(ClassifyConfig(features=(str(store),), models=("bayes",), out=tmp_path / "run", plots=False))
     artifact = run.results[0].artifact
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()

@@ -18,10 +18,9 @@ import pandas as pd
 import pytest
 from conftest import copy_real_images
 
-import featx.extraction
 from featx.classification import ClassifyConfig, load_classifier, run_classification
 from featx.errors import ClassifyError, StoreMismatchError
-from featx.extraction import ExtractConfig, FeatureExtractor, extract_features
+from featx.extraction import ExtractConfig, FeatureExtractor, TruncatedNetwork, extract_features
 from featx.prediction import predict_images
 from featx.store import describe_weights, identity_differences, open_store, weights_identity
 
@@ -43,7 +42,7 @@ def trained(tmp_path_factory, hymenoptera, saved_weights):
     weights = root / "my-resnet18.pth"
     shutil.copy(saved_weights("resnet18"), weights)
     store = root / "store.h5"
-    extract_features(ExtractConfig(data=data, layers=("penultimate", "stem"), weights_file=weights, out=store, **FAST))
+    extract_features(ExtractConfig.from_options(data=data, layers=("penultimate", "stem"), weights_file=weights, out=store, **FAST))
     runs = {
         layer: run_classification(
             ClassifyConfig(features=(f"{store}:{layer}",), models=("bayes",), out=root / f"run-{layer}", plots=False)
@@ -97,11 +96,11 @@ def test_a_store_is_reused_and_resumed_with_a_renamed_weights_file(trained, tmp_
     moved = _moved(weights, tmp_path)
     copy = tmp_path / "store.h5"
     shutil.copy(store, copy)
-    reused = extract_features(ExtractConfig(data=data, layers=("penultimate",), weights_file=moved, out=copy, **FAST))
+    reused = extract_features(ExtractConfig.from_options(data=data, layers=("penultimate",), weights_file=moved, out=copy, **FAST))
     assert reused.up_to_date
 
     # Interrupted after the first batch with one name, resumed with the other.
-    forward, calls = FeatureExtractor.forward, []
+    forward, calls = TruncatedNetwork.forward, []
 
     def interrupted_at_second_batch(self, pixels):
         calls.append(len(pixels))
@@ -111,11 +110,11 @@ def test_a_store_is_reused_and_resumed_with_a_renamed_weights_file(trained, tmp_
 
     out = tmp_path / "resumed.h5"
     settings = dict(data=data, layers=("penultimate",), out=out, checkpoint_seconds=0, **FAST)
-    monkeypatch.setattr(FeatureExtractor, "forward", interrupted_at_second_batch)
+    monkeypatch.setattr(TruncatedNetwork, "forward", interrupted_at_second_batch)
     with pytest.raises(KeyboardInterrupt):
-        extract_features(ExtractConfig(weights_file=weights, **settings))
+        extract_features(ExtractConfig.from_options(weights_file=weights, **settings))
     monkeypatch.undo()
-    resumed = extract_features(ExtractConfig(weights_file=moved, **settings))
+    resumed = extract_features(ExtractConfig.from_options(weights_file=moved, **settings))
     assert resumed.images == 4  # 8 images; the first batch of 4 is not redone
     with open_store(out) as again, open_store(store) as fresh:
         np.testing.assert_array_equal(again.features("penultimate"), fresh.features("penultimate"))
@@ -137,7 +136,7 @@ def test_a_weights_file_of_other_content_under_the_same_name_is_refused(trained,
         f"(the command differs): weights is 'file:{weights.name} (sha256 {sha[:12]}...)' there, "
         f"'file:{weights.name} (sha256 {other[:12]}...)' here; use overwrite=True"
     )):
-        extract_features(ExtractConfig(data=data, layers=("penultimate",), weights_file=impostor, out=copy, **FAST))
+        extract_features(ExtractConfig.from_options(data=data, layers=("penultimate",), weights_file=impostor, out=copy, **FAST))
 
 
 # --------------------------------------------------------------------------- predict
@@ -147,13 +146,13 @@ def test_predict_accepts_a_renamed_copy_of_the_weights_file(trained, tmp_path, m
     data, weights, _, runs = trained
     moved = _moved(weights, tmp_path)
     calls = []
-    real = featx.extraction.extract_features
-    monkeypatch.setattr(featx.extraction, "extract_features", lambda config: calls.append(config) or real(config))
+    fit = FeatureExtractor.fit
+    monkeypatch.setattr(FeatureExtractor, "fit", lambda self, *a: calls.append(self) or fit(self, *a))
     result = predict_images(runs["penultimate"].artifact, [data / "val"], weights_files=[moved], workers=0, progress=False)
     expected = pd.read_csv(runs["penultimate"].predictions)
     assert list("val/" + result.predictions["id"]) == list(expected["id"])
     assert list(result.predictions["predicted"]) == list(expected["predicted"])
-    assert [c.weights_file for c in calls] == [moved]
+    assert [c.recipe.weights_file for c in calls] == [moved]
 
 
 def test_predict_refuses_a_wrong_weights_file_before_any_extraction(trained, tmp_path, monkeypatch):
@@ -161,7 +160,7 @@ def test_predict_refuses_a_wrong_weights_file_before_any_extraction(trained, tmp
     wrong = tmp_path / "wrong.pth"
     wrong.write_bytes(b"other weights")
     calls = []
-    monkeypatch.setattr(featx.extraction, "extract_features", lambda config: calls.append(config))
+    monkeypatch.setattr(FeatureExtractor, "fit", lambda self, *a: calls.append(self))
     with pytest.raises(ClassifyError, match=r"none of the files given \(weights_files\) is that file"):
         predict_images(runs["penultimate"].artifact, [data / "val"], weights_files=[wrong], workers=0, progress=False)
     assert calls == []
@@ -192,6 +191,9 @@ def test_features_that_still_differ_name_the_versions_not_the_weights(trained, t
     data, weights, _, runs = trained
     clf = load_classifier(runs["penultimate"].artifact)
     provenance = clf.blocks[0]["provenance"]
+    # A classifier of a store made before the recipe was recorded: its preprocessing is asked for
+    # by the attributes extract could be given, and the rest comes from the weights.
+    provenance["recipe"] = None
     provenance.update(channel_order="BGR", torchvision_version="0.1.0")
     moved = _moved(weights, tmp_path)
     with pytest.raises(ClassifyError) as info:

@@ -27,7 +27,7 @@ __all__ = ["FeatureBlock", "JoinedFeatures", "parse_feature_spec", "check_featur
 
 # Root attributes that say how a block's features were computed; kept with
 # every classifier so that `predict` can compute the same features again.
-PROVENANCE_KEYS = (*IDENTITY_KEYS, "data_root", "featx_version")
+PROVENANCE_KEYS = ("recipe", *IDENTITY_KEYS, "data_root", "featx_version", "torchvision_version")
 log = logging.getLogger("featx")
 LAYER_KEYS = ("node", "pool", "requested", "precision", "dtype")
 _EXAMPLES = 3

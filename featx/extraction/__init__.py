@@ -28,9 +28,20 @@ from typing import Any
 # public name -> private module that defines it
 _EXPORTS = {
     # _config: what an extraction is asked and what it did (no torch)
-    "PRECISIONS": "_config",
+    "PRECISIONS": "_recipe",
     "PRECISION_NAMES": "_config",
-    "STORAGE_DTYPES": "_config",
+    "STORAGE_DTYPES": "_recipe",
+    "RECIPE_OPTIONS": "_config",
+    # _recipe: how a feature is made
+    "FeatureRecipe": "_recipe",
+    "LayerRecipe": "_recipe",
+    # _transformer: features without a store
+    "FeatureExtractor": "_transformer",
+    # _sources, _folder: where images come from
+    "ImageSource": "_sources",
+    "FileSource": "_sources",
+    "InMemorySource": "_sources",
+    "open_source": "_sources",
     "COMPRESSIONS": "_config",
     "DECODERS": "_config",
     "ExtractConfig": "_config",
@@ -69,9 +80,10 @@ _EXPORTS = {
     "default_layout": "_network",
     "layouts_for": "_network",
     "LayerPlan": "_network",
-    "FeatureExtractor": "_network",
+    "TruncatedNetwork": "_network",
+    "FeatureNetwork": "_network",
+    "build_network": "_network",
     "probe_layers": "_network",
-    "build_extractor": "_network",
     "prepare_extractor": "_network",
     # _loader: the input pipeline
     "WORKER_NICENESS": "_loader",
@@ -86,15 +98,13 @@ _EXPORTS = {
     # _images
     "IMAGE_EXTENSIONS": "_images",
     "MAX_IMAGE_PIXELS": "_images",
-    "SPLIT_FOLDERS": "_images",
-    "split_of_folder": "_images",
+    "SPLIT_FOLDERS": "_folder",
+    "split_of_folder": "_folder",
     "ImageBatch": "_images",
-    "ImageCollection": "_images",
     "ImageDataset": "_images",
     "ImageDecodeError": "_images",
     "collate_images": "_images",
-    "collect_images": "_images",
-    "discover_images": "_images",
+    "discover_images": "_folder",
     "load_image": "_images",
     # _layers
     "LayerIndex": "_layers",

@@ -1,7 +1,7 @@
 """How the network runs, chosen for the model and device in front of it: images per pass and memory layout.
 
 The engine runs every pass through the network at a fixed number of images
-(:class:`~featx.extraction.FeatureExtractor`) and in one memory layout
+(:class:`~featx.extraction._network.TruncatedNetwork`) and in one memory layout
 (:data:`~featx.extraction.LAYOUTS`).  Which is fastest depends on the network,
 the image size, the precision and the machine: on a 2-core CPU ResNet-50 runs
 fastest 4 images at a time in ``channels_last``, VGG16's first blocks one
@@ -43,7 +43,7 @@ from ..store import parts_dir, recorded_attrs
 from ._device import autocast
 from ._models import LoadedModel
 from ._network import (
-    FeatureExtractor,
+    TruncatedNetwork,
     ForwardConfig,
     LayerPlan,
     default_layout,
@@ -92,7 +92,7 @@ _BUDGET_SECONDS = 30.0
 
 
 def default_micro_batch(batch_size: int, max_images: int, device: torch.device) -> int:
-    """Images per pass without autotuning (see :class:`~featx.extraction.FeatureExtractor`).
+    """Images per pass without autotuning (see :class:`~featx.extraction._network.TruncatedNetwork`).
 
     The batch size, or on the CPU, where a batch's activations live in the
     memory the whole process runs in, at most *max_images*
@@ -307,7 +307,7 @@ def _synchronize(device: torch.device) -> None:
 
 
 def measure_candidates(
-    base: FeatureExtractor,
+    base: TruncatedNetwork,
     configs: Sequence[ForwardConfig],
     *,
     image_size: int,
@@ -322,7 +322,7 @@ def measure_candidates(
 
     Parameters
     ----------
-    base : FeatureExtractor
+    base : TruncatedNetwork
         The truncated network, on the CPU, not prepared (it is copied for each
         layout and not changed).
     configs : sequence of ForwardConfig
@@ -499,7 +499,7 @@ def choose_forward_config(
     if before_measuring is not None:
         before_measuring()
     started = time.perf_counter()
-    base = FeatureExtractor(loaded.module, plan.nodes, plan.pools).eval()
+    base = TruncatedNetwork(loaded.module, plan.nodes, plan.pools).eval()
     speeds = measure_candidates(
         base,
         candidate_configs(batch_size, plan.max_images, device, precision, layouts),

@@ -1,5 +1,11 @@
 """What an extraction is asked to do and what it did: the configuration, its checks, the result.
 
+An :class:`ExtractConfig` is a :class:`~featx.extraction.FeatureRecipe` (how
+the features are made) plus the options of one run (where the images are,
+where the store goes, how the work is spread).  Its values are checked when it
+is made; what needs the file system (can the store be written where it goes?)
+is checked by :meth:`ExtractConfig.store_path`, the first thing an extraction does.
+
 Imports no torch: the command line builds its choices from the registries here
 (:data:`PRECISIONS`, :data:`STORAGE_DTYPES`, :data:`COMPRESSIONS`, and
 :data:`~featx.extraction.POOLS`), and a configuration is checked before
@@ -9,10 +15,10 @@ anything heavy is loaded.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
 import numbers
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +27,7 @@ from ..errors import ConfigError, choices, message, option
 from ..paths import check_writable_file
 from ..store import parse_weights_label
 from ._images import MAX_IMAGE_PIXELS
-from ._pooling import POOLS
-from ._preprocessing import PreprocessingOptions
+from ._recipe import PRECISIONS, STORAGE_DTYPES, FeatureRecipe
 
 __all__ = [
     "PRECISIONS",
@@ -32,6 +37,7 @@ __all__ = [
     "MODEL_SOURCES",
     "DECODERS",
     "ENGINES",
+    "RECIPE_OPTIONS",
     "ExtractConfig",
     "ExtractResult",
     "WorkerThroughput",
@@ -39,22 +45,22 @@ __all__ = [
     "format_extraction",
 ]
 
-# Compute precision -> the torch dtype autocast runs in (by name, so that this
-# registry needs no torch); fp32 runs without autocast.
-PRECISIONS: dict[str, str | None] = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 PRECISION_NAMES = tuple(PRECISIONS)
-# numpy dtypes a feature dataset may be stored in.
-STORAGE_DTYPES = ("float32", "float16")
 # HDF5 filters h5py ships with (no plugin needed to read the store elsewhere).
 COMPRESSIONS = ("gzip", "lzf")
-# Where models come from (`run_pipeline.py models --source`): torchvision's names, timm's as timm/<name>.
+# Where models come from (`featx models --source`): torchvision's names, timm's as timm/<name>.
 MODEL_SOURCES = ("torchvision", "timm")
 # Where JPEGs are decoded: auto (on the GPU when the network runs on CUDA), cpu, gpu.
 DECODERS = ("auto", "cpu", "gpu")
-# Engine name -> what runs the network (the Ray engine is featx.extraction._ray).
+# Engine name -> what runs the network (featx.extraction._engine's registry builds them).
 ENGINES = {"local": "this process", "ray": "Ray actors, on this machine or a Ray cluster"}
 # The options only the Ray engine reads.
 _RAY_OPTIONS = ("ray_address", "ray_workers", "gpus_per_worker")
+#: The options of ``extract`` that make the recipe (FeatureRecipe.request's keywords); the others are the run's.
+RECIPE_OPTIONS = (
+    "model", "layers", "weights", "weights_file", "seed", "image_size", "pool", "precision", "dtype",
+    "resize", "crop", "mean", "std", "interpolation",
+)
 
 
 def _is_int(value: Any) -> bool:
@@ -63,52 +69,21 @@ def _is_int(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """Everything an extraction depends on.  See ``run_pipeline.py extract --help``.
+    """An extraction: the recipe of its features and the options of the run.  See ``featx extract --help``.
 
     Every value is checked when the configuration is made
-    (:class:`~featx.errors.ConfigError`), before any image or model is loaded.
+    (:class:`~featx.errors.ConfigError`), before any image or model is
+    loaded; :meth:`from_options` makes one from the command's options.
 
     Parameters
     ----------
-    data : path
-        Image folder (class subfolders, optionally under train/val/test).
-    model : str
-        torchvision classification model name.
-    layers : tuple of str
-        Graph nodes, module paths or aliases (``penultimate``, ``conv5``, ...).
-    weights : str
-        ``DEFAULT``, a weights name, or ``none`` (seeded random init).
-    weights_file : path, optional
-        State dict to load instead of torchvision's weights.
-    seed : int
-        Seed of the random initialisation with ``weights='none'``.
-    image_size : int, optional
-        Crop size instead of the weights' own; the resize is scaled with it.
-    resize, crop : int, optional
-        Shorter side after resizing, centre-crop size: each instead of the
-        weights' own (or of what *image_size* makes of them; *crop* must then
-        equal *image_size*).
-    mean, std : tuple of float or str, optional
-        Per-channel normalisation instead of the weights' own (``'0.5,0.5,0.5'`` is read too).
-    interpolation : str, optional
-        Interpolation of the resize, one of :data:`~featx.extraction.INTERPOLATIONS`.
-    pool : str
-        Pooling of 4-D/3-D outputs: one of :data:`~featx.extraction.POOLS`.
-    batch_size : int
-        Images per forward pass.
-    workers : int, optional
-        Decoding processes (0: decode in this process); by default
-        :func:`~featx.extraction.default_workers`.
-    device : str
-        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-    precision : str
-        Compute precision, one of :data:`PRECISIONS`.
-    dtype : str
-        Storage dtype, one of :data:`STORAGE_DTYPES`.
-    compression : str, optional
-        One of :data:`COMPRESSIONS`.
+    recipe : FeatureRecipe
+        Model, weights, preprocessing, layers, pooling, precision, storage dtype.
+    data : path or ImageSource
+        Image folder (class subfolders, optionally under train/val/test), or
+        an :class:`~featx.extraction.ImageSource`.
     out : path, optional
-        Store path, checked to be writable; by default :func:`default_store_path`.
+        Store path; by default :func:`default_store_path`.
     features_dir : path
         Parent folder of default store paths.
     overwrite : bool
@@ -118,17 +93,26 @@ class ExtractConfig:
         for what is left to write (the estimate is an upper bound).
     checkpoint_seconds : float
         Save progress at least this often (0: after every batch).
-    progress : bool
-        Show a progress bar.
-    max_pixels : int
-        Images with more pixels are refused as decompression bombs.
+    compression : str, optional
+        One of :data:`COMPRESSIONS`.
+    batch_size : int
+        Images per forward pass.
+    workers : int, optional
+        Decoding processes (0: decode in this process); by default
+        one per core (at most 16).
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    decode : str
+        Where JPEGs are decoded, one of :data:`DECODERS`: ``gpu`` (needs a
+        CUDA device), ``cpu``, or ``auto`` (the GPU when the network runs on one).
     autotune : bool
         Time a few micro-batch sizes and memory layouts of the network before
         the run and use the fastest (cached per model and machine); a store
         keeps the choice of the run that started it.
-    decode : str
-        Where JPEGs are decoded, one of :data:`DECODERS`: ``gpu`` (needs a
-        CUDA device), ``cpu``, or ``auto`` (the GPU when the network runs on one).
+    max_pixels : int
+        Images with more pixels are refused as decompression bombs.
+    progress : bool
+        Show a progress bar.
     engine : str
         One of :data:`ENGINES`: ``local`` (this process) or ``ray`` (Ray
         actors; needs ``pip install 'featx[ray]'``).  The store is the same bit
@@ -146,57 +130,58 @@ class ExtractConfig:
         default 1 when the cluster has GPUs (and *device* is not ``cpu``), else 0.
     """
 
-    data: Path = Path("data")
-    model: str = "resnet50"
-    layers: tuple[str, ...] = ("penultimate",)
-    weights: str = "DEFAULT"
-    weights_file: Path | None = None
-    seed: int = 0
-    image_size: int | None = None
-    resize: int | None = None
-    crop: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    interpolation: str | None = None
-    pool: str = "avg"
-    batch_size: int = 64
-    workers: int | None = None
-    device: str = "auto"
-    precision: str = "fp32"
-    dtype: str = "float32"
-    compression: str | None = None
+    recipe: FeatureRecipe = field(default_factory=FeatureRecipe.request)
+    data: Any = Path("data")
     out: Path | None = None
     features_dir: Path = Path("features")
     overwrite: bool = False
     force: bool = False
     checkpoint_seconds: float = 10.0
-    progress: bool = True
-    max_pixels: int = MAX_IMAGE_PIXELS
-    autotune: bool = True
+    compression: str | None = None
+    batch_size: int = 64
+    workers: int | None = None
+    device: str = "auto"
     decode: str = "auto"
+    autotune: bool = True
+    max_pixels: int = MAX_IMAGE_PIXELS
+    progress: bool = True
     engine: str = "local"
     ray_address: str | None = None
     ray_workers: int | None = None
     gpus_per_worker: float | None = None
 
-    def preprocessing_options(self) -> PreprocessingOptions:
-        """The preprocessing changes asked for (``resize``, ``crop``, ``mean``, ``std``, ``interpolation``)."""
-        return PreprocessingOptions(
-            resize=self.resize, crop=self.crop, mean=self.mean, std=self.std, interpolation=self.interpolation
-        )
+    @classmethod
+    def from_options(cls, **options: Any) -> ExtractConfig:
+        """A configuration from ``extract``'s options, by their Python names.
+
+        The recipe's options (:data:`RECIPE_OPTIONS`: ``model``, ``layers``,
+        ``weights``, ``image_size``, ``pool``, ...) make the
+        :class:`~featx.extraction.FeatureRecipe`; the others are the run's.
+
+        Raises
+        ------
+        ConfigError
+            An unknown option, or a value that is not allowed.
+        """
+        allowed = [*RECIPE_OPTIONS, *(f for f in cls.__dataclass_fields__ if f != "recipe")]
+        unknown = [name for name in options if name not in allowed]
+        if unknown:
+            from ..errors import close_matches
+
+            raise ConfigError(
+                message("an unknown option of extract", got=unknown[0], hint=close_matches(unknown[0], allowed).strip() or None)
+            )
+        recipe = FeatureRecipe.request(**{k: v for k, v in options.items() if k in RECIPE_OPTIONS})
+        run = {k: v for k, v in options.items() if k not in RECIPE_OPTIONS}
+        if isinstance(run.get("out"), (str, os.PathLike)):
+            run["out"] = Path(run["out"])
+        return cls(recipe=recipe, **run)
 
     def __post_init__(self) -> None:
-        if not self.layers:
-            raise ConfigError(
-                message("no layer requested", hint=f"pass at least one layer name, e.g. {option('layers', ('penultimate',))}")
-            )
-        repeated = [name for i, name in enumerate(self.layers) if name in self.layers[:i]]
-        if repeated:
-            raise ConfigError(message("a layer is requested twice", got=repeated[0], hint="ask for each layer once"))
-        registries = (("pool", POOLS), ("precision", PRECISIONS), ("dtype", STORAGE_DTYPES), ("decode", DECODERS))
-        for name, registry in registries:
-            if getattr(self, name) not in registry:
-                raise ConfigError(message(option(name), allowed=choices(registry), got=getattr(self, name)))
+        if not isinstance(self.recipe, FeatureRecipe):
+            raise ConfigError(message("recipe", allowed="a FeatureRecipe", got=type(self.recipe).__name__))
+        if self.decode not in DECODERS:
+            raise ConfigError(message(option("decode"), allowed=choices(DECODERS), got=self.decode))
         if self.compression is not None and self.compression not in COMPRESSIONS:
             raise ConfigError(
                 message(option("compression"), allowed=f"{choices(COMPRESSIONS)} or None", got=self.compression)
@@ -206,22 +191,6 @@ class ExtractConfig:
         if self.workers is not None and (not _is_int(self.workers) or self.workers < 0):
             raise ConfigError(
                 message(option("workers"), allowed="0 or a positive integer (0: decode in this process)", got=self.workers)
-            )
-        if self.image_size is not None and (not _is_int(self.image_size) or self.image_size < 1):
-            raise ConfigError(
-                message(option("image_size"), allowed="a positive integer (the crop size in pixels)", got=self.image_size)
-            )
-        options = self.preprocessing_options()  # checks the values
-        object.__setattr__(self, "mean", options.mean)
-        object.__setattr__(self, "std", options.std)
-        if self.image_size is not None and self.crop is not None and self.crop != self.image_size:
-            # image_size is the crop, with the resize scaled to it (an explicit resize wins).
-            raise ConfigError(
-                message(
-                    f"{option('image_size')} is the crop size; it cannot differ from {option('crop')}",
-                    got=(self.image_size, self.crop),
-                    hint=f"pass one of them (with {option('resize')} for the resize)",
-                )
             )
         seconds = self.checkpoint_seconds
         if not isinstance(seconds, numbers.Real) or isinstance(seconds, bool) or not seconds >= 0 or math.isinf(seconds):
@@ -233,9 +202,19 @@ class ExtractConfig:
         if not _is_int(self.max_pixels) or self.max_pixels < 1:
             raise ConfigError(message(option("max_pixels"), allowed="a positive integer", got=self.max_pixels))
         self._check_engine()
-        if self.out is not None:
-            # The default path needs the weights' name: extract_features checks it.
-            check_writable_file(self.out, "out")
+
+    def store_path(self) -> Path:
+        """Where the store goes, checked to be writable: ``out``, else :func:`default_store_path`.
+
+        Raises
+        ------
+        OutputPathError
+            It cannot be written (nothing is created).
+        UnknownModelError, WeightsError
+            The default path needs the model's and weights' names, which are unknown.
+        """
+        path = Path(self.out) if self.out is not None else default_store_path(self)
+        return check_writable_file(path, "out")
 
     def _check_engine(self) -> None:
         if self.engine not in ENGINES:
@@ -247,11 +226,6 @@ class ExtractConfig:
                     message(f"{option(given[0])} is an option of the Ray engine", hint=f"add {option('engine', 'ray')}")
                 )
             return
-        # find_spec looks Ray up without importing it (this module stays light).
-        if importlib.util.find_spec("ray") is None:
-            raise ConfigError(
-                message(f"{option('engine', 'ray')} needs Ray, which is not installed", hint="pip install 'featx[ray]'")
-            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(
                 message(
@@ -312,19 +286,29 @@ def default_store_path(config: ExtractConfig) -> Path:
         weights_label,  # torchvision resolves DEFAULT to the weights' own name
     )
 
-    dataset = Path(config.data).expanduser().resolve().name or "data"
-    label = weights_label(config.model, weights=config.weights, weights_file=config.weights_file)
+    recipe = config.recipe
+    dataset = _dataset_name(config.data)
+    label = weights_label(recipe.model, weights=recipe.weights, weights_file=recipe.weights_file)
     kind, name = parse_weights_label(label)
-    parts = [config.model.replace("/", "-"), f"file-{name.rsplit('.', 1)[0]}" if kind == "file" else label]
-    if kind == "none" and config.seed:
-        parts.append(f"s{config.seed}")
-    if config.image_size is not None:
-        parts.append(str(config.image_size))
-    given = config.preprocessing_options().given()
+    parts = [recipe.model.replace("/", "-"), f"file-{name.rsplit('.', 1)[0]}" if kind == "file" else label]
+    if kind == "none" and recipe.seed:
+        parts.append(f"s{recipe.seed}")
+    if recipe.image_size is not None:
+        parts.append(str(recipe.image_size))
+    given = recipe.preprocessing.given()
     if given:
         digest = hashlib.sha256(json.dumps(given, sort_keys=True).encode()).hexdigest()
         parts.append(f"p{digest[:8]}")
     return Path(config.features_dir) / dataset / ("-".join(parts) + ".h5")
+
+
+def _dataset_name(data: Any) -> str:
+    """The folder name a default store path is filed under: the data folder's (or file's stem)."""
+    location = getattr(data, "location", None)
+    path = Path(location if isinstance(location, str) else data).expanduser()
+    if path.suffix and not path.is_dir():
+        path = path.with_suffix("")
+    return path.resolve().name or "data"
 
 
 @dataclass(frozen=True)
@@ -381,6 +365,8 @@ class ExtractResult:
         With the Ray engine: what each worker did.
     retried_shards : int
         With the Ray engine: shards handed out again after a worker failed on them.
+    recipe : FeatureRecipe or None
+        The recipe resolved: how every feature of the run was made.
     """
 
     path: Path
@@ -395,6 +381,7 @@ class ExtractResult:
     updated: bool = False
     workers: list[WorkerThroughput] = field(default_factory=list)
     retried_shards: int = 0
+    recipe: FeatureRecipe | None = None
 
     @property
     def images_per_second(self) -> float:

@@ -1,26 +1,31 @@
-"""The batch extraction engine: image folder -> HDF5 feature store.
+"""The extraction: an image source -> an HDF5 feature store, on an engine.
 
 Every argument is checked before any work: the configuration when it is made,
-then the device, the model and weights names and the output path, before an
-image is read or a model loaded.  One trial forward pass tells what the
-requested layers are (:func:`~featx.extraction.probe_layers`); the store
-writer says which of them are still to do; the network is then built once, for
-those, and truncated after the deepest of them.  Pooled features go to a
-writer thread, so HDF5 writes overlap the next forward pass.  Batches always
-cover the same image ranges (multiples of the batch size), so a resumed run
-computes exactly the batches an uninterrupted run would have.
+then the engine (device, cluster), the model and weights names and the store
+path, before an image is read or a model loaded.  One trial forward pass
+tells what the requested layers are and resolves the recipe
+(:func:`~featx.extraction._network.build_network`); the store writer says
+which layers and images are still to do; the network is then truncated once,
+for those, after the deepest of them.  How it runs (images per pass, memory
+layout) is chosen once and recorded, and an :class:`Engine` runs it: this
+process (:class:`LocalEngine`) or Ray actors
+(:class:`~featx.extraction._ray.RayEngine`), behind the same interface.
+Batches always cover the same image ranges (multiples of the batch size), so
+a resumed run computes exactly the batches an uninterrupted run would have.
 """
 
 from __future__ import annotations
 
-import gc
+import importlib
 import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -28,24 +33,105 @@ import torchvision
 from tqdm.auto import tqdm
 
 from .._version import __version__
+from ..errors import ConfigError, message, option
 from ..formatting import format_bytes
-from ..paths import check_writable_file
 from ..store import StoreWriter, lock_store, open_store
-from ._autotune import choose_forward_config, default_micro_batch
-from ._config import ExtractConfig, ExtractResult, default_store_path
+from ._autotune import choose_forward_config
+from ._config import ExtractConfig, ExtractResult, WorkerThroughput
 from ._device import resolve_device
 from ._gpu_decode import resolve_decode
-from ._images import ImageCollection, discover_images
-from ._loader import BatchJoiner, ImageLoader, default_workers, run_batch
-from ._models import LoadedModel, load_model, weights_label
-from ._network import FeatureExtractor, ForwardConfig, prepare_extractor, probe_layers
+from ._loader import default_workers
+from ._network import FeatureNetwork, ForwardConfig, TruncatedNetwork, build_network, prepare_extractor
+from ._recipe import FeatureRecipe, LayerRecipe
+from ._sources import ImageSource, open_source
+from ._stream import FeatureStream
 
-if TYPE_CHECKING:
-    from ._ray import RayCluster
-
-__all__ = ["extract_features"]
+__all__ = ["Engine", "EngineRun", "ExtractionJob", "LocalEngine", "ENGINE_FACTORIES", "extract_features"]
 
 log = logging.getLogger("featx")
+
+
+@dataclass
+class ExtractionJob:
+    """What an engine runs: the images still to do, through a network, into a store.
+
+    Attributes
+    ----------
+    config : ExtractConfig
+    source : ImageSource
+    network : FeatureNetwork
+        The model and its resolved recipe.
+    truncated : TruncatedNetwork
+        The network cut after the deepest layer still to do, running
+        ``forward.micro_batch`` images per pass (not yet moved to the device).
+    writer : StoreWriter
+        Says what is left (``writer.remaining``) and takes the rows.
+    forward : ForwardConfig
+    """
+
+    config: ExtractConfig
+    source: ImageSource
+    network: FeatureNetwork
+    truncated: TruncatedNetwork
+    writer: StoreWriter
+    forward: ForwardConfig
+
+
+@dataclass
+class EngineRun:
+    """What an engine did.
+
+    Attributes
+    ----------
+    failed : list of (id, reason)
+    images : int
+        Images processed.
+    seconds : float
+        From the call of :meth:`Engine.run` (the network and its forward
+        configuration ready) to the finished store.
+    workers : list of WorkerThroughput
+        What each worker did (Ray).
+    retried_shards : int
+        Shards handed out again after a worker failed on them (Ray).
+    """
+
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    images: int = 0
+    seconds: float = 0.0
+    workers: list[WorkerThroughput] = field(default_factory=list)
+    retried_shards: int = 0
+
+
+class Engine(Protocol):
+    """Runs an extraction's network over the images still to do and writes the rows into the store.
+
+    Made from the configuration (:data:`ENGINE_FACTORIES`) before any work,
+    so that an unusable engine (no GPU, a cluster that cannot be joined) is a
+    one-line error then.
+
+    Attributes
+    ----------
+    device : torch.device
+        Where the network runs.
+    can_autotune : bool
+        Whether the forward configuration can be measured here (the Ray
+        engine's driver may lack the GPUs its workers run on).
+    """
+
+    device: torch.device
+    can_autotune: bool
+
+    def start(self) -> None:
+        """Called once the store is locked, before the network is built: start what takes long to start."""
+
+    def before_measuring(self) -> None:
+        """Called just before the forward configuration is measured: let nothing else share the cores then."""
+
+    def run(self, job: ExtractionJob) -> EngineRun:
+        """Extract ``job.writer.remaining`` into the store and finish it."""
+
+    def close(self) -> None:
+        """Release what the engine holds (workers, a cluster connection), whatever happened."""
 
 
 class _WriterThread(threading.Thread):
@@ -86,27 +172,128 @@ class _WriterThread(threading.Thread):
             raise self.error
 
 
-def _meta(loaded: LoadedModel, collection: ImageCollection) -> dict:
+class LocalEngine:
+    """The network in this process, decoding in DataLoader worker processes.
+
+    Parameters
+    ----------
+    config : ExtractConfig
+
+    Raises
+    ------
+    DeviceError
+        The device (or GPU decoding) asked for is not available.
+    """
+
+    can_autotune = True
+
+    def __init__(self, config: ExtractConfig) -> None:
+        self.device = resolve_device(config.device)
+        self.decode = resolve_decode(config.decode, self.device)
+        self.workers = config.workers if config.workers is not None else default_workers(self.device)
+
+    def start(self) -> None:
+        pass
+
+    def before_measuring(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def run(self, job: ExtractionJob) -> EngineRun:
+        started = time.perf_counter()
+        config, writer, source = job.config, job.writer, job.source
+        network = prepare_extractor(job.truncated, self.device, job.network.precision, job.forward.layout)
+        stream = FeatureStream(
+            network,
+            source,
+            job.network.preprocessing,
+            indices=writer.remaining,
+            batch_size=config.batch_size,
+            workers=self.workers,
+            device=self.device,
+            precision=job.network.precision,
+            max_pixels=config.max_pixels,
+            decode=self.decode,
+        )
+        if self.decode == "gpu":
+            log.info("decoding JPEGs on the GPU (nvJPEG); other files on the CPU")
+        done = EngineRun()
+        thread = _WriterThread(writer)
+        thread.start()
+        bar = tqdm(
+            total=len(source),
+            initial=len(source) - len(writer.remaining),
+            unit="img",
+            desc=f"{job.network.recipe.model} {','.join(s.name for s in writer.todo)}",
+            disable=not config.progress,
+            dynamic_ncols=True,
+        )
+        try:
+            for batch in stream:
+                thread.put(dict(stop=batch.stop, indices=batch.indices, features=batch.features, failures=batch.failures))
+                done.failed.extend((source.ids[i], reason) for i, reason in batch.failures)
+                done.images += len(batch)
+                bar.update(len(batch))
+            thread.close()
+        except BaseException:
+            bar.close()
+            # Keep every batch computed so far: let the writer finish, then commit.
+            try:
+                thread.close()
+                writer.commit()
+            except BaseException:
+                writer.abort()
+            raise
+        bar.close()
+        writer.finish()
+        if stream.refused_on_gpu:
+            log.info(f"{stream.refused_on_gpu} JPEG(s) that the GPU's decoder refused were decoded on the CPU")
+        done.seconds = time.perf_counter() - started
+        return done
+
+
+def _ray_engine(config: ExtractConfig) -> Engine:
+    # find_spec looks Ray up without importing it: the message names the extra.
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError(
+            message(f"{option('engine', 'ray')} needs Ray, which is not installed", hint="pip install 'featx[ray]'")
+        )
+    from ._ray import RayEngine  # imports Ray, for this engine only
+
+    return RayEngine.connect(config)
+
+
+#: Engine name (:data:`~featx.extraction.ENGINES`) -> what makes it from a configuration.
+ENGINE_FACTORIES: dict[str, Callable[[ExtractConfig], Engine]] = {"local": LocalEngine, "ray": _ray_engine}
+
+
+def _meta(network: FeatureNetwork, source: ImageSource) -> dict:
     return {
         "featx_version": __version__,
-        **loaded.attrs(),
-        "data_root": str(collection.root.resolve()),
-        "data_fingerprint": collection.fingerprint,
+        **network.recipe.attrs(),
+        **network.loaded.provenance(),
+        "data_root": source.location,
+        "data_fingerprint": source.fingerprint,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
     }
 
 
-#: Images per pass without autotuning (the Ray engine's name for it; see default_micro_batch).
-micro_batch_size = default_micro_batch
+def _store_recipe(recipe: FeatureRecipe, existing: dict[str, dict]) -> FeatureRecipe:
+    """The recipe a store records: its layers already there and those of this run, by name."""
+    layers = {name: LayerRecipe.from_attrs(name, attrs) for name, attrs in existing.items()}
+    layers.update({layer.name: layer for layer in recipe.layers})
+    return recipe.with_layers([layers[name] for name in sorted(layers)])
 
 
 def extract_features(config: ExtractConfig) -> ExtractResult:
-    """Extract the configured layers of every image of a folder into a store.
+    """Extract the configured layers of every image of a source into a store.
 
     Resumes an unfinished store, reuses a finished one, adds new layers to a
-    store of the same configuration.  See :class:`ExtractConfig`.
+    store of the same recipe, updates a finished store to a changed source.
 
     Parameters
     ----------
@@ -121,105 +308,80 @@ def extract_features(config: ExtractConfig) -> ExtractResult:
     ------
     FeatxError
         For every user mistake (unknown model/layer, missing folder, no GPU,
-        an unwritable output, a store made with another configuration, ...),
+        an unwritable output, a store made with another recipe, ...),
         all but the last found before any image is decoded or model loaded.
 
     Examples
     --------
     >>> from featx.extraction import ExtractConfig, extract_features, format_extraction
-    >>> result = extract_features(ExtractConfig(data="data/digits", model="resnet18", weights="none"))  # doctest: +SKIP
-    >>> print(format_extraction(result))  # doctest: +SKIP
+    >>> config = ExtractConfig.from_options(data="data/digits", model="resnet18", weights="none")
+    >>> print(format_extraction(extract_features(config)))  # doctest: +SKIP
     """
-    if config.engine != "ray":
-        return _extract(config, None)
-    from ._ray import RayCluster  # imports Ray, for this engine only
-
-    # Joined and checked (address, GPUs) before any work; the network runs on its workers' device.
-    cluster = RayCluster.connect(config)
-    try:
-        return _extract(cluster.driver_config(config), cluster)
-    finally:
-        cluster.close()  # its workers, and the Ray instance it started, whatever happened
-
-
-def _extract(config: ExtractConfig, cluster: RayCluster | None) -> ExtractResult:
-    """:func:`extract_features` on the local engine (*cluster* None) or on a ``RayCluster``."""
-    device = cluster.device if cluster is not None else resolve_device(config.device)
-    decode = resolve_decode(config.decode, device)
     # The names are checked, and the default path worked out, without loading anything.
-    weights_label(config.model, weights=config.weights, weights_file=config.weights_file)
-    path = Path(config.out) if config.out is not None else check_writable_file(default_store_path(config), "out")
-    collection = discover_images(config.data)
+    path = config.store_path()
+    # Joined and checked (device, cluster, GPUs) before any work.
+    engine = ENGINE_FACTORIES[config.engine](config)
+    try:
+        return _extract(config, path, engine)
+    finally:
+        engine.close()  # its workers, and the Ray instance it started, whatever happened
+
+
+def _extract(config: ExtractConfig, path: Path, engine: Engine) -> ExtractResult:
+    source = open_source(config.data)
     # One writer per store: a second run is told now, before a model is loaded.
     lock = lock_store(path)
-    if cluster is not None:
-        # Every check that needs no model is passed: the workers' processes start
-        # now and import torch while this one builds the network.
-        cluster.start()
-    loaded = load_model(
-        config.model,
-        weights=config.weights,
-        weights_file=config.weights_file,
-        seed=config.seed,
-        image_size=config.image_size,
-        preprocessing=config.preprocessing_options(),
-    )
-    plan = probe_layers(loaded, config.layers, config.pool)
-    specs = plan.specs(precision=config.precision, dtype=config.dtype)
+    # Every check that needs no model is passed: what the engine must start starts now.
+    engine.start()
+    network = build_network(config.recipe)
     writer = StoreWriter(
         path,
-        meta=_meta(loaded, collection),
-        layers=specs,
-        samples=collection,
+        meta=_meta(network, source),
+        layers=network.specs(),
+        samples=source,
         overwrite=config.overwrite,
         force=config.force,
         checkpoint_seconds=config.checkpoint_seconds,
         compression=config.compression,
         lock=lock,
     )
-    collection.log_layout()  # only now: a user error found before stays one line
+    source.log_layout()  # only now: a user error found before stays one line
+    names = network.recipe.layer_names
     if writer.up_to_date:
-        log.info(f"{path} already holds {', '.join(config.layers)} for these images: nothing to do")
+        log.info(f"{path} already holds {', '.join(names)} for these images: nothing to do")
         with open_store(path) as store:
-            return ExtractResult(path=path, rows=len(store), layers=plan.dims, up_to_date=True)
+            return ExtractResult(path=path, rows=len(store), layers=network.plan.dims, up_to_date=True, recipe=network.recipe)
 
     # How the network runs, chosen once for every engine and recorded in the store:
     # a resumed or extended run reuses it, so that every row is computed the same way.
     # Chosen only once the writer has accepted the store: a measurement takes up to
-    # 30 s, which a configuration the store refuses must not cost.  The writer reads
-    # its meta only when it writes a part or the store file, so the choice joins it here.
+    # 30 s, which a configuration the store refuses must not cost.
+    autotune = config.autotune and engine.can_autotune
+    if config.autotune and not autotune:
+        log.info("the workers' network runs as without autotuning: this machine has no GPU to time it on")
     try:
         choice = choose_forward_config(
-            loaded, plan, path=path, overwrite=config.overwrite, batch_size=config.batch_size,
-            device=device, precision=config.precision, autotune=config.autotune,
-            # A measurement must not share the cores with the Ray workers' imports.
-            before_measuring=cluster.wait_until_ready if cluster is not None else None,
+            network.loaded, network.plan, path=path, overwrite=config.overwrite, batch_size=config.batch_size,
+            device=engine.device, precision=network.precision, autotune=autotune,
+            before_measuring=engine.before_measuring,
         )
     except BaseException:
         writer.close()  # the store's lock
         raise
     forward = choice.config
-    writer.meta.update(forward.attrs(device))
+    writer.meta.update(forward.attrs(engine.device))
+    writer.meta["recipe"] = _store_recipe(network.recipe, writer.existing_layers).to_json()
     todo = writer.todo
     log.info(choice.describe())
-    if len(todo) < len(specs):
-        log.info(f"{path} already holds {', '.join(s.name for s in specs if s not in todo)}; adding {', '.join(s.name for s in todo)}")
-    extractor = FeatureExtractor(
-        loaded.module,
-        {s.name: s.node for s in todo},
-        {s.name: s.pool for s in todo},
-        micro_batch=forward.micro_batch,
-    ).eval()
-    # The extractor holds the layers it runs; the rest of the network (VGG16's
-    # classifier: 490 MB) is not kept in memory for the whole run.  FX tracing
-    # leaves reference cycles that hold the whole model, hence the collection.
-    loaded.module = None
-    gc.collect()
+    if len(todo) < len(names):
+        log.info(f"{path} already holds {', '.join(s.name for s in network.specs() if s not in todo)}; adding {', '.join(s.name for s in todo)}")
+    truncated = network.truncated([spec.name for spec in todo], forward.micro_batch)
+    network.release()
     for spec in todo:
         itemsize = np.dtype(spec.dtype).itemsize
         log.info(
             f"{spec.name} (node {spec.node}, {'x'.join(map(str, spec.source_shape))}, pool {spec.pool}): "
-            f"{len(collection):,} rows x {spec.dim:,} x {itemsize} B = {format_bytes(len(collection) * spec.dim * itemsize)}"
+            f"{len(source):,} rows x {spec.dim:,} x {itemsize} B = {format_bytes(len(source) * spec.dim * itemsize)}"
         )
     update = writer.update
     if update is not None:
@@ -229,95 +391,15 @@ def _extract(config: ExtractConfig, cluster: RayCluster | None) -> ExtractResult
             f"{update.kept:,} rows kept{retried}"
         )
     if writer.resuming:
-        log.info(f"resuming {path}: {len(collection) - len(writer.remaining):,} of {len(collection):,} images already done")
-
-    workers = config.workers if config.workers is not None else default_workers(device)
-    cluster_summary: dict = {}
+        log.info(f"resuming {path}: {len(source) - len(writer.remaining):,} of {len(source):,} images already done")
     try:
-        if cluster is not None:
-            failed, processed, seconds, cluster_summary = cluster.run(config, collection, loaded, extractor, writer, forward)
-        else:
-            failed, processed, seconds = _run(config, collection, loaded, extractor, writer, device, workers, forward, decode)
+        done = engine.run(ExtractionJob(config, source, network, truncated, writer, forward))
     finally:
         writer.close()  # the store's lock
     with open_store(path) as store:
         rows = len(store)
     changes = dict(updated=True, added=update.added, removed=update.removed) if update is not None else {}
     return ExtractResult(
-        path=path, rows=rows, layers=plan.dims, failed=failed, seconds=seconds, images=processed, **changes,
-        **cluster_summary,
+        path=path, rows=rows, layers=network.plan.dims, failed=done.failed, seconds=done.seconds, images=done.images,
+        workers=done.workers, retried_shards=done.retried_shards, recipe=network.recipe, **changes,
     )
-
-
-def _run(
-    config: ExtractConfig,
-    collection: ImageCollection,
-    loaded: LoadedModel,
-    extractor: FeatureExtractor,
-    writer: StoreWriter,
-    device: torch.device,
-    workers: int,
-    forward: ForwardConfig,
-    decode: str = "cpu",
-) -> tuple[list[tuple[str, str]], int, float]:
-    """Run the images from ``writer.start`` on through the network into the store.
-
-    *extractor* runs ``forward.micro_batch`` images per pass; it is prepared
-    here in ``forward.layout``.  JPEGs are decoded on the GPU with
-    ``decode='gpu'`` (see :class:`ImageLoader`).  Returns the images that
-    failed, the number processed and the seconds taken: from this call (the
-    network and its forward configuration ready; the Ray engine counts from
-    the same instant) to the finished store.
-    """
-    started = time.perf_counter()
-    extractor = prepare_extractor(extractor, device, config.precision, forward.layout)
-    loader = ImageLoader(
-        collection,
-        loaded.preprocessing,
-        indices=writer.remaining,
-        batch_size=config.batch_size,
-        workers=workers,
-        device=device,
-        max_pixels=config.max_pixels,
-        decode=decode,
-    )
-    if decode == "gpu":
-        log.info("decoding JPEGs on the GPU (nvJPEG); other files on the CPU")
-    joiner = BatchJoiner(device)
-    failed: list[tuple[str, str]] = []
-    thread = _WriterThread(writer)
-    thread.start()
-    bar = tqdm(
-        total=len(collection),
-        initial=len(collection) - len(writer.remaining),
-        unit="img",
-        desc=f"{loaded.name} {','.join(s.name for s in writer.todo)}",
-        disable=not config.progress,
-        dynamic_ncols=True,
-    )
-    processed = 0
-    try:
-        with torch.inference_mode():
-            for chunks in loader:
-                indices, failures, features = run_batch(extractor, joiner, chunks, device, config.precision)
-                last = max([*indices, *(i for i, _ in failures)])
-                thread.put(dict(stop=last + 1, indices=indices, features=features, failures=failures))
-                failed.extend((collection.ids[i], reason) for i, reason in failures)
-                n = len(indices) + len(failures)
-                processed += n
-                bar.update(n)
-        thread.close()
-    except BaseException:
-        bar.close()
-        # Keep every batch computed so far: let the writer finish, then commit.
-        try:
-            thread.close()
-            writer.commit()
-        except BaseException:
-            writer.abort()
-        raise
-    bar.close()
-    writer.finish()
-    if loader.gpu_decoder is not None and loader.gpu_decoder.refused:
-        log.info(f"{loader.gpu_decoder.refused} JPEG(s) that the GPU's decoder refused were decoded on the CPU")
-    return failed, processed, time.perf_counter() - started

@@ -35,7 +35,8 @@ import torchvision.transforms.functional as F
 from torchvision.transforms import InterpolationMode
 
 from ..errors import DeviceError, message, option
-from ._images import MAX_IMAGE_PIXELS, ImageBatch, ImageCollection, ImageDataset
+from ._images import MAX_IMAGE_PIXELS, ImageBatch, ImageDataset
+from ._sources import ImageSource
 
 __all__ = [
     "JpegHeader",
@@ -168,7 +169,7 @@ class EncodedImageDataset:
     """
 
     def __init__(
-        self, collection: ImageCollection, preprocessing: Callable, *, max_pixels: int = MAX_IMAGE_PIXELS
+        self, collection: ImageSource, preprocessing: Callable, *, max_pixels: int = MAX_IMAGE_PIXELS
     ) -> None:
         self.collection = collection
         self.max_pixels = max_pixels
@@ -178,9 +179,8 @@ class EncodedImageDataset:
         return len(self.collection)
 
     def __getitem__(self, index: int) -> tuple[int, str, bytes | torch.Tensor | str]:
-        path = self.collection.path(index)
         try:
-            with open(path, "rb") as f:
+            with self.collection.open(index) as f:
                 data = f.read()
         except OSError:
             data = b""  # the CPU path says why (missing, broken link, unreadable)
@@ -266,7 +266,7 @@ class GpuJpegDecoder:
 
     Parameters
     ----------
-    collection : ImageCollection
+    collection : ImageSource
     preprocessing : Preprocessing
         Applied on the GPU with torchvision's tensor functions, as
         :class:`Preprocessing` applies them to a tensor: resize and crop image
@@ -283,7 +283,7 @@ class GpuJpegDecoder:
 
     def __init__(
         self,
-        collection: ImageCollection,
+        collection: ImageSource,
         preprocessing,
         device: torch.device,
         *,

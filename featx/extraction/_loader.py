@@ -34,13 +34,8 @@ from torch.utils.data import DataLoader
 from ..errors import message
 from ._device import autocast
 from ._gpu_decode import EncodedImageDataset, GpuJpegDecoder, collate_encoded
-from ._images import (
-    MAX_IMAGE_PIXELS,
-    ImageBatch,
-    ImageCollection,
-    ImageDataset,
-    collate_images,
-)
+from ._images import MAX_IMAGE_PIXELS, ImageBatch, ImageDataset, collate_images
+from ._sources import ImageSource
 
 __all__ = ["WORKER_NICENESS", "BatchJoiner", "DecodePool", "ImageLoader", "default_workers"]
 
@@ -172,7 +167,7 @@ class ImageLoader:
 
     Parameters
     ----------
-    collection : ImageCollection
+    source : ImageSource
     preprocessing : callable
         PIL image -> tensor (3, H, W).
     indices : sequence of int
@@ -197,7 +192,7 @@ class ImageLoader:
 
     def __init__(
         self,
-        collection: ImageCollection,
+        source: ImageSource,
         preprocessing: Callable,
         *,
         indices: Sequence[int],
@@ -218,10 +213,10 @@ class ImageLoader:
             self.chunks_per_batch.append(len(parts))
         self.gpu_decoder: GpuJpegDecoder | None = None
         if decode == "gpu":
-            self.gpu_decoder = GpuJpegDecoder(collection, preprocessing, device, max_pixels=max_pixels)
-            dataset, collate = EncodedImageDataset(collection, preprocessing, max_pixels=max_pixels), collate_encoded
+            self.gpu_decoder = GpuJpegDecoder(source, preprocessing, device, max_pixels=max_pixels)
+            dataset, collate = EncodedImageDataset(source, preprocessing, max_pixels=max_pixels), collate_encoded
         else:
-            dataset, collate = ImageDataset(collection, preprocessing, max_pixels=max_pixels), collate_images
+            dataset, collate = ImageDataset(source, preprocessing, max_pixels=max_pixels), collate_images
         self.loader = DataLoader(
             dataset,
             batch_sampler=chunks,
@@ -289,7 +284,7 @@ class DecodePool:
 
     Parameters
     ----------
-    collection : ImageCollection
+    source : ImageSource
     preprocessing : callable
         PIL image -> tensor (3, H, W).
     batch_size, workers : int
@@ -301,7 +296,7 @@ class DecodePool:
 
     def __init__(
         self,
-        collection: ImageCollection,
+        source: ImageSource,
         preprocessing: Callable,
         *,
         batch_size: int,
@@ -309,7 +304,7 @@ class DecodePool:
         max_pixels: int = MAX_IMAGE_PIXELS,
         prefetch: int = 2,
     ) -> None:
-        self.dataset = ImageDataset(collection, preprocessing, max_pixels=max_pixels)
+        self.dataset = ImageDataset(source, preprocessing, max_pixels=max_pixels)
         self.batch_size = batch_size
         self.workers = workers
         self.prefetch = prefetch

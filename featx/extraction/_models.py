@@ -118,19 +118,11 @@ class LoadedModel:
     seed: int | None = None
     untrained: tuple[str, ...] = ()
 
-    def attrs(self) -> dict[str, Any]:
+    def provenance(self) -> dict[str, Any]:
+        """Versions that made the features, beyond torch's and torchvision's (recorded, not compared)."""
         from ._timm import import_timm, is_timm_model
 
-        attrs = {
-            "model": self.name,
-            "weights": self.weights,
-            "weights_sha256": self.weights_sha256,
-            "seed": self.seed,
-            **self.preprocessing.attrs(),
-        }
-        if is_timm_model(self.name):
-            attrs["timm_version"] = import_timm().__version__  # provenance, not identity
-        return attrs
+        return {"timm_version": import_timm().__version__} if is_timm_model(self.name) else {}
 
 
 def _weights_enum(name: str):

@@ -3,7 +3,7 @@
 :func:`probe_layers` works out what each requested layer is (graph node,
 output shape, pooling, width) with one trial forward pass; the engine then
 asks the store which layers are still to do and builds the
-:class:`FeatureExtractor` once, for those only.  ``create_feature_extractor``
+:class:`TruncatedNetwork` once, for those only.  ``create_feature_extractor``
 keeps only the graph those outputs need, so the network runs only up to the
 deepest of them.
 """
@@ -11,20 +11,22 @@ deepest of them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import gc
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from ..errors import UnknownLayerError, WeightsError, message
+from ..errors import ConfigError, UnknownLayerError, WeightsError, message
 from ..store import LayerSpec
 from . import _onednn as onednn
 from ._allocator import reuse_freed_memory
-from ._config import PRECISIONS
 from ._layers import LayerIndex, trial_forward
-from ._models import LoadedModel
-from ._pooling import effective_pool, pool_features
+from ._models import LoadedModel, load_model
+from ._preprocessing import Preprocessing
+from ._recipe import PRECISIONS, FeatureRecipe
+from ._pooling import POOLS, effective_pool, pool_features
 from ._timm import TimmNetwork
 
 __all__ = [
@@ -33,9 +35,10 @@ __all__ = [
     "ForwardConfig",
     "default_layout",
     "LayerPlan",
-    "FeatureExtractor",
+    "TruncatedNetwork",
     "probe_layers",
-    "build_extractor",
+    "FeatureNetwork",
+    "build_network",
     "prepare_extractor",
     "layouts_for",
 ]
@@ -64,7 +67,7 @@ class ForwardConfig:
     Attributes
     ----------
     micro_batch : int
-        Images per pass through the network (see :class:`FeatureExtractor`).
+        Images per pass through the network (see :class:`TruncatedNetwork`).
     layout : str
         One of :data:`LAYOUTS`.
     """
@@ -127,7 +130,7 @@ class LayerPlan:
     dims : dict of str -> int
         Requested name -> width D after pooling.
     max_images : int
-        Largest slice of a batch one CPU forward pass runs (see :class:`FeatureExtractor`).
+        Largest slice of a batch one CPU forward pass runs (see :class:`TruncatedNetwork`).
     """
 
     nodes: dict[str, str]
@@ -136,23 +139,8 @@ class LayerPlan:
     dims: dict[str, int]
     max_images: int
 
-    def specs(self, *, precision: str = "fp32", dtype: str = "float32") -> list[LayerSpec]:
-        """One :class:`~featx.store.LayerSpec` per requested layer, in the order asked."""
-        return [
-            LayerSpec(
-                name=name,
-                node=node,
-                pool=self.pools[name],
-                dim=self.dims[name],
-                source_shape=self.source_shapes[name],
-                precision=precision,
-                dtype=dtype,
-            )
-            for name, node in self.nodes.items()
-        ]
 
-
-class FeatureExtractor(torch.nn.Module):
+class TruncatedNetwork(torch.nn.Module):
     """A network truncated after the deepest requested node, returning pooled features.
 
     Parameters
@@ -264,7 +252,7 @@ def _largest_output(model: torch.nn.Module) -> Iterator[list[int]]:
             handle.remove()
 
 
-def probe_layers(loaded: LoadedModel, layer_names: Sequence[str], pool: str) -> LayerPlan:
+def probe_layers(loaded: LoadedModel, layer_names: Sequence[str], pool: str | Mapping[str, str]) -> LayerPlan:
     """Resolve layer names and measure their outputs with one trial forward pass.
 
     Parameters
@@ -272,8 +260,8 @@ def probe_layers(loaded: LoadedModel, layer_names: Sequence[str], pool: str) -> 
     loaded : LoadedModel
     layer_names : sequence of str
         Graph nodes, module paths or aliases.
-    pool : str
-        The pooling asked for; 2-D outputs get ``'none'``.
+    pool : str or mapping of name -> str
+        The pooling asked for (of every layer, or by name); 2-D outputs get ``'none'``.
 
     Raises
     ------
@@ -300,11 +288,21 @@ def probe_layers(loaded: LoadedModel, layer_names: Sequence[str], pool: str) -> 
                 message(f"layer '{name}' (node {node}) does not output a tensor", hint="choose another layer")
             )
     source_shapes = {name: tuple(outputs[node].shape[1:]) for name, node in nodes.items()}
-    pools = {name: effective_pool(pool, len(shape) + 1) for name, shape in source_shapes.items()}
+    asked = pool if isinstance(pool, Mapping) else dict.fromkeys(nodes, pool)
+    pools = {name: _pool_of(name, asked[name], len(shape) + 1) for name, shape in source_shapes.items()}
     with torch.inference_mode():
         dims = {name: int(pool_features(outputs[node], pools[name]).shape[1]) for name, node in nodes.items()}
     max_images = max(1, CPU_FORWARD_BYTES // (_ACTIVATION_COPIES * max(largest[0], 3 * crop * crop * 4)))
     return LayerPlan(nodes=nodes, source_shapes=source_shapes, pools=pools, dims=dims, max_images=max_images)
+
+
+def _pool_of(name: str, pool: str, ndim: int) -> str:
+    """The pooling of layer *name*; ``'none'`` (a recipe's record of a 2-D output) only fits a 2-D output."""
+    if pool == "none" and ndim > 2:
+        raise UnknownLayerError(
+            message(f"layer '{name}' outputs {ndim - 1}-D values per image; its recipe's pool", allowed="one of " + ", ".join(POOLS), got=pool)
+        )
+    return effective_pool(pool, ndim)
 
 
 def _check_trained(loaded: LoadedModel, nodes: dict[str, str]) -> None:
@@ -325,33 +323,14 @@ def _check_trained(loaded: LoadedModel, nodes: dict[str, str]) -> None:
         )
 
 
-def build_extractor(
-    loaded: LoadedModel, layer_names: Sequence[str], pool: str
-) -> tuple[FeatureExtractor, dict[str, tuple[int, ...]], dict[str, str]]:
-    """Resolve layer names and build the truncated extractor of all of them.
-
-    The engine itself probes first and builds for the layers still to do; this
-    is the whole path in one call, for benchmarks and experiments.
-
-    Returns
-    -------
-    extractor : FeatureExtractor
-    source_shapes : dict of name -> per-sample output shape before pooling
-    nodes : dict of name -> graph node
-    """
-    plan = probe_layers(loaded, layer_names, pool)
-    extractor = FeatureExtractor(loaded.module, plan.nodes, plan.pools, micro_batch=plan.max_images)
-    return extractor.eval(), plan.source_shapes, plan.nodes
-
-
 def prepare_extractor(
-    extractor: FeatureExtractor, device: torch.device, precision: str = "fp32", layout: str | None = None
-) -> FeatureExtractor:
+    extractor: TruncatedNetwork, device: torch.device, precision: str = "fp32", layout: str | None = None
+) -> TruncatedNetwork:
     """Move an extractor to *device* and into a memory layout, the way the engine runs it.
 
     Parameters
     ----------
-    extractor : FeatureExtractor
+    extractor : TruncatedNetwork
         Its parameters are moved (and, for ``channels_last``, converted) in place.
     device : torch.device
     precision : str
@@ -391,3 +370,113 @@ def prepare_extractor(
             # A timm body is no traced graph: it runs as it is ('contiguous').
             extractor.body = onednn.blocked_layout(extractor.body)
     return extractor
+
+
+@dataclass
+class FeatureNetwork:
+    """A recipe made concrete: the loaded model, its layers probed, and the recipe resolved.
+
+    Attributes
+    ----------
+    loaded : LoadedModel
+        The model (its ``module`` is released once the truncated network is built,
+        see :meth:`release`).
+    plan : LayerPlan
+        What each requested layer is (node, shape, pooling, width).
+    recipe : FeatureRecipe
+        The recipe resolved (:meth:`~featx.extraction.FeatureRecipe.resolved`).
+    """
+
+    loaded: LoadedModel
+    plan: LayerPlan
+    recipe: FeatureRecipe
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.loaded.preprocessing
+
+    @property
+    def precision(self) -> str:
+        """The precision the forward pass runs in (every layer of a recipe has the same)."""
+        return self.recipe.layers[0].precision
+
+    def specs(self) -> list[LayerSpec]:
+        """One :class:`~featx.store.LayerSpec` per layer of the recipe, in its order."""
+        plan = self.plan
+        return [
+            LayerSpec(
+                name=layer.name,
+                node=plan.nodes[layer.name],
+                pool=plan.pools[layer.name],
+                dim=plan.dims[layer.name],
+                source_shape=plan.source_shapes[layer.name],
+                precision=layer.precision,
+                dtype=layer.dtype,
+            )
+            for layer in self.recipe.layers
+        ]
+
+    def truncated(self, layers: Sequence[str], micro_batch: int | None) -> TruncatedNetwork:
+        """The network cut after the deepest of *layers* (names of the recipe), in eval mode."""
+        plan = self.plan
+        return TruncatedNetwork(
+            self.loaded.module,
+            {name: plan.nodes[name] for name in layers},
+            {name: plan.pools[name] for name in layers},
+            micro_batch=micro_batch,
+        ).eval()
+
+    def release(self) -> None:
+        """Drop the whole model: only a truncated network is kept in memory for a run.
+
+        VGG16's classifier alone is 490 MB; FX tracing leaves reference cycles
+        that hold the whole model, hence the collection.
+        """
+        self.loaded.module = None
+        gc.collect()
+
+
+def build_network(recipe: FeatureRecipe) -> FeatureNetwork:
+    """Load the recipe's model and weights, probe its layers, resolve the recipe.
+
+    A layer whose graph node the recipe already records (a resolved recipe
+    replayed by ``predict``) is read from that node, whatever its name would
+    resolve to now.
+
+    Raises
+    ------
+    UnknownModelError, WeightsError, UnknownLayerError, ImageSizeError
+    """
+    precisions = sorted({layer.precision for layer in recipe.layers})
+    if len(precisions) > 1:
+        raise ConfigError(
+            message("the layers of one forward pass", allowed="one precision", got=precisions,
+                    hint="extract the layers of each precision in a run of its own")
+        )
+    loaded = load_model(
+        recipe.model,
+        weights=recipe.weights,
+        weights_file=recipe.weights_file,
+        seed=recipe.seed,
+        image_size=recipe.image_size,
+        preprocessing=recipe.preprocessing,
+    )
+    # Probed by node when the recipe has one, then named as the recipe names them.
+    asked = {layer.node or layer.name: layer for layer in recipe.layers}
+    probed = probe_layers(loaded, list(asked), {key: layer.pool for key, layer in asked.items()})
+    names = {key: layer.name for key, layer in asked.items()}
+    plan = LayerPlan(
+        nodes={names[k]: v for k, v in probed.nodes.items()},
+        source_shapes={names[k]: v for k, v in probed.source_shapes.items()},
+        pools={names[k]: v for k, v in probed.pools.items()},
+        dims={names[k]: v for k, v in probed.dims.items()},
+        max_images=probed.max_images,
+    )
+    resolved = recipe.resolved(
+        weights=loaded.weights,
+        weights_sha256=loaded.weights_sha256,
+        seed=loaded.seed,
+        preprocessing=loaded.preprocessing,
+        layers=[replace(layer, node=plan.nodes[layer.name], pool=plan.pools[layer.name]) for layer in recipe.layers],
+    )
+    return FeatureNetwork(loaded=loaded, plan=plan, recipe=resolved)

@@ -6,10 +6,10 @@ The driver (the process that runs ``extract``) does everything the local
 engine does up to the forward loop: it checks the configuration, loads the
 model, asks the store writer what is left to do and builds the truncated
 network.  Ray and the workers start earlier, as soon as the store is locked
-(:meth:`RayCluster.start`): each worker is a new Python process that imports
+(:meth:`RayEngine.start`): each worker is a new Python process that imports
 torch and featx (several seconds), which then overlaps the driver's model
 loading.  An autotuning measurement waits until the workers are up
-(:meth:`RayCluster.wait_until_ready`): it times the network, and must not
+(:meth:`RayEngine.before_measuring`): it times the network, and must not
 share the cores with their imports.  Then, instead of running the network itself:
 
 1. The images still to do are cut into shards of whole batches
@@ -22,7 +22,7 @@ share the cores with their imports.  Then, instead of running the network itself
    and memory layout (made after the actors started), so every worker
    computes the local engine's bits.  Each worker decodes its shards' images itself, on
    its node's cores (no driver bottleneck), in decoding processes it starts
-   once (:class:`~featx.extraction.DecodePool`), and returns the pooled
+   once (:class:`~featx.extraction._loader.DecodePool`), and returns the pooled
    features through Ray's object store.  The driver names each worker's next
    shard with its current one, so the worker decodes the first batches of
    the next shard while its network runs the last ones of the current shard:
@@ -39,8 +39,7 @@ times (an error, or a worker that dies on it) stops the run with one line
 naming the shard, its images and the last error, after the shards before it
 are committed.
 
-Why k GPUs should give about k times one GPU's images/s (not measured: no
-GPU machine was lent to this work): each worker decodes its own images on its
+Why k GPUs should give about k times one GPU's images/s: each worker decodes its own images on its
 own node's cores, which is what limits one GPU, so decoding grows with the
 workers; the driver only appends features, about 8 KiB an image for
 ResNet-50's ``penultimate`` (tens of MB/s for several GPUs, far below what
@@ -62,15 +61,15 @@ decode while they wait.  A local Ray instance starts its workers at niceness
 0, like the local engine's process (Ray's default is 15, which would leave the
 network little more CPU than its decoding processes at 19).
 
-Cluster setups: the images must be readable at the same absolute path on
-every node (a shared file system, or the same copy on each); only the driver
-reads and writes the store.  Nodes need featx with the same torch and
+Cluster setups: every node must be able to open the images as the driver's
+image source describes them (:meth:`~featx.extraction.ImageSource.portable`:
+a folder at the same absolute path on every node); only the driver reads and
+writes the store.  Nodes need featx with the same torch and
 torchvision as the driver (same Python and Ray, as Ray itself requires).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import logging
 import math
@@ -86,14 +85,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ClusterError, DataError, message, option
-from ..store import StoreWriter
 from ._config import ExtractConfig, WorkerThroughput
-from ._images import ImageCollection
-from ._models import LoadedModel
-from ._network import FeatureExtractor, ForwardConfig
+from ._engine import EngineRun, ExtractionJob
 from ._shards import Shard, ShardResult, ShardWorker, WorkerRecipe, batches_per_shard, plan_shards
 
-__all__ = ["SHARD_ATTEMPTS", "RayCluster"]
+__all__ = ["SHARD_ATTEMPTS", "RayEngine"]
 
 log = logging.getLogger("featx")
 
@@ -292,8 +288,8 @@ class _RayShardWorker(ShardWorker):
         return super().extract(shard, then)
 
 
-class RayCluster:
-    """The Ray cluster an extraction runs on, checked before any work.
+class RayEngine:
+    """The Ray engine: the cluster an extraction runs on, checked before any work (:class:`~featx.extraction._engine.Engine`).
 
     Made by :meth:`connect` at the start of an extraction: Ray is joined at
     ``--ray-address`` (or, when this process already runs Ray, used as it
@@ -317,7 +313,7 @@ class RayCluster:
         self._workers: _Workers | None = None
 
     @classmethod
-    def connect(cls, config: ExtractConfig) -> RayCluster:
+    def connect(cls, config: ExtractConfig) -> RayEngine:
         """Join (or plan) the cluster of *config* and plan its workers.
 
         Raises
@@ -353,12 +349,10 @@ class RayCluster:
             ray.shutdown()
             raise
 
-    def driver_config(self, config: ExtractConfig) -> ExtractConfig:
-        """*config* as the driver runs it: no autotuning where the driver lacks the workers' GPUs to time them on."""
-        if config.autotune and self.device.type == "cuda" and not torch.cuda.is_available():
-            log.info("the workers' network runs as without autotuning: this machine has no GPU to time it on")
-            return dataclasses.replace(config, autotune=False)
-        return config
+    @property
+    def can_autotune(self) -> bool:
+        """Whether the driver can time the workers' network: not when they run on GPUs it lacks."""
+        return self.device.type != "cuda" or torch.cuda.is_available()
 
     def _start_ray(self) -> None:
         if self._start_local and not ray.is_initialized():
@@ -411,7 +405,7 @@ class RayCluster:
         self._workers = _Workers(actors, [_ready(actor) for actor in actors], time.perf_counter())
         log.debug(f"{len(actors)} Ray worker(s) starting")
 
-    def wait_until_ready(self) -> None:
+    def before_measuring(self) -> None:
         """Wait for every worker's process to be up (or to have failed: :meth:`run` reports it).
 
         The engine calls it before it autotunes: a measurement of the network's
@@ -436,33 +430,15 @@ class RayCluster:
         if self._disconnect and ray.is_initialized():
             ray.shutdown()
 
-    def run(
-        self,
-        config: ExtractConfig,
-        collection: ImageCollection,
-        loaded: LoadedModel,
-        extractor: FeatureExtractor,
-        writer: StoreWriter,
-        forward: ForwardConfig,
-    ) -> tuple[list[tuple[str, str]], int, float, dict]:
-        """Extract ``writer.remaining`` on the workers into the store; the Ray engine's counterpart of the local run.
+    def run(self, job: ExtractionJob) -> EngineRun:
+        """Extract ``job.writer.remaining`` on the workers into the store; the Ray engine's counterpart of the local run.
 
         Starts the workers if :meth:`start` has not; stops them and Ray
-        (:meth:`close`) however it ends.
-
-        Returns
-        -------
-        failed : list of (id, reason)
-        images : int
-            Images processed.
-        seconds : float
-            From this call (the driver's network and forward configuration
-            ready, the local engine's instant too) to the finished store:
-            whatever the workers still need to start is in it; starting a
-            local Ray instance is not (unless :meth:`start` was not called).
-        summary : dict
-            ``workers`` (a :class:`~featx.extraction.WorkerThroughput` each) and
-            ``retried_shards``, fields of :class:`~featx.extraction.ExtractResult`.
+        (:meth:`close`) however it ends.  The seconds count from this call
+        (the driver's network and forward configuration ready, the local
+        engine's instant too) to the finished store: whatever the workers
+        still need to start is in them; starting a local Ray instance is not
+        (unless :meth:`start` was not called).
 
         Raises
         ------
@@ -475,10 +451,11 @@ class RayCluster:
             if self._workers is None:
                 self.start()
                 started = time.perf_counter()  # after the local Ray instance's start; the workers' is in it
-            run = _Run(self.plan, config, collection, loaded, extractor, writer, forward, self._workers)
+            run = _Run(self.plan, job, self._workers)
             seconds = _LOCAL_WORKER_START_SECONDS if self._start_local else _WORKER_START_SECONDS
-            failed, processed, summary = run.extract(seconds)
-            return failed, processed, time.perf_counter() - started, summary
+            done = run.extract(seconds)
+            done.seconds = time.perf_counter() - started
+            return done
         finally:
             self.close()
 
@@ -502,16 +479,11 @@ class _Run:
     """One extraction on the workers: hands out shards, commits them in order."""
 
     plan: _WorkerPlan
-    config: ExtractConfig
-    collection: ImageCollection
-    loaded: LoadedModel
-    extractor: FeatureExtractor
-    writer: StoreWriter
-    forward: ForwardConfig
+    job: ExtractionJob
     workers: _Workers
 
     def __post_init__(self) -> None:
-        config, writer = self.config, self.writer
+        config, writer = self.job.config, self.job.writer
         batch_bytes = config.batch_size * sum(spec.dim * 4 for spec in writer.todo)
         remaining = writer.remaining
         n_batches = -(-len(remaining) // config.batch_size)
@@ -520,30 +492,30 @@ class _Run:
 
     def _share(self) -> None:
         """Put the recipe, the network and the image list in the object store: the workers fetch them with their first shard."""
-        plan, config = self.plan, self.config
+        plan, job = self.plan, self.job
         recipe = WorkerRecipe(
-            preprocessing=self.loaded.preprocessing,
-            batch_size=config.batch_size,
+            preprocessing=job.network.preprocessing,
+            batch_size=job.config.batch_size,
             device=plan.device,
-            precision=config.precision,
-            layout=self.forward.layout,
+            precision=job.network.precision,
+            layout=job.forward.layout,
             threads=plan.threads,
             decode_workers=plan.decode_workers,
-            max_pixels=config.max_pixels,
+            max_pixels=job.config.max_pixels,
             take_turns=plan.take_turns,
         )
-        # Absolute: the workers' working folder is not the driver's.
-        images = dataclasses.replace(self.collection, root=self.collection.root.resolve())
+        # Portable: the workers' working folder (or node) is not the driver's.
+        images = job.source.portable()
         put = time.perf_counter()
-        self.shared = [ray.put(recipe), ray.put(self.extractor), ray.put(images)]
+        self.shared = [ray.put(recipe), ray.put(job.truncated), ray.put(images)]
         log.debug(f"network and image list put in the object store in {time.perf_counter() - put:.2f} s")
 
-    def extract(self, start_seconds: float) -> tuple[list[tuple[str, str]], int, dict]:
-        writer, collection = self.writer, self.collection
+    def extract(self, start_seconds: float) -> EngineRun:
+        writer, collection = self.job.writer, self.job.source
         started = time.perf_counter()
         if not self.shards:  # every image is in committed parts: only the final file is left
             writer.finish()
-            return [], 0, {}
+            return EngineRun()
         log.info(f"{self.plan.describe()}; {len(self.shards)} shard(s) of up to {len(self.shards[0].indices)} images")
         self._share()
         actors = self.workers.actors
@@ -571,8 +543,8 @@ class _Run:
             total=len(collection),
             initial=len(collection) - len(writer.remaining),
             unit="img",
-            desc=f"{self.loaded.name} {','.join(s.name for s in writer.todo)} ({len(actors)} Ray workers)",
-            disable=not self.config.progress,
+            desc=f"{self.job.network.recipe.model} {','.join(s.name for s in writer.todo)} ({len(actors)} Ray workers)",
+            disable=not self.job.config.progress,
             dynamic_ncols=True,
         )
         try:
@@ -675,4 +647,4 @@ class _Run:
         throughput = [
             WorkerThroughput(name=names[i], images=images[i], seconds=busy[i]) for i in range(len(actors)) if images[i]
         ]
-        return failed, processed, {"workers": throughput, "retried_shards": retried}
+        return EngineRun(failed=failed, images=processed, workers=throughput, retried_shards=retried)

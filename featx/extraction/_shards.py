@@ -11,7 +11,7 @@ one) while the network runs the last batches of the current one.  The Ray engine
 here depends on Ray, so a worker also runs in-process.
 
 Why the features are the local engine's bit for bit: the network runs a fixed
-number of images per pass (:class:`~featx.extraction.FeatureExtractor`), the
+number of images per pass (:class:`~featx.extraction._network.TruncatedNetwork`), the
 driver's choice (micro batch, memory layout) is shipped with the network, and
 on the CPU the worker runs as many threads as the driver (oneDNN's kernels for
 ResNet-50's last stage sum in another order with 1 thread than with 2).
@@ -37,11 +37,11 @@ try:
 except ImportError:  # not on Windows: workers there do not take turns
     fcntl = None
 
-from ..errors import DataError, message
-from ._images import ImageCollection
+
+from ._sources import ImageSource
 from ._loader import BatchJoiner, DecodePool, run_batch
 from ._models import Preprocessing
-from ._network import FeatureExtractor, prepare_extractor
+from ._network import TruncatedNetwork, prepare_extractor
 
 __all__ = ["Shard", "ShardResult", "ShardWorker", "WorkerRecipe", "batches_per_shard", "plan_shards"]
 
@@ -184,10 +184,10 @@ class ShardWorker:
     Parameters
     ----------
     recipe : WorkerRecipe
-    extractor : FeatureExtractor
+    extractor : TruncatedNetwork
         The driver's network, weights included (so no node needs a weights
         cache); prepared here for the worker's device.
-    images : ImageCollection
+    images : ImageSource
         With an absolute root, the same path on every node.
 
     Raises
@@ -196,14 +196,8 @@ class ShardWorker:
         The data folder is not at its path on this node (no shared file system).
     """
 
-    def __init__(self, recipe: WorkerRecipe, extractor: FeatureExtractor, images: ImageCollection) -> None:
-        if not images.root.is_dir():
-            raise DataError(
-                message(
-                    f"the data folder is not at '{images.root}' on node {socket.gethostname()}",
-                    hint="every Ray node must see the images at the same path (a shared file system)",
-                )
-            )
+    def __init__(self, recipe: WorkerRecipe, extractor: TruncatedNetwork, images: ImageSource) -> None:
+        images.check_available()
         self.recipe = recipe
         self.images = images
         # One pool for every shard: its processes start once, and decode the next shard ahead.

@@ -99,9 +99,13 @@ def fill_extended_store(
     layers: Sequence[LayerSpec],
     modified_utc: str | None,
     compression: str | None,
+    recipe: str | None = None,
     hook: LayerHook = None,
 ) -> None:
-    """Write into *f* the complete store at *old_path* plus the new *layers* from *parts*."""
+    """Write into *f* the complete store at *old_path* plus the new *layers* from *parts*.
+
+    *recipe*, the extending run's record of every layer (opaque here), replaces the old one.
+    """
     with h5py.File(old_path, "r") as old:
         # Copied without the dimension-scale attributes: their object
         # references point into the old file; label_dimensions redoes them.
@@ -114,7 +118,7 @@ def fill_extended_store(
                 set_attrs(features[name], {k: v for k, v in source.attrs.items() if k not in DIMENSION_ATTRS})
         set_attrs(f, {k: v for k, v in old.attrs.items()})
     _copy_layers(f, layers, parts, n_rows, compression, hook)
-    f.attrs["modified_utc"] = modified_utc
+    set_attrs(f, {"modified_utc": modified_utc, "recipe": recipe})
     label_dimensions(f)
 
 

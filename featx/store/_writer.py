@@ -620,7 +620,8 @@ class StoreWriter:
                 self.path,
                 lambda f: fill_extended_store(
                     f, old_path=self.path, parts=self._committed, n_rows=len(table.ids), layers=self.todo,
-                    modified_utc=self.meta.get("created_utc"), compression=self.compression, hook=hook,
+                    modified_utc=self.meta.get("created_utc"), recipe=self.meta.get("recipe"),
+                    compression=self.compression, hook=hook,
                 ),
             )
         else:

@@ -11,16 +11,15 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import quick_extract
+from conftest import build_extractor, quick_extract
 
 from featx.cli import main
 from featx.errors import ConfigError, DiskFullError, StoreMismatchError
 from featx.extraction import (
     LAYOUTS,
     ExtractConfig,
-    FeatureExtractor,
+    TruncatedNetwork,
     ForwardConfig,
-    build_extractor,
     cache_dir,
     candidate_configs,
     choose_forward_config,
@@ -70,11 +69,11 @@ def test_forward_config_checks_its_values():
 
 
 def test_the_configuration_checks_autotune_and_decode(tmp_path):
-    assert ExtractConfig(data=tmp_path).autotune is True and ExtractConfig(data=tmp_path).decode == "auto"
+    assert ExtractConfig.from_options(data=tmp_path).autotune is True and ExtractConfig.from_options(data=tmp_path).decode == "auto"
     with pytest.raises(ConfigError, match="decode must be one of auto, cpu, gpu; got 'tpu'"):
-        ExtractConfig(data=tmp_path, decode="tpu")
+        ExtractConfig.from_options(data=tmp_path, decode="tpu")
     with pytest.raises(ConfigError, match="autotune must be True or False; got 'yes'"):
-        ExtractConfig(data=tmp_path, autotune="yes")
+        ExtractConfig.from_options(data=tmp_path, autotune="yes")
 
 
 def test_candidates_are_the_default_first_then_every_size_up_to_it_in_each_layout():
@@ -113,7 +112,7 @@ def test_prepared_layouts_give_the_same_features_up_to_rounding():
     outputs = {}
     for layout in ("blocked", "channels_last", "contiguous"):
         # A copy each: channels_last converts the weights in place.
-        fresh = FeatureExtractor(copy.deepcopy(loaded.module), extractor.nodes, extractor.pools, micro_batch=2)
+        fresh = TruncatedNetwork(copy.deepcopy(loaded.module), extractor.nodes, extractor.pools, micro_batch=2)
         prepared = prepare_extractor(fresh, CPU, "fp32", layout)
         if layout == "channels_last":
             assert prepared.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
@@ -152,7 +151,7 @@ def test_autotuning_measures_once_then_uses_the_cache(autotuning):
     assert choose_forward_config(loaded, plan, **{**settings, "batch_size": 2}).source == "measured"
     assert len(_cache_files(autotuning)) == 2
     # Out of time, a measurement keeps what it measured: the default comes first, so it always is.
-    base = FeatureExtractor(loaded.module, plan.nodes, plan.pools).eval()
+    base = TruncatedNetwork(loaded.module, plan.nodes, plan.pools).eval()
     configs = candidate_configs(4, plan.max_images, CPU, "fp32")
     rushed = measure_candidates(
         base, configs, image_size=32, batch_size=4, device=CPU, precision="fp32", budget_seconds=0.0
@@ -213,7 +212,7 @@ def test_the_choice_is_recorded_in_the_store_and_reused_when_the_run_resumes(
     whole = quick_extract(synthetic_dataset, tmp_path / "whole.h5", **settings)
     assert recorded_attrs(whole.path, ForwardConfig.ATTRS) == first_choice.attrs(CPU)
 
-    forward = FeatureExtractor.forward
+    forward = TruncatedNetwork.forward
     calls = []
 
     def interrupted_at_second_batch(self, pixels):
@@ -223,7 +222,7 @@ def test_the_choice_is_recorded_in_the_store_and_reused_when_the_run_resumes(
         return forward(self, pixels)
 
     path = tmp_path / "resumed.h5"
-    monkeypatch.setattr(FeatureExtractor, "forward", interrupted_at_second_batch)
+    monkeypatch.setattr(TruncatedNetwork, "forward", interrupted_at_second_batch)
     with pytest.raises(KeyboardInterrupt):
         quick_extract(synthetic_dataset, path, **settings)
     monkeypatch.undo()
@@ -340,7 +339,7 @@ def test_a_run_the_store_writer_refuses_is_refused_before_autotuning(
         timed.append(len(pixels))
         raise AssertionError("the autotuner ran")
 
-    monkeypatch.setattr(FeatureExtractor, "forward", no_measurement)
+    monkeypatch.setattr(TruncatedNetwork, "forward", no_measurement)
     with pytest.raises(StoreMismatchError, match=r"was made with another configuration .*seed"):
         quick_extract(synthetic_dataset, path, **run, seed=1)
     # A new store (nothing recorded: this one would be measured) on a disk too full for it.

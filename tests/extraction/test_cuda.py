@@ -17,12 +17,13 @@ import pytest
 import torch
 from test_benchmark import load_benchmark
 
+from conftest import build_extractor
+
 from featx.extraction import (
     BatchJoiner,
     ExtractConfig,
     ImageLoader,
     autocast,
-    build_extractor,
     default_workers,
     discover_images,
     extract_features,
@@ -44,7 +45,7 @@ def _extract(data: Path, out: Path, **overrides):
         image_size=64, batch_size=4, workers=2, progress=False,
     )
     settings.update(overrides)
-    return extract_features(ExtractConfig(**settings))
+    return extract_features(ExtractConfig.from_options(**settings))
 
 
 def _relative_error(a: np.ndarray, b: np.ndarray) -> float:

@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import ODD_BAD, ODD_GOOD, quick_extract, real_jpegs
+from conftest import build_extractor, ODD_BAD, ODD_GOOD, quick_extract, real_jpegs
 from PIL import Image
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from featx.errors import StoreMismatchError
 from featx.extraction import (
     ExtractConfig,
-    FeatureExtractor,
-    build_extractor,
+    TruncatedNetwork,
     extract_features,
     load_model,
 )
@@ -79,7 +78,7 @@ def direct_outputs(four_jpegs, saved_weights):
 def test_features_equal_a_direct_torchvision_computation(name, pool, four_jpegs, saved_weights, direct_outputs, tmp_path):
     layers = DIRECT_LAYERS[name]
     result = extract_features(
-        ExtractConfig(
+        ExtractConfig.from_options(
             data=four_jpegs, model=name, layers=tuple(layers), weights_file=saved_weights(name), pool=pool,
             out=tmp_path / "s.h5", workers=0, device="cpu", progress=False,
         )
@@ -100,7 +99,7 @@ def test_features_equal_a_direct_torchvision_computation(name, pool, four_jpegs,
 def test_in_place_activations_do_not_change_shallower_outputs(four_jpegs, tmp_path):
     # AlexNet's ReLUs are in place: features.0 (a conv) must stay pre-activation when a deeper layer is asked too.
     result = extract_features(
-        ExtractConfig(
+        ExtractConfig.from_options(
             data=four_jpegs, model="alexnet", layers=("features.0", "conv1", "features.3"), weights="none",
             image_size=64, out=tmp_path / "s.h5", workers=0, device="cpu", progress=False,
         )
@@ -169,7 +168,7 @@ def test_unfinished_store_of_a_changed_data_folder_is_refused(synthetic_dataset,
     # A complete store follows its folder (tests/store/test_incremental.py); the parts of
     # an unfinished one are rows of the old image list, so a changed folder is refused.
     path = tmp_path / "s.h5"
-    forward = FeatureExtractor.forward
+    forward = TruncatedNetwork.forward
     calls = []
 
     def interrupted_at_second_batch(self, pixels):
@@ -178,7 +177,7 @@ def test_unfinished_store_of_a_changed_data_folder_is_refused(synthetic_dataset,
             raise KeyboardInterrupt
         return forward(self, pixels)
 
-    monkeypatch.setattr(FeatureExtractor, "forward", interrupted_at_second_batch)
+    monkeypatch.setattr(TruncatedNetwork, "forward", interrupted_at_second_batch)
     with pytest.raises(KeyboardInterrupt):
         quick_extract(synthetic_dataset, path, batch_size=2, checkpoint_seconds=0)
     monkeypatch.undo()
@@ -218,7 +217,7 @@ def test_interrupted_layer_addition_keeps_the_store_and_resumes(synthetic_datase
     settings = dict(batch_size=2, checkpoint_seconds=0)
     quick_extract(synthetic_dataset, path, layers=("conv2",), **settings)
     before = path.read_bytes()
-    forward = FeatureExtractor.forward
+    forward = TruncatedNetwork.forward
     calls = []
 
     def interrupted_at_third_batch(self, pixels):
@@ -227,7 +226,7 @@ def test_interrupted_layer_addition_keeps_the_store_and_resumes(synthetic_datase
             raise KeyboardInterrupt
         return forward(self, pixels)
 
-    monkeypatch.setattr(FeatureExtractor, "forward", interrupted_at_third_batch)
+    monkeypatch.setattr(TruncatedNetwork, "forward", interrupted_at_third_batch)
     with pytest.raises(KeyboardInterrupt):
         quick_extract(synthetic_dataset, path, layers=("conv2", "conv3"), **settings)
     assert path.read_bytes() == before  # the finished store is untouched until the new layer is done

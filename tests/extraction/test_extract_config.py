@@ -103,17 +103,17 @@ from featx.extraction import (
 )
 def test_config_validation(overrides, python, cli):
     with pytest.raises(ConfigError) as raised:
-        ExtractConfig(**overrides)
+        ExtractConfig.from_options(**overrides)
     assert isinstance(raised.value, ValueError)
     assert str(raised.value) == python
     if cli is not None:
         with cli_option_names(), pytest.raises(ConfigError) as raised:
-            ExtractConfig(**overrides)
+            ExtractConfig.from_options(**overrides)
         assert str(raised.value) == cli
 
 
 def test_zero_checkpoint_seconds_and_zero_workers_are_allowed():
-    config = ExtractConfig(checkpoint_seconds=0, workers=0)
+    config = ExtractConfig.from_options(checkpoint_seconds=0, workers=0)
     assert (config.checkpoint_seconds, config.workers) == (0, 0)
 
 
@@ -122,15 +122,17 @@ def _in_a_file(tmp_path: Path) -> Path:
     return tmp_path / "file.txt" / "s.h5"
 
 
-def test_unwritable_out_is_refused_when_configured(tmp_path):
+def test_unwritable_out_is_refused_before_any_work(tmp_path):
+    # Making a configuration reads nothing from disk; store_path() checks, and extract_features calls it first.
     out = _in_a_file(tmp_path)
+    config = ExtractConfig.from_options(data=tmp_path / "nope", model=MODEL, weights="none", out=out)
     with pytest.raises(OutputPathError) as raised:
-        ExtractConfig(data=tmp_path / "nope", model=MODEL, weights="none", out=out)
+        extract_features(config)
     assert str(raised.value) == (
         f"out is not writable ('{tmp_path / 'file.txt'}' is a file, not a folder): '{out}'; choose another out"
     )
     with cli_option_names(), pytest.raises(OutputPathError) as raised:
-        ExtractConfig(data=tmp_path / "nope", model=MODEL, weights="none", out="/proc/featx-test/s.h5")
+        ExtractConfig.from_options(data=tmp_path / "nope", model=MODEL, weights="none", out="/proc/featx-test/s.h5").store_path()
     # Why /proc refuses depends on the user (no permission, or no files there): the reason is the file system's.
     assert str(raised.value).startswith("--out is not writable (")
     assert str(raised.value).endswith("): '/proc/featx-test/s.h5'; choose another --out")
@@ -145,7 +147,7 @@ def test_unwritable_default_path_is_refused_before_any_image_or_model_is_loaded(
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("a model was loaded"))
     (tmp_path / "features").write_text("a file where the features folder goes")
-    config = ExtractConfig(data=tmp_path / "no-such-folder", model=MODEL, features_dir=tmp_path / "features")
+    config = ExtractConfig.from_options(data=tmp_path / "no-such-folder", model=MODEL, features_dir=tmp_path / "features")
     with pytest.raises(OutputPathError) as raised:
         extract_features(config)
     out = tmp_path / "features" / "no-such-folder" / f"{MODEL}-IMAGENET1K_V1.h5"
@@ -154,27 +156,27 @@ def test_unwritable_default_path_is_refused_before_any_image_or_model_is_loaded(
     )
     # The data folder does not exist: a DataError had the images been looked for first.
     with pytest.raises(DataError):
-        extract_features(ExtractConfig(data=tmp_path / "no-such-folder", model=MODEL, weights="none", out=tmp_path / "s.h5"))
+        extract_features(ExtractConfig.from_options(data=tmp_path / "no-such-folder", model=MODEL, weights="none", out=tmp_path / "s.h5"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["features"]
 
 
 def test_unknown_model_and_weights_are_refused_before_the_data_is_read(tmp_path):
     with pytest.raises(UnknownModelError, match=r"^model must be one of torchvision's \d+ classification models .*; got 'resnet5'; did you mean resnet50, "):
-        extract_features(ExtractConfig(data=tmp_path / "nope", model="resnet5", weights="none"))
+        extract_features(ExtractConfig.from_options(data=tmp_path / "nope", model="resnet5", weights="none"))
     with pytest.raises(WeightsError, match=r"^weights must be one of DEFAULT, IMAGENET1K_V1, none for resnet18; got 'V9'"):
-        extract_features(ExtractConfig(data=tmp_path / "nope", model="resnet18", weights="V9"))
+        extract_features(ExtractConfig.from_options(data=tmp_path / "nope", model="resnet18", weights="V9"))
 
 
 def test_default_store_path_needs_no_model(tmp_path):
     data = tmp_path / "birds"
     base = dict(data=data, model="resnet18", features_dir=tmp_path / "f")
-    assert default_store_path(ExtractConfig(**base)) == tmp_path / "f" / "birds" / "resnet18-IMAGENET1K_V1.h5"
-    assert default_store_path(ExtractConfig(**base, weights="none", seed=3, image_size=64)) == (
+    assert default_store_path(ExtractConfig.from_options(**base)) == tmp_path / "f" / "birds" / "resnet18-IMAGENET1K_V1.h5"
+    assert default_store_path(ExtractConfig.from_options(**base, weights="none", seed=3, image_size=64)) == (
         tmp_path / "f" / "birds" / "resnet18-none-s3-64.h5"
     )
-    assert default_store_path(ExtractConfig(**base, weights="none")).name == "resnet18-none.h5"
+    assert default_store_path(ExtractConfig.from_options(**base, weights="none")).name == "resnet18-none.h5"
     # A file's label keeps its name without the suffix; the seed is not part of it.
-    assert default_store_path(ExtractConfig(**base, weights_file=tmp_path / "tuned.v2.pt", seed=5)).name == (
+    assert default_store_path(ExtractConfig.from_options(**base, weights_file=tmp_path / "tuned.v2.pt", seed=5)).name == (
         "resnet18-file-tuned.v2.h5"
     )
 
@@ -209,7 +211,7 @@ def test_the_registries_and_the_configuration_import_no_torch():
         "import sys\n"
         "from featx.extraction import (COMPRESSIONS, POOLS, PRECISION_NAMES, PRECISIONS, STORAGE_DTYPES,\n"
         "    ExtractConfig, format_extraction)\n"
-        "ExtractConfig(pool='max', precision='bf16', dtype='float16', compression='lzf')\n"
+        "ExtractConfig.from_options(pool='max', precision='bf16', dtype='float16', compression='lzf')\n"
         "assert list(POOLS) == ['avg', 'max', 'flatten', 'avgmax'], POOLS\n"
         "assert PRECISION_NAMES == tuple(PRECISIONS) == ('fp32', 'bf16', 'fp16')\n"
         "assert STORAGE_DTYPES == ('float32', 'float16') and COMPRESSIONS == ('gzip', 'lzf')\n"

@@ -131,7 +131,7 @@ def test_a_keras_file_with_a_top_maps_every_layer(tmp_path):
 
 def test_keras_vgg16_file_gives_the_torch_models_features_with_caffe_preprocessing(vgg16, notop_file, tiny_dataset, tmp_path):
     out = tmp_path / "keras.h5"
-    config = ExtractConfig(
+    config = ExtractConfig.from_options(
         data=tiny_dataset, out=out, model="vgg16", layers=("block3_conv3", "block5_pool"), weights_file=notop_file,
         image_size=SIZE, batch_size=4, workers=0, device="cpu", progress=False,
     )

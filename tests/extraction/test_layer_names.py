@@ -50,7 +50,7 @@ def test_resnet_conv1_is_the_convolution_and_stem_the_relu_after_it(tmp_path, hy
     for src in real_jpegs(hymenoptera / "val" / "ants", 2):
         shutil.copy(src, data / src.name)
     result = extract_features(
-        ExtractConfig(
+        ExtractConfig.from_options(
             data=data, model="resnet18", layers=("conv1", "stem"), weights="none", image_size=64,
             out=tmp_path / "s.h5", workers=0, device="cpu", progress=False,
         )

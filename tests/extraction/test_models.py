@@ -159,7 +159,6 @@ def test_weights_file_loads_exactly_those_tensors(saved_weights):
     assert loaded.weights == "file:resnet18.pt"
     assert loaded.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert loaded.preprocessing == Preprocessing(resize=256, crop=224)
-    assert loaded.attrs()["weights_sha256"] == loaded.weights_sha256
 
 
 def test_weights_file_wrapped_and_data_parallel_checkpoints(tmp_path):

@@ -1,4 +1,4 @@
-"""The network an extraction runs (featx.extraction probe_layers, FeatureExtractor): truncation, slices, one build."""
+"""The network an extraction runs (featx.extraction probe_layers, TruncatedNetwork): truncation, slices, one build."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 import torch.fx
-from conftest import MODEL, quick_extract
+from conftest import build_extractor, MODEL, quick_extract
 from PIL import Image
 
 from featx.errors import UnknownLayerError
 from featx.extraction import (
+    FeatureRecipe,
+    build_network,
     CPU_FORWARD_BYTES,
-    FeatureExtractor,
-    build_extractor,
+    TruncatedNetwork,
     load_model,
     probe_layers,
 )
@@ -74,9 +75,19 @@ def test_one_probe_gives_every_layer_spec():
     assert plan.source_shapes == {"conv5": (256, 3, 3), "fc7": (4096,), "features.0": (64, 15, 15)}
     assert plan.pools == {"conv5": "avgmax", "fc7": "none", "features.0": "avgmax"}
     assert plan.dims == {"conv5": 512, "fc7": 4096, "features.0": 128}
-    assert plan.specs(precision="bf16", dtype="float16")[1] == LayerSpec(
+    recipe = FeatureRecipe.request(
+        "alexnet", ("conv5", "fc7", "features.0"), weights="none", image_size=64, pool="avgmax",
+        precision="bf16", dtype="float16",
+    )
+    network = build_network(recipe)
+    assert network.plan == plan
+    assert network.specs()[1] == LayerSpec(
         name="fc7", node="classifier.5", pool="none", dim=4096, source_shape=(4096,), precision="bf16", dtype="float16"
     )
+    # The resolved recipe records every layer's node and effective pooling.
+    assert [(l.name, l.node, l.pool) for l in network.recipe.layers] == [
+        ("conv5", "features.11", "avgmax"), ("fc7", "classifier.5", "none"), ("features.0", "features.0", "avgmax")
+    ]
 
 
 def test_a_node_without_a_tensor_output_is_refused():
@@ -102,7 +113,7 @@ def traces(monkeypatch):
 def test_the_network_is_built_once_after_the_store_says_what_to_do(synthetic_dataset, tmp_path, traces):
     loaded = load_model(MODEL, weights="none", image_size=64)
     before = traces[0]
-    FeatureExtractor(loaded.module, {"conv2": "layer1.1.relu_1"}, {"conv2": "avg"})
+    TruncatedNetwork(loaded.module, {"conv2": "layer1.1.relu_1"}, {"conv2": "avg"})
     build = traces[0] - before
     before = traces[0]
     probe_layers(loaded, ("conv2",), "avg")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import build_extractor
+
 from featx.extraction import (
     BlockedConv2d,
     blocked_layout,
-    build_extractor,
     load_model,
     prepare_extractor,
 )

@@ -28,7 +28,7 @@ from featx.extraction import (
 
 
 def _config(data, out, **options):
-    return ExtractConfig(
+    return ExtractConfig.from_options(
         data=data, out=out, model="resnet18", layers=("penultimate",), weights="none", batch_size=4, workers=0,
         device="cpu", progress=False, **options,
     )
@@ -73,7 +73,7 @@ def test_bad_values_are_refused_before_any_work(tmp_path):
         _config(tmp_path, None, interpolation="cubic")
     with pytest.raises(ConfigError, match=r"^image_size is the crop size; it cannot differ from crop: \(64, 32\);"):
         _config(tmp_path, None, image_size=64, crop=32)
-    assert _config(tmp_path, None, image_size=32, crop=32, resize=40).preprocessing_options().given() == {"resize": 40, "crop": 32}
+    assert _config(tmp_path, None, image_size=32, crop=32, resize=40).recipe.preprocessing.given() == {"resize": 40, "crop": 32}
 
 
 def test_a_sidecar_brings_the_preprocessing_of_a_weights_file(saved_weights, tmp_path):

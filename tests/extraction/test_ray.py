@@ -45,7 +45,7 @@ def refuse_single_colour_images() -> None:
     """Ray workers' setup hook: the network raises on an image of one colour (the failing shard's)."""
     import featx.extraction
 
-    forward = featx.extraction.FeatureExtractor.forward
+    forward = featx.extraction.TruncatedNetwork.forward
 
     def forward_refusing_flat_images(self, pixels):
         flat = pixels.flatten(2)
@@ -53,7 +53,7 @@ def refuse_single_colour_images() -> None:
             raise RuntimeError("injected failure: an image of one colour")
         return forward(self, pixels)
 
-    featx.extraction.FeatureExtractor.forward = forward_refusing_flat_images
+    featx.extraction.TruncatedNetwork.forward = forward_refusing_flat_images
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +229,7 @@ def commit_then_hang(self):
         time.sleep(600)
 
 StoreWriter.commit = commit_then_hang
-extract_features(ExtractConfig(**settings))
+extract_features(ExtractConfig.from_options(**settings))
 """
 
 
@@ -351,7 +351,7 @@ def test_without_ray_the_engine_names_the_extra(images, tmp_path, monkeypatch, r
 )
 def test_ray_options_are_checked_when_the_configuration_is_made(settings, text):
     with pytest.raises(ConfigError, match=text):
-        ExtractConfig(**settings)
+        ExtractConfig.from_options(**settings)
 
 
 def test_the_decode_pool_decodes_the_next_list_ahead_in_the_loaders_chunks(images):

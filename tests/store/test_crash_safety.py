@@ -112,7 +112,7 @@ def _assert_prefix_of(out: Path, expected: dict) -> int:
 
 def test_killed_and_interrupted_runs_resume_to_an_identical_store(images, tmp_path):
     baseline = extract_features(
-        ExtractConfig(
+        ExtractConfig.from_options(
             data=images, model="alexnet", layers=LAYERS, weights="none", out=tmp_path / "baseline.h5",
             batch_size=2, checkpoint_seconds=0, workers=0, device="cpu", progress=False,
         )
