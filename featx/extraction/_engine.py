@@ -177,8 +177,9 @@ def _extract(config: ExtractConfig, cluster: RayCluster | None) -> ExtractResult
         compression=config.compression,
         lock=lock,
     )
+    writer.open()
     collection.log_layout()  # only now: a user error found before stays one line
-    if writer.up_to_date:
+    if writer.plan.up_to_date:
         log.info(f"{path} already holds {', '.join(config.layers)} for these images: nothing to do")
         with open_store(path) as store:
             return ExtractResult(path=path, rows=len(store), layers=plan.dims, up_to_date=True)
@@ -200,7 +201,7 @@ def _extract(config: ExtractConfig, cluster: RayCluster | None) -> ExtractResult
         raise
     forward = choice.config
     writer.meta.update(forward.attrs(device))
-    todo = writer.todo
+    todo = writer.plan.todo
     log.info(choice.describe())
     if len(todo) < len(specs):
         log.info(f"{path} already holds {', '.join(s.name for s in specs if s not in todo)}; adding {', '.join(s.name for s in todo)}")
@@ -221,15 +222,15 @@ def _extract(config: ExtractConfig, cluster: RayCluster | None) -> ExtractResult
             f"{spec.name} (node {spec.node}, {'x'.join(map(str, spec.source_shape))}, pool {spec.pool}): "
             f"{len(collection):,} rows x {spec.dim:,} x {itemsize} B = {format_bytes(len(collection) * spec.dim * itemsize)}"
         )
-    update = writer.update
+    update = writer.plan.update
     if update is not None:
         retried = f", {update.retried:,} that failed last time tried again" if update.retried else ""
         log.info(
             f"updating {path} to the data folder now: +{update.added:,} new images, -{update.removed:,} removed; "
             f"{update.kept:,} rows kept{retried}"
         )
-    if writer.resuming:
-        log.info(f"resuming {path}: {len(collection) - len(writer.remaining):,} of {len(collection):,} images already done")
+    if writer.plan.resuming:
+        log.info(f"resuming {path}: {len(collection) - len(writer.plan.remaining):,} of {len(collection):,} images already done")
 
     workers = config.workers if config.workers is not None else default_workers(device)
     cluster_summary: dict = {}
@@ -260,7 +261,7 @@ def _run(
     forward: ForwardConfig,
     decode: str = "cpu",
 ) -> tuple[list[tuple[str, str]], int, float]:
-    """Run the images from ``writer.start`` on through the network into the store.
+    """Run the images from ``writer.plan.start`` on through the network into the store.
 
     *extractor* runs ``forward.micro_batch`` images per pass; it is prepared
     here in ``forward.layout``.  JPEGs are decoded on the GPU with
@@ -274,7 +275,7 @@ def _run(
     loader = ImageLoader(
         collection,
         loaded.preprocessing,
-        indices=writer.remaining,
+        indices=writer.plan.remaining,
         batch_size=config.batch_size,
         workers=workers,
         device=device,
@@ -289,9 +290,9 @@ def _run(
     thread.start()
     bar = tqdm(
         total=len(collection),
-        initial=len(collection) - len(writer.remaining),
+        initial=len(collection) - len(writer.plan.remaining),
         unit="img",
-        desc=f"{loaded.name} {','.join(s.name for s in writer.todo)}",
+        desc=f"{loaded.name} {','.join(s.name for s in writer.plan.todo)}",
         disable=not config.progress,
         dynamic_ncols=True,
     )

@@ -4,6 +4,11 @@ A store can be resumed or extended only by the configuration that made it, and
 a classifier applies only to features made like its training features.  Both
 questions compare recorded attributes with requested ones, here.
 
+The store writer asks one object, a :class:`StoreIdentity`, whether the root
+attributes recorded in a store (or in the parts of an unfinished run) were made
+by the configuration requested now; :class:`AttributeIdentity`, which compares
+:data:`~featx.store.IDENTITY_KEYS`, is the one it uses unless given another.
+
 Weights are compared by :func:`~featx.store.weights_identity`: a weights file
 by its sha256, never by its name, which is only a label for people.
 """
@@ -11,20 +16,18 @@ by its sha256, never by its name, which is only a label for people.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
-from ._schema import attr_value
+from ._schema import DATA_FINGERPRINT, IDENTITY_KEYS, attr_value
 from ._weights import describe_weights, weights_identity
 
-__all__ = ["IDENTITY_RTOL", "identity_differences"]
+__all__ = ["IDENTITY_RTOL", "AttributeIdentity", "StoreIdentity", "identity_differences"]
 
-# Relative tolerance of list values (mean, std).  A float32 holds about 7
-# significant digits (machine epsilon 1.2e-7), so a value written as float32 and
-# read back as float64 differs from the Python float by at most ~6e-8 relative;
-# 1e-6 accepts that round trip and still tells any two real normalisations apart
-# (ImageNet's 0.485 and 0.5 differ by 3%).
+# Relative tolerance of list values (mean, std): a float32 round trip (at most
+# ~6e-8 relative) is the same value, any two real normalisations are not.
 IDENTITY_RTOL = 1e-6
 
 
@@ -96,3 +99,41 @@ def identity_differences(
         if not _same(have, want):
             differences.append((key, have, want))
     return differences
+
+
+class StoreIdentity(Protocol):
+    """What makes a store "made the same way", as the store writer asks it.
+
+    The data fingerprint (which images) is not part of it: the writer compares
+    that itself, and updates a complete store whose images changed.
+    """
+
+    def differences(self, recorded: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+        """``(key, recorded value, requested value)`` of each difference; empty when the same.
+
+        Parameters
+        ----------
+        recorded : mapping
+            The root attributes of a store file or of a part file, as HDF5 returns them.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class AttributeIdentity:
+    """The identity of format-1 stores: the root attributes named in *keys*, compared by :func:`identity_differences`.
+
+    Parameters
+    ----------
+    requested : mapping
+        The root attributes of the configuration asked for now.
+    keys : sequence of str
+        :data:`~featx.store.IDENTITY_KEYS` but the data fingerprint, by default.
+    """
+
+    requested: Mapping[str, Any]
+    keys: Sequence[str] = tuple(key for key in IDENTITY_KEYS if key != DATA_FINGERPRINT)
+
+    def differences(self, recorded: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+        """The keys whose recorded and requested values differ (see :func:`identity_differences`)."""
+        return identity_differences(recorded, self.requested, self.keys)
