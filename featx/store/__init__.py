@@ -35,7 +35,15 @@ from ._lock import lock_store
 from ._plan import StorePlan, StoreUpdate
 from ._reader import FeatureStore, open_store
 from ._recorded import recorded_attrs
-from ._schema import FORMAT_VERSION, IDENTITY_KEYS, LAYER_IDENTITY_KEYS, SPLIT_NAMES, LayerSpec, parts_dir
+from ._schema import (
+    FORMAT_VERSION,
+    IDENTITY_KEYS,
+    LAYER_IDENTITY_KEYS,
+    RECIPE_ATTR,
+    SPLIT_NAMES,
+    LayerSpec,
+    parts_dir,
+)
 from ._weights import WEIGHTS_KINDS, describe_weights, file_weights_label, parse_weights_label, weights_identity
 from ._writer import StoreWriter
 
@@ -53,6 +61,7 @@ __all__ = [
     "StorePlan",
     "StoreUpdate",
     "StoreIdentity",
+    "RECIPE_ATTR",
     "LayerSpec",
     "lock_store",
     "recorded_attrs",

@@ -6,8 +6,8 @@ questions compare recorded attributes with requested ones, here.
 
 The store writer asks one object, a :class:`StoreIdentity`, whether the root
 attributes recorded in a store (or in the parts of an unfinished run) were made
-by the configuration requested now; :class:`AttributeIdentity`, which compares
-:data:`~featx.store.IDENTITY_KEYS`, is the one it uses unless given another.
+by the configuration requested now; given none, it compares the
+:data:`~featx.store.IDENTITY_KEYS` of its root attributes.
 
 Weights are compared by :func:`~featx.store.weights_identity`: a weights file
 by its sha256, never by its name, which is only a label for people.
@@ -16,15 +16,14 @@ by its sha256, never by its name, which is only a label for people.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from ._schema import DATA_FINGERPRINT, IDENTITY_KEYS, attr_value
+from ._schema import attr_value
 from ._weights import describe_weights, weights_identity
 
-__all__ = ["IDENTITY_RTOL", "AttributeIdentity", "StoreIdentity", "identity_differences"]
+__all__ = ["IDENTITY_RTOL", "StoreIdentity", "identity_differences"]
 
 # Relative tolerance of list values (mean, std): a float32 round trip (at most
 # ~6e-8 relative) is the same value, any two real normalisations are not.
@@ -102,38 +101,26 @@ def identity_differences(
 
 
 class StoreIdentity(Protocol):
-    """What makes a store "made the same way", as the store writer asks it.
+    """How features are made, as the store writer sees it: opaque text, and a comparison.
 
-    The data fingerprint (which images) is not part of it: the writer compares
-    that itself, and updates a complete store whose images changed.
+    The writer records :meth:`to_json` as the root attribute ``recipe`` of the
+    store and of its part files, and asks :meth:`differences` whether what a
+    store or its parts recorded was made the same way.  The data fingerprint
+    (which images) is not part of it: the writer compares that itself, and
+    updates a complete store whose images changed.
     """
 
+    def to_json(self) -> str:
+        """The identity as text, written as the root attribute ``recipe``."""
+        ...
+
     def differences(self, recorded: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-        """``(key, recorded value, requested value)`` of each difference; empty when the same.
+        """``(key, recorded value, requested value)`` of each difference; empty when made the same way.
 
         Parameters
         ----------
         recorded : mapping
-            The root attributes of a store file or of a part file, as HDF5 returns them.
+            The root attributes of a store file or of a part file, as HDF5
+            returns them (a store written without an identity has no ``recipe``).
         """
         ...
-
-
-@dataclass(frozen=True)
-class AttributeIdentity:
-    """The identity of format-1 stores: the root attributes named in *keys*, compared by :func:`identity_differences`.
-
-    Parameters
-    ----------
-    requested : mapping
-        The root attributes of the configuration asked for now.
-    keys : sequence of str
-        :data:`~featx.store.IDENTITY_KEYS` but the data fingerprint, by default.
-    """
-
-    requested: Mapping[str, Any]
-    keys: Sequence[str] = tuple(key for key in IDENTITY_KEYS if key != DATA_FINGERPRINT)
-
-    def differences(self, recorded: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-        """The keys whose recorded and requested values differ (see :func:`identity_differences`)."""
-        return identity_differences(recorded, self.requested, self.keys)

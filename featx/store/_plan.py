@@ -4,21 +4,21 @@
 unfinished run beside it (:mod:`._parts`) and decides: a new store, a resumed
 run, layers added to a complete store, an incremental update of a complete
 store whose data folder changed, or nothing to do.  Whether what is recorded
-was made by the configuration asked for now is one object's answer, a
-:class:`~._identity.StoreIdentity`; the data fingerprint (which images) is the
+was made by the configuration asked for now is one function's answer (a
+:class:`~._identity.StoreIdentity`'s); the data fingerprint (which images) is the
 store's own business: a complete store with another fingerprint is updated
 (only the images new to it are extracted), not refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError, StoreMismatchError, message, option
-from ._identity import StoreIdentity, identity_differences
+from ._identity import identity_differences
 from ._parts import Part, load_parts, remove_finished_parts, remove_parts
 from ._reader import open_hdf5
 from ._schema import (
@@ -32,7 +32,11 @@ from ._schema import (
     read_strings,
 )
 
-__all__ = ["StorePlan", "StoreUpdate", "candidates_from", "plan_run"]
+__all__ = ["Differences", "StorePlan", "StoreUpdate", "candidates_from", "plan_run"]
+
+#: ``differences(recorded root attributes)``: ``(key, recorded, requested)`` of each
+#: difference in how the features are made; empty when made the same way.
+Differences = Callable[[Mapping[str, Any]], list[tuple[str, Any, Any]]]
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ class _Planner:
     path: Path
     layers: tuple[LayerSpec, ...]
     samples: Any
-    identity: StoreIdentity
+    configuration: Differences
     fingerprint: Any
 
     @property
@@ -143,7 +147,7 @@ class _Planner:
 
     def differences(self, attrs: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
         """The configuration's differences, then the data fingerprint's."""
-        return self.identity.differences(attrs) + identity_differences(
+        return self.configuration(attrs) + identity_differences(
             attrs, {DATA_FINGERPRINT: self.fingerprint}, [DATA_FINGERPRINT]
         )
 
@@ -313,7 +317,7 @@ def plan_run(
     *,
     layers: Sequence[LayerSpec],
     samples: Any,
-    identity: StoreIdentity,
+    differences: Differences,
     fingerprint: Any,
     read_only: bool = False,
 ) -> StorePlan:
@@ -327,8 +331,9 @@ def plan_run(
         The layers requested.
     samples : ImageCollection-like
         ``ids`` of every candidate image, sorted.
-    identity : StoreIdentity
-        Says whether the recorded root attributes are of this configuration.
+    differences : callable
+        ``differences(recorded root attributes)``: how the configuration that
+        made a store or a part differs from this one (a :class:`~._identity.StoreIdentity`'s).
     fingerprint : str
         The data fingerprint of *samples* (root attribute ``data_fingerprint``).
     read_only : bool
@@ -351,4 +356,4 @@ def plan_run(
     damaged ones, those left by a finished run, those of an update towards
     another state of the data folder.
     """
-    return _Planner(Path(path), tuple(layers), samples, identity, fingerprint).plan(read_only)
+    return _Planner(Path(path), tuple(layers), samples, differences, fingerprint).plan(read_only)

@@ -31,6 +31,7 @@ __all__ = [
     "SPLIT_NAMES",
     "IDENTITY_KEYS",
     "LAYER_IDENTITY_KEYS",
+    "RECIPE_ATTR",
     "LayerSpec",
     "parts_dir",
     "attr_value",
@@ -69,6 +70,8 @@ IDENTITY_KEYS = (
     "resize_mode",
     DATA_FINGERPRINT,
 )
+# Root attribute that holds a StoreIdentity's text (JSON), when the writer was given one.
+RECIPE_ATTR = "recipe"
 # Per-layer attributes that define the same feature dataset.
 LAYER_IDENTITY_KEYS = ("node", "pool", "precision", "dtype")
 

@@ -16,6 +16,7 @@ error) is one line that says what is safe (:mod:`._space`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -28,15 +29,18 @@ from ..errors import OutputPathError, StoreError, message
 from ..paths import check_writable_file
 from ._assembly import write_final_store
 from ._atomic import remove_stale_temporaries, write_atomically
-from ._identity import AttributeIdentity, StoreIdentity
+from ._identity import StoreIdentity, identity_differences
 from ._index import fill_index
 from ._lock import StoreLock
 from ._parts import OpenPart, Part, commit_part, create_part, discard_part, read_samples
 from ._plan import StorePlan, candidates_from, plan_run
-from ._schema import DATA_FINGERPRINT, LayerSpec, parts_dir, store_attrs
+from ._schema import DATA_FINGERPRINT, IDENTITY_KEYS, RECIPE_ATTR, LayerSpec, parts_dir, store_attrs
 from ._space import SpaceNeeded, check_free_space, write_error
 
 __all__ = ["StoreWriter"]
+
+# Format 1's identity, used when the writer is given none: these root attributes.
+_CONFIGURATION_KEYS = tuple(key for key in IDENTITY_KEYS if key != DATA_FINGERPRINT)
 
 
 class StoreWriter:
@@ -54,14 +58,16 @@ class StoreWriter:
         Root attributes (configuration and provenance), written to the store
         and to its part files.  ``data_fingerprint`` says which images the
         store is made of: a complete store with another one is updated.
+        Without an *identity*, the keys of :data:`IDENTITY_KEYS` must match
+        what a store or its parts recorded.
     layers : sequence of LayerSpec
         The layers requested.
     samples : ImageCollection-like
         ``ids``, ``labels``, ``splits`` and ``classes`` of every candidate image.
     identity : StoreIdentity, optional
-        Compares what a store or its parts recorded with this configuration.
-        By default the keys of :data:`IDENTITY_KEYS` in *meta* (the data
-        fingerprint aside) must match.
+        How the features are made: its text is written as the root attribute
+        ``recipe``, and it alone says whether what a store or its parts
+        recorded was made the same way.
     overwrite : bool
         Replace a store made with another configuration instead of refusing.
     force : bool
@@ -112,7 +118,7 @@ class StoreWriter:
     ) -> None:
         self.path = Path(path)
         self.parts = parts_dir(self.path)
-        self.meta = dict(meta)
+        self.meta = dict(meta) if identity is None else {**meta, RECIPE_ATTR: identity.to_json()}
         self.layers = tuple(layers)
         self.samples = samples
         self.identity = identity
@@ -152,14 +158,6 @@ class StoreWriter:
         StoreError
             Something that is not a featx store, or a store of a newer format, is at *path*.
         """
-        identity = self.identity if self.identity is not None else AttributeIdentity(self.meta)
-
-        def plan(read_only: bool = False) -> StorePlan:
-            return plan_run(
-                self.path, layers=self.layers, samples=self.samples, identity=identity,
-                fingerprint=self.meta.get(DATA_FINGERPRINT), read_only=read_only,
-            )
-
         try:
             if not self.path.is_file():
                 # Before the first mkdir: an unwritable path must leave nothing behind.
@@ -169,14 +167,15 @@ class StoreWriter:
                     self.lock = StoreLock(self.path)
                 except OutputPathError:
                     # A read-only folder: a complete store there can still be found up to date.
-                    self.plan = plan(read_only=True)
-                    if not self.plan.up_to_date:
+                    plan = self._plan(read_only=True)
+                    if not plan.up_to_date:
                         raise
-                    return self.plan
+                    self.plan = plan
+                    return plan
             remove_stale_temporaries(self.path)
             if self.overwrite:
                 self._remove_all()
-            self.plan = plan()
+            self.plan = self._plan(read_only=False)
             self._committed = list(self.plan.parts)
             if self.plan.up_to_date:
                 self.close()
@@ -187,6 +186,17 @@ class StoreWriter:
             raise
         self._started = self._last_commit = time.monotonic()
         return self.plan
+
+    def _plan(self, *, read_only: bool) -> StorePlan:
+        differences = (
+            self.identity.differences
+            if self.identity is not None
+            else functools.partial(identity_differences, requested=self.meta, keys=_CONFIGURATION_KEYS)
+        )
+        return plan_run(
+            self.path, layers=self.layers, samples=self.samples, differences=differences,
+            fingerprint=self.meta.get(DATA_FINGERPRINT), read_only=read_only,
+        )
 
     def _remove_all(self) -> None:
         if self.parts.is_dir():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -249,40 +250,47 @@ def test_making_a_writer_does_nothing_until_it_is_opened(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the folders made for the lock go with it
 
 
-class _SameModelFamily:
-    """An identity other than the default: stores of models whose names share a first letter are the same."""
+class _Recipe:
+    """A stand-in for the extraction side's recipe: JSON text; networks of one first letter make the same features."""
 
-    def __init__(self, model: str) -> None:
-        self.model = model
+    def __init__(self, network: str) -> None:
+        self.network = network
+
+    def to_json(self) -> str:
+        return json.dumps({"network": self.network})
 
     def differences(self, recorded):
-        have = recorded.get("model")
-        have = have.decode() if isinstance(have, bytes) else str(have)
-        return [] if have[0] == self.model[0] else [("model", have, self.model)]
+        text = recorded.get("recipe")
+        have = json.loads(text)["network"] if text is not None else str(recorded["model"])  # written without one
+        return [] if have[0] == self.network[0] else [("network", have, self.network)]
 
 
-def test_the_identity_is_asked_through_one_object(tmp_path):
+def test_the_identity_is_asked_through_one_object_and_recorded_as_recipe(tmp_path):
     path = tmp_path / "w.h5"
-    _writer(path).add(stop=2, indices=[0, 1], features={"f": _rows(0, 2)})
+    _writer(path).add(stop=2, indices=[0, 1], features={"f": _rows(0, 2)})  # no identity: IDENTITY_KEYS
     other = {**META, "model": "m2"}
     with pytest.raises(StoreMismatchError, match=r"model is 'm' there, 'm2' here; use overwrite=True"):
         StoreWriter(path, meta=other, layers=[SPEC], samples=_Samples()).open()
-    resumed = StoreWriter(path, meta=other, layers=[SPEC], samples=_Samples(), identity=_SameModelFamily("m2"))
-    assert resumed.open().start == 2
-    resumed.close()
-    refused = StoreWriter(path, meta=META, layers=[SPEC], samples=_Samples(), identity=_SameModelFamily("x"))
     with pytest.raises(StoreMismatchError) as caught:
-        refused.open()
+        StoreWriter(path, meta=META, layers=[SPEC], samples=_Samples(), identity=_Recipe("x")).open()
     assert str(caught.value) == (
         f"store '{path}' was made with another configuration (the command differs): "
-        "model is 'm' there, 'x' here; use overwrite=True to replace it, or out='PATH' to write a new store"
+        "network is 'm' there, 'x' here; use overwrite=True to replace it, or out='PATH' to write a new store"
     )
     # The data fingerprint is the store's own comparison, whatever the identity says.
-    moved = StoreWriter(
-        path, meta={**META, "data_fingerprint": "def"}, layers=[SPEC], samples=_Samples(), identity=_SameModelFamily("m")
-    )
-    with pytest.raises(StoreMismatchError, match=r"\(the data folder changed since then\): data_fingerprint is 'abc' there, 'def' here"):
-        moved.open()
+    moved = {**META, "data_fingerprint": "def"}
+    with pytest.raises(StoreMismatchError, match=r"\(the data folder changed since then\): data_fingerprint is 'abc' there, 'def' here; "):
+        StoreWriter(path, meta=moved, layers=[SPEC], samples=_Samples(), identity=_Recipe("m")).open()
+    resumed = StoreWriter(path, meta=other, layers=[SPEC], samples=_Samples(), identity=_Recipe("m2"), checkpoint_seconds=0)
+    assert resumed.open().start == 2
+    resumed.add(stop=6, indices=[2, 3, 4, 5], features={"f": _rows(2, 6)})
+    with h5py.File(max(parts_dir(path).glob("part-*.h5")), "r") as part:
+        assert part.attrs["recipe"] == '{"network": "m2"}'
+    resumed.finish()
+    with open_store(path) as store:
+        assert store.complete and store.meta["recipe"] == '{"network": "m2"}'
+    with pytest.raises(StoreMismatchError, match=r"\(the command differs\): network is 'm2' there, 'x' here; "):
+        StoreWriter(path, meta=other, layers=[SPEC], samples=_Samples(), identity=_Recipe("x")).open()
 
 
 class _MoreSamples(_Samples):
