@@ -76,6 +76,7 @@ def write_store(path: Path, rows: int, dim: int, classes: int, seed: int = 0, bl
     samples = SimpleNamespace(ids=tuple(ids), labels=labels, splits=tuple(split), classes=tuple(names))
     spec = LayerSpec(name="f", node="f", pool="none", dim=dim, source_shape=(dim,))
     writer = StoreWriter(path, meta=_META, layers=[spec], samples=samples, checkpoint_seconds=1e9)
+    writer.open()
     project = rng.normal(size=(LATENT, dim)).astype(np.float32) / np.sqrt(LATENT)
     centres = rng.normal(size=(classes, LATENT)).astype(np.float32)
     for start in range(0, rows, block):

@@ -133,19 +133,20 @@ def drive(store: Path, version: int, n: int, faults: Faults | None, force: bool 
     table = samples(version, n)
     try:
         writer = StoreWriter(store, meta=meta(version, n), layers=specs, samples=table, checkpoint_seconds=0, force=force)
-        if writer.up_to_date:
+        plan = writer.open()
+        if plan.up_to_date:
             print("up to date")
             return 0
         try:
-            remaining = list(writer.remaining)
+            remaining = list(plan.remaining)
             for a in range(0, len(remaining), BATCH):
                 batch = remaining[a : a + BATCH]
                 good = [i for i in batch if not fails(table.ids[i])]
                 rows = [features_of(table.ids[i]) for i in good]
                 values = {name: np.stack([r[name] for r in rows]) if rows else np.empty((0, dim), np.float32)
                           for name, dim in LAYERS.items()}
-                # An update computes every layer of the store: the writer says which (writer.todo).
-                values = {spec.name: values[spec.name] for spec in writer.todo}
+                # An update computes every layer of the store: the plan says which (plan.todo).
+                values = {spec.name: values[spec.name] for spec in plan.todo}
                 failures = [(i, "not an image: campaign") for i in batch if fails(table.ids[i])]
                 writer.add(stop=batch[-1] + 1, indices=good, features=values, failures=failures)
             if faults is not None:
@@ -156,7 +157,7 @@ def drive(store: Path, version: int, n: int, faults: Faults | None, force: bool 
     except FeatxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    updated = writer.update
+    updated = plan.update
     print("updated" if updated else "wrote", json.dumps(asdict(updated) if updated else {}))
     return 0
 

@@ -67,6 +67,7 @@ def write_store(
         for name, values in features.items()
     ]
     writer = StoreWriter(path, meta={**META, **meta}, layers=specs, samples=samples, checkpoint_seconds=1e9)
+    writer.open()
     writer.add(stop=len(ids), indices=list(range(len(ids))), features=features)
     writer.finish() if finish else writer.commit()
     return path
@@ -96,6 +97,7 @@ def interrupted_store(data: Path, out: Path, *, stop: int, failed: tuple[int, ..
     meta = {**META, "data_root": str(data), "data_fingerprint": collection.fingerprint}
     spec = LayerSpec(name="penultimate", node="flatten", pool="none", dim=4, source_shape=(4,))
     writer = StoreWriter(out, meta=meta, layers=[spec], samples=collection, checkpoint_seconds=0)
+    writer.open()
     rng = np.random.default_rng(0)
     good = [i for i in range(stop) if i not in failed]
     values = rng.standard_normal((len(good), 4)).astype(np.float32)

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from .._version import __version__
 from ..errors import ConfigError, message, option
 from ..formatting import format_bytes
-from ..store import StoreWriter, lock_store, open_store
+from ..store import RECIPE_ATTR, StoreWriter, lock_store, open_store
 from ._autotune import choose_forward_config
 from ._config import ExtractConfig, ExtractResult, WorkerThroughput
 from ._device import resolve_device
@@ -65,7 +65,7 @@ class ExtractionJob:
         The network cut after the deepest layer still to do, running
         ``forward.micro_batch`` images per pass (not yet moved to the device).
     writer : StoreWriter
-        Says what is left (``writer.remaining``) and takes the rows.
+        Says what is left (``writer.plan.remaining``) and takes the rows.
     forward : ForwardConfig
     """
 
@@ -128,7 +128,7 @@ class Engine(Protocol):
         """Called just before the forward configuration is measured: let nothing else share the cores then."""
 
     def run(self, job: ExtractionJob) -> EngineRun:
-        """Extract ``job.writer.remaining`` into the store and finish it."""
+        """Extract ``job.writer.plan.remaining`` into the store and finish it."""
 
     def close(self) -> None:
         """Release what the engine holds (workers, a cluster connection), whatever happened."""
@@ -209,7 +209,7 @@ class LocalEngine:
             network,
             source,
             job.network.preprocessing,
-            indices=writer.remaining,
+            indices=writer.plan.remaining,
             batch_size=config.batch_size,
             workers=self.workers,
             device=self.device,
@@ -224,9 +224,9 @@ class LocalEngine:
         thread.start()
         bar = tqdm(
             total=len(source),
-            initial=len(source) - len(writer.remaining),
+            initial=len(source) - len(writer.plan.remaining),
             unit="img",
-            desc=f"{job.network.recipe.model} {','.join(s.name for s in writer.todo)}",
+            desc=f"{job.network.recipe.model} {','.join(s.name for s in writer.plan.todo)}",
             disable=not config.progress,
             dynamic_ncols=True,
         )
@@ -339,15 +339,17 @@ def _extract(config: ExtractConfig, path: Path, engine: Engine) -> ExtractResult
         meta=_meta(network, source),
         layers=network.specs(),
         samples=source,
+        identity=network.recipe,
         overwrite=config.overwrite,
         force=config.force,
         checkpoint_seconds=config.checkpoint_seconds,
         compression=config.compression,
         lock=lock,
     )
+    writer.open()
     source.log_layout()  # only now: a user error found before stays one line
     names = network.recipe.layer_names
-    if writer.up_to_date:
+    if writer.plan.up_to_date:
         log.info(f"{path} already holds {', '.join(names)} for these images: nothing to do")
         with open_store(path) as store:
             return ExtractResult(path=path, rows=len(store), layers=network.plan.dims, up_to_date=True, recipe=network.recipe)
@@ -370,8 +372,8 @@ def _extract(config: ExtractConfig, path: Path, engine: Engine) -> ExtractResult
         raise
     forward = choice.config
     writer.meta.update(forward.attrs(engine.device))
-    writer.meta["recipe"] = _store_recipe(network.recipe, writer.existing_layers).to_json()
-    todo = writer.todo
+    writer.meta[RECIPE_ATTR] = _store_recipe(network.recipe, writer.plan.existing_layers).to_json()
+    todo = writer.plan.todo
     log.info(choice.describe())
     if len(todo) < len(names):
         log.info(f"{path} already holds {', '.join(s.name for s in network.specs() if s not in todo)}; adding {', '.join(s.name for s in todo)}")
@@ -383,15 +385,15 @@ def _extract(config: ExtractConfig, path: Path, engine: Engine) -> ExtractResult
             f"{spec.name} (node {spec.node}, {'x'.join(map(str, spec.source_shape))}, pool {spec.pool}): "
             f"{len(source):,} rows x {spec.dim:,} x {itemsize} B = {format_bytes(len(source) * spec.dim * itemsize)}"
         )
-    update = writer.update
+    update = writer.plan.update
     if update is not None:
         retried = f", {update.retried:,} that failed last time tried again" if update.retried else ""
         log.info(
             f"updating {path} to the data folder now: +{update.added:,} new images, -{update.removed:,} removed; "
             f"{update.kept:,} rows kept{retried}"
         )
-    if writer.resuming:
-        log.info(f"resuming {path}: {len(source) - len(writer.remaining):,} of {len(source):,} images already done")
+    if writer.plan.resuming:
+        log.info(f"resuming {path}: {len(source) - len(writer.plan.remaining):,} of {len(source):,} images already done")
     try:
         done = engine.run(ExtractionJob(config, source, network, truncated, writer, forward))
     finally:

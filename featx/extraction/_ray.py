@@ -431,7 +431,7 @@ class RayEngine:
             ray.shutdown()
 
     def run(self, job: ExtractionJob) -> EngineRun:
-        """Extract ``job.writer.remaining`` on the workers into the store; the Ray engine's counterpart of the local run.
+        """Extract ``job.writer.plan.remaining`` on the workers into the store; the Ray engine's counterpart of the local run.
 
         Starts the workers if :meth:`start` has not; stops them and Ray
         (:meth:`close`) however it ends.  The seconds count from this call
@@ -484,8 +484,8 @@ class _Run:
 
     def __post_init__(self) -> None:
         config, writer = self.job.config, self.job.writer
-        batch_bytes = config.batch_size * sum(spec.dim * 4 for spec in writer.todo)
-        remaining = writer.remaining
+        batch_bytes = config.batch_size * sum(spec.dim * 4 for spec in writer.plan.todo)
+        remaining = writer.plan.remaining
         n_batches = -(-len(remaining) // config.batch_size)
         batches = batches_per_shard(n_batches, self.plan.workers, batch_bytes)
         self.shards = plan_shards(remaining, config.batch_size, batches)
@@ -541,9 +541,9 @@ class _Run:
         any_ready = False
         bar = tqdm(
             total=len(collection),
-            initial=len(collection) - len(writer.remaining),
+            initial=len(collection) - len(writer.plan.remaining),
             unit="img",
-            desc=f"{self.job.network.recipe.model} {','.join(s.name for s in writer.todo)} ({len(actors)} Ray workers)",
+            desc=f"{self.job.network.recipe.model} {','.join(s.name for s in writer.plan.todo)} ({len(actors)} Ray workers)",
             disable=not self.job.config.progress,
             dynamic_ncols=True,
         )

@@ -316,18 +316,17 @@ class FeatureRecipe:
     # -- the store's root attributes --------------------------------------------
 
     def attrs(self) -> dict[str, Any]:
-        """The store's root attributes that record this (resolved) recipe.
+        """The format-1 root attributes that record this (resolved) recipe.
 
-        ``recipe`` holds the whole recipe as JSON; the other keys are the
-        format-1 attributes (``model``, ``weights``, ``resize``, ``mean``, ...)
-        that tools and older featx versions read.  ``channel_order``,
+        ``model``, ``weights``, ``resize``, ``mean``, ...: what tools and
+        older featx versions read (the store writer adds :meth:`to_json` as
+        ``recipe``, the whole recipe).  ``channel_order``,
         ``pixel_range`` and ``resize_mode`` are written only when they are not
         the default (RGB, [0, 1], shorter side), as before the recipe existed.
         """
         preprocessing = self.preprocessing_resolved
         kind, _ = parse_weights_label(self.weights)
         return {
-            "recipe": self.to_json(),
             "model": self.model,
             "weights": self.weights,
             "weights_sha256": self.weights_sha256,

@@ -106,7 +106,7 @@ def plan_shards(remaining: Sequence[int], batch_size: int, batches: int) -> list
     Parameters
     ----------
     remaining : sequence of int
-        Candidate indices still to do, increasing (``StoreWriter.remaining``).
+        Candidate indices still to do, increasing (``StorePlan.remaining``).
     batch_size, batches : int
     """
     size = batch_size * batches

@@ -7,9 +7,11 @@ Modules (private; their public names are exported here):
 
 ==============  ================================================================
 ``_schema``     format version, identity keys, :class:`LayerSpec`, attribute and string helpers
-``_identity``   :func:`identity_differences`, the one comparison of configurations
+``_identity``   :func:`identity_differences`, the one comparison of configurations, and
+                :class:`StoreIdentity`, what the writer asks about it
 ``_reader``     :class:`FeatureStore`, :func:`open_store`
-``_writer``     :class:`StoreWriter`: planning and identity checks, add, commit, finish
+``_plan``       :class:`StorePlan`: new store, resume, layers added, update, or nothing to do
+``_writer``     :class:`StoreWriter`: open (lock, plan), add, commit, finish
 ``_recorded``   :func:`recorded_attrs`: what an earlier run recorded (store file or parts)
 ``_parts``      part files of an unfinished extraction, each with a checksum
 ``_lock``       one writer per store: the advisory lock ``<store>.lock``
@@ -20,57 +22,63 @@ Modules (private; their public names are exported here):
 ``_netcdf``     dimension scales, so that xarray and netCDF label the axes
 ``_export``     npz, Parquet and CSV
 ``_info``       the text of ``info``
+``_weights``    weights labels and what makes two weights the same
 ``_keras_file`` Keras weights files (HDF5): their layers and arrays, for the extraction side
 ==============  ================================================================
 """
 
 from ._export import EXPORT_FORMATS, ExportResult, export_store, format_export
-from ._identity import IDENTITY_RTOL, identity_differences
-from ._info import describe_store, format_store_info
-from ._keras_file import KerasWeights, is_keras_weights_file, read_keras_weights
-from ._lock import StoreLock, lock_path, lock_store
+from ._identity import StoreIdentity, identity_differences
+from ._info import describe_store
+from ._keras_file import is_keras_weights_file, read_keras_weights
+from ._lock import lock_store
+from ._plan import StorePlan, StoreUpdate
 from ._reader import FeatureStore, open_store
 from ._recorded import recorded_attrs
 from ._schema import (
     FORMAT_VERSION,
     IDENTITY_KEYS,
     LAYER_IDENTITY_KEYS,
+    RECIPE_ATTR,
     SPLIT_NAMES,
     LayerSpec,
     parts_dir,
 )
 from ._weights import WEIGHTS_KINDS, describe_weights, file_weights_label, parse_weights_label, weights_identity
-from ._writer import StoreUpdate, StoreWriter
+from ._writer import StoreWriter
 
 __all__ = [
-    "EXPORT_FORMATS",
-    "FORMAT_VERSION",
-    "IDENTITY_KEYS",
-    "IDENTITY_RTOL",
-    "LAYER_IDENTITY_KEYS",
-    "SPLIT_NAMES",
-    "WEIGHTS_KINDS",
-    "ExportResult",
-    "FeatureStore",
-    "KerasWeights",
-    "LayerSpec",
-    "StoreLock",
-    "StoreUpdate",
-    "StoreWriter",
-    "describe_store",
-    "describe_weights",
-    "export_store",
-    "file_weights_label",
-    "format_export",
-    "format_store_info",
-    "identity_differences",
-    "is_keras_weights_file",
-    "lock_path",
-    "lock_store",
+    # reading
     "open_store",
-    "parse_weights_label",
-    "parts_dir",
-    "read_keras_weights",
+    "FeatureStore",
+    "describe_store",
+    "export_store",
+    "format_export",
+    "ExportResult",
+    "EXPORT_FORMATS",
+    # writing (the extraction side)
+    "StoreWriter",
+    "StorePlan",
+    "StoreUpdate",
+    "StoreIdentity",
+    "RECIPE_ATTR",
+    "LayerSpec",
+    "lock_store",
     "recorded_attrs",
+    "parts_dir",
+    # what makes features the same
+    "IDENTITY_KEYS",
+    "LAYER_IDENTITY_KEYS",
+    "identity_differences",
+    "WEIGHTS_KINDS",
+    "describe_weights",
+    "file_weights_label",
+    "parse_weights_label",
     "weights_identity",
+    # Keras weights files, read for the extraction side
+    "is_keras_weights_file",
+    "read_keras_weights",
+    # the format
+    "FORMAT_VERSION",
+    "SPLIT_NAMES",
 ]

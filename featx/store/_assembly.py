@@ -1,14 +1,17 @@
 """The end of an extraction: the parts copied into one contiguous, chunked store file.
 
-The new file is written under a temporary name and renamed over the index
-(:func:`._atomic.write_atomically`), so a run killed during assembly leaves the
-index, and the same command assembles again.  Feature rows are copied in
-blocks of bounded size: memory does not grow with the store.
+:func:`write_final_store` writes what a :class:`~._plan.StorePlan` asks for: a
+new store, a complete store with layers added, or a complete store updated to
+a grown or shrunk data folder.  The new file is written under a temporary name
+and renamed over the index (:func:`._atomic.write_atomically`), so a run killed
+during assembly leaves the index, and the same command assembles again.
+Feature rows are copied in blocks of bounded size: memory does not grow with
+the store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,23 +19,35 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..errors import StoreMismatchError, message, option
+from ._atomic import write_atomically
 from ._netcdf import DIMENSION_ATTRS, label_dimensions
-from ._parts import Part
+from ._parts import Part, part_indices, read_samples
+from ._plan import StorePlan
 from ._schema import (
+    RECIPE_ATTR,
     LayerSpec,
     SampleTable,
+    attr_value,
     is_layer,
+    read_strings,
     rows_per_chunk,
     set_attrs,
+    store_attrs,
     write_samples,
 )
 
-__all__ = ["RowSources", "copy_layer", "fill_extended_store", "fill_new_store", "fill_updated_store"]
+__all__ = [
+    "RowSources",
+    "copy_layer",
+    "fill_extended_store",
+    "fill_new_store",
+    "fill_updated_store",
+    "write_final_store",
+]
 
 # Bytes of one layer's rows read from a part and written at once.
 _COPY_BYTES = 64 << 20
-# Called after each layer is copied; see StoreWriter.on_final_layer.
-LayerHook = Callable[[str], None] | None
 
 
 def _create_layer(f: h5py.File, spec: LayerSpec, n_rows: int, compression: str | None) -> tuple[h5py.Dataset, int]:
@@ -62,15 +77,6 @@ def copy_layer(f: h5py.File, spec: LayerSpec, parts: Sequence[Part], n_rows: int
         offset += part.rows
 
 
-def _copy_layers(
-    f: h5py.File, layers: Sequence[LayerSpec], parts: Sequence[Part], n_rows: int, compression: str | None, hook: LayerHook
-) -> None:
-    for spec in layers:
-        copy_layer(f, spec, parts, n_rows, compression)
-        if hook is not None:
-            hook(spec.name)
-
-
 def fill_new_store(
     f: h5py.File,
     *,
@@ -80,13 +86,13 @@ def fill_new_store(
     root_attrs: Mapping[str, Any],
     classes: Sequence[str],
     compression: str | None,
-    hook: LayerHook = None,
 ) -> None:
     """Write a complete store of *layers* from *parts* into the new file *f*."""
     set_attrs(f, root_attrs)
     write_samples(f, table, classes)
     f.create_group("features")
-    _copy_layers(f, layers, parts, len(table.ids), compression, hook)
+    for spec in layers:
+        copy_layer(f, spec, parts, len(table.ids), compression)
     label_dimensions(f)
 
 
@@ -100,11 +106,11 @@ def fill_extended_store(
     modified_utc: str | None,
     compression: str | None,
     recipe: str | None = None,
-    hook: LayerHook = None,
 ) -> None:
     """Write into *f* the complete store at *old_path* plus the new *layers* from *parts*.
 
-    *recipe*, the extending run's record of every layer (opaque here), replaces the old one.
+    *recipe*, the extending run's record of every layer of the store (opaque
+    here), replaces the old store's.
     """
     with h5py.File(old_path, "r") as old:
         # Copied without the dimension-scale attributes: their object
@@ -117,8 +123,9 @@ def fill_extended_store(
                 old.copy(source, features, name=name, without_attrs=True)
                 set_attrs(features[name], {k: v for k, v in source.attrs.items() if k not in DIMENSION_ATTRS})
         set_attrs(f, {k: v for k, v in old.attrs.items()})
-    _copy_layers(f, layers, parts, n_rows, compression, hook)
-    set_attrs(f, {"modified_utc": modified_utc, "recipe": recipe})
+    for spec in layers:
+        copy_layer(f, spec, parts, n_rows, compression)
+    set_attrs(f, {"modified_utc": modified_utc, RECIPE_ATTR: recipe})
     label_dimensions(f)
 
 
@@ -159,7 +166,6 @@ def fill_updated_store(
     root_attrs: Mapping[str, Any],
     classes: Sequence[str],
     compression: str | None,
-    hook: LayerHook = None,
 ) -> None:
     """Write into *f* the store at *old_path* updated to a grown or shrunk data folder.
 
@@ -182,9 +188,114 @@ def fill_updated_store(
                     for a in range(0, count, block):
                         b = min(a + block, count)
                         ds[row + a : row + b] = source[src_row + a : src_row + b]
-                if hook is not None:
-                    hook(spec.name)
         finally:
             for source_file in sources_files[1:]:
                 source_file.close()
     label_dimensions(f)
+
+
+def write_final_store(
+    path: Path,
+    *,
+    plan: StorePlan,
+    parts: Sequence[Part],
+    samples: Any,
+    meta: Mapping[str, Any],
+    compression: str | None,
+) -> None:
+    """Replace the file at *path* by the finished store that *plan* asks for, from its committed *parts*.
+
+    Parameters
+    ----------
+    path : Path
+        The store file: the index of a new store, or the complete store that
+        layers are added to or that is updated.
+    plan : StorePlan
+    parts : sequence of Part
+        Every committed part of the run, in order.
+    samples : ImageCollection-like
+        ``ids``, ``labels``, ``splits`` and ``classes`` of every candidate.
+    meta : mapping
+        The root attributes of the run (``created_utc`` is the modification
+        time of a store that layers are added to or that is updated).
+    compression : {None, 'gzip', 'lzf'}
+
+    Raises
+    ------
+    StoreMismatchError
+        The new layers have other rows than the store they are added to.
+    """
+    done, candidates = (parts[-1].stop if parts else 0), len(samples.ids)
+    if plan.update is not None:
+        sources, table = _update_rows(plan, parts, samples)
+        with h5py.File(path, "r") as f:
+            created = attr_value(f.attrs.get("created_utc"))
+        attrs = {
+            **store_attrs(meta, complete=True, rows=len(table.ids), candidates_done=done, candidates=candidates),
+            "created_utc": created,
+            "modified_utc": meta.get("created_utc"),
+        }
+        write_atomically(
+            path,
+            lambda f: fill_updated_store(
+                f, old_path=path, parts=parts, sources=sources, table=table, layers=plan.todo,
+                root_attrs=attrs, classes=samples.classes, compression=compression,
+            ),
+        )
+        return
+    table = read_samples(parts)
+    if plan.extends:
+        with h5py.File(path, "r") as old:
+            old_ids = list(read_strings(old["samples/id"]))
+        if old_ids != table.ids:
+            raise StoreMismatchError(
+                message(
+                    f"the new layers of '{path}' have {len(table.ids)} rows, the store has {len(old_ids)} "
+                    "(images decoded differently this time)",
+                    hint=f"use {option('overwrite', True)} to re-extract everything",
+                )
+            )
+        write_atomically(
+            path,
+            lambda f: fill_extended_store(
+                f, old_path=path, parts=parts, n_rows=len(table.ids), layers=plan.todo,
+                modified_utc=meta.get("created_utc"), recipe=meta.get(RECIPE_ATTR), compression=compression,
+            ),
+        )
+    else:
+        attrs = store_attrs(meta, complete=True, rows=len(table.ids), candidates_done=done, candidates=candidates)
+        write_atomically(
+            path,
+            lambda f: fill_new_store(
+                f, parts=parts, table=table, layers=plan.todo, root_attrs=attrs, classes=samples.classes,
+                compression=compression,
+            ),
+        )
+
+
+def _update_rows(plan: StorePlan, parts: Sequence[Part], samples: Any) -> tuple[RowSources, SampleTable]:
+    """The rows of the updated store in sorted-id order, where each comes from, and its sample table."""
+    ids, labels, splits = samples.ids, np.asarray(samples.labels, dtype=np.int32), samples.splits
+    in_part: dict[int, tuple[int, int]] = {}
+    for number, indices in enumerate(part_indices(parts)):
+        for row, candidate in enumerate(indices.tolist()):
+            in_part[candidate] = (number, row)
+    chosen, part_of, row_of = [], [], []
+    for candidate, image_id in enumerate(ids):
+        if image_id in plan.kept_rows:
+            chosen.append(candidate)
+            part_of.append(-1)
+            row_of.append(plan.kept_rows[image_id])
+        elif candidate in in_part:
+            chosen.append(candidate)
+            part_of.append(in_part[candidate][0])
+            row_of.append(in_part[candidate][1])
+    failures = read_samples(parts)
+    table = SampleTable(
+        ids=[ids[i] for i in chosen],
+        labels=labels[np.asarray(chosen, dtype=np.int64)] if chosen else np.empty(0, dtype=np.int32),
+        splits=[splits[i] for i in chosen],
+        failed_ids=failures.failed_ids,
+        failed_reasons=failures.failed_reasons,
+    )
+    return RowSources(np.asarray(part_of, dtype=np.int64), np.asarray(row_of, dtype=np.int64)), table

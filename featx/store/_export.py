@@ -77,7 +77,7 @@ class ExportResult:
 
 
 def format_export(result: ExportResult) -> str:
-    """One line that says what an export wrote, as ``run_pipeline.py export`` prints it.
+    """One line that says what an export wrote, as ``featx export`` prints it.
 
     Examples
     --------

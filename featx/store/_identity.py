@@ -4,6 +4,11 @@ A store can be resumed or extended only by the configuration that made it, and
 a classifier applies only to features made like its training features.  Both
 questions compare recorded attributes with requested ones, here.
 
+The store writer asks one object, a :class:`StoreIdentity`, whether the root
+attributes recorded in a store (or in the parts of an unfinished run) were made
+by the configuration requested now; given none, it compares the
+:data:`~featx.store.IDENTITY_KEYS` of its root attributes.
+
 Weights are compared by :func:`~featx.store.weights_identity`: a weights file
 by its sha256, never by its name, which is only a label for people.
 """
@@ -11,20 +16,17 @@ by its sha256, never by its name, which is only a label for people.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ._schema import attr_value
 from ._weights import describe_weights, weights_identity
 
-__all__ = ["IDENTITY_RTOL", "identity_differences"]
+__all__ = ["IDENTITY_RTOL", "StoreIdentity", "identity_differences"]
 
-# Relative tolerance of list values (mean, std).  A float32 holds about 7
-# significant digits (machine epsilon 1.2e-7), so a value written as float32 and
-# read back as float64 differs from the Python float by at most ~6e-8 relative;
-# 1e-6 accepts that round trip and still tells any two real normalisations apart
-# (ImageNet's 0.485 and 0.5 differ by 3%).
+# Relative tolerance of list values (mean, std): a float32 round trip (at most
+# ~6e-8 relative) is the same value, any two real normalisations are not.
 IDENTITY_RTOL = 1e-6
 
 
@@ -96,3 +98,29 @@ def identity_differences(
         if not _same(have, want):
             differences.append((key, have, want))
     return differences
+
+
+class StoreIdentity(Protocol):
+    """How features are made, as the store writer sees it: opaque text, and a comparison.
+
+    The writer records :meth:`to_json` as the root attribute ``recipe`` of the
+    store and of its part files, and asks :meth:`differences` whether what a
+    store or its parts recorded was made the same way.  The data fingerprint
+    (which images) is not part of it: the writer compares that itself, and
+    updates a complete store whose images changed.
+    """
+
+    def to_json(self) -> str:
+        """The identity as text, written as the root attribute ``recipe``."""
+        ...
+
+    def differences(self, recorded: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+        """``(key, recorded value, requested value)`` of each difference; empty when made the same way.
+
+        Parameters
+        ----------
+        recorded : mapping
+            The root attributes of a store file or of a part file, as HDF5
+            returns them (a store written without an identity has no ``recipe``).
+        """
+        ...

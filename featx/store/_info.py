@@ -16,7 +16,7 @@ from ._reader import FeatureStore, open_store
 from ._schema import SPLIT_NAMES, parts_dir
 from ._weights import parse_weights_label
 
-__all__ = ["describe_store", "format_store_info"]
+__all__ = ["describe_store"]
 
 # Failed images listed by name; the rest are counted.
 _MAX_FAILED_SHOWN = 10
@@ -110,7 +110,7 @@ def _failed(store: FeatureStore) -> list[str]:
     return lines
 
 
-def format_store_info(store: FeatureStore) -> str:
+def _format_store_info(store: FeatureStore) -> str:
     """Describe an open store: status, model, weights, preprocessing, layers, samples, failures, size."""
     meta = store.meta
     versions = ", ".join(
@@ -140,7 +140,7 @@ def format_store_info(store: FeatureStore) -> str:
 
 
 def describe_store(path: str | os.PathLike) -> str:
-    """What the store at *path* holds, as the text ``run_pipeline.py info`` prints.
+    """What the store at *path* holds, as the text ``featx info`` prints.
 
     Raises
     ------
@@ -148,4 +148,4 @@ def describe_store(path: str | os.PathLike) -> str:
         The file does not exist or is not a featx store.
     """
     with open_store(path) as store:
-        return format_store_info(store)
+        return _format_store_info(store)

@@ -26,10 +26,12 @@ import h5py
 import numpy as np
 
 __all__ = [
+    "DATA_FINGERPRINT",
     "FORMAT_VERSION",
     "SPLIT_NAMES",
     "IDENTITY_KEYS",
     "LAYER_IDENTITY_KEYS",
+    "RECIPE_ATTR",
     "LayerSpec",
     "parts_dir",
     "attr_value",
@@ -39,12 +41,16 @@ __all__ = [
     "is_layer",
     "rows_per_chunk",
     "SampleTable",
+    "store_attrs",
     "write_samples",
 ]
 
 FORMAT_VERSION = 1
 # Values of /samples/split other than '' (no split folder).
 SPLIT_NAMES = ("train", "val", "test")
+# Root attribute that says which images a store was made from: another value on
+# a complete store is an incremental update, not another configuration.
+DATA_FINGERPRINT = "data_fingerprint"
 # Root attributes that define "the same configuration": a store made with other
 # values cannot be resumed or extended, only replaced (overwrite).
 IDENTITY_KEYS = (
@@ -62,8 +68,10 @@ IDENTITY_KEYS = (
     "channel_order",
     "pixel_range",
     "resize_mode",
-    "data_fingerprint",
+    DATA_FINGERPRINT,
 )
+# Root attribute that holds a StoreIdentity's text (JSON), when the writer was given one.
+RECIPE_ATTR = "recipe"
 # Per-layer attributes that define the same feature dataset.
 LAYER_IDENTITY_KEYS = ("node", "pool", "precision", "dtype")
 
@@ -129,6 +137,21 @@ class LayerSpec:
             "precision": self.precision,
             "dtype": self.dtype,
         }
+
+
+def store_attrs(meta: Mapping[str, Any], *, complete: bool, rows: int, candidates_done: int, candidates: int) -> dict[str, Any]:
+    """The root attributes of a store file: *meta*, then the format and how far the extraction went.
+
+    In this order: the file's bytes depend on the order attributes are written.
+    """
+    return {
+        **meta,
+        "featx_format": FORMAT_VERSION,
+        "complete": complete,
+        "rows": rows,
+        "candidates_done": candidates_done,
+        "candidates": candidates,
+    }
 
 
 def attr_value(value: Any) -> Any:

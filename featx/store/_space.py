@@ -23,8 +23,7 @@ from ..formatting import format_bytes
 
 __all__ = ["SpaceNeeded", "check_free_space", "failed_errno", "free_bytes", "write_error"]
 
-# HDF5 metadata, sample tables and chunk slack beyond the feature bytes: a
-# margin, not a measurement (a store of 1,000 rows x 512 floats carries ~60 KB).
+# A margin for HDF5 metadata, sample tables and chunk slack beyond the feature bytes.
 _OVERHEAD_BYTES = 1 << 20
 _OVERHEAD_RATIO = 0.02
 # errno values that mean "no room": the disk, or the user's quota.

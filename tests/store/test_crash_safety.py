@@ -29,18 +29,21 @@ LAYERS = ("conv5", "fc7")
 
 # Runs the CLI with the final write paused after its first layer, so that a kill
 # lands inside it: the half-written final file exists and the index is still in place.
-# StoreWriter.on_final_layer is the writer's public hook for exactly this.
+# The pause is the test's: it wraps the private function that copies a layer into
+# the final file, in this child process only.
 PAUSE_IN_FINAL_WRITE = """
 import runpy, sys, time
-from featx.store import StoreWriter
+from featx.store import _assembly
 
 marker = sys.argv.pop(1)
+copy_layer = _assembly.copy_layer
 
-def pause(layer):
+def copy_then_pause(*args, **kwargs):
+    copy_layer(*args, **kwargs)
     open(marker, "w").close()  # tell the test we are inside the final write
     time.sleep(120)
 
-StoreWriter.on_final_layer = pause
+_assembly.copy_layer = copy_then_pause
 sys.argv = ["run_pipeline.py", *sys.argv[1:]]
 runpy.run_path("run_pipeline.py", run_name="__main__")
 """

@@ -35,13 +35,16 @@ def _rows(indices) -> np.ndarray:
 
 
 def _writer(path: Path) -> StoreWriter:
-    return StoreWriter(path, meta=META, layers=[SPEC], samples=_Samples(), checkpoint_seconds=0)
+    """An open writer of *path*."""
+    writer = StoreWriter(path, meta=META, layers=[SPEC], samples=_Samples(), checkpoint_seconds=0)
+    writer.open()
+    return writer
 
 
 def _run(path: Path, stop_after: int | None = None) -> StoreWriter:
     """Add the remaining candidates in batches of 3; stop (as if killed) after *stop_after* candidates."""
     writer = _writer(path)
-    remaining = list(writer.remaining)
+    remaining = list(writer.plan.remaining)
     for a in range(0, len(remaining), 3):
         batch = remaining[a : a + 3]
         if stop_after is not None and batch[0] >= stop_after:
@@ -79,7 +82,7 @@ def test_a_bit_flipped_part_is_detected_and_recomputed(tmp_path, caplog):
     parts[1].write_bytes(bytes(raw))
 
     writer = _writer(path)
-    assert writer.start == 3  # the damaged part and those after it are redone
+    assert writer.plan.start == 3  # the damaged part and those after it are redone
     assert "part-000001.h5" in caplog.text and "does not match its checksum" in caplog.text
     writer.lock.release()
     _run(path)
@@ -92,7 +95,7 @@ def test_a_truncated_part_is_detected_and_recomputed(tmp_path, caplog):
     last = max(parts_dir(path).glob("part-*.h5"))
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a copy that stopped short
     writer = _writer(path)
-    assert writer.start == 6
+    assert writer.plan.start == 6
     assert "part-000002.h5" in caplog.text and "damaged" in caplog.text
     writer.lock.release()
     _run(path)
@@ -106,7 +109,7 @@ def test_a_part_without_a_checksum_is_not_trusted(tmp_path):
     with h5py.File(first, "a") as f:
         del f.attrs["checksum"]
     writer = _writer(path)
-    assert writer.start == 0
+    assert writer.plan.start == 0
     writer.lock.release()
 
 

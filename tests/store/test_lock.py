@@ -21,36 +21,45 @@ import pytest
 from conftest import copy_real_images, quick_extract
 
 from featx.errors import StoreLockedError
-from featx.store import LayerSpec, StoreLock, StoreWriter, lock_path, open_store
+from featx.store import LayerSpec, StoreWriter, lock_store, open_store
 
 REPO = Path(__file__).resolve().parents[2]
 
 # Holds the lock of a store until killed: prints its pid once it holds it.
 HOLD_LOCK = """
 import sys, time
-from featx.store import StoreLock
-lock = StoreLock(sys.argv[1])
+from featx.store import lock_store
+lock = lock_store(sys.argv[1])
 print("locked", flush=True)
 time.sleep(120)
 """
 
-# Runs the CLI with its final write paused until a file disappears, so that a
-# second command can be started while the first one holds the store.
+# Runs the CLI with its final write paused, after the first layer is copied,
+# until a file disappears, so that a second command can be started while the
+# first one holds the store.  The pause is the test's: it wraps the private
+# function that copies a layer into the final file, in this child process only.
 PAUSE_UNTIL_RELEASED = """
 import os, runpy, sys, time
-from featx.store import StoreWriter
+from featx.store import _assembly
 
 hold = sys.argv.pop(1)
+copy_layer = _assembly.copy_layer
 
-def pause(layer):
+def copy_then_pause(*args, **kwargs):
+    copy_layer(*args, **kwargs)
     open(hold + ".reached", "w").close()
     while os.path.exists(hold):
         time.sleep(0.05)
 
-StoreWriter.on_final_layer = pause
+_assembly.copy_layer = copy_then_pause
 sys.argv = ["run_pipeline.py", *sys.argv[1:]]
 runpy.run_path("run_pipeline.py", run_name="__main__")
 """
+
+
+def _lock_file(store: Path) -> Path:
+    """Where the lock of *store* is: ``<store>.lock`` beside it."""
+    return store.with_name(store.name + ".lock")
 
 
 def _hold(store: Path) -> subprocess.Popen:
@@ -73,9 +82,9 @@ def test_a_second_writer_is_told_the_pid_holding_the_store(tmp_path):
     store = tmp_path / "s.h5"
     holder = _hold(store)
     try:
-        assert lock_path(store).read_text().split() == [str(holder.pid)]
+        assert _lock_file(store).read_text().split() == [str(holder.pid)]
         with pytest.raises(StoreLockedError, match=rf"^another featx process \(pid {holder.pid}\) is writing '.*s\.h5'; wait"):
-            StoreLock(store)
+            lock_store(store)
     finally:
         holder.kill()
         holder.wait()
@@ -86,21 +95,21 @@ def test_a_lock_left_by_kill_9_is_taken_over_and_removed_on_release(tmp_path):
     holder = _hold(store)
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
-    assert lock_path(store).exists()  # the file stays; the lock died with its process
-    lock = StoreLock(store)
+    assert _lock_file(store).exists()  # the file stays; the lock died with its process
+    lock = lock_store(store)
     assert lock.stale_pid == str(holder.pid)
-    assert lock_path(store).read_text().split() == [str(os.getpid())]
+    assert _lock_file(store).read_text().split() == [str(os.getpid())]
     lock.release()
-    assert not lock_path(store).exists()
+    assert not _lock_file(store).exists()
     assert list(tmp_path.iterdir()) == []
 
 
 def test_one_process_cannot_hold_two_writers_of_a_store(tmp_path):
-    lock = StoreLock(tmp_path / "s.h5")
+    lock = lock_store(tmp_path / "s.h5")
     with pytest.raises(StoreLockedError, match=rf"pid {os.getpid()}"):
-        StoreLock(tmp_path / "s.h5")
+        lock_store(tmp_path / "s.h5")
     lock.release()
-    StoreLock(tmp_path / "s.h5").release()  # free again
+    lock_store(tmp_path / "s.h5").release()  # free again
 
 
 def test_readers_are_never_blocked_by_a_writer(tmp_path):
@@ -111,6 +120,7 @@ def test_readers_are_never_blocked_by_a_writer(tmp_path):
         ids, labels, splits, classes = ("a.png", "b.png"), np.array([0, 0], np.int32), ("", ""), ("x",)
 
     writer = StoreWriter(store, meta={"model": "m", "data_fingerprint": "x"}, layers=[spec], samples=samples)
+    writer.open()
     writer.add(stop=2, indices=[0, 1], features={"f": np.ones((2, 2), np.float32)})
     writer.finish()
     holder = _hold(store)  # another process writes now

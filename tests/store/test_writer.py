@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from featx.store import (
     IDENTITY_KEYS,
     LAYER_IDENTITY_KEYS,
     LayerSpec,
+    StoreUpdate,
     StoreWriter,
     identity_differences,
     open_store,
@@ -38,7 +40,10 @@ def _rows(start: int, stop: int) -> np.ndarray:
 
 
 def _writer(path: Path, **kw) -> StoreWriter:
-    return StoreWriter(path, meta=META, layers=[SPEC], samples=_Samples(), checkpoint_seconds=0, **kw)
+    """An open writer of *path*."""
+    writer = StoreWriter(path, meta=META, layers=[SPEC], samples=_Samples(), checkpoint_seconds=0, **kw)
+    writer.open()
+    return writer
 
 
 def test_unfinished_store_opens_with_the_rows_so_far(tmp_path, monkeypatch):
@@ -61,7 +66,7 @@ def test_unfinished_store_opens_with_the_rows_so_far(tmp_path, monkeypatch):
     # A new writer resumes after the committed parts (the lock is released as a killed process's is).
     writer.lock.release()
     again = _writer(path)
-    assert (again.start, again.rows_done, again.resuming) == (4, 3, True)
+    assert (again.plan.start, again.rows_done, again.plan.resuming) == (4, 3, True)
     again.add(stop=6, indices=[4, 5], features={"f": _rows(4, 6)})
     again.finish()
     with open_store(path) as store:
@@ -74,6 +79,7 @@ def test_unfinished_store_opens_with_the_rows_so_far(tmp_path, monkeypatch):
 def test_a_part_being_written_is_dropped(tmp_path):
     path = tmp_path / "w.h5"
     writer = StoreWriter(path, meta=META, layers=[SPEC], samples=_Samples(), checkpoint_seconds=3600)
+    writer.open()
     writer.add(stop=2, indices=[0, 1], features={"f": _rows(0, 2)})
     writer.commit()
     writer.add(stop=4, indices=[2, 3], features={"f": _rows(2, 4)})  # still open: as if killed now
@@ -83,7 +89,7 @@ def test_a_part_being_written_is_dropped(tmp_path):
     # (whose lock the kernel releases).
     writer.lock.release()
     again = _writer(path)
-    assert again.start == 2
+    assert again.plan.start == 2
     assert not leftover[0].exists()
 
 
@@ -108,7 +114,7 @@ def test_leftovers_of_a_run_killed_in_its_final_steps_are_cleaned(tmp_path):
     stale = tmp_path / ".w.h5.tmp-999999999"
     stale.write_bytes(b"half written")
     again = _writer(path)
-    assert again.up_to_date
+    assert again.plan.up_to_date
     assert not parts_dir(path).exists()
     assert not stale.exists()
     assert path.read_bytes() == finished
@@ -130,8 +136,8 @@ def test_different_layer_set_in_unfinished_parts(tmp_path):
         match="^" + re.escape(f"an unfinished extraction of layers f is in '{parts_dir(path)}', this command asks for g; "
                               "ask for the same layers to finish it first, or use overwrite=True to start again") + "$",
     ):
-        StoreWriter(path, meta=META, layers=[other], samples=_Samples())
-    assert StoreWriter(path, meta=META, layers=[other], samples=_Samples(), overwrite=True).start == 0
+        StoreWriter(path, meta=META, layers=[other], samples=_Samples()).open()
+    assert StoreWriter(path, meta=META, layers=[other], samples=_Samples(), overwrite=True).open().start == 0
     assert not path.exists()
 
 
@@ -158,7 +164,7 @@ def test_another_configuration_is_refused_with_both_values(tmp_path):
     _writer(path).add(stop=6, indices=list(range(6)), features={"f": _rows(0, 6)})
     other = {**META, "model": "m2", "mean": [0.5, 0.5, 0.5]}
     with pytest.raises(StoreMismatchError) as caught:
-        StoreWriter(path, meta=other, layers=[SPEC], samples=_Samples())
+        StoreWriter(path, meta=other, layers=[SPEC], samples=_Samples()).open()
     assert str(caught.value) == (
         f"store '{path}' was made with another configuration (the command differs): model is 'm' there, 'm2' here; "
         "mean is None there, [0.5, 0.5, 0.5] here; use overwrite=True to replace it, or out='PATH' to write a new store"
@@ -172,7 +178,7 @@ def test_a_layer_with_other_settings_is_refused(tmp_path):
     writer.finish()
     half = LayerSpec(name="f", node="n", pool="none", dim=3, source_shape=(3,), precision="fp16", dtype="float16")
     with pytest.raises(StoreMismatchError) as caught:
-        StoreWriter(path, meta=META, layers=[half], samples=_Samples())
+        StoreWriter(path, meta=META, layers=[half], samples=_Samples()).open()
     assert str(caught.value) == (
         f"layer 'f' already exists in '{path}' with other settings: precision is 'fp32' there, 'fp16' here; "
         "dtype is 'float32' there, 'float16' here; use overwrite=True to re-extract the store, or out='PATH'"
@@ -227,3 +233,84 @@ def test_the_parent_folder_is_created(tmp_path):
     writer.finish()
     with open_store(path) as store:
         assert store.complete and len(store) == 6
+
+
+def test_making_a_writer_does_nothing_until_it_is_opened(tmp_path):
+    path = tmp_path / "new" / "w.h5"
+    writer = StoreWriter(path, meta=META, layers=[SPEC], samples=_Samples())
+    assert writer.plan is None
+    assert list(tmp_path.iterdir()) == []  # no folder, no lock file
+    with pytest.raises(StoreError, match=r"^the writer of '.*w\.h5' is not open; call its open\(\) first$"):
+        writer.add(stop=1, indices=[0], features={"f": _rows(0, 1)})
+    plan = writer.open()
+    assert writer.plan is plan
+    assert (plan.todo, plan.remaining, plan.start, plan.resuming, plan.up_to_date) == ((SPEC,), range(6), 0, False, False)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["w.h5.lock"]
+    writer.close()
+    assert list(tmp_path.iterdir()) == []  # the folders made for the lock go with it
+
+
+class _Recipe:
+    """A stand-in for the extraction side's recipe: JSON text; networks of one first letter make the same features."""
+
+    def __init__(self, network: str) -> None:
+        self.network = network
+
+    def to_json(self) -> str:
+        return json.dumps({"network": self.network})
+
+    def differences(self, recorded):
+        text = recorded.get("recipe")
+        have = json.loads(text)["network"] if text is not None else str(recorded["model"])  # written without one
+        return [] if have[0] == self.network[0] else [("network", have, self.network)]
+
+
+def test_the_identity_is_asked_through_one_object_and_recorded_as_recipe(tmp_path):
+    path = tmp_path / "w.h5"
+    _writer(path).add(stop=2, indices=[0, 1], features={"f": _rows(0, 2)})  # no identity: IDENTITY_KEYS
+    other = {**META, "model": "m2"}
+    with pytest.raises(StoreMismatchError, match=r"model is 'm' there, 'm2' here; use overwrite=True"):
+        StoreWriter(path, meta=other, layers=[SPEC], samples=_Samples()).open()
+    with pytest.raises(StoreMismatchError) as caught:
+        StoreWriter(path, meta=META, layers=[SPEC], samples=_Samples(), identity=_Recipe("x")).open()
+    assert str(caught.value) == (
+        f"store '{path}' was made with another configuration (the command differs): "
+        "network is 'm' there, 'x' here; use overwrite=True to replace it, or out='PATH' to write a new store"
+    )
+    # The data fingerprint is the store's own comparison, whatever the identity says.
+    moved = {**META, "data_fingerprint": "def"}
+    with pytest.raises(StoreMismatchError, match=r"\(the data folder changed since then\): data_fingerprint is 'abc' there, 'def' here; "):
+        StoreWriter(path, meta=moved, layers=[SPEC], samples=_Samples(), identity=_Recipe("m")).open()
+    resumed = StoreWriter(path, meta=other, layers=[SPEC], samples=_Samples(), identity=_Recipe("m2"), checkpoint_seconds=0)
+    assert resumed.open().start == 2
+    resumed.add(stop=6, indices=[2, 3, 4, 5], features={"f": _rows(2, 6)})
+    with h5py.File(max(parts_dir(path).glob("part-*.h5")), "r") as part:
+        assert part.attrs["recipe"] == '{"network": "m2"}'
+    resumed.finish()
+    with open_store(path) as store:
+        assert store.complete and store.meta["recipe"] == '{"network": "m2"}'
+    with pytest.raises(StoreMismatchError, match=r"\(the command differs\): network is 'm2' there, 'x' here; "):
+        StoreWriter(path, meta=other, layers=[SPEC], samples=_Samples(), identity=_Recipe("x")).open()
+
+
+class _MoreSamples(_Samples):
+    ids = (*_Samples.ids, "6.png")
+    labels = np.array([0, 1, 0, 1, 0, 1, 1], dtype=np.int32)
+    splits = ("",) * 7
+
+
+def test_a_complete_store_of_other_images_is_updated(tmp_path):
+    path = tmp_path / "w.h5"
+    writer = _writer(path)
+    writer.add(stop=6, indices=list(range(6)), features={"f": _rows(0, 6)})
+    writer.finish()
+    grown = StoreWriter(path, meta={**META, "data_fingerprint": "def"}, layers=[SPEC], samples=_MoreSamples())
+    plan = grown.open()
+    assert plan.update == StoreUpdate(added=1, removed=0, retried=0, kept=6, base_fingerprint="abc")
+    assert (plan.todo, list(plan.remaining), plan.extends) == ((SPEC,), [6], False)
+    grown.add(stop=7, indices=[6], features={"f": _rows(6, 7)})
+    grown.finish()
+    with open_store(path) as store:
+        assert store.complete and store.ids.tolist() == list(_MoreSamples.ids)
+        assert store.meta["data_fingerprint"] == "def" and "update_of" not in store.meta
+        np.testing.assert_array_equal(store.features("f"), _rows(0, 7))
