@@ -14,7 +14,7 @@ cluster and the driver; shards and the worker that extracts them), ``_network`` 
 ``_loader`` (decoding workers, batch joining), ``_autotune`` (images per pass
 and memory layout, chosen, cached, recorded), ``_gpu_decode`` (nvJPEG batches), ``_device``, ``_models`` (the registries of model
 sources, weights sources and weights formats, and the functions that dispatch
-through them: models, weights and their labels), ``_sources`` (what an entry
+through them: models, weights and their labels), ``_model_sources`` (what an entry
 of those registries is), ``_torchvision`` and ``_timm`` (the model sources),
 ``_weights`` (state dict files), ``_keras`` (Keras applications VGG weights),
 ``_layers`` (the layer index: names, aliases, shapes), ``_catalog`` (the

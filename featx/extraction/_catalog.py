@@ -22,7 +22,7 @@ from ..errors import ConfigError, choices, message, option
 from ..formatting import format_table
 from ._layers import LayerInfo, layer_index
 from ._models import MODEL_SOURCES, load_model
-from ._sources import ModelEntry
+from ._model_sources import ModelEntry
 
 __all__ = ["LayerListing", "ModelCatalog", "ModelEntry", "format_layers", "format_models", "list_layers", "list_models"]
 

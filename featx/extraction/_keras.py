@@ -34,7 +34,7 @@ from torch import nn
 from ..errors import WeightsError, message, option
 from ..store import file_weights_label, is_keras_weights_file, read_keras_weights
 from ._preprocessing import CAFFE_PREPROCESSING, Preprocessing
-from ._sources import LoadedModel, ModelSource
+from ._model_sources import LoadedModel, ModelSource
 from ._torchvision import default_preprocessing, list_model_names
 
 __all__ = [

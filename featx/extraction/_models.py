@@ -8,7 +8,7 @@ catalogue (a ``--weights-file``), and :data:`WEIGHTS_FORMATS` reads a
 weights file by its format: a Keras applications VGG file
 (:mod:`~featx.extraction._keras`), safetensors, a ``torch.save`` state dict
 (:mod:`~featx.extraction._weights`).  Each entry is a record of small
-functions (:mod:`~featx.extraction._sources`); adding a source is one entry
+functions (:mod:`~featx.extraction._model_sources`); adding a source is one entry
 here and the module that implements it.
 
 :func:`load_model` gives a :class:`LoadedModel` with the weights' own
@@ -24,7 +24,7 @@ from pathlib import Path
 from ..store import file_weights_label, is_keras_weights_file
 from ._keras import load_keras_file
 from ._preprocessing import Preprocessing, PreprocessingOptions, read_sidecar
-from ._sources import LoadedModel, ModelSource, WeightsFormat, WeightsSource
+from ._model_sources import LoadedModel, ModelSource, WeightsFormat, WeightsSource
 from ._timm import (
     check_timm_name,
     describe_timm,

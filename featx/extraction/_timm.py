@@ -47,7 +47,7 @@ from ..errors import (
 )
 from ._layers import LayerIndex, listing_hint
 from ._preprocessing import Preprocessing
-from ._sources import LoadedModel, ModelEntry, StateDict
+from ._model_sources import LoadedModel, ModelEntry, StateDict
 from ._weights import load_state_dict_into, weights_only_loading
 
 __all__ = [

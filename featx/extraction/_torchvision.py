@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import UnknownModelError, WeightsError, choices, close_matches, message, option
 from ._preprocessing import Preprocessing
-from ._sources import LoadedModel, ModelEntry, StateDict
+from ._model_sources import LoadedModel, ModelEntry, StateDict
 from ._weights import load_failure, load_state_dict_into, weights_only_loading
 
 __all__ = [

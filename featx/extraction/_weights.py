@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import WeightsError, message, option
 from ..store import file_weights_label
-from ._sources import LoadedModel, ModelSource, StateDict
+from ._model_sources import LoadedModel, ModelSource, StateDict
 
 __all__ = [
     "check_state_dict",
