@@ -105,7 +105,7 @@ _EXPORTS = {
     "layer_index": "_layers",
     "LayerInfo": "_layers",
     "parameters_up_to": "_layers",
-    # _models, _sources, _weights
+    # _models, _model_sources, _weights
     "LoadedModel": "_models",
     "read_torch_state_dict": "_weights",
     "read_safetensors": "_weights",
