@@ -201,11 +201,11 @@ def per_image_baseline(collection, case: Case, args, device, images: int) -> tup
     """
     import torch
 
-    from featx.extraction import LayerIndex, autocast, load_model, pool_features
+    from featx.extraction import autocast, layer_index, load_model, pool_features
 
     loaded = load_model(case.model, weights=args.weights, seed=0, image_size=args.image_size)
     model = loaded.module.to(device).eval()
-    index = LayerIndex(loaded.module, image_size=loaded.preprocessing.crop)
+    index = layer_index(loaded.module, image_size=loaded.preprocessing.crop)
     nodes = [index.resolve(layer) for layer in case.layers]
     modules = dict(model.named_modules())
     kept: dict[int, list] = {}

@@ -172,11 +172,11 @@ def _check_same(block: dict[str, Any], recipe: Any, layer_name: str) -> None:
 
 def _image_source(data: Sequence[Path]) -> tuple[Any, bool]:
     """The images to predict, and whether class subfolders may carry labels (one folder given as is)."""
-    from .extraction import FileSource, open_source
+    from .extraction import open_source
 
     if len(data) == 1 and data[0].is_dir():
         return open_source(data[0]), True
-    return FileSource.of_files(data), False
+    return open_source(data), False
 
 
 def predict_images(

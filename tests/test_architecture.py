@@ -8,7 +8,10 @@
   :mod:`featx.extraction` never imports :mod:`featx.classification`;
 - no module imports a private name (``_x``) of another module, nor a private
   module of a package that is not its own (or an ancestor of its own); tests
-  included.
+  included;
+- no module of featx imports itself through others: the graph of their
+  imports (at module level or inside functions, not those for type checkers
+  only) has no cycle.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class Import:
     module: str  # absolute module imported from (or imported)
     name: str | None  # the name taken from it, None for `import module`
     in_function: bool = False  # inside a function body (runs when called, not when the module is imported)
+    type_checking: bool = False  # under `if TYPE_CHECKING:` (never runs)
 
 
 def _module_name(path: Path, root: Path) -> str:
@@ -54,11 +58,17 @@ def imports_of(path: Path, root: Path) -> list[Import]:
         for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
         for inner in ast.walk(node) if inner is not node
     }
+    for_type_checkers = {
+        id(inner)
+        for node in ast.walk(tree) if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+        for statement in node.body for inner in ast.walk(statement)
+    }
     found = []
     for node in ast.walk(tree):
         local = id(node) in in_functions
+        checking = id(node) in for_type_checkers
         if isinstance(node, ast.Import):
-            found += [Import(path, node.lineno, alias.name, None, local) for alias in node.names]
+            found += [Import(path, node.lineno, alias.name, None, local, checking) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
@@ -66,7 +76,7 @@ def imports_of(path: Path, root: Path) -> list[Import]:
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ""
-            found += [Import(path, node.lineno, module, alias.name, local) for alias in node.names]
+            found += [Import(path, node.lineno, module, alias.name, local, checking) for alias in node.names]
     return found
 
 
@@ -118,6 +128,71 @@ def violations(root: Path, package: str = "featx", extra_files: list[Path] = ())
                 if not (submodule and in_package and _within(own_package, imp.module)):
                     problems.append(f"{where}: imports the private name {imp.name} from {imp.module}")
     return problems
+
+
+def import_graph(root: Path, package: str = "featx") -> dict[str, set[str]]:
+    """Module -> the modules of *package* it imports (at module level or in functions; not for type checkers only)."""
+    modules = {_module_name(path, root): path for path in sorted((root / package).rglob("*.py"))}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for imp in imports_of(path, root):
+            if imp.type_checking:
+                continue
+            submodule = f"{imp.module}.{imp.name}" if imp.name else None
+            target = submodule if submodule in modules else imp.module
+            if target in modules and target != name:
+                targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The modules that import one another, in groups (the graph's strongly connected components of two or more)."""
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(module: str) -> None:  # Tarjan's algorithm
+        order[module] = low[module] = len(order)
+        stack.append(module)
+        for target in sorted(graph[module]):
+            if target not in order:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], order[target])
+        if low[module] == order[module]:
+            group = []
+            while not group or group[-1] != module:
+                group.append(stack.pop())
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in order:
+            visit(module)
+    return sorted(cycles)
+
+
+def test_no_module_of_featx_imports_itself_through_others():
+    assert import_cycles(import_graph(ROOT)) == []
+
+
+def test_the_cycle_check_catches_a_cycle_through_a_function_level_import(tmp_path):
+    (tmp_path / "featx/extraction").mkdir(parents=True)
+    (tmp_path / "featx/__init__.py").write_text("")
+    (tmp_path / "featx/extraction/__init__.py").write_text("")
+    (tmp_path / "featx/extraction/_layers.py").write_text("from ._models import load_model\n")
+    (tmp_path / "featx/extraction/_models.py").write_text("def load_model():\n    from . import _timm\n")
+    (tmp_path / "featx/extraction/_timm.py").write_text(
+        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from ._network import Plan\n\nfrom ._layers import LayerIndex\n"
+    )
+    (tmp_path / "featx/extraction/_network.py").write_text("from ._timm import TimmNetwork\n")
+    graph = import_graph(tmp_path)
+    assert graph["featx.extraction._timm"] == {"featx.extraction._layers"}  # not the import for type checkers
+    assert import_cycles(graph) == [["featx.extraction._layers", "featx.extraction._models", "featx.extraction._timm"]]
 
 
 def test_featx_and_its_tests_follow_the_import_rule():

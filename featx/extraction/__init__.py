@@ -12,12 +12,15 @@ Modules: ``_config`` (configuration, checks, result, its summary), ``_engine``
 (the run and its writer thread), ``_ray`` and ``_shards`` (the Ray engine: the
 cluster and the driver; shards and the worker that extracts them), ``_network`` (layer plan, truncated graph),
 ``_loader`` (decoding workers, batch joining), ``_autotune`` (images per pass
-and memory layout, chosen, cached, recorded), ``_gpu_decode`` (nvJPEG batches), ``_device``, ``_models`` and
-``_weights`` (models, weights and their labels), ``_layers`` (names, aliases,
-listing), ``_images``, ``_pooling``, ``_onednn`` and ``_allocator``;
-``_preprocessing`` (the weights' preprocessing, ``--resize``/``--mean``/...,
-sidecars), ``_timm`` (``timm/`` models through timm's own API), ``_keras``
-(Keras applications VGG weights), ``_catalog`` (the ``models`` listing).
+and memory layout, chosen, cached, recorded), ``_gpu_decode`` (nvJPEG batches), ``_device``, ``_models`` (the registries of model
+sources, weights sources and weights formats, and the functions that dispatch
+through them: models, weights and their labels), ``_model_sources`` (what an entry
+of those registries is), ``_torchvision`` and ``_timm`` (the model sources),
+``_weights`` (state dict files), ``_keras`` (Keras applications VGG weights),
+``_layers`` (the layer index: names, aliases, shapes), ``_catalog`` (the
+``models`` and ``layers`` listings), ``_images``, ``_pooling``, ``_onednn`` and
+``_allocator``; ``_preprocessing`` (the weights' preprocessing,
+``--resize``/``--mean``/..., sidecars).
 """
 
 from __future__ import annotations
@@ -38,9 +41,9 @@ _EXPORTS = {
     # _transformer: features without a store
     "FeatureExtractor": "_transformer",
     # _sources, _folder: where images come from
-    "ImageSource": "_sources",
-    "FileSource": "_sources",
-    "InMemorySource": "_sources",
+    "ImageSource": "_image_source",
+    "FileSource": "_image_source",
+    "InMemorySource": "_image_source",
     "open_source": "_sources",
     "COMPRESSIONS": "_config",
     "DECODERS": "_config",
@@ -108,15 +111,15 @@ _EXPORTS = {
     "load_image": "_images",
     # _layers
     "LayerIndex": "_layers",
+    "GraphLayerIndex": "_layers",
+    "layer_index": "_layers",
     "LayerInfo": "_layers",
-    "LayerListing": "_layers",
-    "list_layers": "_layers",
-    "format_layers": "_layers",
     "parameters_up_to": "_layers",
-    # _models, _weights
+    # _models, _model_sources, _weights
     "LoadedModel": "_models",
-    "read_state_dict": "_models",
-    "check_state_dict": "_models",
+    "read_torch_state_dict": "_weights",
+    "read_safetensors": "_weights",
+    "check_state_dict": "_weights",
     # _preprocessing: the weights' recipe and the user's changes to it (no torch)
     "Preprocessing": "_preprocessing",
     "PreprocessingOptions": "_preprocessing",
@@ -132,7 +135,6 @@ _EXPORTS = {
     "TimmNetwork": "_timm",
     "TimmLayerIndex": "_timm",
     "is_timm_model": "_timm",
-    "load_timm_model": "_timm",
     "list_timm_architectures": "_timm",
     "timm_preprocessing": "_timm",
     "hub_cache_dir": "_timm",
@@ -142,18 +144,21 @@ _EXPORTS = {
     "keras_dense_to_torch": "_keras",
     "keras_vgg_state_dict": "_keras",
     "load_keras_vgg": "_keras",
-    # _catalog: the models command
+    # _catalog: the models and layers commands
     "MODEL_SOURCES": "_config",
     "ModelEntry": "_catalog",
     "ModelCatalog": "_catalog",
     "list_models": "_catalog",
     "format_models": "_catalog",
+    "LayerListing": "_catalog",
+    "list_layers": "_catalog",
+    "format_layers": "_catalog",
     "check_model_name": "_models",
-    "list_model_names": "_models",
+    "list_model_names": "_torchvision",
     "load_model": "_models",
-    "weights_cache_path": "_models",
+    "weights_cache_path": "_torchvision",
     "weights_label": "_models",
-    "sha256_file": "_models",
+    "sha256_file": "_weights",
     # _pooling (no torch)
     "POOLS": "_pooling",
     "effective_pool": "_pooling",

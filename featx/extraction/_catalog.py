@@ -1,67 +1,35 @@
-"""What can be extracted: the models of torchvision and timm, as ``run_pipeline.py models`` lists them.
+"""What can be extracted: the models of each source and the layers of a model, as ``featx models`` and ``featx layers`` list them.
 
-One row per architecture: its weights (default first), the default input
-size, the parameter count, the width of its ``penultimate`` layer, and which
-weights are in the local cache (so usable offline).  Models are built on
-torch's ``meta`` device, which allocates no memory and initialises nothing, so
-that counting the parameters of dozens of models takes seconds.
+``models``: one row per architecture of a model source
+(:data:`~featx.extraction._models.MODEL_SOURCES`): its weights (default
+first), the default input size, the parameter count, the width of its
+``penultimate`` layer, and which weights are in the local cache (so usable
+offline).  Models are built on torch's ``meta`` device, which allocates no
+memory and initialises nothing, so that counting the parameters of dozens of
+models takes seconds.
+
+``layers``: the rows of a model's layer index
+(:class:`~featx.extraction._layers.LayerIndex`), whatever its source.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
-from dataclasses import dataclass
-
-import torch
-import torchvision
-from torch import nn
+from dataclasses import dataclass, replace
 
 from ..errors import ConfigError, choices, message, option
 from ..formatting import format_table
-from ._config import MODEL_SOURCES
-from ._models import list_model_names, weights_cache_path
-from ._timm import (
-    TIMM_PREFIX,
-    import_timm,
-    list_timm_architectures,
-    timm_cached_weights,
-    timm_weights_tags,
-)
+from ._layers import LayerInfo, layer_index
+from ._models import MODEL_SOURCES, load_model
+from ._model_sources import ModelEntry
 
-__all__ = ["MODEL_SOURCES", "ModelCatalog", "ModelEntry", "format_models", "list_models"]
+__all__ = ["LayerListing", "ModelCatalog", "ModelEntry", "format_layers", "format_models", "list_layers", "list_models"]
 
 log = logging.getLogger("featx")
 
 # Past this many rows the listing takes long enough to say so.
 _MANY = 200
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """One architecture.
-
-    Attributes
-    ----------
-    name : str
-        What ``--model`` takes (``resnet50``, ``timm/convnext_tiny``).
-    weights : tuple of str
-        Pretrained weights (torchvision's names, timm's tags), the default first.
-    input_size : int
-        The default weights' crop size.
-    params : int
-    penultimate : int or None
-        Width of the ``penultimate`` layer (the input of the classifier).
-    cached : tuple of str
-        The weights whose file is in the local cache.
-    """
-
-    name: str
-    weights: tuple[str, ...]
-    input_size: int
-    params: int
-    penultimate: int | None
-    cached: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -71,7 +39,7 @@ class ModelCatalog:
     Attributes
     ----------
     source : str
-        One of :data:`MODEL_SOURCES`.
+        One of ``MODEL_SOURCES``.
     filter : str or None
     entries : tuple of ModelEntry
     """
@@ -87,51 +55,6 @@ def _matches(names: tuple[str, ...], text: str | None) -> list[str]:
         return list(names)
     pattern = text.lower() if any(c in text for c in "*?[") else f"*{text.lower()}*"
     return [n for n in names if fnmatch.fnmatchcase(n.lower(), pattern)]
-
-
-def _penultimate_width(model: nn.Module) -> int | None:
-    """Input width of the final Linear, or of the final convolution of all-convolutional nets (SqueezeNet)."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if linears:
-        return linears[-1].in_features
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    return convs[-1].in_channels if convs else None
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _torchvision_entry(name: str) -> ModelEntry:
-    with torch.device("meta"):
-        model = torchvision.models.get_model(name, weights=None)
-    enum = torchvision.models.get_model_weights(name)
-    default = enum.DEFAULT
-    weights = (default.name, *(w.name for w in enum if w is not default))
-    return ModelEntry(
-        name=name,
-        weights=weights,
-        input_size=int(default.transforms().crop_size[0]),
-        params=_count(model),
-        penultimate=_penultimate_width(model),
-        cached=tuple(w for w in weights if weights_cache_path(enum[w]).is_file()),
-    )
-
-
-def _timm_entry(architecture: str) -> ModelEntry:
-    timm = import_timm()
-    with torch.device("meta"):
-        model = timm.create_model(architecture, pretrained=False)
-    tags = timm_weights_tags(architecture)
-    width = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)
-    return ModelEntry(
-        name=TIMM_PREFIX + architecture,
-        weights=tags,
-        input_size=int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]),
-        params=_count(model),
-        penultimate=int(width) if width else None,
-        cached=tuple(t for t in tags if timm_cached_weights(architecture, t)[0] is not None),
-    )
 
 
 def list_models(*, source: str = "torchvision", filter: str | None = None) -> ModelCatalog:
@@ -156,13 +79,11 @@ def list_models(*, source: str = "torchvision", filter: str | None = None) -> Mo
     """
     if source not in MODEL_SOURCES:
         raise ConfigError(message(option("source"), allowed=choices(MODEL_SOURCES), got=source))
-    if source == "timm":
-        names, make = _matches(list_timm_architectures(), filter), _timm_entry
-    else:
-        names, make = _matches(list_model_names(), filter), _torchvision_entry
+    entry = MODEL_SOURCES[source]
+    names = _matches(entry.names(), filter)
     if len(names) > _MANY:
         log.info(f"counting the parameters of {len(names):,} {source} models (about a minute per 300); --filter TEXT narrows the list")
-    return ModelCatalog(source=source, filter=filter, entries=tuple(make(n) for n in names))
+    return ModelCatalog(source=source, filter=filter, entries=tuple(entry.describe(n) for n in names))
 
 
 def _weights_cell(weights: tuple[str, ...], shown: int = 3) -> str:
@@ -174,12 +95,11 @@ def _weights_cell(weights: tuple[str, ...], shown: int = 3) -> str:
 
 
 def format_models(catalog: ModelCatalog) -> str:
-    """The table ``run_pipeline.py models`` prints."""
+    """The table ``featx models`` prints."""
     matching = f" matching '{catalog.filter}'" if catalog.filter else ""
     if not catalog.entries:
-        return f"no {catalog.source} model{matching}; `run_pipeline.py models --source {catalog.source}` lists them all"
-    how = "--model NAME --weights TAG (default: the first)" if catalog.source == "timm" else "--model NAME --weights NAME"
-    title = f"{len(catalog.entries)} {catalog.source} models{matching}; extract with {how}"
+        return f"no {catalog.source} model{matching}; `featx models --source {catalog.source}` lists them all"
+    title = f"{len(catalog.entries)} {catalog.source} models{matching}; extract with {MODEL_SOURCES[catalog.source].usage}"
     rows = [
         (
             e.name,
@@ -193,3 +113,82 @@ def format_models(catalog: ModelCatalog) -> str:
     ]
     table = format_table(("model", "weights", "input", "params", "penultimate", "cached"), rows, align="<<>>><")
     return f"{title}\n{table}"
+
+
+@dataclass(frozen=True)
+class LayerListing:
+    """The layers of a model at an input size, as ``featx layers`` lists them.
+
+    Attributes
+    ----------
+    model : str
+        The model's name.
+    image_size : int
+        Input size the shapes are for.
+    rows : tuple of LayerInfo
+        Every tensor-valued node, in execution order.
+    shown : tuple of LayerInfo
+        The rows listed: all of them with ``show_all``, else those with
+        aliases or parameters, and the output.
+    total_params : int
+        Parameters of the whole model.
+    show_all : bool
+    """
+
+    model: str
+    image_size: int
+    rows: tuple[LayerInfo, ...]
+    shown: tuple[LayerInfo, ...]
+    total_params: int
+    show_all: bool = False
+
+
+def list_layers(model: str, *, image_size: int | None = None, show_all: bool = False) -> LayerListing:
+    """Names, aliases, output shapes and parameter counts of a model's layers.
+
+    Parameters
+    ----------
+    model : str
+        A model name (``vgg19``, ``timm/resnet18``).
+    image_size : int, optional
+        Input size (default: the weights' crop size, usually 224).
+    show_all : bool
+        List nodes without parameters or aliases too.
+
+    Returns
+    -------
+    LayerListing
+        Print it with :func:`format_layers`.
+
+    Examples
+    --------
+    >>> listing = list_layers("vgg19", image_size=256)  # doctest: +SKIP
+    >>> {alias: r.shape for r in listing.rows for alias in r.aliases}["block5_pool"]  # doctest: +SKIP
+    (512, 8, 8)
+    """
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise ConfigError(message(option("image_size"), allowed="a positive integer (the input size in pixels)", got=image_size))
+    loaded = load_model(model, weights="none", image_size=image_size)
+    size = image_size or loaded.preprocessing.crop
+    index = layer_index(loaded.module, image_size=size, name=model)
+    cumulative = index.cumulative_params()
+    rows = tuple(replace(r, cumulative_params=cumulative.get(r.node, 0)) for r in index.describe())
+    shown = tuple(r for r in rows if show_all or r.aliases or r.params or r.node == rows[-1].node)
+    total = sum(p.numel() for p in loaded.module.parameters())
+    return LayerListing(model=model, image_size=size, rows=rows, shown=shown, total_params=total, show_all=show_all)
+
+
+def format_layers(listing: LayerListing) -> str:
+    """The table ``featx layers`` prints: a title line, the layers, the total parameters."""
+    title = f"{listing.model} at {listing.image_size}x{listing.image_size}: {len(listing.rows)} layers"
+    if not listing.show_all:
+        title += f" ({len(listing.shown)} shown; --all for every node)"
+    table = format_table(
+        ("layer (graph node)", "aliases", "output shape", "params", "params up to here"),
+        [
+            (r.node, ", ".join(r.aliases), "x".join(map(str, r.shape)), f"{r.params:,}", f"{r.cumulative_params:,}")
+            for r in listing.shown
+        ],
+        align="<<>>>",
+    )
+    return f"{title}\n{table}\ntotal params: {listing.total_params:,}"

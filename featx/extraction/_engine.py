@@ -7,9 +7,9 @@ tells what the requested layers are and resolves the recipe
 (:func:`~featx.extraction._network.build_network`); the store writer says
 which layers and images are still to do; the network is then truncated once,
 for those, after the deepest of them.  How it runs (images per pass, memory
-layout) is chosen once and recorded, and an :class:`Engine` runs it: this
-process (:class:`LocalEngine`) or Ray actors
-(:class:`~featx.extraction._ray.RayEngine`), behind the same interface.
+layout) is chosen once and recorded, and an engine runs it: this process
+(:class:`LocalEngine`) or Ray actors (:class:`~featx.extraction._ray.RayEngine`),
+behind one interface (:class:`~featx.extraction._job.Engine`).
 Batches always cover the same image ranges (multiples of the batch size), so
 a resumed run computes exactly the batches an uninterrupted run would have.
 """
@@ -22,10 +22,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -37,101 +35,20 @@ from ..errors import ConfigError, message, option
 from ..formatting import format_bytes
 from ..store import RECIPE_ATTR, StoreWriter, lock_store, open_store
 from ._autotune import choose_forward_config
-from ._config import ExtractConfig, ExtractResult, WorkerThroughput
+from ._config import ExtractConfig, ExtractResult
 from ._device import resolve_device
 from ._gpu_decode import resolve_decode
 from ._loader import default_workers
-from ._network import FeatureNetwork, ForwardConfig, TruncatedNetwork, build_network, prepare_extractor
+from ._network import FeatureNetwork, build_network, prepare_extractor
 from ._recipe import FeatureRecipe, LayerRecipe
-from ._sources import ImageSource, open_source
+from ._image_source import ImageSource
+from ._job import Engine, EngineRun, ExtractionJob
+from ._sources import open_source
 from ._stream import FeatureStream
 
-__all__ = ["Engine", "EngineRun", "ExtractionJob", "LocalEngine", "ENGINE_FACTORIES", "extract_features"]
+__all__ = ["LocalEngine", "ENGINE_FACTORIES", "extract_features"]
 
 log = logging.getLogger("featx")
-
-
-@dataclass
-class ExtractionJob:
-    """What an engine runs: the images still to do, through a network, into a store.
-
-    Attributes
-    ----------
-    config : ExtractConfig
-    source : ImageSource
-    network : FeatureNetwork
-        The model and its resolved recipe.
-    truncated : TruncatedNetwork
-        The network cut after the deepest layer still to do, running
-        ``forward.micro_batch`` images per pass (not yet moved to the device).
-    writer : StoreWriter
-        Says what is left (``writer.plan.remaining``) and takes the rows.
-    forward : ForwardConfig
-    """
-
-    config: ExtractConfig
-    source: ImageSource
-    network: FeatureNetwork
-    truncated: TruncatedNetwork
-    writer: StoreWriter
-    forward: ForwardConfig
-
-
-@dataclass
-class EngineRun:
-    """What an engine did.
-
-    Attributes
-    ----------
-    failed : list of (id, reason)
-    images : int
-        Images processed.
-    seconds : float
-        From the call of :meth:`Engine.run` (the network and its forward
-        configuration ready) to the finished store.
-    workers : list of WorkerThroughput
-        What each worker did (Ray).
-    retried_shards : int
-        Shards handed out again after a worker failed on them (Ray).
-    """
-
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    images: int = 0
-    seconds: float = 0.0
-    workers: list[WorkerThroughput] = field(default_factory=list)
-    retried_shards: int = 0
-
-
-class Engine(Protocol):
-    """Runs an extraction's network over the images still to do and writes the rows into the store.
-
-    Made from the configuration (:data:`ENGINE_FACTORIES`) before any work,
-    so that an unusable engine (no GPU, a cluster that cannot be joined) is a
-    one-line error then.
-
-    Attributes
-    ----------
-    device : torch.device
-        Where the network runs.
-    can_autotune : bool
-        Whether the forward configuration can be measured here (the Ray
-        engine's driver may lack the GPUs its workers run on).
-    """
-
-    device: torch.device
-    can_autotune: bool
-
-    def start(self) -> None:
-        """Called once the store is locked, before the network is built: start what takes long to start."""
-
-    def before_measuring(self) -> None:
-        """Called just before the forward configuration is measured: let nothing else share the cores then."""
-
-    def run(self, job: ExtractionJob) -> EngineRun:
-        """Extract ``job.writer.plan.remaining`` into the store and finish it."""
-
-    def close(self) -> None:
-        """Release what the engine holds (workers, a cluster connection), whatever happened."""
 
 
 class _WriterThread(threading.Thread):
@@ -273,7 +190,7 @@ def _meta(network: FeatureNetwork, source: ImageSource) -> dict:
     return {
         "featx_version": __version__,
         **network.recipe.attrs(),
-        **network.loaded.provenance(),
+        **network.loaded.provenance,
         "data_root": source.location,
         "data_fingerprint": source.fingerprint,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),

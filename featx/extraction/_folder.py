@@ -26,7 +26,7 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +34,9 @@ import numpy as np
 from ..errors import DataError, message, option
 from ..store import SPLIT_NAMES
 from ._images import IMAGE_EXTENSIONS
-from ._sources import FileSource, file_fingerprint
+from ._image_source import FileSource, file_fingerprint
 
-__all__ = ["SPLIT_FOLDERS", "split_of_folder", "walk_images", "discover_images"]
+__all__ = ["SPLIT_FOLDERS", "split_of_folder", "walk_images", "discover_images", "loose_files"]
 
 # Folder names read as a split (compared case-insensitively) -> the split recorded
 # in /samples/split, one of featx.store.SPLIT_NAMES.
@@ -212,4 +212,36 @@ def discover_images(root: str | os.PathLike) -> FileSource:
         classes=classes,
         fingerprint=file_fingerprint(root, ids),
         layout=_layout_report(root, ids, splits, labels_by_id, split_dirs, class_dirs),
+    )
+
+
+def loose_files(paths: Iterable[str | os.PathLike]) -> FileSource:
+    """Image files (and the images of folders, walked), unlabelled, under their common folder.
+
+    Raises
+    ------
+    DataError
+        A path does not exist, or no image was found.
+    """
+    files: list[Path] = []
+    given = [Path(p).expanduser() for p in paths]
+    for p in given:
+        if p.is_dir():
+            files.extend(p / i for i in walk_images(p))
+        elif p.exists() or p.is_symlink():
+            files.append(p)
+        else:
+            raise DataError(message(f"image not found: '{p}' does not exist", hint="pass image files or folders"))
+    if not files:
+        raise DataError(message("no images found in", got=", ".join(map(str, given))))
+    absolute = [f.absolute() for f in files]
+    root = Path(os.path.commonpath([f.parent for f in absolute]))
+    ids = tuple(sorted({f.relative_to(root).as_posix() for f in absolute}))
+    return FileSource(
+        root=root,
+        ids=ids,
+        labels=np.full(len(ids), -1, dtype=np.int32),
+        splits=("",) * len(ids),
+        classes=(),
+        fingerprint=file_fingerprint(root, ids),
     )

@@ -4,9 +4,10 @@ On a GPU host the CPU-side decode is the bound: PIL decodes some 400 ImageNet
 JPEGs per second per core, while one GPU runs ResNet-50 on many thousands.
 With ``decode='gpu'`` the DataLoader workers only read the files' bytes and
 check their headers (:class:`EncodedImageDataset`); the main process decodes
-each batch's JPEGs in one nvJPEG call and resizes, crops and normalises them on
-the GPU (:class:`GpuJpegDecoder`), with the same operations as the CPU's
-:class:`~featx.extraction.Preprocessing` on a tensor.  Everything else is
+each batch's JPEGs in one nvJPEG call and applies the run's
+:class:`~featx.extraction.Preprocessing` to them on the GPU
+(:class:`GpuJpegDecoder`): its :meth:`~featx.extraction.Preprocessing.resize_crop`
+image by image, its :meth:`~featx.extraction.Preprocessing.normalize` once per batch.  Everything else is
 decoded on the CPU as before: other formats, JPEGs nvJPEG does not take
 (CMYK, 12-bit, larger than the decompression-bomb limit: read from the header),
 and files the GPU refuses; an image goes to ``/failed`` only when the CPU
@@ -31,12 +32,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torchvision.transforms.functional as F
-from torchvision.transforms import InterpolationMode
 
 from ..errors import DeviceError, message, option
 from ._images import MAX_IMAGE_PIXELS, ImageBatch, ImageDataset
-from ._sources import ImageSource
+from ._preprocessing import Preprocessing
+from ._image_source import ImageSource
 
 __all__ = [
     "JpegHeader",
@@ -268,11 +268,9 @@ class GpuJpegDecoder:
     ----------
     collection : ImageSource
     preprocessing : Preprocessing
-        Applied on the GPU with torchvision's tensor functions, as
-        :class:`Preprocessing` applies them to a tensor: resize and crop image
-        by image, then scaling, channel order and normalisation once for the
-        batch (:meth:`_normalise`, the last steps of ``Preprocessing.__call__``
-        on a batch; the tests check the two agree to the bit).
+        Applied on the GPU: :meth:`Preprocessing.resize_crop` image by image,
+        then :meth:`Preprocessing.normalize` once for the batch (the same bits
+        as ``Preprocessing.__call__`` on each decoded tensor).
     device : torch.device
         A CUDA device.
     max_pixels : int
@@ -284,7 +282,7 @@ class GpuJpegDecoder:
     def __init__(
         self,
         collection: ImageSource,
-        preprocessing,
+        preprocessing: Preprocessing,
         device: torch.device,
         *,
         max_pixels: int = MAX_IMAGE_PIXELS,
@@ -295,28 +293,8 @@ class GpuJpegDecoder:
         self.device = device
         self.decode = decode
         self.cpu = ImageDataset(collection, preprocessing, max_pixels=max_pixels)
-        self.mean = torch.tensor(preprocessing.mean, device=device).view(-1, 1, 1)
-        self.std = torch.tensor(preprocessing.std, device=device).view(-1, 1, 1)
-        self.pixel_range = getattr(preprocessing, "pixel_range", 1)
-        self.channel_order = getattr(preprocessing, "channel_order", "RGB")
         #: Images the GPU refused and the CPU decoded, over the decoder's life (the engine reports them).
         self.refused = 0
-
-    def _crop(self, image: torch.Tensor) -> torch.Tensor:
-        """Resize the shorter side and centre-crop one decoded image (uint8, on the GPU)."""
-        p = self.preprocessing
-        image = F.resize(image, [p.resize], interpolation=InterpolationMode(p.interpolation), antialias=True)
-        return F.center_crop(image, [p.crop])
-
-    def _normalise(self, crops: torch.Tensor) -> torch.Tensor:
-        """Scale, reorder and normalise a batch (N, 3, H, W) of uint8 crops, as Preprocessing does each image."""
-        if self.pixel_range == 255:
-            pixels = crops.to(torch.float)  # 8-bit values as they are
-        else:
-            pixels = F.convert_image_dtype(crops, torch.float)
-        if self.channel_order == "BGR":
-            pixels = pixels.flip(1)
-        return (pixels - self.mean) / self.std
 
     def _decode(self, jpegs: list[tuple[int, torch.Tensor]]) -> tuple[list[tuple[int, torch.Tensor]], list[int]]:
         """GPU-decoded crops of *jpegs*, and the indices the GPU refused.
@@ -331,7 +309,7 @@ class GpuJpegDecoder:
         except RuntimeError:
             images = None
         if images is not None:
-            return [(i, self._crop(image)) for (i, _), image in zip(jpegs, images, strict=True)], []
+            return [(i, self.preprocessing.resize_crop(image)) for (i, _), image in zip(jpegs, images, strict=True)], []
         if len(jpegs) == 1:
             return [], [jpegs[0][0]]
         crops, refused = [], []
@@ -349,7 +327,7 @@ class GpuJpegDecoder:
         self.refused += len(refused)
         ready: list[tuple[int, torch.Tensor]] = []
         if crops:
-            normalised = self._normalise(torch.stack([crop for _, crop in crops]))
+            normalised = self.preprocessing.normalize(torch.stack([crop for _, crop in crops]))
             ready += zip((i for i, _ in crops), normalised.unbind(0), strict=True)
         for index in refused:
             _, pixels, reason = self.cpu[index]

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 if TYPE_CHECKING:
-    from ._sources import ImageSource
+    from ._image_source import ImageSource
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -16,7 +16,8 @@ The transfer-learning tutorials featx's users come from use Keras'
 
 A ``_notop`` file (``include_top=False``) has no ``fc1``, ``fc2``,
 ``predictions``: layers up to ``block5_pool`` can be extracted, later ones are
-refused.
+refused.  This is the weights format ``keras-vgg`` of
+:data:`featx.extraction._models.WEIGHTS_FORMATS`.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ import torchvision
 from torch import nn
 
 from ..errors import WeightsError, message, option
-from ..store import is_keras_weights_file, read_keras_weights
+from ..store import file_weights_label, is_keras_weights_file, read_keras_weights
 from ._preprocessing import CAFFE_PREPROCESSING, Preprocessing
+from ._model_sources import LoadedModel, ModelSource
+from ._torchvision import default_preprocessing, list_model_names
 
 __all__ = [
     "is_keras_weights_file",
@@ -40,6 +43,7 @@ __all__ = [
     "keras_dense_to_torch",
     "keras_layer_names",
     "keras_vgg_state_dict",
+    "load_keras_file",
     "load_keras_vgg",
 ]
 
@@ -211,3 +215,28 @@ def load_keras_vgg(name: str, path: Path, base: Preprocessing) -> tuple[nn.Modul
         "Keras' caffe preprocessing (BGR, mean pixel subtracted, no scaling)"
     )
     return model.eval(), replace(base, **CAFFE_PREPROCESSING), () if has_top else ("classifier",)
+
+
+def load_keras_file(model: str, path: Path, *, source: ModelSource, seed: int, image_size: int | None) -> LoadedModel:
+    """*model* with the weights of a Keras applications HDF5 file (the ``load`` of the weights format ``keras-vgg``).
+
+    Every weight comes from the file (*seed* initialises nothing); the
+    preprocessing is Keras' ``caffe`` mode at the torchvision weights' resize
+    and crop (*image_size* rescales them in :func:`~featx.extraction.load_model`).
+
+    Raises
+    ------
+    WeightsError
+        *model* is not one of torchvision's VGGs without batch norm, or the file does not match it.
+    """
+    if model not in list_model_names():
+        raise WeightsError(
+            message(
+                f"'{path}' is a Keras weights file; those are read for torchvision's vgg16 and vgg19 only",
+                hint=f"pass {option('model', 'vgg16')} or {option('model', 'vgg19')}",
+            )
+        )
+    module, preprocessing, untrained = load_keras_vgg(model, path, default_preprocessing(model))
+    return LoadedModel(
+        name=model, module=module, weights=file_weights_label(path), preprocessing=preprocessing, untrained=untrained
+    )

@@ -1,6 +1,15 @@
-"""Layer names: graph nodes, module paths and familiar aliases.
+"""Layer names: the layer index of a network, and torchvision's graph nodes, module paths and aliases.
 
-Any node of torchvision's FX graph of the model works (``features.11``,
+:class:`LayerIndex` is what featx asks of every network it runs: the names
+of its layers in execution order, aliases for them, one :class:`LayerInfo`
+per layer (its output shape, channels, reduction and parameters, as timm's
+``FeatureInfo`` describes a feature output), :meth:`~LayerIndex.resolve`
+from any of those names, and a body that computes the requested layers.
+:func:`layer_index` gives a network's own: :class:`GraphLayerIndex` for
+torchvision's models (their FX graph), timm's for ``timm/`` networks
+(:class:`~featx.extraction._timm.TimmLayerIndex`).
+
+In a torchvision model, any node of the FX graph works (``features.11``,
 ``layer4.2.relu_2``), as does a module path, which means the last node inside
 that module (``layer4``), as in ``create_feature_extractor``.  On top of that,
 the aliases users know from Caffe, Keras and the papers resolve to
@@ -18,17 +27,19 @@ post-activation outputs:
 A graph node name always means that node: a name is looked up among the graph
 nodes first, then among the aliases, then among the module paths, and an alias
 that is also a node name is dropped.  ResNet's ``conv1`` is therefore the node
-``conv1``, the bare stem convolution; the paper's conv1 stage (after batch norm
-and ReLU), which featx 0.1 called ``conv1``, is ``stem``.
+``conv1``, the bare stem convolution; the stem after batch norm and ReLU is
+``stem`` (:data:`FORMER_ALIASES`: using ``conv1`` says so).
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cached_property
+from typing import Protocol, runtime_checkable
 
 import torch
 import torchvision
@@ -38,39 +49,43 @@ from torchvision.models.feature_extraction import (
     get_graph_node_names,
 )
 
-from ..errors import (
-    ConfigError,
-    ImageSizeError,
-    UnknownLayerError,
-    close_matches,
-    message,
-    option,
-)
-from ..formatting import format_table
-from ._models import load_model
+from ..errors import ImageSizeError, UnknownLayerError, close_matches, message, option
 
-__all__ = ["LayerInfo", "LayerIndex", "LayerListing", "list_layers", "format_layers", "parameters_up_to"]
+__all__ = [
+    "GraphLayerIndex",
+    "IndexedNetwork",
+    "LayerIndex",
+    "LayerInfo",
+    "layer_index",
+    "listing_hint",
+    "parameters_up_to",
+    "trial_forward",
+]
 
 log = logging.getLogger("featx")
 
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One row of a layer listing.
+    """One layer of a network: a row of the ``featx layers`` listing.
 
     Attributes
     ----------
     node : str
-        Graph node name.
+        The layer's name: a graph node, or a timm module (``layer2``) or output (``pre_logits``).
     aliases : tuple of str
         Alias names that resolve to this node.
     shape : tuple of int
         Output shape of one sample (without the batch dimension).
     params : int
-        Parameters of the module that computes the node (0 for functional ops).
+        Parameters of the module that computes the node (0 for functional
+        ops); for timm's layers, those the node adds to the ones before.
     cumulative_params : int
         Parameters the node's output depends on: Keras' running total of
-        ``model.summary()`` up to this layer (set by :func:`list_layers`).
+        ``model.summary()`` up to this layer (:meth:`LayerIndex.cumulative_params`).
+    reduction : int or None
+        How many input pixels one step of a feature map spans (timm's
+        ``FeatureInfo.reduction``); None for outputs that are no feature map.
     """
 
     node: str
@@ -78,13 +93,227 @@ class LayerInfo:
     shape: tuple[int, ...]
     params: int
     cumulative_params: int = 0
+    reduction: int | None = None
+
+    @property
+    def channels(self) -> int:
+        """Channels of a feature map ``(C, H, W)``, else the last dimension (features per token, or the width)."""
+        return self.shape[0] if len(self.shape) == 3 else self.shape[-1]
 
 
-def _next_of_type(children: list[tuple[str, nn.Module]], start: int, kind: type) -> int | None:
-    for j in range(start, len(children)):
-        if isinstance(children[j][1], kind):
-            return j
-    return None
+def trial_forward(network: nn.Module, image_size: int, model_name: str, *, record_graph: bool = False) -> dict:
+    """Run *network* on one blank image of *image_size*; a size too small is a user error.
+
+    With *record_graph*, autograd records the pass, so that
+    :func:`parameters_up_to` can read which parameters each output depends on.
+    """
+    try:
+        with torch.inference_mode(not record_graph), torch.set_grad_enabled(record_graph):
+            return network(torch.zeros(1, 3, image_size, image_size))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ImageSizeError(
+            message(
+                f"{model_name} cannot run on {image_size}x{image_size} images ({reason})",
+                hint=f"use a larger {option('image_size')} (the weights' own, usually 224, when omitted)",
+            )
+        ) from None
+
+
+def parameters_up_to(outputs: dict[str, torch.Tensor], model: nn.Module) -> dict[str, int]:
+    """Node -> how many of *model*'s parameters its output depends on.
+
+    Read from autograd's record of one forward pass (the outputs of
+    :func:`trial_forward` with ``record_graph=True``): the parameters reached
+    by walking back from an output are the ones that computed it.  For a chain
+    of layers that is the running total of Keras' ``model.summary()``
+    (VGG19's ``block5_pool``: 20,024,384, the total of
+    ``VGG19(include_top=False)``); for branching networks it counts each
+    parameter once, whichever path uses it.
+    """
+    sizes = {id(p): p.numel() for p in model.parameters()}
+    counts = {}
+    for node, value in outputs.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        reached, seen, stack = set(), set(), [value.grad_fn]
+        while stack:
+            step = stack.pop()
+            if step is None or step in seen:
+                continue
+            seen.add(step)
+            variable = getattr(step, "variable", None)  # AccumulateGrad: a leaf, i.e. a parameter
+            if variable is not None:
+                reached.add(id(variable))
+            stack.extend(parent for parent, _ in step.next_functions)
+        counts[node] = sum(sizes.get(i, 0) for i in reached)
+    return counts
+
+
+def listing_hint(model: str | None) -> str:
+    """Where the valid layer names of *model* are listed."""
+    return f"list them with `featx layers --model {model or 'MODEL'}`"
+
+
+class LayerIndex(ABC):
+    """The layers of one network: names, aliases, output shapes, and a body that computes them.
+
+    Subclasses say what the network's layers are (:attr:`nodes`,
+    :attr:`aliases`, :meth:`feature_body`, what ``last_conv`` is); resolving
+    a name, measuring the shapes, the parameter counts and the listing's rows
+    are the same for every network.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network (in eval mode).
+    image_size : int
+        Input size used when output shapes are needed.
+    name : str, optional
+        The model's name, used in messages.
+    """
+
+    def __init__(self, model: nn.Module, *, image_size: int = 224, name: str | None = None) -> None:
+        self.model = model
+        self.image_size = image_size
+        self.name = name
+
+    # what each kind of network says -------------------------------------------------
+    @property
+    @abstractmethod
+    def nodes(self) -> list[str]:
+        """Every layer name, in execution order."""
+
+    @property
+    @abstractmethod
+    def aliases(self) -> dict[str, str]:
+        """Alias -> node; ``last_conv`` maps to itself and is resolved by :meth:`_last_conv`."""
+
+    @abstractmethod
+    def feature_body(self, nodes: Sequence[str]) -> nn.Module:
+        """A module that returns ``{node: output}`` for *nodes*, computing no more than they need."""
+
+    @abstractmethod
+    def _last_conv(self) -> str:
+        """The node of ``last_conv``, or :class:`UnknownLayerError` when the network has none."""
+
+    @abstractmethod
+    def _valid_names(self) -> str:
+        """What names are valid, for the message of an unknown one (``graph nodes, module paths and aliases (...)``)."""
+
+    def _params(self, node: str) -> int:
+        """The listing's ``params`` of *node*: those of the module that computes it."""
+        module = self._modules.get(node)
+        return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+    @cached_property
+    def module_paths(self) -> dict[str, str]:
+        """Module path -> node, for names that mean the last node inside a module (none by default)."""
+        return {}
+
+    # the same for every network ------------------------------------------------------
+    @property
+    def label(self) -> str:
+        """How messages name the model."""
+        return self.name or type(self.model).__name__
+
+    @cached_property
+    def _node_set(self) -> frozenset[str]:
+        return frozenset(self.nodes)
+
+    @cached_property
+    def _modules(self) -> dict[str, nn.Module]:
+        return dict(self.model.named_modules())
+
+    def resolve(self, name: str) -> str:
+        """Node of a node name, alias or module path.
+
+        Raises
+        ------
+        UnknownLayerError
+            With the closest valid names and a pointer to the ``layers`` command.
+        """
+        # Nodes first, so that a node name always means that node (ResNet's
+        # 'conv1' is the bare stem convolution, not the paper's conv1 stage).
+        if name in self._node_set:
+            return name
+        if name in self.aliases:
+            return self._last_conv() if name == "last_conv" else self.aliases[name]
+        if name in self.module_paths:
+            return self.module_paths[name]
+        known = [*self.aliases, *self.nodes, *self.module_paths]
+        raise UnknownLayerError(
+            message(
+                f"unknown layer '{name}' for {self.label}",
+                hint=f"{close_matches(name, known)}valid names are {self._valid_names()}; {listing_hint(self.name)}",
+            )
+        )
+
+    @cached_property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-sample output shape of every tensor-valued node at ``image_size``."""
+        outputs = trial_forward(self.feature_body(self.nodes).eval(), self.image_size, self.label)
+        return {
+            node: tuple(value.shape[1:])
+            for node, value in outputs.items()
+            if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == 1
+        }
+
+    @cached_property
+    def _cumulative(self) -> dict[str, int]:
+        # A second pass, recorded by autograd: the parameters each output was computed from.
+        body = self.feature_body(self.nodes).eval()
+        return parameters_up_to(trial_forward(body, self.image_size, self.label, record_graph=True), self.model)
+
+    def cumulative_params(self) -> dict[str, int]:
+        """Node -> parameters its output depends on (Keras' running total)."""
+        return dict(self._cumulative)
+
+    def describe(self) -> list[LayerInfo]:
+        """One :class:`LayerInfo` per tensor-valued node, in execution order (``cumulative_params`` left 0)."""
+        names: dict[str, list[str]] = {}
+        for alias in self.aliases:
+            try:
+                names.setdefault(self.resolve(alias), []).append(alias)
+            except UnknownLayerError:
+                continue  # e.g. no last_conv in a model without convolutions
+        for path in sorted(p for p in self.module_paths if "." not in p):
+            names.setdefault(self.module_paths[path], []).append(path)
+        return [
+            LayerInfo(node, tuple(names.get(node, ())), shape, self._params(node), reduction=self._reduction(shape))
+            for node in self.nodes
+            if (shape := self.shapes.get(node)) is not None
+        ]
+
+    def _reduction(self, shape: tuple[int, ...]) -> int | None:
+        return max(1, round(self.image_size / shape[-1])) if len(shape) == 3 else None
+
+
+@runtime_checkable
+class IndexedNetwork(Protocol):
+    """A network that indexes its own layers (timm's :class:`~featx.extraction._timm.TimmNetwork`)."""
+
+    def layer_index(self, *, image_size: int = 224) -> LayerIndex: ...
+
+
+def layer_index(model: nn.Module, *, image_size: int = 224, name: str | None = None) -> LayerIndex:
+    """The layer index of a network featx runs: its own (:class:`IndexedNetwork`), else its FX graph's.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A loaded model's ``module``.
+    image_size : int
+        Input size used when output shapes are needed.
+    name : str, optional
+        The model's name, used in messages.
+    """
+    if isinstance(model, IndexedNetwork):
+        return model.layer_index(image_size=image_size)
+    return GraphLayerIndex(model, image_size=image_size, name=name)
+
+
+# --------------------------------------------------------------------------- torchvision's graph
 
 
 def _post_activation(children: list[tuple[str, nn.Module]], i: int, stop_kinds: tuple[type, ...]) -> str:
@@ -152,7 +381,6 @@ FAMILY_ALIASES: list[tuple[type, Callable[[nn.Module], dict[str, str]]]] = [
     (torchvision.models.VGG, _vgg_aliases),
     (torchvision.models.ResNet, _resnet_aliases),
 ]
-GENERIC_ALIASES = ("penultimate", "logits", "last_conv")
 # Names that were aliases in featx 0.1 and are graph nodes of the family: they now
 # mean the node, and using one says where the old meaning went (a command that
 # worked then must not change meaning silently).
@@ -161,32 +389,8 @@ FORMER_ALIASES: list[tuple[type, dict[str, str]]] = [
 ]
 
 
-def trial_forward(network: nn.Module, image_size: int, model_name: str, *, record_graph: bool = False) -> dict:
-    """Run *network* on one blank image of *image_size*; a size too small is a user error.
-
-    With *record_graph*, autograd records the pass, so that
-    :func:`parameters_up_to` can read which parameters each output depends on.
-    """
-    try:
-        with torch.inference_mode(not record_graph), torch.set_grad_enabled(record_graph):
-            return network(torch.zeros(1, 3, image_size, image_size))
-    except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ImageSizeError(
-            message(
-                f"{model_name} cannot run on {image_size}x{image_size} images ({reason})",
-                hint=f"use a larger {option('image_size')} (the weights' own, usually 224, when omitted)",
-            )
-        ) from None
-
-
-def _listing_hint(model: str | None) -> str:
-    """Where the valid layer names of *model* are listed."""
-    return f"list them with `run_pipeline.py layers --model {model or 'MODEL'}`"
-
-
-class LayerIndex:
-    """Names, aliases and shapes of the layers of one model.
+class GraphLayerIndex(LayerIndex):
+    """The layers of a torchvision model: the nodes of its FX graph, module paths and family aliases.
 
     Parameters
     ----------
@@ -195,32 +399,30 @@ class LayerIndex:
     image_size : int
         Input size used when output shapes are needed.
     name : str, optional
-        torchvision name of the model, used in error messages.
+        torchvision name of the model, used in messages.
     """
 
-    def __init__(self, model: nn.Module, *, image_size: int = 224, name: str | None = None) -> None:
-        self.model = model
-        self.image_size = image_size
-        self.name = name
+    @cached_property
+    def nodes(self) -> list[str]:
         with warnings.catch_warnings():
             # "eval nodes are a subsequence of train nodes": expected, we extract in eval mode.
             warnings.simplefilter("ignore", UserWarning)
-            self.nodes: list[str] = list(get_graph_node_names(model)[1])
-        self._node_set = set(self.nodes)
-        self._modules = dict(model.named_modules())
+            return list(get_graph_node_names(self.model)[1])
 
-    # names ------------------------------------------------------------------------
-    def _last_node_in(self, prefix: str) -> str | None:
-        inside = [n for n in self.nodes if n == prefix or n.startswith(prefix + ".")]
-        return inside[-1] if inside else None
+    def feature_body(self, nodes: Sequence[str]) -> nn.Module:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # as in nodes
+            return create_feature_extractor(self.model, return_nodes={n: n for n in nodes})
 
     @cached_property
-    def _module_paths(self) -> set[str]:
-        paths = set()
+    def module_paths(self) -> dict[str, str]:
+        """Module path -> the last graph node inside that module, for paths that are no node themselves."""
+        last: dict[str, str] = {}
         for node in self.nodes:
             parts = node.split(".")
-            paths.update(".".join(parts[:k]) for k in range(1, len(parts)))
-        return paths - self._node_set
+            for k in range(1, len(parts)):
+                last[".".join(parts[:k])] = node
+        return {path: node for path, node in last.items() if path not in self._node_set}
 
     def _has_conv(self, node: str) -> bool:
         # torchvision traces some blocks (Conv2dNormActivation, ...) as single leaf nodes.
@@ -249,7 +451,7 @@ class LayerIndex:
         for kind, make in FAMILY_ALIASES:
             if isinstance(self.model, kind):
                 for alias, target in make(self.model).items():
-                    node = target if target in self._node_set else self._last_node_in(target)
+                    node = target if target in self._node_set else self.module_paths.get(target)
                     if node is not None:
                         aliases[alias] = node
         final = self._final_classifier_node()
@@ -262,51 +464,21 @@ class LayerIndex:
         return {alias: node for alias, node in aliases.items() if alias not in self._node_set}
 
     def resolve(self, name: str) -> str:
-        """Graph node of a node name, module path or alias.
-
-        Raises
-        ------
-        UnknownLayerError
-            With the closest valid names and a pointer to the ``layers`` command.
-        """
-        # Graph nodes first, so that a node name always means that node (ResNet's
-        # 'conv1' is the bare stem convolution, not the paper's conv1 stage).
+        node = super().resolve(name)
         if name in self._node_set:
-            self._say_former_alias(name)
-            return name
-        if name in self.aliases:
-            return self._last_conv() if name == "last_conv" else self.aliases[name]
-        if name in self._module_paths:
-            return self._last_node_in(name)
-        choices = [*self.aliases, *self.nodes, *self._module_paths]
-        model = self.name or type(self.model).__name__
-        raise UnknownLayerError(
-            message(
-                f"unknown layer '{name}' for {model}",
-                hint=f"{close_matches(name, choices)}valid names are graph nodes, module paths and aliases "
-                f"({', '.join(list(self.aliases)[:8])}, ...); {_listing_hint(self.name)}",
-            )
-        )
+            self._say_former_alias(node)
+        return node
 
     def _say_former_alias(self, node: str) -> None:
         for kind, renamed in FORMER_ALIASES:
             if isinstance(self.model, kind) and node in renamed:
                 log.info(
-                    f"layer '{node}' is {self.name or type(self.model).__name__}'s graph node {node}; featx 0.1 "
+                    f"layer '{node}' is {self.label}'s graph node {node}; featx 0.1 "
                     f"read '{node}' as the node {self.aliases[renamed[node]]}, which is now called '{renamed[node]}'"
                 )
 
-    # shapes --------------------------------------------------------------------------
-    @cached_property
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Per-sample output shape of every tensor-valued node at ``image_size``."""
-        extractor = create_feature_extractor(self.model, return_nodes={n: n for n in self.nodes})
-        outputs = trial_forward(extractor.eval(), self.image_size, self.name or type(self.model).__name__)
-        return {
-            node: tuple(value.shape[1:])
-            for node, value in outputs.items()
-            if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == 1
-        }
+    def _valid_names(self) -> str:
+        return f"graph nodes, module paths and aliases ({', '.join(list(self.aliases)[:8])}, ...)"
 
     def _last_conv(self) -> str:
         """Last node with the spatial size of the last convolution's output.
@@ -319,10 +491,7 @@ class LayerIndex:
         convs = [n for n in self.nodes if n != final and n in shapes and len(shapes[n]) == 3 and self._has_conv(n)]
         if not convs:
             raise UnknownLayerError(
-                message(
-                    f"{self.name or type(self.model).__name__} has no convolution, so no 'last_conv'",
-                    hint=_listing_hint(self.name),
-                )
+                message(f"{self.label} has no convolution, so no 'last_conv'", hint=listing_hint(self.name))
             )
         spatial = shapes[convs[-1]][1:]
         end = self.nodes.index(final) if final is not None else len(self.nodes)
@@ -337,144 +506,3 @@ class LayerIndex:
             and not isinstance(self._modules.get(n), (nn.Dropout, nn.Identity))
         ]
         return same[-1]
-
-    def describe(self) -> list[LayerInfo]:
-        """One :class:`LayerInfo` per tensor-valued node, in execution order."""
-        by_node: dict[str, list[str]] = {}
-        for alias in self.aliases:
-            try:
-                by_node.setdefault(self.resolve(alias), []).append(alias)
-            except UnknownLayerError:
-                continue  # e.g. no last_conv in a model without convolutions
-        for path in sorted(self._module_paths, key=lambda p: (p.count("."), p)):
-            if path.count(".") == 0:
-                by_node.setdefault(self._last_node_in(path), []).append(path)
-        rows = []
-        for node in self.nodes:
-            if node not in self.shapes:
-                continue
-            module = self._modules.get(node)
-            params = sum(p.numel() for p in module.parameters()) if module is not None else 0
-            rows.append(LayerInfo(node, tuple(by_node.get(node, ())), self.shapes[node], params))
-        return rows
-
-
-@dataclass(frozen=True)
-class LayerListing:
-    """The layers of a model at an input size, as ``run_pipeline.py layers`` lists them.
-
-    Attributes
-    ----------
-    model : str
-        torchvision model name.
-    image_size : int
-        Input size the shapes are for.
-    rows : tuple of LayerInfo
-        Every tensor-valued node, in execution order.
-    shown : tuple of LayerInfo
-        The rows listed: all of them with ``show_all``, else those with
-        aliases or parameters, and the output.
-    total_params : int
-        Parameters of the whole model.
-    show_all : bool
-    """
-
-    model: str
-    image_size: int
-    rows: tuple[LayerInfo, ...]
-    shown: tuple[LayerInfo, ...]
-    total_params: int
-    show_all: bool = False
-
-
-def list_layers(model: str, *, image_size: int | None = None, show_all: bool = False) -> LayerListing:
-    """Names, aliases, output shapes and parameter counts of a model's layers.
-
-    Parameters
-    ----------
-    model : str
-        torchvision model name.
-    image_size : int, optional
-        Input size (default: the weights' crop size, usually 224).
-    show_all : bool
-        List nodes without parameters or aliases too.
-
-    Returns
-    -------
-    LayerListing
-        Print it with :func:`format_layers`.
-
-    Examples
-    --------
-    >>> listing = list_layers("vgg19", image_size=256)  # doctest: +SKIP
-    >>> {alias: r.shape for r in listing.rows for alias in r.aliases}["block5_pool"]  # doctest: +SKIP
-    (512, 8, 8)
-    """
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
-        raise ConfigError(message(option("image_size"), allowed="a positive integer (the input size in pixels)", got=image_size))
-    loaded = load_model(model, weights="none", image_size=image_size)
-    size = image_size or loaded.preprocessing.crop
-    if hasattr(loaded.module, "layer_index"):  # a timm network names its own layers
-        index = loaded.module.layer_index(image_size=size)
-        cumulative = index.cumulative_params()
-    else:
-        index = LayerIndex(loaded.module, image_size=size, name=model)
-        cumulative = _graph_parameters_up_to(loaded.module, index.nodes, size, model)
-    rows = tuple(replace(r, cumulative_params=cumulative.get(r.node, 0)) for r in index.describe())
-    shown = tuple(r for r in rows if show_all or r.aliases or r.params or r.node == rows[-1].node)
-    total = sum(p.numel() for p in loaded.module.parameters())
-    return LayerListing(model=model, image_size=size, rows=rows, shown=shown, total_params=total, show_all=show_all)
-
-
-def parameters_up_to(outputs: dict[str, torch.Tensor], model: nn.Module) -> dict[str, int]:
-    """Node -> how many of *model*'s parameters its output depends on.
-
-    Read from autograd's record of one forward pass (the outputs of
-    :func:`trial_forward` with ``record_graph=True``): the parameters reached
-    by walking back from an output are the ones that computed it.  For a chain
-    of layers that is the running total of Keras' ``model.summary()``
-    (VGG19's ``block5_pool``: 20,024,384, the total of
-    ``VGG19(include_top=False)``); for branching networks it counts each
-    parameter once, whichever path uses it.
-    """
-    sizes = {id(p): p.numel() for p in model.parameters()}
-    counts = {}
-    for node, value in outputs.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        reached, seen, stack = set(), set(), [value.grad_fn]
-        while stack:
-            step = stack.pop()
-            if step is None or step in seen:
-                continue
-            seen.add(step)
-            variable = getattr(step, "variable", None)  # AccumulateGrad: a leaf, i.e. a parameter
-            if variable is not None:
-                reached.add(id(variable))
-            stack.extend(parent for parent, _ in step.next_functions)
-        counts[node] = sum(sizes.get(i, 0) for i in reached)
-    return counts
-
-
-def _graph_parameters_up_to(model: nn.Module, nodes: list[str], image_size: int, name: str) -> dict[str, int]:
-    """:func:`parameters_up_to` for the graph nodes of a torchvision model."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # eval nodes are a subsequence of train nodes
-        extractor = create_feature_extractor(model, return_nodes={n: n for n in nodes}).eval()
-    return parameters_up_to(trial_forward(extractor, image_size, name, record_graph=True), model)
-
-
-def format_layers(listing: LayerListing) -> str:
-    """The table ``run_pipeline.py layers`` prints: a title line, the layers, the total parameters."""
-    title = f"{listing.model} at {listing.image_size}x{listing.image_size}: {len(listing.rows)} layers"
-    if not listing.show_all:
-        title += f" ({len(listing.shown)} shown; --all for every node)"
-    table = format_table(
-        ("layer (graph node)", "aliases", "output shape", "params", "params up to here"),
-        [
-            (r.node, ", ".join(r.aliases), "x".join(map(str, r.shape)), f"{r.params:,}", f"{r.cumulative_params:,}")
-            for r in listing.shown
-        ],
-        align="<<>>>",
-    )
-    return f"{title}\n{table}\ntotal params: {listing.total_params:,}"

@@ -35,7 +35,7 @@ from ..errors import message
 from ._device import autocast
 from ._gpu_decode import EncodedImageDataset, GpuJpegDecoder, collate_encoded
 from ._images import MAX_IMAGE_PIXELS, ImageBatch, ImageDataset, collate_images
-from ._sources import ImageSource
+from ._image_source import ImageSource
 
 __all__ = ["WORKER_NICENESS", "BatchJoiner", "DecodePool", "ImageLoader", "default_workers"]
 

@@ -16,18 +16,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
-from torchvision.models.feature_extraction import create_feature_extractor
 
 from ..errors import ConfigError, UnknownLayerError, WeightsError, message
 from ..store import LayerSpec
 from . import _onednn as onednn
 from ._allocator import reuse_freed_memory
-from ._layers import LayerIndex, trial_forward
+from ._layers import layer_index, trial_forward
 from ._models import LoadedModel, load_model
+from ._pooling import POOLS, effective_pool, pool_features
 from ._preprocessing import Preprocessing
 from ._recipe import PRECISIONS, FeatureRecipe
-from ._pooling import POOLS, effective_pool, pool_features
-from ._timm import TimmNetwork
 
 __all__ = [
     "CPU_FORWARD_BYTES",
@@ -177,10 +175,8 @@ class TruncatedNetwork(torch.nn.Module):
         # module that re-exports torch (sklearn's array_api_compat) can come first.
         self.channels_last = False
         unique = sorted(set(nodes.values()))
-        if isinstance(model, TimmNetwork):
-            self.body = model.feature_body(unique)  # timm's own forward_intermediates / forward_head
-        else:
-            self.body = create_feature_extractor(model, return_nodes={n: n for n in unique})
+        self.body = layer_index(model).feature_body(unique)
+        if isinstance(self.body, torch.fx.GraphModule):  # a traced graph may overwrite a requested output in place
             _copy_reused_outputs(self.body)
 
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -271,14 +267,9 @@ def probe_layers(loaded: LoadedModel, layer_names: Sequence[str], pool: str | Ma
         The network cannot run at the preprocessing's crop size.
     """
     crop = loaded.preprocessing.crop
-    if isinstance(loaded.module, TimmNetwork):
-        index = loaded.module.layer_index(image_size=crop)
-        nodes = {name: index.resolve(name) for name in layer_names}
-        probe = loaded.module.feature_body(sorted(set(nodes.values()))).eval()
-    else:
-        index = LayerIndex(loaded.module, image_size=crop, name=loaded.name)
-        nodes = {name: index.resolve(name) for name in layer_names}
-        probe = create_feature_extractor(loaded.module, return_nodes={n: n for n in set(nodes.values())}).eval()
+    index = layer_index(loaded.module, image_size=crop, name=loaded.name)
+    nodes = {name: index.resolve(name) for name in layer_names}
+    probe = index.feature_body(sorted(set(nodes.values()))).eval()
     _check_trained(loaded, nodes)
     with _largest_output(loaded.module) as largest:
         outputs = trial_forward(probe, crop, loaded.name)

@@ -94,22 +94,33 @@ class Preprocessing:
 
     def __call__(self, image: Any) -> Any:
         import torch
+        from torchvision.transforms import functional as F
+
+        image = self.resize_crop(image)
+        if isinstance(image, torch.Tensor) or image.mode != "RGB":
+            return self.normalize(image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image))
+        return self._looked_up(image)
+
+    def resize_crop(self, image: Any) -> Any:
+        """Resize (the shorter side, or both with ``squash``) and centre-crop a PIL image or 8-bit pixels ``(..., 3, H, W)``.
+
+        The geometric head of the recipe, on the CPU's PIL images and on
+        tensors alike (the GPU decoder's, on the GPU), with torchvision's
+        functions and antialiasing.
+        """
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as F
 
         size = [self.resize, self.resize] if self.resize_mode == "squash" else [self.resize]
         image = F.resize(image, size, interpolation=InterpolationMode(self.interpolation), antialias=True)
-        image = F.center_crop(image, [self.crop])
-        if isinstance(image, torch.Tensor) or image.mode != "RGB":
-            return self.normalize(image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image))
-        return self._looked_up(image)
+        return F.center_crop(image, [self.crop])
 
     def normalize(self, pixels: Any) -> Any:
         """Scale, reorder the channels of and normalise 8-bit pixels ``(..., 3, H, W)``: the float32 tail of the recipe.
 
         ``ToTensor``'s ``/ 255`` (unless *pixel_range* is 255), the channel
-        flip for ``BGR``, then ``Normalize``'s ``(x - mean) / std``, as
-        torchvision computes them, in float32.
+        flip for ``BGR``, then ``Normalize``'s ``(x - mean) / std``: the
+        operations and bits of torchvision's, in float32, on the pixels' device.
         """
         import torch
         from torchvision.transforms import functional as F
@@ -120,7 +131,8 @@ class Preprocessing:
             pixels = F.convert_image_dtype(pixels, torch.float)
         if self.channel_order == "BGR":
             pixels = pixels.flip(-3)
-        return F.normalize(pixels, mean=list(self.mean), std=list(self.std))
+        mean, std = _normalization(tuple(self.mean), tuple(self.std), pixels.device)
+        return (pixels - mean) / std
 
     def _looked_up(self, image: Any) -> Any:
         """:meth:`normalize` of an 8-bit RGB PIL image, by table: the same bits in one pass.
@@ -210,6 +222,24 @@ def _lookup_table(mean: tuple[float, ...], std: tuple[float, ...], pixel_range: 
         resize=1, crop=1, mean=mean, std=std, pixel_range=pixel_range, channel_order=channel_order
     )
     return recipe.normalize(ramp).reshape(3, 256).numpy()
+
+
+@functools.lru_cache(maxsize=16)
+def _normalization(mean: tuple[float, ...], std: tuple[float, ...], device: Any) -> tuple[Any, Any]:
+    """*mean* and *std* as float32 ``(C, 1, 1)`` tensors on *device*, made once.
+
+    Made once because ``F.normalize`` makes and checks them for every call,
+    which on a GPU waits for the work queued before it.
+    """
+    import torch
+
+    std_values = torch.tensor(std, dtype=torch.float)
+    if (std_values == 0).any():
+        raise ValueError("std evaluated to zero after conversion to torch.float32, leading to division by zero.")
+    return (
+        torch.tensor(mean, dtype=torch.float).view(-1, 1, 1).to(device),
+        std_values.view(-1, 1, 1).to(device),
+    )
 
 
 # Keras applications' preprocess_input(mode='caffe') (VGG16, VGG19, ResNet50):

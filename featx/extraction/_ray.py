@@ -86,7 +86,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ClusterError, DataError, message, option
 from ._config import ExtractConfig, WorkerThroughput
-from ._engine import EngineRun, ExtractionJob
+from ._job import EngineRun, ExtractionJob
 from ._shards import Shard, ShardResult, ShardWorker, WorkerRecipe, batches_per_shard, plan_shards
 
 __all__ = ["SHARD_ATTEMPTS", "RayEngine"]

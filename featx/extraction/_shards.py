@@ -38,7 +38,7 @@ except ImportError:  # not on Windows: workers there do not take turns
     fcntl = None
 
 
-from ._sources import ImageSource
+from ._image_source import ImageSource
 from ._loader import BatchJoiner, DecodePool, run_batch
 from ._models import Preprocessing
 from ._network import TruncatedNetwork, prepare_extractor

@@ -1,265 +1,33 @@
-"""Where images come from: the :class:`ImageSource` seam.
-
-An image source lists its images once (sorted ids, labels, splits, classes and
-a fingerprint that tells whether the listing changed) and opens any one of
-them on request.  The engine, the decoding workers, the Ray workers and
-:class:`~featx.extraction.FeatureExtractor` read images only through it, so
-a new kind of source (a list of files, archives, object storage) is one class,
-not a change to the engine.
-
-Sources given here: files under a folder (:class:`FileSource`: a class-folder
-tree read by :func:`open_source`, or loose image files) and images already in
-memory (:class:`InMemorySource`).
-"""
+"""What ``--data`` names, as an image source: :func:`open_source`."""
 
 from __future__ import annotations
 
-import hashlib
-import io
-import logging
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, BinaryIO
+from collections.abc import Sequence
 
-import numpy as np
+from ._folder import discover_images, loose_files
+from ._image_source import ImageSource
 
-from ..errors import DataError, message
-from ._images import MAX_IMAGE_PIXELS, decode_image, load_image
-
-__all__ = ["ImageSource", "FileSource", "InMemorySource", "open_source", "file_fingerprint"]
-
-log = logging.getLogger("featx")
+__all__ = ["open_source"]
 
 
-@dataclass(frozen=True, kw_only=True)
-class ImageSource:
-    """The images an extraction reads, in sorted id order, and a way to open each.
+def open_source(data: str | os.PathLike | ImageSource | Sequence[str | os.PathLike]) -> ImageSource:
+    """The image source that *data* names.
 
-    Attributes
+    Parameters
     ----------
-    ids : tuple of str, (n_images,)
-        Sorted, unique: a store's ``/samples/id``.
-    labels : ndarray of int32, (n_images,)
-        Index into ``classes``, ``-1`` for unlabelled images.
-    splits : tuple of str, (n_images,)
-        ``'train'``, ``'val'``, ``'test'`` or ``''``.
-    classes : tuple of str
-        Class names, sorted.
-    fingerprint : str
-        Changes whenever the listing or an image's size changes: a complete
-        store whose fingerprint differs is updated incrementally.
-    layout : tuple of (int, str)
-        What the listing found, as ``(logging level, message)``.
-    """
-
-    ids: tuple[str, ...]
-    labels: np.ndarray
-    splits: tuple[str, ...]
-    classes: tuple[str, ...]
-    fingerprint: str
-    layout: tuple[tuple[int, str], ...] = ()
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def location(self) -> str:
-        """Where the images are, as a store records it (``data_root``)."""
-        raise NotImplementedError
-
-    def open(self, index: int) -> BinaryIO:
-        """The encoded bytes of image *index*, as a binary file object (close it).
-
-        Raises
-        ------
-        OSError
-            The image cannot be read.
-        """
-        raise NotImplementedError
-
-    def load(self, index: int, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Any:
-        """Image *index* decoded into an 8-bit RGB PIL image.
-
-        Raises
-        ------
-        ImageDecodeError
-            With a short reason (unreadable, not an image, truncated, too large, ...).
-        """
-        return decode_image(lambda: self.open(index), max_pixels=max_pixels)
-
-    def display_name(self, index: int) -> str:
-        """How image *index* is shown to a user (a path, a URL): its id by default."""
-        return self.ids[index]
-
-    def portable(self) -> ImageSource:
-        """This source as another process or node can open it (absolute paths)."""
-        return self
-
-    def check_available(self) -> None:
-        """Raise :class:`~featx.errors.DataError` when this process cannot open the images (a Ray node)."""
-
-    def log_layout(self) -> None:
-        """Log the layout found and its warnings (the ``featx`` logger; the CLI shows INFO unless ``-q``)."""
-        for level, text in self.layout:
-            log.log(level, text)
-
-
-def file_fingerprint(root: Path, ids: Sequence[str]) -> str:
-    """Hash of the ids and the sizes of the files ``root / id``: tells whether a folder's images changed."""
-    digest = hashlib.sha1()
-    for image_id in ids:
-        try:
-            size = os.stat(root / image_id).st_size
-        except OSError:
-            size = -1  # a broken link: still a sample, it fails at decoding
-        digest.update(f"{image_id}\0{size}\n".encode())
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True, kw_only=True)
-class FileSource(ImageSource):
-    """Image files under one folder, by their paths relative to it (a folder's walk, or loose files).
-
-    Attributes
-    ----------
-    root : Path
-        The folder; ids are paths relative to it with ``/`` separators.
-    """
-
-    root: Path
-
-    @property
-    def location(self) -> str:
-        return str(self.root.resolve())
-
-    def path(self, index: int) -> Path:
-        """The file of image *index*."""
-        return self.root / self.ids[index]
-
-    def open(self, index: int) -> BinaryIO:
-        return open(self.path(index), "rb")
-
-    def load(self, index: int, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Any:
-        # By path: a broken link or an empty file gets its own reason.
-        return load_image(self.path(index), max_pixels=max_pixels)
-
-    def display_name(self, index: int) -> str:
-        return str(self.path(index))
-
-    def portable(self) -> FileSource:
-        from dataclasses import replace
-
-        return replace(self, root=self.root.resolve())
-
-    def check_available(self) -> None:
-        import socket
-
-        if not self.root.is_dir():
-            raise DataError(
-                message(
-                    f"the data folder is not at '{self.root}' on node {socket.gethostname()}",
-                    hint="every Ray node must see the images at the same path (a shared file system)",
-                )
-            )
-
-    @classmethod
-    def of_files(cls, paths: Iterable[str | os.PathLike]) -> FileSource:
-        """Image files (and the images of folders, walked), unlabelled, under their common folder.
-
-        Raises
-        ------
-        DataError
-            A path does not exist, or no image was found.
-        """
-        from ._folder import walk_images
-
-        files: list[Path] = []
-        given = [Path(p).expanduser() for p in paths]
-        for p in given:
-            if p.is_dir():
-                files.extend(p / i for i in walk_images(p))
-            elif p.exists() or p.is_symlink():
-                files.append(p)
-            else:
-                raise DataError(message(f"image not found: '{p}' does not exist", hint="pass image files or folders"))
-        if not files:
-            raise DataError(message("no images found in", got=", ".join(map(str, given))))
-        absolute = [f.absolute() for f in files]
-        root = Path(os.path.commonpath([f.parent for f in absolute]))
-        ids = tuple(sorted({f.relative_to(root).as_posix() for f in absolute}))
-        return cls(
-            root=root,
-            ids=ids,
-            labels=np.full(len(ids), -1, dtype=np.int32),
-            splits=("",) * len(ids),
-            classes=(),
-            fingerprint=file_fingerprint(root, ids),
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class InMemorySource(ImageSource):
-    """Images already decoded (PIL images), unlabelled; ids are their positions, zero-padded so that they sort.
-
-    Attributes
-    ----------
-    images : tuple of PIL.Image.Image
-    """
-
-    images: tuple[Any, ...] = field(repr=False)
-
-    @property
-    def location(self) -> str:
-        return "<in memory>"
-
-    @classmethod
-    def of_images(cls, images: Sequence[Any]) -> InMemorySource:
-        width = len(str(max(len(images) - 1, 0)))
-        ids = tuple(f"{i:0{width}d}" for i in range(len(images)))
-        digest = hashlib.sha1(f"{len(images)} images in memory {id(images)}".encode()).hexdigest()
-        return cls(
-            ids=ids,
-            labels=np.full(len(ids), -1, dtype=np.int32),
-            splits=("",) * len(ids),
-            classes=(),
-            fingerprint=digest,
-            images=tuple(images),
-        )
-
-    def open(self, index: int) -> BinaryIO:
-        buffer = io.BytesIO()
-        self.images[index].save(buffer, format="PNG")
-        buffer.seek(0)
-        return buffer
-
-    def load(self, index: int, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Any:
-        from ._images import ImageDecodeError, to_rgb
-
-        image = self.images[index]
-        if image.width * image.height > max_pixels:
-            raise ImageDecodeError(
-                f"decompression bomb refused: {image.width}x{image.height} = {image.width * image.height:,} pixels, "
-                f"more than the limit of {max_pixels:,}"
-            )
-        return to_rgb(image)
-
-    def display_name(self, index: int) -> str:
-        return f"image {index}"
-
-
-def open_source(data: str | os.PathLike | ImageSource) -> ImageSource:
-    """The image source that ``--data`` names: a class-folder tree (or a source, as it is).
+    data : path, sequence of paths, or ImageSource
+        A class-folder tree (labels and splits from the folder names), image
+        files and folders (unlabelled, under their common folder), or a source
+        as it is.
 
     Raises
     ------
     DataError
-        Nothing usable is there (see :func:`~featx.extraction._folder.discover_images`).
+        Nothing usable is there.
     """
     if isinstance(data, ImageSource):
         return data
-    from ._folder import discover_images
-
-    return discover_images(data)
-
+    if isinstance(data, (str, os.PathLike)):
+        return discover_images(data)
+    return loose_files(data)

@@ -20,7 +20,7 @@ from ._images import MAX_IMAGE_PIXELS
 from ._loader import BatchJoiner, ImageLoader, run_batch
 from ._network import TruncatedNetwork
 from ._preprocessing import Preprocessing
-from ._sources import ImageSource
+from ._image_source import ImageSource
 
 __all__ = ["FeatureBatch", "FeatureStream"]
 

@@ -16,7 +16,8 @@ Everything goes through timm's own API, not guesses about module paths:
   ``stage0``.. (timm's feature indices, as in ``out_indices``).
 
 timm is an optional dependency (``pip install 'featx[timm]'``); this module
-imports it only when a timm model is asked for.
+imports it only when a timm model is asked for.  It is the model source
+``timm`` of :data:`featx.extraction._models.MODEL_SOURCES`.
 """
 
 from __future__ import annotations
@@ -44,20 +45,22 @@ from ..errors import (
     message,
     option,
 )
-from ..store import file_weights_label, parse_weights_label
-from ._layers import LayerInfo, parameters_up_to, trial_forward
+from ._layers import LayerIndex, listing_hint
 from ._preprocessing import Preprocessing
+from ._model_sources import LoadedModel, ModelEntry, StateDict
+from ._weights import load_state_dict_into, weights_only_loading
 
 __all__ = [
     "TIMM_PREFIX",
     "TimmLayerIndex",
     "TimmNetwork",
     "check_timm_name",
+    "describe_timm",
     "hub_cache_dir",
     "import_timm",
     "is_timm_model",
     "list_timm_architectures",
-    "load_timm_model",
+    "load_timm",
     "timm_cached_weights",
     "timm_preprocessing",
     "timm_weights_label",
@@ -142,26 +145,22 @@ def check_timm_name(name: str, *, parameter: str = "model") -> str:
                 flag,
                 allowed=f"timm/ and one of timm's {len(names):,} architectures",
                 got=name,
-                hint=f"{close}list them with `run_pipeline.py models --source timm [--filter TEXT]`",
+                hint=f"{close}list them with `featx models --source timm [--filter TEXT]`",
             )
         )
     return name
 
 
-def timm_weights_label(name: str, *, weights: str = "DEFAULT", weights_file: str | os.PathLike | None = None) -> str:
-    """The label a store records for the weights of a timm model: the pretrained tag, ``'none'`` or ``'file:<name>'``.
+def timm_weights_label(name: str, weights: str) -> str:
+    """The label of one of timm's pretrained tags for *name*: the tag, ``DEFAULT`` resolved.
 
     ``DEFAULT`` is timm's default tag of the architecture (``'a1_in1k'`` for resnet18).
 
     Raises
     ------
-    UnknownModelError, WeightsError
+    WeightsError
+        *weights* is not a tag of the architecture.
     """
-    check_timm_name(name)
-    if weights_file is not None:
-        return file_weights_label(Path(weights_file).expanduser())
-    if weights.lower() == "none":
-        return "none"
     tags = timm_weights_tags(_architecture(name))
     if weights == "DEFAULT" and tags:
         return tags[0]
@@ -231,14 +230,13 @@ def timm_cached_weights(architecture: str, tag: str) -> tuple[Path | None, str]:
 
 
 def _create_pretrained(name: str, tag: str, kwargs: dict[str, Any]) -> nn.Module:
-    from ._models import weights_only_loading  # timm's url and file loaders default to weights_only=False
-
     timm = import_timm()
     architecture = _architecture(name)
     cached, expected = timm_cached_weights(architecture, tag)
     overlay = {"file": str(cached)} if cached is not None else None
     try:
-        # Downloads announce themselves on stdout; stdout is for results.
+        # timm's url and file loaders default to weights_only=False.  Downloads
+        # announce themselves on stdout; stdout is for results.
         with weights_only_loading(), contextlib.redirect_stdout(sys.stderr):
             return timm.create_model(
                 f"{architecture}.{tag}", pretrained=True, pretrained_cfg_overlay=overlay,
@@ -261,24 +259,6 @@ def _create_pretrained(name: str, tag: str, kwargs: dict[str, Any]) -> nn.Module
                 f"(the model.safetensors file), or {option('weights', 'none')} for a seeded random initialisation",
             )
         ) from None
-
-
-def _create_from_file(name: str, path: Path, seed: int, kwargs: dict[str, Any]) -> nn.Module:
-    from ._models import check_state_dict, read_state_dict
-
-    timm = import_timm()
-    state = read_state_dict(path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = timm.create_model(_architecture(name), pretrained=False, **kwargs)
-        classifier = model.get_classifier()
-        weight = state.get(f"{model.pretrained_cfg.get('classifier')}.weight")
-        if isinstance(classifier, nn.Linear) and weight is not None and weight.ndim == 2 and weight.shape[0] != classifier.out_features:
-            # A fine-tuned checkpoint: the head follows its number of classes.
-            model = timm.create_model(_architecture(name), pretrained=False, num_classes=int(weight.shape[0]), **kwargs)
-    check_state_dict(model.state_dict(), state, path, name)
-    model.load_state_dict(state)
-    return model
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -368,7 +348,7 @@ class _TimmFeatures(nn.Module):
 
 
 class TimmNetwork(nn.Module):
-    """A timm model as featx runs it: its layer names, and a body that returns the requested ones.
+    """A timm model as featx runs it: the model, and the index of its layers (:class:`TimmLayerIndex`).
 
     Parameters
     ----------
@@ -386,29 +366,12 @@ class TimmNetwork(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model(pixels)
 
-    @cached_property
-    def stages(self) -> list[str]:
-        """Module names of ``feature_info``: what ``forward_intermediates`` returns, in order."""
-        if not hasattr(self.model, "forward_intermediates"):
-            return []
-        info = getattr(self.model, "feature_info", None) or []
-        return [entry["module"] for entry in info]
-
-    @property
-    def nodes(self) -> list[str]:
-        """Every layer name of the network, in execution order."""
-        return [*self.stages, *_FINAL_NODES]
-
-    def feature_body(self, nodes: Sequence[str]) -> nn.Module:
-        """A module that returns ``{node: output}`` for *nodes* (names from :attr:`nodes`)."""
-        return _TimmFeatures(self.model, self.stages, nodes)
-
     def layer_index(self, *, image_size: int = 224) -> TimmLayerIndex:
         return TimmLayerIndex(self, image_size=image_size)
 
 
-class TimmLayerIndex:
-    """Names, aliases and shapes of the layers of a timm model (the interface of :class:`LayerIndex`).
+class TimmLayerIndex(LayerIndex):
+    """The layers of a timm model: the stages of its ``feature_info``, ``forward_features``, ``pre_logits``, ``logits``.
 
     Parameters
     ----------
@@ -418,25 +381,27 @@ class TimmLayerIndex:
     """
 
     def __init__(self, network: TimmNetwork, *, image_size: int = 224) -> None:
-        self.network = network
-        self.model = network
-        self.name = network.name
-        self.image_size = image_size
-        self.nodes = network.nodes
-
-    def _outputs(self, *, record_graph: bool) -> dict[str, torch.Tensor]:
-        """Every node's output for one blank image."""
-        return trial_forward(self.network.feature_body(self.nodes).eval(), self.image_size, self.name, record_graph=record_graph)
+        super().__init__(network, image_size=image_size, name=network.name)
 
     @cached_property
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Per-sample output shape of every node at ``image_size``."""
-        return {node: tuple(value.shape[1:]) for node, value in self._outputs(record_graph=False).items()}
+    def stages(self) -> list[str]:
+        """Module names of ``feature_info``: what ``forward_intermediates`` returns, in order."""
+        if not hasattr(self.model.model, "forward_intermediates"):
+            return []
+        info = getattr(self.model.model, "feature_info", None) or []
+        return [entry["module"] for entry in info]
+
+    @cached_property
+    def nodes(self) -> list[str]:
+        return [*self.stages, *_FINAL_NODES]
+
+    def feature_body(self, nodes: Sequence[str]) -> nn.Module:
+        return _TimmFeatures(self.model.model, self.stages, nodes)
 
     @cached_property
     def aliases(self) -> dict[str, str]:
         """Alias -> node: ``penultimate``, ``logits``, ``last_conv`` (CNNs), ``last_stage``, ``stage<i>``."""
-        stages = self.network.stages
+        stages = self.stages
         aliases = {f"stage{i}": node for i, node in enumerate(stages)}
         if stages:
             aliases["last_stage"] = stages[-1]
@@ -450,97 +415,60 @@ class TimmLayerIndex:
                 message(
                     f"{self.name} outputs no convolutional feature map (forward_features is "
                     f"{'x'.join(map(str, self.shapes[FEATURES_NODE]))}), so no 'last_conv'",
-                    hint=f"use last_stage or {FEATURES_NODE}; list them with `run_pipeline.py layers --model {self.name}`",
+                    hint=f"use last_stage or {FEATURES_NODE}; {listing_hint(self.name)}",
                 )
             )
         return FEATURES_NODE
 
-    def resolve(self, name: str) -> str:
-        """Node of a node name or alias.
-
-        Raises
-        ------
-        UnknownLayerError
-            With the closest valid names and a pointer to the ``layers`` command.
-        """
-        if name in self.nodes:
-            return name
-        if name in self.aliases:
-            return self._last_conv() if name == "last_conv" else self.aliases[name]
-        known = [*self.aliases, *self.nodes]
-        raise UnknownLayerError(
-            message(
-                f"unknown layer '{name}' for {self.name}",
-                hint=f"{close_matches(name, known)}valid names are timm's feature stages ({', '.join(self.network.stages[:4])}"
-                f"{', ...' if len(self.network.stages) > 4 else ''}), {', '.join(_FINAL_NODES)} and aliases "
-                f"({', '.join(a for a in self.aliases if not a.startswith('stage'))}, stage0..); "
-                f"list them with `run_pipeline.py layers --model {self.name}`",
-            )
+    def _valid_names(self) -> str:
+        stages = self.stages
+        return (
+            f"timm's feature stages ({', '.join(stages[:4])}{', ...' if len(stages) > 4 else ''}), "
+            f"{', '.join(_FINAL_NODES)} and aliases "
+            f"({', '.join(a for a in self.aliases if not a.startswith('stage'))}, stage0..)"
         )
 
-    def describe(self) -> list[LayerInfo]:
-        """One :class:`LayerInfo` per node, in execution order; params: those the node adds to the ones before."""
-        by_node: dict[str, list[str]] = {}
-        for alias in self.aliases:
-            try:
-                by_node.setdefault(self.resolve(alias), []).append(alias)
-            except UnknownLayerError:
-                continue  # no last_conv in a transformer
-        cumulative = self.cumulative_params()
-        rows, before = [], 0
-        for node in self.nodes:
-            rows.append(LayerInfo(node, tuple(by_node.get(node, ())), self.shapes[node], cumulative[node] - before))
-            before = cumulative[node]
-        return rows
-
-    @cached_property
-    def _cumulative(self) -> dict[str, int]:
-        # A second pass, recorded by autograd: the parameters each output was computed from.
-        return parameters_up_to(self._outputs(record_graph=True), self.network)
-
-    def cumulative_params(self) -> dict[str, int]:
-        """Node -> parameters its output depends on (Keras' running total)."""
-        return dict(self._cumulative)
+    def _params(self, node: str) -> int:
+        """Those the node adds to the ones before it."""
+        cumulative = self._cumulative
+        position = self.nodes.index(node)
+        return cumulative[node] - (cumulative[self.nodes[position - 1]] if position else 0)
 
 
-def load_timm_model(
+def load_timm(
     name: str,
     *,
-    weights: str = "DEFAULT",
-    weights_file: str | os.PathLike | None = None,
-    seed: int = 0,
-    image_size: int | None = None,
-) -> tuple[TimmNetwork, str, Preprocessing, int | None]:
-    """Build a timm model with its weights and timm's preprocessing.
+    weights: str,
+    seed: int,
+    image_size: int | None,
+    state: StateDict | None = None,
+    origin: Path | None = None,
+) -> LoadedModel:
+    """A timm model with its weights and timm's preprocessing (the ``load`` of the model source ``timm``).
 
     Parameters
     ----------
     name : str
         ``timm/<architecture>``.
     weights : str
-        ``DEFAULT`` (timm's default tag), a pretrained tag, or ``none``.
-    weights_file : path, optional
-        A state dict (``torch.load(weights_only=True)``, or ``.safetensors``).
+        A pretrained tag, ``none`` (a random initialisation seeded with
+        *seed*), or the label of *state*'s file.
     seed : int
-        Seed of the random initialisation (``weights='none'``; also the head
-        of a file that lacks one).
+        Seed of the random initialisation.
     image_size : int, optional
         Crop size instead of the pretrained configuration's.  Models with a
         fixed input size (ViTs) are built for it (``img_size``), as timm does.
+    state : mapping of str -> Tensor, optional
+        The tensors to load (a ``--weights-file``'s).
+    origin : Path, optional
+        The file *state* was read from, for messages.
 
     Returns
     -------
-    network : TimmNetwork
-        In eval mode.
-    label : str
-        The weights label (:func:`timm_weights_label`).
-    preprocessing : Preprocessing
-    used_seed : int or None
-        *seed* when the weights are a random initialisation.
+    LoadedModel
+        Its module is a :class:`TimmNetwork` in eval mode; ``timm_version`` is recorded.
     """
     timm = import_timm()
-    label = timm_weights_label(name, weights=weights, weights_file=weights_file)
-    kind, _ = parse_weights_label(label)
     architecture = _architecture(name)
     kwargs: dict[str, Any] = {}
     if image_size is not None:
@@ -548,14 +476,45 @@ def load_timm_model(
         if cfg is not None and cfg.fixed_input_size:
             kwargs["img_size"] = image_size
     used_seed = None
-    if kind == "file":
-        model = _create_from_file(name, Path(weights_file).expanduser(), seed, kwargs)
-    elif kind == "none":
+    if state is not None:
+        model = load_state_dict_into(
+            lambda **more: timm.create_model(architecture, pretrained=False, **kwargs, **more),
+            lambda model: (f"{model.pretrained_cfg.get('classifier')}", model.get_classifier()),
+            state, origin, name, seed,
+        )
+    elif weights == "none":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = timm.create_model(architecture, pretrained=False, **kwargs)
         used_seed = seed
     else:
-        model = _create_pretrained(name, label, kwargs)
+        model = _create_pretrained(name, weights, kwargs)
     model.eval()
-    return TimmNetwork(model, name).eval(), label, timm_preprocessing(model, image_size), used_seed
+    return LoadedModel(
+        name=name,
+        module=TimmNetwork(model, name).eval(),
+        weights=weights,
+        preprocessing=timm_preprocessing(model, image_size),
+        seed=used_seed,
+        provenance={"timm_version": timm.__version__},  # provenance, not identity
+    )
+
+
+# --------------------------------------------------------------------------- the models listing
+
+
+def describe_timm(architecture: str) -> ModelEntry:
+    """The ``featx models`` row of a timm architecture (built on the meta device: no memory, no initialisation)."""
+    timm = import_timm()
+    with torch.device("meta"):
+        model = timm.create_model(architecture, pretrained=False)
+    tags = timm_weights_tags(architecture)
+    width = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)
+    return ModelEntry(
+        name=TIMM_PREFIX + architecture,
+        weights=tags,
+        input_size=int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]),
+        params=sum(p.numel() for p in model.parameters()),
+        penultimate=int(width) if width else None,
+        cached=tuple(t for t in tags if timm_cached_weights(architecture, t)[0] is not None),
+    )

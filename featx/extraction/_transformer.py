@@ -23,7 +23,8 @@ from ._device import resolve_device
 from ._images import MAX_IMAGE_PIXELS
 from ._network import build_network, prepare_extractor
 from ._recipe import FeatureRecipe
-from ._sources import FileSource, ImageSource, InMemorySource
+from ._folder import loose_files
+from ._image_source import ImageSource, InMemorySource
 from ._stream import FeatureStream
 
 __all__ = ["FeatureExtractor", "SourceFeatures"]
@@ -279,7 +280,7 @@ def _as_source(X: Any) -> tuple[ImageSource, np.ndarray | None]:
             message("X", allowed="image files, not folders", got=folders[0],
                     hint="pass featx.extraction.open_source(folder) for the images of a folder")
         )
-    source = FileSource.of_files(items)
+    source = loose_files(items)
     position = {image_id: i for i, image_id in enumerate(source.ids)}
     order = np.asarray(
         [position[os.path.relpath(os.path.abspath(os.path.expanduser(p)), source.root).replace(os.sep, "/")] for p in items],

@@ -142,7 +142,7 @@ def test_unknown_layer(synthetic_dataset, run_cli):
         *run_cli("extract", "--data", synthetic_dataset, "--model", "alexnet", "--layer", "fc9", "--weights", "none")
     )
     assert message.startswith("unknown layer 'fc9' for alexnet; did you mean fc8, fc7, fc6? ")
-    assert message.endswith("list them with `run_pipeline.py layers --model alexnet`")
+    assert message.endswith("list them with `featx layers --model alexnet`")
 
 
 def test_image_size_too_small(synthetic_dataset, run_cli):

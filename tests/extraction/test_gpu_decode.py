@@ -140,8 +140,9 @@ def test_gpu_batch_equals_preprocessing_of_the_decoded_tensors_in_collection_ord
         dict(resize=73, crop=64),
         dict(resize=70, crop=64, interpolation="bicubic", mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25)),
         dict(resize=64, crop=64, channel_order="BGR", pixel_range=255, mean=(103.9, 116.8, 123.7), std=(1, 1, 1)),
+        dict(resize=70, crop=64, interpolation="bicubic", resize_mode="squash"),
     ],
-    ids=["imagenet", "bicubic", "caffe"],
+    ids=["imagenet", "bicubic", "caffe", "squash"],
 )
 def test_every_recipe_gives_the_bits_of_preprocessing_on_the_decoded_tensor(tmp_path, hymenoptera, recipe):
     data = copy_real_images(hymenoptera, tmp_path / "real", per_class=1)
@@ -154,6 +155,23 @@ def test_every_recipe_gives_the_bits_of_preprocessing_on_the_decoded_tensor(tmp_
         encoded = torch.frombuffer(bytearray(collection.path(index).read_bytes()), dtype=torch.uint8)
         expected = preprocessing(pil_decode([encoded], CPU)[0])
         torch.testing.assert_close(batch.pixels[row], expected, rtol=0, atol=0)
+
+
+def test_a_squash_recipe_gives_the_cpu_paths_pixels_on_the_gpu_path(tmp_path, hymenoptera):
+    """timm's crop mode 'squash' (both sides to `resize`) on GPU-decoded tensors, as the CPU path applies it."""
+    data = copy_real_images(hymenoptera, tmp_path / "real", per_class=2)
+    squash = Preprocessing(resize=64, crop=64, interpolation="bicubic", resize_mode="squash")
+    collection = discover_images(data)
+    decoder = GpuJpegDecoder(collection, squash, CPU, decode=pil_decode)
+    batch = decoder(_chunks(EncodedImageDataset(collection, squash), list(range(len(collection))), size=3))
+    cpu = ImageDataset(collection, squash)
+    shorter = ImageDataset(collection, Preprocessing(resize=64, crop=64, interpolation="bicubic"))
+    assert batch.indices == list(range(len(collection)))
+    for row, index in enumerate(batch.indices):
+        difference = (batch.pixels[row] - cpu[index][1]).abs()
+        assert difference.mean() < 0.01 and difference.max() < 0.15
+        # Not the shorter-side resize: these photos are not square, so the two differ.
+        assert (batch.pixels[row] - shorter[index][1]).abs().mean() > 0.1
 
 
 def test_files_the_gpu_refuses_are_decoded_on_the_cpu_and_fail_only_if_it_fails_too(tmp_path, hymenoptera):

@@ -1,4 +1,4 @@
-"""Image discovery and decoding (featx.extraction discover_images, FileSource.of_files, load_image)."""
+"""Image discovery and decoding (featx.extraction discover_images, open_source, load_image)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from featx.extraction import (
     ImageDataset,
     ImageDecodeError,
     collate_images,
-    FileSource,
+    open_source,
     discover_images,
     load_image,
 )
@@ -93,12 +93,12 @@ def test_folder_without_images_error(tmp_path):
 
 def test_collect_loose_files_is_unlabelled(synthetic_dataset):
     files = [synthetic_dataset / "b" / "1.png", synthetic_dataset / "a" / "0.png"]
-    collection = FileSource.of_files(files)
+    collection = open_source(files)
     assert collection.root == synthetic_dataset
     assert collection.ids == ("a/0.png", "b/1.png")
     assert collection.labels.tolist() == [-1, -1]
     with pytest.raises(DataError, match=r"^image not found: '.*nope\.png' does not exist"):
-        FileSource.of_files([synthetic_dataset / "nope.png"])
+        open_source([synthetic_dataset / "nope.png"])
 
 
 # --------------------------------------------------------------------------- decoding

@@ -169,3 +169,13 @@ def test_a_keras_file_of_another_architecture_names_the_layers(notop_file, tmp_p
     write_keras_weights(path, _mini_vgg(channels=(4, 6)), top=False)
     with pytest.raises(WeightsError, match=r"misshapen block2_conv1 \(3, 3, 4, 6\) \+ \(6,\) \(expected \(3, 3, 4, 8\) \+ \(8,\)\)"):
         keras_vgg_state_dict(_mini_vgg(), read_keras_weights(path).layers, path, "mini")
+
+
+def test_a_keras_file_is_read_for_torchvisions_vggs_only(notop_file):
+    with pytest.raises(WeightsError, match=r"^'.*_notop\.h5' is a Keras weights file; those are read for torchvision's VGGs "
+                       r"without batch norm: 'resnet18'; pass model='vgg16' or model='vgg19'$"):
+        load_model("resnet18", weights_file=notop_file)
+    pytest.importorskip("timm")
+    with pytest.raises(WeightsError, match=r"^'.*_notop\.h5' is a Keras weights file; those are read for torchvision's "
+                       r"vgg16 and vgg19 only; pass model='vgg16' or model='vgg19'$"):
+        load_model("timm/test_resnet", weights_file=notop_file)

@@ -19,16 +19,16 @@ import torchvision
 from conftest import real_jpegs
 from PIL import Image
 
-from featx.extraction import ExtractConfig, LayerIndex, extract_features, format_layers, list_layers, load_model
+from featx.extraction import ExtractConfig, GraphLayerIndex, extract_features, format_layers, list_layers, load_model
 from featx.store import open_store
 
 
 @cache
-def _index(name: str) -> LayerIndex:
+def _index(name: str) -> GraphLayerIndex:
     """The names of a model, built on the meta device: names need the graph, not weights (VGG's take seconds)."""
     with torch.device("meta"):
         model = torchvision.models.get_model(name).eval()
-    return LayerIndex(model, name=name)
+    return GraphLayerIndex(model, name=name)
 
 
 @pytest.fixture(autouse=True)

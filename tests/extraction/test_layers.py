@@ -1,4 +1,4 @@
-"""Layer names, aliases, shapes, the listing and the `layers` command (featx.extraction LayerIndex, list_layers)."""
+"""Layer names, aliases, shapes, the listing and the `layers` command (featx.extraction GraphLayerIndex, list_layers)."""
 
 from __future__ import annotations
 
@@ -10,26 +10,26 @@ import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from featx.errors import ConfigError, UnknownLayerError
-from featx.extraction import LayerIndex, LayerInfo, format_layers, list_layers
+from featx.extraction import GraphLayerIndex, LayerInfo, format_layers, list_layers
 
 
-def _index(name: str, image_size: int = 224) -> LayerIndex:
+def _index(name: str, image_size: int = 224) -> GraphLayerIndex:
     torch.manual_seed(0)
-    return LayerIndex(torchvision.models.get_model(name).eval(), image_size=image_size, name=name)
+    return GraphLayerIndex(torchvision.models.get_model(name).eval(), image_size=image_size, name=name)
 
 
 @pytest.fixture(scope="module")
-def vgg19_256() -> LayerIndex:
+def vgg19_256() -> GraphLayerIndex:
     return _index("vgg19", 256)
 
 
 @pytest.fixture(scope="module")
-def alexnet() -> LayerIndex:
+def alexnet() -> GraphLayerIndex:
     return _index("alexnet")
 
 
 @pytest.fixture(scope="module")
-def resnet18() -> LayerIndex:
+def resnet18() -> GraphLayerIndex:
     return _index("resnet18", 64)
 
 
@@ -68,6 +68,10 @@ def test_vgg19_at_256_reads_like_the_keras_summary(vgg19_256):
     }
     assert {node: rows[node].params for node in expected_params} == expected_params
     assert sum(row.params for row in rows.values()) == 143_667_240
+    # Channels and reduction (input pixels per step of the map), as timm's FeatureInfo gives them.
+    assert [(by_alias[a].channels, by_alias[a].reduction) for a in ("block1_conv1", "block3_pool", "block5_pool", "fc1")] == [
+        (64, 1), (256, 8), (512, 32), (4096, None)
+    ]
     # Aliases are post-activation: block1_conv1 is the ReLU after the first conv.
     assert vgg19_256.resolve("block1_conv1") == "features.1"
 
@@ -211,7 +215,7 @@ def test_unknown_layer_lists_close_matches_and_the_layers_command(alexnet):
     assert str(info.value) == (
         "unknown layer 'conv6' for alexnet; did you mean conv5, conv4, conv3, conv2, conv1? valid names are "
         "graph nodes, module paths and aliases (conv1, pool1, conv2, pool2, conv3, conv4, conv5, pool5, ...); "
-        "list them with `run_pipeline.py layers --model alexnet`"
+        "list them with `featx layers --model alexnet`"
     )
 
 

@@ -232,6 +232,22 @@ def test_weights_file_not_a_state_dict(tmp_path):
         load_model("resnet18", weights_file=tmp_path / "text.pt")
 
 
+def test_safetensors_weights_file_loads_exactly_those_tensors(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    state = torchvision.models.resnet18(num_classes=3).state_dict()
+    path = tmp_path / "tuned.safetensors"
+    save_file(state, path)
+    loaded = load_model("resnet18", weights_file=path)
+    _assert_same_tensors(loaded.module, state)
+    assert (loaded.weights, loaded.module.fc.out_features) == ("file:tuned.safetensors", 3)
+    assert loaded.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(WeightsError, match=r"^'.*broken\.safetensors' could not be loaded as a safetensors file \("):
+        load_model("resnet18", weights_file=tmp_path / "broken.safetensors")
+
+
 def test_weights_file_missing(tmp_path):
     with pytest.raises(WeightsError, match=r"^weights file not found: '.*nope\.pt' does not exist; check weights_file$"):
         load_model("resnet18", weights_file=tmp_path / "nope.pt")
@@ -324,3 +340,6 @@ def test_check_model_name():
     assert check_model_name("vgg16") == "vgg16"
     with pytest.raises(UnknownModelError, match=r"^model must be one of torchvision's \d+ classification models"):
         check_model_name("vgg17")
+    # A name no model source claims is answered with torchvision's list.
+    with pytest.raises(UnknownModelError, match=r"^model must be one of torchvision's .*; got 'hub/resnet18'; did you mean resnet18, .*\?$"):
+        check_model_name("hub/resnet18")

@@ -1,4 +1,4 @@
-"""`run_pipeline.py models`: names, weights, input size, parameters, penultimate width, cache state."""
+"""`featx models`: names, weights, input size, parameters, penultimate width, cache state."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ if importlib.util.find_spec("timm") is None and not os.environ.get("CI"):
 import timm
 
 from featx.errors import ConfigError
-from featx.extraction import hub_cache_dir, list_models, weights_cache_path
+from featx.extraction import MODEL_SOURCES, format_models, hub_cache_dir, list_models, weights_cache_path
 
 
 def test_torchvision_rows_and_the_cache_column(tmp_path, monkeypatch):
@@ -67,6 +67,15 @@ def test_the_command_prints_a_table(run_cli):
     assert lines[3].split() == ["timm/convnext_atto", "d2_in1k", "224", "3.7M", "320", "-"]
     assert lines[5].split()[:5] == ["timm/convnext_atto_rms", "none", "(random", "init", "only)"]  # no weights
     code, out, _ = run_cli("models", "--filter", "zzz")
-    assert (code, out.strip()) == (0, "no torchvision model matching 'zzz'; `run_pipeline.py models --source torchvision` lists them all")
+    assert (code, out.strip()) == (0, "no torchvision model matching 'zzz'; `featx models --source torchvision` lists them all")
     with pytest.raises(ConfigError, match=r"^source must be one of torchvision, timm; got 'keras'$"):
         list_models(source="keras")
+
+
+def test_every_source_the_command_offers_lists_its_models():
+    for source in MODEL_SOURCES:  # the command line's choices, read without torch
+        catalog = list_models(source=source, filter="no-such-model")
+        assert (catalog.source, catalog.entries) == (source, ())
+        assert format_models(catalog) == (
+            f"no {source} model matching 'no-such-model'; `featx models --source {source}` lists them all"
+        )

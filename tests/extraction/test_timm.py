@@ -26,7 +26,6 @@ from featx.extraction import (
     list_layers,
     list_timm_architectures,
     load_model,
-    load_timm_model,
     timm_preprocessing,
     weights_label,
 )
@@ -121,11 +120,11 @@ def test_vit_features_equal_timm_forward(tmp_path, tiny_dataset):
 
 
 def test_weights_none_is_seeded_and_recorded(tmp_path, tiny_dataset):
-    first, label, _, seed = load_timm_model(f"timm/{SMALL}", weights="none", seed=3)
-    again, *_ = load_timm_model(f"timm/{SMALL}", weights="none", seed=3)
-    other, *_ = load_timm_model(f"timm/{SMALL}", weights="none", seed=4)
-    a, b, c = (dict(m.model.named_parameters())["fc.weight"] for m in (first, again, other))
-    assert (label, seed) == ("none", 3)
+    first = load_model(f"timm/{SMALL}", weights="none", seed=3)
+    again = load_model(f"timm/{SMALL}", weights="none", seed=3)
+    other = load_model(f"timm/{SMALL}", weights="none", seed=4)
+    a, b, c = (dict(m.module.model.named_parameters())["fc.weight"] for m in (first, again, other))
+    assert (first.weights, first.seed) == ("none", 3)
     assert torch.equal(a, b) and not torch.equal(a, c)
     result = _extract(tiny_dataset, None, f"timm/{SMALL}", ("penultimate",), weights="none",
                       features_dir=tmp_path / "features")
@@ -134,7 +133,15 @@ def test_weights_none_is_seeded_and_recorded(tmp_path, tiny_dataset):
         assert store.meta["model"] == f"timm/{SMALL}"
         assert store.meta["weights"] == "none"
         assert store.meta["timm_version"] == timm.__version__
-        assert store.features("penultimate").shape == (4, first.model.num_features)
+        assert store.features("penultimate").shape == (4, first.module.model.num_features)
+
+
+def test_a_fine_tuned_checkpoint_keeps_its_classes(tmp_path):
+    model, path = _saved(tmp_path, SMALL, num_classes=2)
+    loaded = load_model(f"timm/{SMALL}", weights_file=path)
+    assert (loaded.weights, loaded.seed, loaded.module.model.get_classifier().out_features) == ("file:test_resnet.pt", None, 2)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.module.model.state_dict()[key], value), key
 
 
 def test_default_weights_are_read_from_the_hub_cache(tmp_path, monkeypatch):
@@ -197,11 +204,13 @@ def test_layers_listing_and_layer_errors():
     rows = {r.node: r for r in listing.rows}
     assert list(rows) == ["act1", "layer1", "layer2", "layer3", "layer4", "forward_features", "pre_logits", "logits"]
     assert rows["layer2"].aliases == ("stage2",) and rows["layer2"].shape == (128, SIZE // 8, SIZE // 8)
+    assert (rows["layer2"].channels, rows["layer2"].reduction) == (128, 8)  # timm's feature_info says the same
+    assert (rows["pre_logits"].channels, rows["pre_logits"].reduction) == (512, None)
     assert "penultimate" in rows["pre_logits"].aliases and "last_conv" in rows["forward_features"].aliases
     assert rows["logits"].cumulative_params == listing.total_params == 11_689_512
     assert rows["pre_logits"].cumulative_params == 11_689_512 - 513_000  # all but the fc layer
     assert rows["act1"].cumulative_params == 64 * 3 * 7 * 7 + 2 * 64  # conv1 and bn1
-    network, *_ = load_timm_model(f"timm/{VIT}", weights="none", image_size=SIZE)
+    network = load_model(f"timm/{VIT}", weights="none", image_size=SIZE).module
     index = network.layer_index(image_size=SIZE)
     with pytest.raises(UnknownLayerError, match=r"no convolutional feature map .*, so no 'last_conv'; use last_stage"):
         index.resolve("last_conv")
