@@ -93,6 +93,8 @@ def violations(root: Path, package: str = "featx", extra_files: list[Path] = ())
         in_package = path in files
         importer = _module_name(path, root) if in_package else path.name
         own_package = _package_of(path, root) if in_package else ""
+        # The private modules a test or benchmark may use: those of what it tests or measures.
+        beside = _tested_package(path, root, package) if not in_package else None
         for imp in imports_of(path, root):
             where = f"{path.relative_to(root)}:{imp.line}"
             targets = [imp.module] + ([f"{imp.module}.{imp.name}"] if imp.name else [])
@@ -120,7 +122,7 @@ def violations(root: Path, package: str = "featx", extra_files: list[Path] = ())
             for i, part in enumerate(parts):
                 if part.startswith("_") and not part.startswith("__"):
                     owner = ".".join(parts[:i])
-                    if not (in_package and _within(own_package, owner)):
+                    if not (in_package and _within(own_package, owner)) and not (beside and _within(owner, beside)):
                         problems.append(f"{where}: imports the private module {'.'.join(parts[: i + 1])}")
                     break
             if imp.name and imp.name.startswith("_") and not imp.name.startswith("__"):
@@ -128,6 +130,16 @@ def violations(root: Path, package: str = "featx", extra_files: list[Path] = ())
                 if not (submodule and in_package and _within(own_package, imp.module)):
                     problems.append(f"{where}: imports the private name {imp.name} from {imp.module}")
     return problems
+
+
+def _tested_package(path: Path, root: Path, package: str) -> str | None:
+    """``featx.<side>`` for a test under ``tests/<side>/``, ``featx`` for a benchmark, else None."""
+    parts = path.relative_to(root).parts if path.is_relative_to(root) else ()
+    if parts[:1] == ("benchmarks",):
+        return package
+    if len(parts) > 2 and parts[0] == "tests" and (root / package / parts[1]).is_dir():
+        return f"{package}.{parts[1]}"
+    return None
 
 
 def import_graph(root: Path, package: str = "featx") -> dict[str, set[str]]:
@@ -243,6 +255,26 @@ def test_the_rule_allows_torch_inside_the_functions_of_the_classification_kernel
         "class Adam:\n    def step(self):\n        import torch\n        from torch import nn\n"
     )
     assert violations(tmp_path) == []
+
+
+def test_a_test_may_import_the_private_modules_of_what_it_tests_only(tmp_path):
+    for folder in ("featx/store", "featx/extraction", "tests/store", "benchmarks"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "featx/__init__.py").write_text("")
+    (tmp_path / "featx/store/__init__.py").write_text("")
+    (tmp_path / "featx/extraction/__init__.py").write_text("")
+    (tmp_path / "featx/store/_reader.py").write_text("")
+    (tmp_path / "featx/extraction/_engine.py").write_text("")
+    beside = tmp_path / "tests/store/test_reader.py"
+    beside.write_text("from featx.store._reader import open_store\nfrom featx.extraction._engine import run\n")
+    top = tmp_path / "tests/test_cli.py"
+    top.write_text("from featx.store import _reader\n")
+    bench = tmp_path / "benchmarks/speed.py"
+    bench.write_text("from featx.extraction._engine import run\n")
+    assert violations(tmp_path, extra_files=[beside, top, bench]) == [
+        "tests/store/test_reader.py:2: imports the private module featx.extraction._engine",
+        "tests/test_cli.py:1: imports the private name _reader from featx.store",
+    ]
 
 
 def test_the_rule_allows_a_package_its_own_private_modules(tmp_path):
