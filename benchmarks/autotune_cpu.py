@@ -72,7 +72,7 @@ def load_average() -> str:
 
 def jpeg_subset(data: Path, count: int, root: Path) -> Path:
     """A folder of symlinks to the first *count* JPEGs of *data* (sorted ids), keeping the class folders."""
-    from featx.extraction import discover_images
+    from featx.extraction._folder import discover_images
 
     collection = discover_images(data)
     jpegs = [i for i in collection.ids if i.lower().endswith((".jpg", ".jpeg"))][:count]
@@ -87,7 +87,8 @@ def forward_limit(model: str, layer: str, seconds: float) -> tuple[float, str, d
     """Best images/s of the truncated network on random tensors over SIZES x LAYOUTS, and each figure."""
     import torch
 
-    from featx.extraction import FeatureRecipe, build_network, prepare_extractor
+    from featx.extraction import FeatureRecipe
+    from featx.extraction._network import build_network, prepare_extractor
 
     network = build_network(FeatureRecipe.request(model, layer, weights="none"))
     loaded = network.loaded
@@ -114,7 +115,9 @@ def decode_ceiling(model: str, data: Path, batch_size: int = 64) -> float:
     """images/s of featx's loader alone over the JPEGs of *data*: ``extract``'s workers, batches and joins, no network."""
     import torch
 
-    from featx.extraction import BatchJoiner, ImageLoader, default_workers, discover_images, load_model
+    from featx.extraction import load_model
+    from featx.extraction._folder import discover_images
+    from featx.extraction._loader import BatchJoiner, ImageLoader, default_workers
 
     cpu = torch.device("cpu")
     collection = discover_images(data)
@@ -137,7 +140,10 @@ def input_profile(model: str, data: Path, count: int) -> None:
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as F
 
-    from featx.extraction import BatchJoiner, collate_images, discover_images, load_image, load_model
+    from featx.extraction import load_model
+    from featx.extraction._folder import discover_images
+    from featx.extraction._images import collate_images, load_image
+    from featx.extraction._loader import BatchJoiner
 
     torch.set_num_threads(1)  # as in a decoding worker
     recipe = load_model(model, weights="none").preprocessing
@@ -213,7 +219,10 @@ def differences(images: int, cases: tuple[str, ...] = ("resnet50:penultimate", "
     import numpy as np
     import torch
 
-    from featx.extraction import FeatureRecipe, ImageDataset, build_network, discover_images, prepare_extractor
+    from featx.extraction import FeatureRecipe
+    from featx.extraction._folder import discover_images
+    from featx.extraction._images import ImageDataset
+    from featx.extraction._network import build_network, prepare_extractor
 
     weights = os.environ.get("FEATX_BENCH_WEIGHTS", "none")
     collection = discover_images(DATA)

@@ -122,7 +122,9 @@ def forward_ceiling(loaded, plan, device, precision: str, batch_size: int, secon
     """images/s of the autotuned truncated network on random tensors on the GPU, and its peak memory."""
     import torch
 
-    from featx.extraction import TruncatedNetwork, autocast, choose_forward_config, prepare_extractor
+    from featx.extraction._autotune import choose_forward_config
+    from featx.extraction._device import autocast
+    from featx.extraction._network import TruncatedNetwork, prepare_extractor
 
     choice = choose_forward_config(
         loaded, plan, path=Path("/nonexistent/featx.h5"), overwrite=True, batch_size=batch_size,
@@ -155,7 +157,8 @@ def decode_ceiling(data: Path, preprocessing, device, decode: str, batch_size: i
     """images/s of featx's input pipeline alone (files -> preprocessed batch on the GPU)."""
     import torch
 
-    from featx.extraction import BatchJoiner, ImageLoader, default_workers, discover_images
+    from featx.extraction._folder import discover_images
+    from featx.extraction._loader import BatchJoiner, ImageLoader, default_workers
 
     collection = discover_images(data)
     loader = ImageLoader(
@@ -347,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torchvision
 
-    from featx.extraction import gpu_decoding_available, load_model, probe_layers
+    from featx.extraction import load_model
+    from featx.extraction._gpu_decode import gpu_decoding_available
+    from featx.extraction._network import probe_layers
 
     say("== machine")
     say(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {len(os.sched_getaffinity(0))} cores")

@@ -118,7 +118,7 @@ def forward_limit(extractor, loaded, args, device) -> list[float]:
     """Seconds per batch of the truncated network on random tensors already on the device."""
     import torch
 
-    from featx.extraction import autocast
+    from featx.extraction._device import autocast
 
     crop = loaded.preprocessing.crop
     generator = torch.Generator().manual_seed(0)
@@ -147,7 +147,7 @@ def decode_limit(collection, loaded, args, device, workers: int) -> list[float]:
 
     Each batch ends as the network takes it: one tensor, on the device.
     """
-    from featx.extraction import BatchJoiner, ImageLoader
+    from featx.extraction._loader import BatchJoiner, ImageLoader
 
     times = []
     for i in range(args.repeats + 1):  # the first pass warms the page cache
@@ -175,7 +175,7 @@ def decode_per_core(collection, loaded, args, images: int) -> list[float]:
     """Seconds one core spends per image (file bytes -> preprocessed tensor, one thread)."""
     import torch
 
-    from featx.extraction import ImageDataset, collate_images
+    from featx.extraction._images import ImageDataset, collate_images
 
     dataset = ImageDataset(collection, loaded.preprocessing)
     indices = list(range(min(images, len(collection))))
@@ -201,7 +201,10 @@ def per_image_baseline(collection, case: Case, args, device, images: int) -> tup
     """
     import torch
 
-    from featx.extraction import autocast, layer_index, load_model, pool_features
+    from featx.extraction import load_model
+    from featx.extraction._device import autocast
+    from featx.extraction._layers import layer_index
+    from featx.extraction._pooling import pool_features
 
     loaded = load_model(case.model, weights=args.weights, seed=0, image_size=args.image_size)
     model = loaded.module.to(device).eval()
@@ -228,7 +231,7 @@ def per_image_baseline(collection, case: Case, args, device, images: int) -> tup
 
     # The weights' own transforms, on PIL images, as the articles do.
     transform = torchvision_transforms(case.model, loaded.preprocessing)
-    from featx.extraction import load_image
+    from featx.extraction._images import load_image
 
     rates = []
     chosen = [i for i in range(len(collection)) if collection.ids[i].lower().endswith((".jpg", ".jpeg"))][:images]
@@ -444,7 +447,8 @@ def wait_until_idle(seconds: float, *, idle: float = 0.9, timeout: float = 900.0
 
 
 def bench_case(case: Case, args, device, collection, work: Path, say: Callable[[str], None]) -> dict:
-    from featx.extraction import FeatureRecipe, build_network, prepare_extractor
+    from featx.extraction import FeatureRecipe
+    from featx.extraction._network import build_network, prepare_extractor
 
     result: dict = {"model": case.model, "layers": list(case.layers), "extra_layers": list(case.extra)}
     result["load_before"] = load_average()
@@ -695,7 +699,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         child_extract(argv[1])
         return 0
     args = build_parser().parse_args(argv)
-    from featx.extraction import discover_images, resolve_device
+    from featx.extraction._device import resolve_device
+    from featx.extraction._folder import discover_images
 
     device = resolve_device(args.device)
     cases = args.cases or [Case.parse(c) for c in DEFAULT_CASES]

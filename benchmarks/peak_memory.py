@@ -44,7 +44,7 @@ LIMIT = 2 << 30
 
 def _image_subset(data: Path, count: int, folder: Path) -> int:
     """Symlink the first *count* images of *data* (sorted) into *folder*, keeping the layout."""
-    from featx.extraction import discover_images
+    from featx.extraction._folder import discover_images
 
     collection = discover_images(data)
     chosen = collection.ids[:count]

@@ -45,7 +45,6 @@ __all__ = [
     "ClassifyConfig",
     "ClassifyRun",
     "PredictResult",
-    "LayerIndex",
     "load_model",
 ]
 
@@ -71,7 +70,6 @@ _LAZY = {
     "ClassifyConfig": "featx.classification",
     "ClassifyRun": "featx.classification",
     "PredictResult": "featx.prediction",
-    "LayerIndex": "featx.extraction",
     "load_model": "featx.extraction",
 }
 

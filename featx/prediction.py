@@ -32,7 +32,7 @@ from ._version import __version__
 from .classification import FittedClassifier, load_classifier, predictions_frame
 from .errors import ClassifyError, message, option
 from .paths import check_writable_file
-from .store import describe_weights, identity_differences, parse_weights_label
+from .store import describe_weights, identity_differences, parse_weights_label, sha256_file
 
 __all__ = ["PredictResult", "predict_images", "format_prediction"]
 
@@ -72,8 +72,6 @@ class PredictResult:
 
 def _weights_file_of(provenance: dict[str, Any], weights_files: Sequence[Path]) -> Path | None:
     """The weights file a block's features were computed with, found among *weights_files* by its sha256."""
-    from .extraction import sha256_file
-
     weights = str(provenance["weights"])
     kind, name = parse_weights_label(weights)
     if kind != "file":
@@ -212,7 +210,7 @@ def predict_images(
         A bad classifier file, missing images or weights, or features that
         cannot be reproduced.
     """
-    from .extraction import FeatureExtractor, default_workers
+    from .extraction import FeatureExtractor
 
     # Every argument is checked before the first image is decoded.
     if out is not None:
@@ -227,7 +225,6 @@ def predict_images(
     # The weights of every network are found before the first one runs.
     networks = _networks(clf.blocks, files)
     source, labelled = _image_source(paths)
-    workers = workers if workers is not None else default_workers()
 
     columns: dict[int, np.ndarray] = {}
     usable = np.ones(len(source), dtype=bool)

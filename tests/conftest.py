@@ -216,11 +216,3 @@ def quick_extract(data: Path, out: Path, **overrides):
     settings.update(overrides)
     return extract_features(ExtractConfig.from_options(**settings))
 
-
-def build_extractor(loaded, layer_names, pool):
-    """A loaded model's network truncated after *layer_names*: ``(network, source shapes, nodes)``."""
-    from featx.extraction import TruncatedNetwork, probe_layers
-
-    plan = probe_layers(loaded, layer_names, pool)
-    network = TruncatedNetwork(loaded.module, plan.nodes, plan.pools, micro_batch=plan.max_images)
-    return network.eval(), plan.source_shapes, plan.nodes

@@ -91,9 +91,9 @@ def interrupted_store(data: Path, out: Path, *, stop: int, failed: tuple[int, ..
     Rows are random features of width 4 for candidates ``0..stop-1`` except *failed*.
     Returns the store path and the feature rows written.
     """
-    from featx.extraction import discover_images
+    from featx.extraction import open_source
 
-    collection = discover_images(data)
+    collection = open_source(data)
     meta = {**META, "data_root": str(data), "data_fingerprint": collection.fingerprint}
     spec = LayerSpec(name="penultimate", node="flatten", pool="none", dim=4, source_shape=(4,))
     writer = StoreWriter(out, meta=meta, layers=[spec], samples=collection, checkpoint_seconds=0)

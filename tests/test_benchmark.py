@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from featx.extraction import discover_images
+from featx.extraction import open_source
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "extract_throughput.py"
 
@@ -108,8 +108,8 @@ def test_several_layers_and_memory_runs(report):
 
 def test_view_folder_cycles_through_the_images(bench, report, tmp_path):
     _, root = report
-    collection = discover_images(root)
-    view = discover_images(bench.view_folder(collection, 15, tmp_path / "view"))
+    collection = open_source(root)
+    view = open_source(bench.view_folder(collection, 15, tmp_path / "view"))
     assert len(view) == 15
     assert sum(Path(i).stem.endswith("~1") for i in view.ids) == 3
     assert view.classes == collection.classes

@@ -62,34 +62,14 @@ def test_a_gpu_the_machine_lacks():
 
 
 def test_both_sides_refuse_a_wrong_name_with_one_text():
-    torch = pytest.importorskip("torch")
-    from featx.extraction import resolve_device
+    pytest.importorskip("torch")
+    from featx.extraction import FeatureExtractor
 
     with pytest.raises(DeviceError) as classification:
         ClassifyConfig(features="x.h5", device="tpu")
     with pytest.raises(DeviceError) as extraction:
-        resolve_device("tpu")
+        FeatureExtractor(model="resnet18", weights="none", device="tpu").fit()  # before any model is loaded
     assert str(classification.value) == str(extraction.value) == NOT_A_DEVICE.format("tpu")
-    assert resolve_device("cpu") == torch.device("cpu")
-
-
-def test_extraction_asks_torch_for_the_gpus(monkeypatch):
-    torch = pytest.importorskip("torch")
-    from featx.extraction import resolve_device
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert resolve_device("auto") == torch.device("cuda")
-    assert resolve_device("cuda:1") == torch.device("cuda:1")
-    with pytest.raises(DeviceError, match=re.escape("this machine has 2 CUDA GPU(s), cuda:0 to cuda:1")):
-        resolve_device("cuda:2")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_device("auto") == torch.device("cpu")
-    with pytest.raises(DeviceError, match="^" + re.escape(
-        f"device 'cuda' is not available; no CUDA GPU is visible to torch (torch {torch.__version__}); "
-        "use device='cpu' or device='auto'"
-    ) + "$"):
-        resolve_device("cuda")
 
 
 def test_torch_has_cuda_is_read_from_its_version_file():

@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits
 from featx import cli
 from featx.digits import MARKER, digit_pixels, digits_split, materialise_digits
 from featx.errors import DataError
-from featx.extraction import discover_images
+from featx.extraction import open_source
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_split_is_stratified_seeded_and_disjoint(digits_root: Path, digits):
 
 
 def test_folder_reads_as_a_labelled_split_image_folder(digits_root: Path, digits):
-    collection = discover_images(digits_root)
+    collection = open_source(digits_root)
     assert collection.classes == tuple(str(c) for c in range(10))
     assert len(collection) == 1797
     assert set(collection.splits) == {"train", "test"}
@@ -116,5 +116,5 @@ def test_cli_default_data_is_the_digits(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     folder = cli._data_folder(argparse.Namespace(data=None))
     assert folder == Path("data/digits")
-    assert len(discover_images(folder)) == 1797
+    assert len(open_source(folder)) == 1797
     assert cli._data_folder(argparse.Namespace(data=Path("mine"))) == Path("mine")

@@ -20,9 +20,9 @@ from conftest import copy_real_images
 
 from featx.classification import ClassifyConfig, load_classifier, run_classification
 from featx.errors import ClassifyError, StoreMismatchError
-from featx.extraction import ExtractConfig, FeatureExtractor, TruncatedNetwork, extract_features
+from featx.extraction import ExtractConfig, FeatureExtractor, extract_features
 from featx.prediction import predict_images
-from featx.store import describe_weights, identity_differences, open_store, weights_identity
+from featx.store import StoreWriter, describe_weights, identity_differences, open_store, weights_identity
 
 FAST = {"model": "resnet18", "image_size": 64, "workers": 0, "device": "cpu", "progress": False, "batch_size": 4}
 KEYS = ("model", "weights", "weights_sha256")
@@ -100,17 +100,17 @@ def test_a_store_is_reused_and_resumed_with_a_renamed_weights_file(trained, tmp_
     assert reused.up_to_date
 
     # Interrupted after the first batch with one name, resumed with the other.
-    forward, calls = TruncatedNetwork.forward, []
+    add, calls = StoreWriter.add, []
 
-    def interrupted_at_second_batch(self, pixels):
-        calls.append(len(pixels))
+    def interrupted_at_second_batch(self, **batch):
+        calls.append(len(batch["indices"]))
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return forward(self, pixels)
+        return add(self, **batch)
 
     out = tmp_path / "resumed.h5"
     settings = dict(data=data, layers=("penultimate",), out=out, checkpoint_seconds=0, **FAST)
-    monkeypatch.setattr(TruncatedNetwork, "forward", interrupted_at_second_batch)
+    monkeypatch.setattr(StoreWriter, "add", interrupted_at_second_batch)
     with pytest.raises(KeyboardInterrupt):
         extract_features(ExtractConfig.from_options(weights_file=weights, **settings))
     monkeypatch.undo()

@@ -31,7 +31,6 @@ from ._recipe import PRECISIONS, STORAGE_DTYPES, FeatureRecipe
 
 __all__ = [
     "PRECISIONS",
-    "PRECISION_NAMES",
     "STORAGE_DTYPES",
     "COMPRESSIONS",
     "MODEL_SOURCES",
@@ -45,7 +44,6 @@ __all__ = [
     "format_extraction",
 ]
 
-PRECISION_NAMES = tuple(PRECISIONS)
 # HDF5 filters h5py ships with (no plugin needed to read the store elsewhere).
 COMPRESSIONS = ("gzip", "lzf")
 # Where models come from (`featx models --source`): torchvision's names, timm's as timm/<name>.

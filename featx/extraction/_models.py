@@ -40,7 +40,8 @@ from ._torchvision import (
     load_torchvision,
     torchvision_weights_label,
 )
-from ._weights import load_safetensors_file, load_torch_file, sha256_file
+from ..store import sha256_file
+from ._weights import load_safetensors_file, load_torch_file
 
 __all__ = [
     "MODEL_SOURCES",

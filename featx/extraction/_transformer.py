@@ -21,6 +21,7 @@ from ..errors import DataError, message
 from ._autotune import default_forward_config, network_layouts
 from ._device import resolve_device
 from ._images import MAX_IMAGE_PIXELS
+from ._loader import default_workers
 from ._network import build_network, prepare_extractor
 from ._recipe import FeatureRecipe
 from ._folder import loose_files
@@ -82,8 +83,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     batch_size : int
         Images per batch.
-    workers : int
-        Decoding processes (0: decode in this process).
+    workers : int, optional
+        Decoding processes (0: decode in this process); by default one per core (at most 16).
     max_pixels : int
         Images with more pixels are refused as decompression bombs.
     progress : bool
@@ -125,7 +126,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         recipe: FeatureRecipe | None = None,
         device: str = "auto",
         batch_size: int = 64,
-        workers: int = 0,
+        workers: int | None = 0,
         max_pixels: int = MAX_IMAGE_PIXELS,
         progress: bool = False,
     ) -> None:
@@ -170,7 +171,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
         if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
             raise ConfigError(message(option("batch_size"), allowed="a positive integer", got=self.batch_size))
-        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
+        if self.workers is not None and (
+            not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0
+        ):
             raise ConfigError(message(option("workers"), allowed="0 or a positive integer", got=self.workers))
         device = resolve_device(self.device)
         network = build_network(self._requested_recipe())
@@ -200,7 +203,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             self._preprocessing,
             indices=range(len(source)),
             batch_size=self.batch_size,
-            workers=self.workers,
+            workers=self.workers if self.workers is not None else default_workers(self._device),
             device=self._device,
             precision=self._precision,
             max_pixels=self.max_pixels,

@@ -11,7 +11,6 @@ source's architecture it fits.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import pickle
 from collections.abc import Callable, Iterator, Mapping
@@ -33,17 +32,8 @@ __all__ = [
     "load_torch_file",
     "read_safetensors",
     "read_torch_state_dict",
-    "sha256_file",
     "weights_only_loading",
 ]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -44,7 +44,14 @@ from ._schema import (
     LayerSpec,
     parts_dir,
 )
-from ._weights import WEIGHTS_KINDS, describe_weights, file_weights_label, parse_weights_label, weights_identity
+from ._weights import (
+    WEIGHTS_KINDS,
+    describe_weights,
+    file_weights_label,
+    parse_weights_label,
+    sha256_file,
+    weights_identity,
+)
 from ._writer import StoreWriter
 
 __all__ = [
@@ -74,6 +81,7 @@ __all__ = [
     "describe_weights",
     "file_weights_label",
     "parse_weights_label",
+    "sha256_file",
     "weights_identity",
     # Keras weights files, read for the extraction side
     "is_keras_weights_file",

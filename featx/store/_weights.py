@@ -21,12 +21,15 @@ label of a whole extraction configuration is
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 from ..errors import ConfigError, message
 
-__all__ = ["WEIGHTS_KINDS", "describe_weights", "file_weights_label", "parse_weights_label", "weights_identity"]
+__all__ = [
+    "WEIGHTS_KINDS", "describe_weights", "file_weights_label", "parse_weights_label", "sha256_file", "weights_identity",
+]
 
 # What a label can say: torchvision's weights, a random initialisation, a file.
 WEIGHTS_KINDS = ("torchvision", "none", "file")
@@ -114,3 +117,12 @@ def describe_weights(label: str, sha256: str | None = None) -> str:
     """
     kind, _ = parse_weights_label(label)
     return f"{label} (sha256 {sha256[:12]}...)" if kind == "file" and sha256 else label
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file's content, read in blocks: a weights file's identity."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -11,25 +11,15 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import build_extractor, quick_extract
+from conftest import quick_extract
+
+from networks import build_extractor
 
 from featx.cli import main
 from featx.errors import ConfigError, DiskFullError, StoreMismatchError
-from featx.extraction import (
-    LAYOUTS,
-    ExtractConfig,
-    TruncatedNetwork,
-    ForwardConfig,
-    cache_dir,
-    candidate_configs,
-    choose_forward_config,
-    default_forward_config,
-    load_model,
-    measure_candidates,
-    prepare_extractor,
-    probe_layers,
-    recorded_forward_config,
-)
+from featx.extraction import ExtractConfig, load_model
+from featx.extraction._autotune import cache_dir, candidate_configs, choose_forward_config, default_forward_config, measure_candidates, recorded_forward_config
+from featx.extraction._network import ForwardConfig, LAYOUTS, TruncatedNetwork, prepare_extractor, probe_layers
 from featx.store import open_store, parts_dir, recorded_attrs
 
 CPU = torch.device("cpu")

@@ -17,20 +17,14 @@ import pytest
 import torch
 from test_benchmark import load_benchmark
 
-from conftest import build_extractor
 
-from featx.extraction import (
-    BatchJoiner,
-    ExtractConfig,
-    ImageLoader,
-    autocast,
-    default_workers,
-    discover_images,
-    extract_features,
-    load_model,
-    prepare_extractor,
-    resolve_device,
-)
+from networks import build_extractor
+
+from featx.extraction import ExtractConfig, extract_features, load_model
+from featx.extraction._device import autocast, resolve_device
+from featx.extraction._folder import discover_images
+from featx.extraction._loader import BatchJoiner, ImageLoader, default_workers
+from featx.extraction._network import prepare_extractor
 from featx.store import open_store
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")

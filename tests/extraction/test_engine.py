@@ -11,17 +11,15 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import build_extractor, ODD_BAD, ODD_GOOD, quick_extract, real_jpegs
+from conftest import ODD_BAD, ODD_GOOD, quick_extract, real_jpegs
 from PIL import Image
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from networks import build_extractor
+
 from featx.errors import StoreMismatchError
-from featx.extraction import (
-    ExtractConfig,
-    TruncatedNetwork,
-    extract_features,
-    load_model,
-)
+from featx.extraction import ExtractConfig, extract_features, load_model
+from featx.extraction._network import TruncatedNetwork
 from featx.store import open_store, parts_dir
 
 # Layer names asked of featx -> the torchvision graph node they must be.  Shallow

@@ -15,7 +15,7 @@ import torchvision
 from conftest import ODD_BAD, ODD_GOOD
 
 from featx.cli import main
-from featx.extraction import IMAGE_EXTENSIONS
+from featx.extraction._images import IMAGE_EXTENSIONS
 
 TINY = ["--model", "resnet18", "--layer", "conv2", "--weights", "none", "--image-size", "64", "--workers", "0", "--no-progress"]
 

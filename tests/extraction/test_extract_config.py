@@ -17,13 +17,8 @@ from featx.errors import (
     WeightsError,
     cli_option_names,
 )
-from featx.extraction import (
-    ExtractConfig,
-    ExtractResult,
-    default_store_path,
-    extract_features,
-    format_extraction,
-)
+from featx.extraction import ExtractConfig, ExtractResult, extract_features, format_extraction
+from featx.extraction._config import default_store_path
 
 
 @pytest.mark.parametrize(
@@ -209,11 +204,12 @@ def test_format_extraction():
 def test_the_registries_and_the_configuration_import_no_torch():
     code = (
         "import sys\n"
-        "from featx.extraction import (COMPRESSIONS, POOLS, PRECISION_NAMES, PRECISIONS, STORAGE_DTYPES,\n"
-        "    ExtractConfig, format_extraction)\n"
+        "from featx.extraction import (COMPRESSIONS, POOLS, PRECISIONS, STORAGE_DTYPES,\n"
+        "    ExtractConfig, FeatureRecipe, format_extraction)\n"
         "ExtractConfig.from_options(pool='max', precision='bf16', dtype='float16', compression='lzf')\n"
         "assert list(POOLS) == ['avg', 'max', 'flatten', 'avgmax'], POOLS\n"
-        "assert PRECISION_NAMES == tuple(PRECISIONS) == ('fp32', 'bf16', 'fp16')\n"
+        "assert tuple(PRECISIONS) == ('fp32', 'bf16', 'fp16')\n"
+        "FeatureRecipe.from_json(FeatureRecipe.request('resnet18').to_json())\n"
         "assert STORAGE_DTYPES == ('float32', 'float16') and COMPRESSIONS == ('gzip', 'lzf')\n"
         "assert not {'torch', 'torchvision'} & set(sys.modules), 'torch imported'\n"
     )

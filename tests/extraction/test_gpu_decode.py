@@ -19,17 +19,11 @@ from conftest import ODD_BAD, ODD_GOOD, copy_real_images, real_jpegs
 from PIL import Image
 
 from featx.errors import DeviceError
-from featx.extraction import (
-    EncodedImageDataset,
-    GpuJpegDecoder,
-    ImageDataset,
-    ImageLoader,
-    Preprocessing,
-    collate_encoded,
-    discover_images,
-    read_jpeg_header,
-    resolve_decode,
-)
+from featx.extraction._folder import discover_images
+from featx.extraction._gpu_decode import EncodedImageDataset, GpuJpegDecoder, collate_encoded, read_jpeg_header, resolve_decode
+from featx.extraction._images import ImageDataset
+from featx.extraction._loader import ImageLoader
+from featx.extraction._preprocessing import Preprocessing
 
 CPU = torch.device("cpu")
 PREPROCESSING = Preprocessing(resize=73, crop=64)

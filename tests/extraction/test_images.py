@@ -12,15 +12,9 @@ from conftest import ODD_BAD, ODD_GOOD, bomb_png
 from PIL import Image
 
 from featx.errors import DataError
-from featx.extraction import (
-    IMAGE_EXTENSIONS,
-    ImageDataset,
-    ImageDecodeError,
-    collate_images,
-    open_source,
-    discover_images,
-    load_image,
-)
+from featx.extraction import open_source
+from featx.extraction._folder import discover_images
+from featx.extraction._images import IMAGE_EXTENSIONS, ImageDataset, ImageDecodeError, collate_images, load_image
 
 # --------------------------------------------------------------------------- discovery
 

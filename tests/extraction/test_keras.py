@@ -13,14 +13,9 @@ from torchvision.transforms import functional as F
 
 from featx import describe_store, open_store
 from featx.errors import WeightsError
-from featx.extraction import (
-    ExtractConfig,
-    extract_features,
-    keras_dense_to_torch,
-    keras_vgg_state_dict,
-    load_model,
-    probe_layers,
-)
+from featx.extraction import ExtractConfig, extract_features, load_model
+from featx.extraction._keras import keras_dense_to_torch, keras_vgg_state_dict
+from featx.extraction._network import probe_layers
 from featx.store import is_keras_weights_file, read_keras_weights
 
 SIZE = 32

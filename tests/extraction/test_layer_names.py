@@ -19,7 +19,8 @@ import torchvision
 from conftest import real_jpegs
 from PIL import Image
 
-from featx.extraction import ExtractConfig, GraphLayerIndex, extract_features, format_layers, list_layers, load_model
+from featx.extraction import ExtractConfig, extract_features, format_layers, list_layers, load_model
+from featx.extraction._layers import GraphLayerIndex
 from featx.store import open_store
 
 

@@ -10,7 +10,8 @@ import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from featx.errors import ConfigError, UnknownLayerError
-from featx.extraction import GraphLayerIndex, LayerInfo, format_layers, list_layers
+from featx.extraction import format_layers, list_layers
+from featx.extraction._layers import GraphLayerIndex, LayerInfo
 
 
 def _index(name: str, image_size: int = 224) -> GraphLayerIndex:

@@ -9,14 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from featx.extraction import (
-    BatchJoiner,
-    ImageLoader,
-    default_workers,
-    discover_images,
-    load_image,
-    load_model,
-)
+from featx.extraction import load_model
+from featx.extraction._folder import discover_images
+from featx.extraction._images import load_image
+from featx.extraction._loader import BatchJoiner, ImageLoader, default_workers
 from featx.store import open_store
 
 CPU = torch.device("cpu")

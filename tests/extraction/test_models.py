@@ -15,7 +15,9 @@ from conftest import real_jpegs
 from PIL import Image
 
 from featx.errors import ConfigError, UnknownModelError, WeightsError
-from featx.extraction import Preprocessing, check_model_name, load_model, weights_cache_path, weights_label
+from featx.extraction import check_model_name, load_model, weights_cache_path
+from featx.extraction._models import weights_label
+from featx.extraction._preprocessing import Preprocessing
 from featx.store import WEIGHTS_KINDS, parse_weights_label
 
 RESNET18_V1 = torchvision.models.ResNet18_Weights.IMAGENET1K_V1

@@ -15,7 +15,8 @@ if importlib.util.find_spec("timm") is None and not os.environ.get("CI"):
 import timm
 
 from featx.errors import ConfigError
-from featx.extraction import MODEL_SOURCES, format_models, hub_cache_dir, list_models, weights_cache_path
+from featx.extraction import MODEL_SOURCES, format_models, list_models, weights_cache_path
+from featx.extraction._timm import hub_cache_dir
 
 
 def test_torchvision_rows_and_the_cache_column(tmp_path, monkeypatch):

@@ -6,18 +6,14 @@ import numpy as np
 import pytest
 import torch
 import torch.fx
-from conftest import build_extractor, MODEL, quick_extract
+from conftest import MODEL, quick_extract
 from PIL import Image
 
+from networks import build_extractor
+
 from featx.errors import UnknownLayerError
-from featx.extraction import (
-    FeatureRecipe,
-    build_network,
-    CPU_FORWARD_BYTES,
-    TruncatedNetwork,
-    load_model,
-    probe_layers,
-)
+from featx.extraction import FeatureRecipe, load_model
+from featx.extraction._network import CPU_FORWARD_BYTES, TruncatedNetwork, build_network, probe_layers
 from featx.store import LayerSpec
 
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import build_extractor
 
-from featx.extraction import (
-    BlockedConv2d,
-    blocked_layout,
-    load_model,
-    prepare_extractor,
-)
+from networks import build_extractor
+
+from featx.extraction import load_model
+from featx.extraction._network import prepare_extractor
+from featx.extraction._onednn import BlockedConv2d, blocked_layout
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 

@@ -15,16 +15,9 @@ from torchvision.transforms import functional as F
 
 from featx import open_store
 from featx.errors import ConfigError, StoreMismatchError, WeightsError
-from featx.extraction import (
-    CAFFE_PREPROCESSING,
-    ExtractConfig,
-    Preprocessing,
-    PreprocessingOptions,
-    default_store_path,
-    extract_features,
-    load_model,
-    sidecar_path,
-)
+from featx.extraction import ExtractConfig, extract_features, load_model
+from featx.extraction._config import default_store_path
+from featx.extraction._preprocessing import CAFFE_PREPROCESSING, Preprocessing, PreprocessingOptions, sidecar_path
 
 
 def _config(data, out, **options):

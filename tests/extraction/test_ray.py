@@ -30,7 +30,10 @@ from PIL import Image
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'featx[ray]'): the Ray engine is not tested")
 
 from featx.errors import ClusterError, ConfigError
-from featx.extraction import DecodePool, ExtractConfig, discover_images, format_extraction, load_image, load_model
+from featx.extraction import ExtractConfig, format_extraction, load_model
+from featx.extraction._folder import discover_images
+from featx.extraction._images import load_image
+from featx.extraction._loader import DecodePool
 from featx.store import StoreWriter, open_store, recorded_attrs
 
 # Attributes that differ between two runs by design.
@@ -43,9 +46,9 @@ FORWARD_ATTRS = ("forward_micro_batch", "forward_layout", "forward_device")
 
 def refuse_single_colour_images() -> None:
     """Ray workers' setup hook: the network raises on an image of one colour (the failing shard's)."""
-    import featx.extraction
+    from featx.extraction._network import TruncatedNetwork
 
-    forward = featx.extraction.TruncatedNetwork.forward
+    forward = TruncatedNetwork.forward
 
     def forward_refusing_flat_images(self, pixels):
         flat = pixels.flatten(2)
@@ -53,7 +56,7 @@ def refuse_single_colour_images() -> None:
             raise RuntimeError("injected failure: an image of one colour")
         return forward(self, pixels)
 
-    featx.extraction.TruncatedNetwork.forward = forward_refusing_flat_images
+    TruncatedNetwork.forward = forward_refusing_flat_images
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from conftest import copy_real_images, quick_extract
 
 from featx.classification import ClassifyConfig, run_classification
 from featx.errors import ConfigError, StoreError, StoreMismatchError
-from featx.extraction import FeatureRecipe, LayerRecipe, TruncatedNetwork, build_network
+from featx.extraction import FeatureRecipe, LayerRecipe
+from featx.extraction._network import TruncatedNetwork, build_network
 from featx.prediction import predict_images
 from featx.store import open_store
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import real_jpegs
 
-from featx.extraction import SPLIT_FOLDERS, discover_images, split_of_folder
+from featx.extraction._folder import SPLIT_FOLDERS, discover_images, split_of_folder
 from featx.store import SPLIT_NAMES, open_store
 
 

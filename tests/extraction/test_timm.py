@@ -19,16 +19,9 @@ from timm.data import create_transform, resolve_data_config
 
 from featx import open_store
 from featx.errors import ConfigError, UnknownLayerError, UnknownModelError, WeightsError
-from featx.extraction import (
-    ExtractConfig,
-    extract_features,
-    hub_cache_dir,
-    list_layers,
-    list_timm_architectures,
-    load_model,
-    timm_preprocessing,
-    weights_label,
-)
+from featx.extraction import ExtractConfig, extract_features, list_layers, load_model
+from featx.extraction._models import weights_label
+from featx.extraction._timm import hub_cache_dir, list_timm_architectures, timm_preprocessing
 
 CNN = "resnet18"  # timm's ResNet: five feature stages (act1, layer1..layer4)
 VIT = "vit_tiny_patch16_224"  # 5.7M parameters; built for SIZE x SIZE inputs (a fixed input size)

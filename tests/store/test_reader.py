@@ -12,7 +12,7 @@ from conftest import quick_extract
 from PIL import Image
 
 from featx.errors import StoreError, StoreNotFoundError
-from featx.extraction import discover_images
+from featx.extraction import open_source
 from featx.store import describe_store, open_store, parts_dir
 
 ROOT_ATTRS = {
@@ -51,7 +51,7 @@ def store(store_path):
 
 
 def test_samples_follow_the_folder(store, images):
-    collection = discover_images(images)
+    collection = open_source(images)
     good = [i for i in collection.ids if i != "train/b/broken.png"]
     assert store.ids.tolist() == good
     assert store.classes == ["a", "b"]
