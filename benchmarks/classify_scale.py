@@ -64,7 +64,7 @@ _META = {
 
 def write_store(path: Path, rows: int, dim: int, classes: int, seed: int = 0, block: int = 65536) -> Path:
     """A synthetic store of *rows* x *dim* float32 features of *classes* classes, written block by block."""
-    from featx.store import LayerSpec, StoreWriter
+    from featx.store import AttributeIdentity, LayerSpec, StoreWriter
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, classes, rows).astype(np.int32)
@@ -75,7 +75,8 @@ def write_store(path: Path, rows: int, dim: int, classes: int, seed: int = 0, bl
     ids, labels, split = [ids[i] for i in order], labels[order], split[order]
     samples = SimpleNamespace(ids=tuple(ids), labels=labels, splits=tuple(split), classes=tuple(names))
     spec = LayerSpec(name="f", node="f", pool="none", dim=dim, source_shape=(dim,))
-    writer = StoreWriter(path, meta=_META, layers=[spec], samples=samples, checkpoint_seconds=1e9)
+    identity = AttributeIdentity(_META, ("model",))
+    writer = StoreWriter(path, meta=_META, identity=identity, layers=[spec], samples=samples, checkpoint_seconds=1e9)
     writer.open()
     project = rng.normal(size=(LATENT, dim)).astype(np.float32) / np.sqrt(LATENT)
     centres = rng.normal(size=(classes, LATENT)).astype(np.float32)

@@ -127,12 +127,16 @@ class Faults:
 def drive(store: Path, version: int, n: int, faults: Faults | None, force: bool = False) -> int:
     """Extract version *version* of the folder into *store* as ``extract`` does; 0, or 2 with one line on stderr."""
     from featx.errors import FeatxError
-    from featx.store import LayerSpec, StoreWriter
+    from featx.store import AttributeIdentity, LayerSpec, StoreWriter
 
     specs = [LayerSpec(name=name, node=name, pool="none", dim=dim, source_shape=(dim,)) for name, dim in LAYERS.items()]
     table = samples(version, n)
     try:
-        writer = StoreWriter(store, meta=meta(version, n), layers=specs, samples=table, checkpoint_seconds=0, force=force)
+        attrs = meta(version, n)
+        writer = StoreWriter(
+            store, meta=attrs, identity=AttributeIdentity(attrs, ("model",)), layers=specs, samples=table,
+            checkpoint_seconds=0, force=force,
+        )
         plan = writer.open()
         if plan.up_to_date:
             print("up to date")

@@ -329,7 +329,7 @@ def format_demo(result: DemoResult) -> str:
             f"note: {RANDOM_INIT} = seeded random initialisation, not pretrained; these accuracies show what "
             "random convolutional features give, not transfer learning"
         )
-    lines += ["", "feature stores (inspect with `run_pipeline.py info STORE`):"]
+    lines += ["", "feature stores (inspect with `featx info STORE`):"]
     lines += [f"  {s}" for s in stores]
     lines += ["reports (results.json, predictions-<model>.csv, classifier-<model>.zip):"]
     lines += [f"  {row.run.out_dir}/" for row in result.rows]

@@ -14,7 +14,18 @@ from types import SimpleNamespace
 import numpy as np
 from conftest import IMAGE_SIZE, MODEL
 
-from featx.store import LayerSpec, StoreWriter
+from featx.store import AttributeIdentity, LayerSpec, StoreWriter
+
+# The root attributes that make two test stores "made the same way" (the format-1
+# attributes featx's recipe flattens to; the extraction's stores compare their recipe).
+IDENTITY_KEYS = (
+    "model", "weights", "weights_sha256", "seed", "image_size", "resize", "crop", "mean", "std", "interpolation",
+)
+
+
+def attribute_identity(meta) -> AttributeIdentity:
+    """The identity of a test store: its :data:`IDENTITY_KEYS`."""
+    return AttributeIdentity(meta, IDENTITY_KEYS)
 
 META = {
     "featx_version": "test",
@@ -66,7 +77,10 @@ def write_store(
         LayerSpec(name=name, node=name, pool="none", dim=values.shape[1], source_shape=(values.shape[1],))
         for name, values in features.items()
     ]
-    writer = StoreWriter(path, meta={**META, **meta}, layers=specs, samples=samples, checkpoint_seconds=1e9)
+    meta = {**META, **meta}
+    writer = StoreWriter(
+        path, meta=meta, identity=attribute_identity(meta), layers=specs, samples=samples, checkpoint_seconds=1e9
+    )
     writer.open()
     writer.add(stop=len(ids), indices=list(range(len(ids))), features=features)
     writer.finish() if finish else writer.commit()
@@ -96,7 +110,7 @@ def interrupted_store(data: Path, out: Path, *, stop: int, failed: tuple[int, ..
     collection = open_source(data)
     meta = {**META, "data_root": str(data), "data_fingerprint": collection.fingerprint}
     spec = LayerSpec(name="penultimate", node="flatten", pool="none", dim=4, source_shape=(4,))
-    writer = StoreWriter(out, meta=meta, layers=[spec], samples=collection, checkpoint_seconds=0)
+    writer = StoreWriter(out, meta=meta, identity=attribute_identity(meta), layers=[spec], samples=collection, checkpoint_seconds=0)
     writer.open()
     rng = np.random.default_rng(0)
     good = [i for i in range(stop) if i not in failed]

@@ -21,13 +21,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import ClassifyError, ConfigError, StoreError, choices, close_matches, message, option
-from ..store import IDENTITY_KEYS, FeatureStore, open_store
+from ..store import FeatureStore, open_store
 
 __all__ = ["FeatureBlock", "JoinedFeatures", "parse_feature_spec", "check_feature_specs", "join_features"]
 
 # Root attributes that say how a block's features were computed; kept with
 # every classifier so that `predict` can compute the same features again.
-PROVENANCE_KEYS = ("recipe", *IDENTITY_KEYS, "data_root", "featx_version", "torchvision_version")
 log = logging.getLogger("featx")
 LAYER_KEYS = ("node", "pool", "requested", "precision", "dtype")
 _EXAMPLES = 3
@@ -435,7 +434,7 @@ def join_features(specs: Sequence[str | os.PathLike], *, load: bool = True) -> J
                     layer=layer,
                     dim=dim,
                     start=start,
-                    provenance={k: store.meta.get(k) for k in PROVENANCE_KEYS},
+                    provenance=store.provenance,
                     layer_info={k: info.get(k) for k in LAYER_KEYS},
                 )
             )

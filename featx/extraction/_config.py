@@ -387,7 +387,7 @@ class ExtractResult:
 
 
 def format_extraction(result: ExtractResult) -> str:
-    """The summary of an extraction that ``run_pipeline.py extract`` prints.
+    """The summary of an extraction that ``featx extract`` prints.
 
     Parameters
     ----------

@@ -21,7 +21,7 @@ from ..errors import ConfigError, UnknownLayerError, WeightsError, message
 from ..store import LayerSpec
 from . import _onednn as onednn
 from ._allocator import reuse_freed_memory
-from ._layers import layer_index, trial_forward
+from ._layers import layer_index, listing_hint, trial_forward
 from ._models import LoadedModel, load_model
 from ._pooling import POOLS, effective_pool, pool_features
 from ._preprocessing import Preprocessing
@@ -309,7 +309,7 @@ def _check_trained(loaded: LoadedModel, nodes: dict[str, str]) -> None:
                 f"the weights file has no weights for {', '.join(loaded.untrained)} of {loaded.name}, "
                 f"which computes {', '.join(refused)}",
                 hint="choose a layer before it (a Keras include_top=False file: up to block5_pool); "
-                f"list them with `run_pipeline.py layers --model {loaded.name}`",
+                f"{listing_hint(loaded.name)}",
             )
         )
 

@@ -40,7 +40,7 @@ except ImportError:  # not on Windows: workers there do not take turns
 
 from ._image_source import ImageSource
 from ._loader import BatchJoiner, DecodePool, run_batch
-from ._models import Preprocessing
+from ._preprocessing import Preprocessing
 from ._network import TruncatedNetwork, prepare_extractor
 
 __all__ = ["Shard", "ShardResult", "ShardWorker", "WorkerRecipe", "batches_per_shard", "plan_shards"]

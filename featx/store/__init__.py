@@ -28,7 +28,7 @@ Modules (private; their public names are exported here):
 """
 
 from ._export import EXPORT_FORMATS, ExportResult, export_store, format_export
-from ._identity import StoreIdentity, identity_differences
+from ._identity import AttributeIdentity, StoreIdentity, identity_differences
 from ._info import describe_store
 from ._keras_file import is_keras_weights_file, read_keras_weights
 from ._lock import lock_store
@@ -37,7 +37,6 @@ from ._reader import FeatureStore, open_store
 from ._recorded import recorded_attrs
 from ._schema import (
     FORMAT_VERSION,
-    IDENTITY_KEYS,
     LAYER_IDENTITY_KEYS,
     RECIPE_ATTR,
     SPLIT_NAMES,
@@ -55,6 +54,7 @@ from ._weights import (
 from ._writer import StoreWriter
 
 __all__ = [
+    "AttributeIdentity",
     # reading
     "open_store",
     "FeatureStore",
@@ -74,7 +74,6 @@ __all__ = [
     "recorded_attrs",
     "parts_dir",
     # what makes features the same
-    "IDENTITY_KEYS",
     "LAYER_IDENTITY_KEYS",
     "identity_differences",
     "WEIGHTS_KINDS",

@@ -6,8 +6,10 @@ questions compare recorded attributes with requested ones, here.
 
 The store writer asks one object, a :class:`StoreIdentity`, whether the root
 attributes recorded in a store (or in the parts of an unfinished run) were made
-by the configuration requested now; given none, it compares the
-:data:`~featx.store.IDENTITY_KEYS` of its root attributes.
+by the configuration requested now.  What makes features the same is the
+extraction's business (its recipe); the store only records the identity's text
+and asks it.  :class:`AttributeIdentity` is the identity of a writer whose
+caller names the root attributes that must match.
 
 Weights are compared by :func:`~featx.store.weights_identity`: a weights file
 by its sha256, never by its name, which is only a label for people.
@@ -16,6 +18,7 @@ by its sha256, never by its name, which is only a label for people.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,7 +26,7 @@ import numpy as np
 from ._schema import attr_value
 from ._weights import describe_weights, weights_identity
 
-__all__ = ["IDENTITY_RTOL", "StoreIdentity", "identity_differences"]
+__all__ = ["IDENTITY_RTOL", "AttributeIdentity", "StoreIdentity", "identity_differences"]
 
 # Relative tolerance of list values (mean, std): a float32 round trip (at most
 # ~6e-8 relative) is the same value, any two real normalisations are not.
@@ -110,8 +113,8 @@ class StoreIdentity(Protocol):
     updates a complete store whose images changed.
     """
 
-    def to_json(self) -> str:
-        """The identity as text, written as the root attribute ``recipe``."""
+    def to_json(self) -> str | None:
+        """The identity as text, written as the root attribute ``recipe`` (None: no such attribute)."""
         ...
 
     def differences(self, recorded: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -124,3 +127,28 @@ class StoreIdentity(Protocol):
             returns them (a store written without an identity has no ``recipe``).
         """
         ...
+
+
+@dataclass(frozen=True)
+class AttributeIdentity:
+    """An identity by root attributes: the values of *keys* in *attrs* must be the ones recorded.
+
+    For writers whose caller has no recipe (a tool that writes features of its
+    own): no ``recipe`` attribute is written, and :func:`identity_differences`
+    compares the keys.
+
+    Parameters
+    ----------
+    attrs : mapping
+        The attributes requested now (usually the writer's ``meta``).
+    keys : sequence of str
+    """
+
+    attrs: Mapping[str, Any]
+    keys: tuple[str, ...]
+
+    def to_json(self) -> None:
+        return None
+
+    def differences(self, recorded: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+        return identity_differences(recorded, self.attrs, self.keys)

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError, StoreNotFoundError, message
-from ._schema import FORMAT_VERSION, attr_value, is_layer, parts_dir, read_strings
+from ._schema import BOOKKEEPING_ATTRS, FORMAT_VERSION, attr_value, is_layer, parts_dir, read_strings
 
 __all__ = ["FeatureStore", "open_store", "open_hdf5"]
 
@@ -134,6 +134,16 @@ class FeatureStore:
     def complete(self) -> bool:
         """Whether the extraction finished (an interrupted one serves the rows so far)."""
         return bool(self.meta.get("complete", False))
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """How the features were made and from what: the root attributes, less the store's own bookkeeping.
+
+        The ``recipe`` (when the store has one), the format-1 attributes it
+        flattens to, ``data_root``, the versions, ...: what a classifier
+        records of each of its inputs.
+        """
+        return {k: v for k, v in self.meta.items() if k not in BOOKKEEPING_ATTRS}
 
     @property
     def layers(self) -> list[str]:

@@ -29,7 +29,7 @@ __all__ = [
     "DATA_FINGERPRINT",
     "FORMAT_VERSION",
     "SPLIT_NAMES",
-    "IDENTITY_KEYS",
+    "BOOKKEEPING_ATTRS",
     "LAYER_IDENTITY_KEYS",
     "RECIPE_ATTR",
     "LayerSpec",
@@ -51,25 +51,6 @@ SPLIT_NAMES = ("train", "val", "test")
 # Root attribute that says which images a store was made from: another value on
 # a complete store is an incremental update, not another configuration.
 DATA_FINGERPRINT = "data_fingerprint"
-# Root attributes that define "the same configuration": a store made with other
-# values cannot be resumed or extended, only replaced (overwrite).
-IDENTITY_KEYS = (
-    "model",
-    "weights",
-    "weights_sha256",
-    "seed",
-    "image_size",
-    "resize",
-    "crop",
-    "mean",
-    "std",
-    "interpolation",
-    # written only when not RGB / [0, 1] (Keras' caffe mode): older stores keep their identity
-    "channel_order",
-    "pixel_range",
-    "resize_mode",
-    DATA_FINGERPRINT,
-)
 # Root attribute that holds a StoreIdentity's text (JSON), when the writer was given one.
 RECIPE_ATTR = "recipe"
 # Per-layer attributes that define the same feature dataset.
@@ -137,6 +118,10 @@ class LayerSpec:
             "precision": self.precision,
             "dtype": self.dtype,
         }
+
+
+# Root attributes the store itself writes about the file (format, progress), not about the features.
+BOOKKEEPING_ATTRS = ("featx_format", "complete", "rows", "candidates_done", "candidates", "modified_utc")
 
 
 def store_attrs(meta: Mapping[str, Any], *, complete: bool, rows: int, candidates_done: int, candidates: int) -> dict[str, Any]:

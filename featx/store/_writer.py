@@ -16,7 +16,6 @@ error) is one line that says what is safe (:mod:`._space`).
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -29,18 +28,15 @@ from ..errors import OutputPathError, StoreError, message
 from ..paths import check_writable_file
 from ._assembly import write_final_store
 from ._atomic import remove_stale_temporaries, write_atomically
-from ._identity import StoreIdentity, identity_differences
+from ._identity import StoreIdentity
 from ._index import fill_index
 from ._lock import StoreLock
 from ._parts import OpenPart, Part, commit_part, create_part, discard_part, read_samples
 from ._plan import StorePlan, candidates_from, plan_run
-from ._schema import DATA_FINGERPRINT, IDENTITY_KEYS, RECIPE_ATTR, LayerSpec, parts_dir, store_attrs
+from ._schema import DATA_FINGERPRINT, RECIPE_ATTR, LayerSpec, parts_dir, store_attrs
 from ._space import SpaceNeeded, check_free_space, write_error
 
 __all__ = ["StoreWriter"]
-
-# Format 1's identity, used when the writer is given none: these root attributes.
-_CONFIGURATION_KEYS = tuple(key for key in IDENTITY_KEYS if key != DATA_FINGERPRINT)
 
 
 class StoreWriter:
@@ -58,16 +54,15 @@ class StoreWriter:
         Root attributes (configuration and provenance), written to the store
         and to its part files.  ``data_fingerprint`` says which images the
         store is made of: a complete store with another one is updated.
-        Without an *identity*, the keys of :data:`IDENTITY_KEYS` must match
-        what a store or its parts recorded.
     layers : sequence of LayerSpec
         The layers requested.
-    samples : ImageCollection-like
+    samples : ImageSource-like
         ``ids``, ``labels``, ``splits`` and ``classes`` of every candidate image.
-    identity : StoreIdentity, optional
-        How the features are made: its text is written as the root attribute
-        ``recipe``, and it alone says whether what a store or its parts
-        recorded was made the same way.
+    identity : StoreIdentity
+        How the features are made (the extraction's recipe; an
+        :class:`AttributeIdentity` for other writers): its text is written as
+        the root attribute ``recipe``, and it alone says whether what a store
+        or its parts recorded was made the same way.
     overwrite : bool
         Replace a store made with another configuration instead of refusing.
     force : bool
@@ -108,7 +103,7 @@ class StoreWriter:
         meta: Mapping[str, Any],
         layers: Sequence[LayerSpec],
         samples: Any,
-        identity: StoreIdentity | None = None,
+        identity: StoreIdentity,
         overwrite: bool = False,
         force: bool = False,
         checkpoint_seconds: float = 10.0,
@@ -118,7 +113,7 @@ class StoreWriter:
     ) -> None:
         self.path = Path(path)
         self.parts = parts_dir(self.path)
-        self.meta = dict(meta) if identity is None else {**meta, RECIPE_ATTR: identity.to_json()}
+        self.meta = {**meta, RECIPE_ATTR: identity.to_json()}
         self.layers = tuple(layers)
         self.samples = samples
         self.identity = identity
@@ -188,13 +183,8 @@ class StoreWriter:
         return self.plan
 
     def _plan(self, *, read_only: bool) -> StorePlan:
-        differences = (
-            self.identity.differences
-            if self.identity is not None
-            else functools.partial(identity_differences, requested=self.meta, keys=_CONFIGURATION_KEYS)
-        )
         return plan_run(
-            self.path, layers=self.layers, samples=self.samples, differences=differences,
+            self.path, layers=self.layers, samples=self.samples, differences=self.identity.differences,
             fingerprint=self.meta.get(DATA_FINGERPRINT), read_only=read_only,
         )
 

@@ -153,7 +153,7 @@ def test_a_classifier_of_a_store_without_a_recipe_predicts(hymenoptera, tmp_path
     run = run_classification(
         ClassifyConfig(features=(f"{store}:penultimate",), models=("logreg",), out=tmp_path / "run", plots=False)
     )
-    assert run.inputs[0].provenance["recipe"] is None
+    assert "recipe" not in run.inputs[0].provenance
     result = predict_images(run.results[0].artifact, [data / "val"], workers=0, progress=False, batch_size=2)
     expected = run.results[0]
     import pandas as pd

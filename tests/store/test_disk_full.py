@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 from conftest import copy_real_images, quick_extract
 
+from stores import attribute_identity
+
 from featx.errors import DiskFullError, StoreWriteError
 from featx.store import LayerSpec, StoreWriter, open_store, parts_dir
 
@@ -45,7 +47,10 @@ def _rows(indices) -> np.ndarray:
 
 def _extract_synthetic(path: Path) -> StoreWriter:
     """Write the remaining candidates in batches of 4 (a commit after each), then finish."""
-    writer = StoreWriter(path, meta={"model": "m", "data_fingerprint": "x"}, layers=[SPEC], samples=_Samples(), checkpoint_seconds=0)
+    writer = StoreWriter(
+        path, meta={"model": "m", "data_fingerprint": "x"}, identity=attribute_identity({"model": "m", "data_fingerprint": "x"}),
+        layers=[SPEC], samples=_Samples(), checkpoint_seconds=0,
+    )
     try:
         remaining = list(writer.open().remaining)
         for a in range(0, len(remaining), 4):
@@ -109,7 +114,10 @@ def test_a_run_that_cannot_fit_is_refused_before_it_starts(tmp_path, monkeypatch
     with pytest.raises(DiskFullError, match=r"^not enough free space for '.*s\.h5': about 1\.1 MiB is needed \(parts 40\.0 KiB \+ final store 40\.0 KiB\), 1,000 B is free; .* or use force=True to try anyway$"):
         _extract_synthetic(tmp_path / "s.h5")
     assert list(tmp_path.iterdir()) == []  # nothing was created
-    writer = StoreWriter(tmp_path / "s.h5", meta={"model": "m"}, layers=[SPEC], samples=_Samples(), force=True)
+    writer = StoreWriter(
+        tmp_path / "s.h5", meta={"model": "m"}, identity=attribute_identity({"model": "m"}),
+        layers=[SPEC], samples=_Samples(), force=True,
+    )
     assert writer.open().remaining == range(N)  # tries anyway
     writer.close()
 

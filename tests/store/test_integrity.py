@@ -14,6 +14,8 @@ import h5py
 import numpy as np
 import pytest
 
+from stores import attribute_identity
+
 from featx.errors import StoreError
 from featx.store import FORMAT_VERSION, LayerSpec, StoreWriter, open_store, parts_dir
 
@@ -36,7 +38,9 @@ def _rows(indices) -> np.ndarray:
 
 def _writer(path: Path) -> StoreWriter:
     """An open writer of *path*."""
-    writer = StoreWriter(path, meta=META, layers=[SPEC], samples=_Samples(), checkpoint_seconds=0)
+    writer = StoreWriter(
+        path, meta=META, identity=attribute_identity(META), layers=[SPEC], samples=_Samples(), checkpoint_seconds=0,
+    )
     writer.open()
     return writer
 

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from conftest import copy_real_images, quick_extract
 
+from stores import attribute_identity
+
 from featx.errors import StoreLockedError
 from featx.store import LayerSpec, StoreWriter, lock_store, open_store
 
@@ -119,7 +121,10 @@ def test_readers_are_never_blocked_by_a_writer(tmp_path):
     class samples:
         ids, labels, splits, classes = ("a.png", "b.png"), np.array([0, 0], np.int32), ("", ""), ("x",)
 
-    writer = StoreWriter(store, meta={"model": "m", "data_fingerprint": "x"}, layers=[spec], samples=samples)
+    writer = StoreWriter(
+        store, meta={"model": "m", "data_fingerprint": "x"},
+        identity=attribute_identity({"model": "m", "data_fingerprint": "x"}), layers=[spec], samples=samples,
+    )
     writer.open()
     writer.add(stop=2, indices=[0, 1], features={"f": np.ones((2, 2), np.float32)})
     writer.finish()

@@ -12,9 +12,10 @@ import h5py
 import numpy as np
 import pytest
 
+from stores import IDENTITY_KEYS, attribute_identity
+
 from featx.errors import OutputPathError, StoreError, StoreMismatchError
 from featx.store import (
-    IDENTITY_KEYS,
     LAYER_IDENTITY_KEYS,
     LayerSpec,
     StoreUpdate,
@@ -41,7 +42,10 @@ def _rows(start: int, stop: int) -> np.ndarray:
 
 def _writer(path: Path, **kw) -> StoreWriter:
     """An open writer of *path*."""
-    writer = StoreWriter(path, meta=META, layers=[SPEC], samples=_Samples(), checkpoint_seconds=0, **kw)
+    writer = StoreWriter(
+        path, meta=META, identity=attribute_identity(META),
+        layers=[SPEC], samples=_Samples(), checkpoint_seconds=0, **kw,
+    )
     writer.open()
     return writer
 
@@ -78,7 +82,9 @@ def test_unfinished_store_opens_with_the_rows_so_far(tmp_path, monkeypatch):
 
 def test_a_part_being_written_is_dropped(tmp_path):
     path = tmp_path / "w.h5"
-    writer = StoreWriter(path, meta=META, layers=[SPEC], samples=_Samples(), checkpoint_seconds=3600)
+    writer = StoreWriter(
+        path, meta=META, identity=attribute_identity(META), layers=[SPEC], samples=_Samples(), checkpoint_seconds=3600,
+    )
     writer.open()
     writer.add(stop=2, indices=[0, 1], features={"f": _rows(0, 2)})
     writer.commit()
@@ -136,8 +142,10 @@ def test_different_layer_set_in_unfinished_parts(tmp_path):
         match="^" + re.escape(f"an unfinished extraction of layers f is in '{parts_dir(path)}', this command asks for g; "
                               "ask for the same layers to finish it first, or use overwrite=True to start again") + "$",
     ):
-        StoreWriter(path, meta=META, layers=[other], samples=_Samples()).open()
-    assert StoreWriter(path, meta=META, layers=[other], samples=_Samples(), overwrite=True).open().start == 0
+        StoreWriter(path, meta=META, identity=attribute_identity(META), layers=[other], samples=_Samples()).open()
+    assert StoreWriter(
+        path, meta=META, identity=attribute_identity(META), layers=[other], samples=_Samples(), overwrite=True,
+    ).open().start == 0
     assert not path.exists()
 
 
@@ -164,7 +172,7 @@ def test_another_configuration_is_refused_with_both_values(tmp_path):
     _writer(path).add(stop=6, indices=list(range(6)), features={"f": _rows(0, 6)})
     other = {**META, "model": "m2", "mean": [0.5, 0.5, 0.5]}
     with pytest.raises(StoreMismatchError) as caught:
-        StoreWriter(path, meta=other, layers=[SPEC], samples=_Samples()).open()
+        StoreWriter(path, meta=other, identity=attribute_identity(other), layers=[SPEC], samples=_Samples()).open()
     assert str(caught.value) == (
         f"store '{path}' was made with another configuration (the command differs): model is 'm' there, 'm2' here; "
         "mean is None there, [0.5, 0.5, 0.5] here; use overwrite=True to replace it, or out='PATH' to write a new store"
@@ -178,7 +186,7 @@ def test_a_layer_with_other_settings_is_refused(tmp_path):
     writer.finish()
     half = LayerSpec(name="f", node="n", pool="none", dim=3, source_shape=(3,), precision="fp16", dtype="float16")
     with pytest.raises(StoreMismatchError) as caught:
-        StoreWriter(path, meta=META, layers=[half], samples=_Samples()).open()
+        StoreWriter(path, meta=META, identity=attribute_identity(META), layers=[half], samples=_Samples()).open()
     assert str(caught.value) == (
         f"layer 'f' already exists in '{path}' with other settings: precision is 'fp32' there, 'fp16' here; "
         "dtype is 'float32' there, 'float16' here; use overwrite=True to re-extract the store, or out='PATH'"
@@ -237,7 +245,7 @@ def test_the_parent_folder_is_created(tmp_path):
 
 def test_making_a_writer_does_nothing_until_it_is_opened(tmp_path):
     path = tmp_path / "new" / "w.h5"
-    writer = StoreWriter(path, meta=META, layers=[SPEC], samples=_Samples())
+    writer = StoreWriter(path, meta=META, identity=attribute_identity(META), layers=[SPEC], samples=_Samples())
     assert writer.plan is None
     assert list(tmp_path.iterdir()) == []  # no folder, no lock file
     with pytest.raises(StoreError, match=r"^the writer of '.*w\.h5' is not open; call its open\(\) first$"):
@@ -267,10 +275,10 @@ class _Recipe:
 
 def test_the_identity_is_asked_through_one_object_and_recorded_as_recipe(tmp_path):
     path = tmp_path / "w.h5"
-    _writer(path).add(stop=2, indices=[0, 1], features={"f": _rows(0, 2)})  # no identity: IDENTITY_KEYS
+    _writer(path).add(stop=2, indices=[0, 1], features={"f": _rows(0, 2)})  # an identity of attributes: no recipe
     other = {**META, "model": "m2"}
     with pytest.raises(StoreMismatchError, match=r"model is 'm' there, 'm2' here; use overwrite=True"):
-        StoreWriter(path, meta=other, layers=[SPEC], samples=_Samples()).open()
+        StoreWriter(path, meta=other, identity=attribute_identity(other), layers=[SPEC], samples=_Samples()).open()
     with pytest.raises(StoreMismatchError) as caught:
         StoreWriter(path, meta=META, layers=[SPEC], samples=_Samples(), identity=_Recipe("x")).open()
     assert str(caught.value) == (
@@ -281,7 +289,9 @@ def test_the_identity_is_asked_through_one_object_and_recorded_as_recipe(tmp_pat
     moved = {**META, "data_fingerprint": "def"}
     with pytest.raises(StoreMismatchError, match=r"\(the data folder changed since then\): data_fingerprint is 'abc' there, 'def' here; "):
         StoreWriter(path, meta=moved, layers=[SPEC], samples=_Samples(), identity=_Recipe("m")).open()
-    resumed = StoreWriter(path, meta=other, layers=[SPEC], samples=_Samples(), identity=_Recipe("m2"), checkpoint_seconds=0)
+    resumed = StoreWriter(
+        path, meta=other, layers=[SPEC], samples=_Samples(), identity=_Recipe("m2"), checkpoint_seconds=0,
+    )
     assert resumed.open().start == 2
     resumed.add(stop=6, indices=[2, 3, 4, 5], features={"f": _rows(2, 6)})
     with h5py.File(max(parts_dir(path).glob("part-*.h5")), "r") as part:
@@ -304,7 +314,10 @@ def test_a_complete_store_of_other_images_is_updated(tmp_path):
     writer = _writer(path)
     writer.add(stop=6, indices=list(range(6)), features={"f": _rows(0, 6)})
     writer.finish()
-    grown = StoreWriter(path, meta={**META, "data_fingerprint": "def"}, layers=[SPEC], samples=_MoreSamples())
+    grown = StoreWriter(
+        path, meta={**META, "data_fingerprint": "def"},
+        identity=attribute_identity({**META, "data_fingerprint": "def"}), layers=[SPEC], samples=_MoreSamples(),
+    )
     plan = grown.open()
     assert plan.update == StoreUpdate(added=1, removed=0, retried=0, kept=6, base_fingerprint="abc")
     assert (plan.todo, list(plan.remaining), plan.extends) == ((SPEC,), [6], False)
