@@ -284,3 +284,15 @@ def test_the_rule_allows_a_package_its_own_private_modules(tmp_path):
     (tmp_path / "featx/store/__init__.py").write_text("from ._reader import open_store\nfrom .. import _version\n")
     (tmp_path / "featx/store/_reader.py").write_text("import h5py\nfrom .._version import __version__\n")
     assert violations(tmp_path) == []
+
+
+def test_each_package_exports_what_a_user_needs_and_no_more():
+    import featx.classification
+    import featx.extraction
+    import featx.store
+
+    assert len(featx.extraction.__all__) <= 25, featx.extraction.__all__
+    for package in (featx, featx.store, featx.extraction, featx.classification):
+        assert all(not name.startswith("_") or name == "__version__" for name in package.__all__), package.__name__
+        for name in package.__all__:
+            getattr(package, name)  # every listed name resolves
