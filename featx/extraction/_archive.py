@@ -262,6 +262,7 @@ def open_archive(pattern: str | os.PathLike) -> ArchiveSource:
     pattern = os.fspath(pattern)
     if is_url(pattern):
         check_url(pattern)
+        filesystem(pattern, fresh=True)  # each shard's size and ETag now
     shards = _shard_paths(pattern)
     with listing_errors(pattern), ThreadPoolExecutor(min(_INDEX_THREADS, len(shards))) as pool:
         indexed = list(pool.map(_index_shard, shards))

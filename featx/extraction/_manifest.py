@@ -58,7 +58,7 @@ def _manifest_bytes(manifest: str) -> tuple[str, Any, str]:
     """Where relative paths are, what pandas/pyarrow read, and the hash of the manifest's bytes."""
     if is_url(manifest):
         check_url(manifest)
-        fs, path = filesystem(manifest)
+        fs, path = filesystem(manifest, fresh=True)
         with listing_errors(manifest):
             data = fs.cat_file(path)
         return manifest.rsplit("/", 1)[0], io.BytesIO(data), hashlib.sha256(data).hexdigest()

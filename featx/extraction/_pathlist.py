@@ -107,7 +107,7 @@ def list_prefix(url: str) -> PathListSource:
     """
     check_url(url)
     base = url.rstrip("/")
-    fs, path = filesystem(base)
+    fs, path = filesystem(base, fresh=True)
     with listing_errors(url):
         found = fs.find(path, detail=True)
     keys: dict[str, dict[str, Any]] = {}

@@ -122,8 +122,12 @@ def check_url(url: str) -> None:
         raise DataError(message(f"{option('data')} '{url}' cannot be read", hint=str(exc))) from None
 
 
-def filesystem(url: str) -> tuple[Any, str]:
-    """The fsspec file system of *url* in this process, and the path within it."""
+def filesystem(url: str, *, fresh: bool = False) -> tuple[Any, str]:
+    """The fsspec file system of *url* in this process, and the path within it.
+
+    *fresh* forgets what earlier listings saw (fsspec keeps them, and answers
+    reads of objects added since with "not found"): a listing asks the storage.
+    """
     import fsspec
 
     protocol = _protocol(url)
@@ -134,6 +138,8 @@ def filesystem(url: str) -> tuple[Any, str]:
         if hasattr(fs, "retries"):
             fs.retries = _BACKEND_RETRIES
         _FILESYSTEMS[key] = fs
+    elif fresh:
+        fs.invalidate_cache()
     return fs, fs._strip_protocol(url)
 
 
@@ -152,6 +158,15 @@ def _reason(exc: BaseException) -> str:
     return text if isinstance(exc, OSError) else f"{type(exc).__name__}: {text}"
 
 
+def _read_failure(exc: BaseException) -> str:
+    """Why a read failed, in the words of a local file's failure where it is the same."""
+    if isinstance(exc, FileNotFoundError):
+        return "No such file or directory"  # s3fs's text is the key alone
+    if isinstance(exc, PermissionError):
+        return f"access refused: {exc}"
+    return _reason(exc)
+
+
 def read_bytes(url: str, start: int | None = None, end: int | None = None) -> bytes:
     """The bytes of *url* (from *start* to *end*), tried up to :data:`READ_ATTEMPTS` times.
 
@@ -166,9 +181,9 @@ def read_bytes(url: str, start: int | None = None, end: int | None = None) -> by
             return fs.cat_file(path, start=start, end=end)
         except Exception as exc:
             if _final(exc):
-                raise OSError(_reason(exc)) from None
+                raise OSError(_read_failure(exc)) from None
             if attempt + 1 == READ_ATTEMPTS:
-                raise OSError(f"{_reason(exc)} ({READ_ATTEMPTS} attempts)") from None
+                raise OSError(f"{_read_failure(exc)} ({READ_ATTEMPTS} attempts)") from None
             time.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
     raise AssertionError("unreachable")
 
