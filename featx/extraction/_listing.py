@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import DataError, message
 from ..store import SPLIT_NAMES
 
-__all__ = ["sorted_order", "check_unique", "class_labels", "check_splits", "describe_listing"]
+__all__ = ["sorted_order", "in_order", "splits_in_order", "check_unique", "class_labels", "check_splits", "describe_listing"]
 
 _INTEGER = re.compile(r"^-?\d+$")
 
@@ -26,13 +26,27 @@ def sorted_order(ids: Sequence[str]) -> list[int]:
     return sorted(range(len(ids)), key=ids.__getitem__)
 
 
+def in_order(values: Sequence[str], order: Sequence[int]) -> tuple[str, ...]:
+    """*values* taken in *order* (positions), as a tuple: one C-level take, not a Python loop per row."""
+    taken = np.empty(len(values), dtype=object)
+    taken[:] = values
+    return tuple(taken[np.asarray(order, dtype=np.intp)]) if len(order) else ()
+
+
+def splits_in_order(values: Sequence[str], order: Sequence[int]) -> tuple[str, ...]:
+    """Checked split names (:func:`check_splits`) taken in *order*, as a tuple of the few split strings."""
+    names = ("", *SPLIT_NAMES)
+    code = {name: i for i, name in enumerate(names)}
+    codes = np.fromiter((code[v] for v in values), dtype=np.int8, count=len(values))
+    return tuple(np.array(names, dtype=object)[codes[np.asarray(order, dtype=np.intp)]]) if len(order) else ()
+
+
 def check_unique(ids: Sequence[str], *, what: str, hint: str) -> None:
-    """Refuse an id listed twice, naming the first few.
+    """Refuse an id listed twice, naming the first few (in sorted order).
 
     Parameters
     ----------
     ids : sequence of str
-        Sorted.
     what : str
         The listing, as the message names it (``"manifest 'list.csv'"``).
     hint : str
@@ -41,16 +55,16 @@ def check_unique(ids: Sequence[str], *, what: str, hint: str) -> None:
     ------
     DataError
     """
-    twice = [ids[i] for i in range(1, len(ids)) if ids[i] == ids[i - 1]]
-    if twice:
-        shown = list(dict.fromkeys(twice))
-        more = f", ... ({len(shown)} in all)" if len(shown) > 5 else ""
-        raise DataError(
-            message(
-                f"the {what} lists the same image more than once: " + ", ".join(f"'{s}'" for s in shown[:5]) + more,
-                hint=hint,
-            )
+    if len(set(ids)) == len(ids):
+        return
+    twice = sorted(image_id for image_id, count in Counter(ids).items() if count > 1)
+    more = f", ... ({len(twice)} in all)" if len(twice) > 5 else ""
+    raise DataError(
+        message(
+            f"the {what} lists the same image more than once: " + ", ".join(f"'{s}'" for s in twice[:5]) + more,
+            hint=hint,
         )
+    )
 
 
 def class_labels(names: Sequence[str]) -> tuple[np.ndarray, tuple[str, ...]]:

@@ -33,8 +33,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import DataError, message, option
-from ._listing import check_splits, check_unique, class_labels, describe_listing, sorted_order
+from ._listing import (
+    check_splits,
+    check_unique,
+    class_labels,
+    describe_listing,
+    in_order,
+    sorted_order,
+    splits_in_order,
+)
 from ._pathlist import PathListSource
 from ._remote import check_url, filesystem, is_url, listing_errors
 
@@ -82,7 +92,8 @@ def _chunks(source: Any, kind: str) -> Iterator[dict[str, list[str]]]:
     if kind == "csv":
         import pandas as pd
 
-        with pd.read_csv(source, dtype=str, keep_default_na=False, chunksize=CHUNK_ROWS) as reader:
+        # dtype=object: Python strings as they are (pandas' str dtype converts them twice)
+        with pd.read_csv(source, dtype=object, keep_default_na=False, chunksize=CHUNK_ROWS) as reader:
             for chunk in reader:
                 yield {str(name): chunk[name].tolist() for name in chunk.columns}
         return
@@ -147,15 +158,20 @@ def read_manifest(manifest: str | os.PathLike) -> PathListSource:
                 hint="give every row the path or URL of its image",
             )
         )
+    check_unique(paths, what=f"manifest '{shown}'", hint="list each image once")
     order = sorted_order(paths)
-    ids = tuple(paths[i] for i in order)
-    check_unique(ids, what=f"manifest '{shown}'", hint="list each image once")
+    ids = in_order(paths, order)
+    # Labels and splits are read in the file's order and then reordered as small integers:
+    # a Python string per row taken in sorted order costs a cache miss each.
     names = columns.pop(_LABEL, None)
-    labels, classes = class_labels([names[i] for i in order] if names is not None else [""] * len(ids))
+    labels, classes = class_labels(names if names is not None else ("",) * len(ids))
+    labels = labels[np.asarray(order, dtype=np.intp)]
     split_column = columns.pop(_SPLIT, None)
-    splits = tuple(split_column[i] for i in order) if split_column is not None else ("",) * len(ids)
-    check_splits(splits, what=f"manifest '{shown}'")
-    meta = {name: tuple(values[i] for i in order) for name, values in columns.items()}
+    splits = ("",) * len(ids)
+    if split_column is not None:
+        check_splits(split_column, what=f"manifest '{shown}'")
+        splits = splits_in_order(split_column, order)
+    meta = {name: in_order(values, order) for name, values in columns.items()}
     return PathListSource(
         base=base,
         listed=manifest if is_url(manifest) else str(Path(shown).absolute()),

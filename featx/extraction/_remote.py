@@ -188,11 +188,12 @@ def read_bytes(url: str, start: int | None = None, end: int | None = None) -> by
     raise AssertionError("unreachable")
 
 
-def read_ahead(tasks: Sequence[Callable[[], T]], window: int = READ_AHEAD) -> Iterator[T | Exception]:
-    """Run *tasks* on this process's read threads, *window* at a time; yield each result in order.
+def read_ahead(tasks: Sequence[Callable[[], T]], window: int | None = None) -> Iterator[T | Exception]:
+    """Run *tasks* on this process's read threads, *window* (:data:`READ_AHEAD`) at a time; yield each result in order.
 
     A task that raises yields its exception (the caller decides what a failed read is).
     """
+    window = window or READ_AHEAD
     pool = _POOLS.get(os.getpid())
     if pool is None:
         pool = _POOLS[os.getpid()] = ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="featx-read")

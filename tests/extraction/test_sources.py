@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import IMAGE_SIZE, MODEL, copy_real_images, quick_extract
 from source_files import (
@@ -373,5 +374,41 @@ def test_predict_refuses_a_manifest_given_with_images(small, tmp_path):
         open_source([manifest, small / image_ids(small)[0]])
     assert str(error.value) == (
         f"data '{manifest}' is a manifest, an archive or a URL, which must be given alone (not with 1 other "
+        "path(s)); pass it alone, or image files and folders without it"
+    )
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory, hymenoptera):
+    """A logistic regression trained on 8 real JPEGs' features, and its images."""
+    from featx.classification import ClassifyConfig, run_classification
+
+    root = tmp_path_factory.mktemp("predict")
+    data = copy_real_images(hymenoptera, root / "small", per_class=2)
+    store = quick_extract(data, root / "s.h5", layers=("penultimate",)).path
+    run = run_classification(ClassifyConfig(features=(str(store),), models=("logreg",), out=root / "run", plots=False))
+    return data, run.results[0].artifact
+
+
+def test_predict_reads_a_manifest_as_extract_does(classifier, tmp_path, run_cli):
+    data, artifact = classifier
+    manifest = tree_manifest(data, data.parent / "list.csv", prefix="small/")
+    predicted = {}
+    for given in (data, manifest):
+        out = tmp_path / f"{given.name}.csv"
+        code, stdout, stderr = run_cli(
+            "predict", "--classifier", artifact, "--data", given, "--out", out, "--workers", "0", "--no-progress",
+        )
+        assert code == 0, stderr
+        assert stdout.splitlines()[1].startswith("accuracy on the labelled images: ")  # the manifest's labels too
+        predicted[given.name] = pd.read_csv(out)
+    by_folder, by_manifest = predicted["small"], predicted["list.csv"]
+    assert list("small/" + by_folder["id"]) == list(by_manifest["id"])  # the manifest's paths name the images
+    assert by_folder.drop(columns="id").equals(by_manifest.drop(columns="id"))
+    code, out, err = run_cli(
+        "predict", "--classifier", artifact, "--data", manifest, data / image_ids(data)[0], "--workers", "0",
+    )
+    assert _one_line_error(code, out, err) == (
+        f"--data '{manifest}' is a manifest, an archive or a URL, which must be given alone (not with 1 other "
         "path(s)); pass it alone, or image files and folders without it"
     )
