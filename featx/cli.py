@@ -150,7 +150,7 @@ def _add_extract(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
 def _data_folder(args: argparse.Namespace) -> Path:
     """``--data``, or the built-in digits, written to ``data/digits`` the first time."""
     if args.data is not None:
-        return args.data
+        return Path(args.data)
     from .digits import materialise_digits
 
     return materialise_digits(DEFAULT_DATA / "digits")

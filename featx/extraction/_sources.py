@@ -38,13 +38,13 @@ DATA_KINDS = (
 
 def _kind(data: str) -> str:
     """``manifest``, ``archive``, ``url`` (a prefix), ``folder`` or ``other`` (files, or nothing there)."""
+    if not is_url(data) and Path(data).expanduser().is_dir():
+        return "folder"  # whatever its name: 'photos.csv/' or 'set-{a}/' is a folder that exists
     if is_manifest(data):
         return "manifest"
     if is_archive(data):
         return "archive"
-    if is_url(data):
-        return "url"
-    return "folder" if Path(data).expanduser().is_dir() else "other"
+    return "url" if is_url(data) else "other"
 
 
 def _open_one(data: str) -> ImageSource:
