@@ -76,7 +76,8 @@ class PathListSource(ImageSource):
         return self.where(index)
 
     def check_available(self) -> None:
-        if not is_url(self.base) and not os.path.isdir(self.base):
+        relative = any(not (is_url(i) or os.path.isabs(i)) for i in self.ids)
+        if relative and not is_url(self.base) and not os.path.isdir(self.base):
             raise DataError(
                 message(
                     f"the images' folder is not at '{self.base}' on node {socket.gethostname()}",

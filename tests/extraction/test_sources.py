@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import pickle
-import re
 import tarfile
 from pathlib import Path
 
