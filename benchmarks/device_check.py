@@ -35,7 +35,8 @@ It prints, for ResNet-50 ``penultimate``:
 The JPEGs are the data folder's (``--data``; by default
 ``../shared/data/hymenoptera_data`` when it exists) or, where there is none,
 synthetic photographs written once into a temporary folder; a folder of
-symbolic links cycles through them up to ``--images``.  Each measurement is
+symbolic links cycles through them up to ``--images``, read through its
+manifest (a folder walk counts a file reached by several links once).  Each measurement is
 bounded in time (``--seconds``, ``--xgboost-seconds``; the end-to-end runs stop
 after 4.5 minutes, the classify section gets at most 90 s) so that the whole
 script stays under 8 minutes (issue 13).  Each classify measurement is guarded: one that fails
@@ -95,15 +96,22 @@ def synthetic_jpegs(root: Path, count: int) -> Path:
 
 
 def cycled_view(source: Path, count: int, root: Path) -> Path:
-    """A folder of *count* symbolic links cycling through the JPEGs of *source*, keeping class folders."""
+    """*count* symbolic links cycling through the JPEGs of *source*, keeping class folders, and their manifest.
+
+    Returns the manifest (``root/list.csv``, one row per link): a folder walk
+    counts a file reached by several links once, a manifest lists each path.
+    """
     files = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    rows = []
     for k in range(count):
         original = files[k % len(files)]
         relative = original.relative_to(source)
         target = root / relative.with_name(f"{relative.stem}~{k // len(files)}{relative.suffix}")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(original.resolve())
-    return root
+        rows.append(target.relative_to(root).as_posix())
+    (root / "list.csv").write_text("path\n" + "".join(f"{row}\n" for row in rows))
+    return root / "list.csv"
 
 
 def run_gpu_tests(timeout: float) -> None:
@@ -157,10 +165,10 @@ def decode_ceiling(data: Path, preprocessing, device, decode: str, batch_size: i
     """images/s of featx's input pipeline alone (files -> preprocessed batch on the GPU)."""
     import torch
 
-    from featx.extraction._folder import discover_images
+    from featx.extraction import open_source
     from featx.extraction._loader import BatchJoiner, ImageLoader, default_workers
 
-    collection = discover_images(data)
+    collection = open_source(data)
     loader = ImageLoader(
         collection, preprocessing, indices=range(len(collection)), batch_size=batch_size,
         workers=default_workers(device), device=device, decode=decode,

@@ -345,20 +345,23 @@ def child_extract(spec_json: str) -> None:
 
 
 def view_folder(collection, count: int, root: Path) -> Path:
-    """A folder of *count* symlinks to the collection's images (cycling through them).
+    """A folder of *count* images: symlinks to the collection's images, cycling through them.
 
     Keeps the class folders, so the view is a labelled image folder like the
-    original; images reused to reach *count* get a ``~k`` suffix.
+    original; images reused to reach *count* get a ``~k`` suffix and are
+    copies (a folder walk counts a file reached by two links once).
     """
     root.mkdir(parents=True)
     for k in range(count):
         image_id = collection.ids[k % len(collection)]
         relative = Path(image_id)
-        if k >= len(collection):
-            relative = relative.with_name(f"{relative.stem}~{k // len(collection)}{relative.suffix}")
+        original = collection.path(k % len(collection)).resolve()
         target = root / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(collection.path(k % len(collection)).resolve())
+        if k >= len(collection):
+            shutil.copyfile(original, target.with_name(f"{relative.stem}~{k // len(collection)}{relative.suffix}"))
+        else:
+            target.symlink_to(original)
     return root
 
 

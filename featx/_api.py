@@ -42,8 +42,12 @@ def extract(
 
     Parameters
     ----------
-    data : path
-        Image folder: ``<class>/<image>``, optionally under ``train/``, ``val/``, ``test/``.
+    data : path or URL
+        Image folder (``<class>/<image>``, optionally under ``train/``,
+        ``val/``, ``test/``), a manifest (``list.csv``, ``list.parquet``), a
+        tar archive or a pattern of WebDataset shards
+        (``'shards/train-{000000..000127}.tar'``), or a URL of one of these or
+        of a prefix holding a class-folder tree (``s3://bucket/prefix``).
     model : str
         torchvision classification model name.
     layers : str or sequence of str
@@ -80,7 +84,7 @@ def extract(
 
     names = (layers,) if isinstance(layers, str) else tuple(layers)
     config = ExtractConfig.from_options(
-        data=Path(data), model=model, layers=names, weights=weights,
+        data=data, model=model, layers=names, weights=weights,
         out=Path(out) if out is not None else None, **options,
     )
     return extract_features(config)
@@ -149,9 +153,10 @@ def predict(
     ----------
     classifier : path
         A ``classifier-<model>.zip`` of a classify run.
-    data : path or sequence of path
-        An image folder (class subfolders named like the classes give an
-        accuracy), or image files.
+    data : path, URL or sequence of path
+        An image folder, manifest, tar archive or shard pattern, or URL, as
+        for :func:`extract` (labels named like the classes give an accuracy),
+        or image files.
     **options
         ``out`` (a CSV file), ``weights_files``, ``device``, ``batch_size``,
         ``workers``, ``progress``: see

@@ -74,7 +74,12 @@ def _add_extract(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
         description="Extract activations of one or more layers of a torchvision model for every image "
         "of a folder into an HDF5 feature store (resumable; re-running a finished extraction is a no-op).",
     )
-    p.add_argument("--data", type=Path, default=None, help="image folder (default: data/digits, the built-in handwritten digits)")
+    p.add_argument(
+        "--data", default=None, metavar="DATA",
+        help="image folder, manifest (list.csv, list.parquet: path[, label, split, ...]), tar archive or "
+        "WebDataset shards ('train-{000000..000127}.tar'), or a URL (s3://bucket/prefix, gs://, https://) "
+        "(default: data/digits, the built-in handwritten digits)",
+    )
     p.add_argument(
         "--model", default="resnet50",
         help="torchvision model name, or timm/<architecture> (default: resnet50; `models` lists them)",
@@ -128,7 +133,8 @@ def _add_extract(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     ray_options.add_argument(
         "--ray-address", metavar="ADDRESS",
         help="join this Ray cluster (HOST:PORT of `ray start --head`, ray://HOST:PORT, or auto) instead of "
-        "starting Ray on this machine; the images must be at the same path on every node",
+        "starting Ray on this machine; local images must be at the same path on every node (URLs need no "
+        "shared file system)",
     )
     ray_options.add_argument(
         "--ray-workers", type=int, metavar="K",
@@ -144,7 +150,7 @@ def _add_extract(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
 def _data_folder(args: argparse.Namespace) -> Path:
     """``--data``, or the built-in digits, written to ``data/digits`` the first time."""
     if args.data is not None:
-        return args.data
+        return Path(args.data)
     from .digits import materialise_digits
 
     return materialise_digits(DEFAULT_DATA / "digits")
@@ -329,8 +335,9 @@ def _add_predict(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     )
     p.add_argument("--classifier", type=Path, required=True, metavar="ARTIFACT", help="classifier-<model>.zip of a classify run")
     p.add_argument(
-        "--data", type=Path, nargs="+", required=True, metavar="DIR_OR_FILE",
-        help="an image folder (class subfolders named like the classes give an accuracy), or image files",
+        "--data", nargs="+", required=True, metavar="DATA",
+        help="an image folder, manifest, tar archive or shard pattern, or URL, as for extract (labels named like "
+        "the classes give an accuracy), or image files",
     )
     p.add_argument("--out", type=Path, metavar="FILE", help="CSV file to write (default: CSV on standard output)")
     p.add_argument(

@@ -168,13 +168,19 @@ def _check_same(block: dict[str, Any], recipe: Any, layer_name: str) -> None:
         )
 
 
-def _image_source(data: Sequence[Path]) -> tuple[Any, bool]:
-    """The images to predict, and whether class subfolders may carry labels (one folder given as is)."""
+def _image_source(data: Sequence[str]) -> tuple[Any, bool]:
+    """The images to predict, and whether they are shown by their ids and may carry labels.
+
+    One folder, manifest, archive or URL is read as ``extract`` reads it:
+    its ids name the images, and its labels give an accuracy when they are the
+    classifier's classes.  Image files (and folders among them) are shown by
+    their paths.
+    """
     from .extraction import open_source
 
-    if len(data) == 1 and data[0].is_dir():
-        return open_source(data[0]), True
-    return open_source(data), False
+    source = open_source(data)
+    single = data[0] if len(data) == 1 else None
+    return source, single is not None and (bool(source.classes) or not Path(single).expanduser().is_file())
 
 
 def predict_images(
@@ -194,9 +200,11 @@ def predict_images(
     ----------
     classifier : path or FittedClassifier
         A ``classifier-<model>.zip`` from a classify run.
-    data : sequence of path
-        One image folder (class subfolders are read as true labels when they
-        are the classifier's classes), or image files and folders.
+    data : sequence of path or URL
+        One image folder, manifest, tar archive or shard pattern, or URL, as
+        ``extract`` reads it (labels are true labels when they are the
+        classifier's classes); or image files and folders.  A manifest, an
+        archive or a URL must come alone.
     device, batch_size, workers, progress
         As for ``extract``.
     weights_files : sequence of path
@@ -216,7 +224,7 @@ def predict_images(
     if out is not None:
         check_writable_file(out, "out")
     clf = classifier if isinstance(classifier, FittedClassifier) else load_classifier(classifier)
-    paths = [Path(p).expanduser() for p in data]
+    paths = [os.fspath(p) for p in data]
     if not paths:
         raise ClassifyError(
             message("no images given", hint=f"pass {option('data')} with an image folder or image files")

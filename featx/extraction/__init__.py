@@ -16,8 +16,12 @@ Modules (private, as in scikit-learn; a test of one lives in ``tests/extraction`
   ``_preprocessing`` (the weights' preprocessing, ``--resize``/``--mean``/...,
   sidecars), ``_pooling``;
 - images: ``_image_source`` (the :class:`ImageSource` seam, files and images
-  in memory), ``_folder`` (a class-folder tree), ``_sources``
-  (:func:`open_source`: what ``--data`` names), ``_images`` (decoding);
+  in memory), ``_sources`` (:func:`open_source`: what ``--data`` names),
+  ``_folder`` (a class-folder tree, the safe walk), ``_manifest`` (CSV and
+  Parquet lists), ``_archive`` (tar archives, WebDataset shards),
+  ``_pathlist`` (images at paths and URLs, a bucket's prefix), ``_remote``
+  (fsspec: schemes, retried and pipelined reads), ``_listing`` (sorted ids,
+  labels, splits of any listing), ``_images`` (decoding);
 - networks: ``_models`` (the registries of model sources, weights sources and
   weights formats, and the functions that dispatch through them),
   ``_model_sources`` (what an entry of those registries is), ``_torchvision``,

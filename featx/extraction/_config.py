@@ -19,6 +19,7 @@ import json
 import math
 import numbers
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,12 +302,16 @@ def default_store_path(config: ExtractConfig) -> Path:
 
 
 def _dataset_name(data: Any) -> str:
-    """The folder name a default store path is filed under: the data folder's (or file's stem)."""
+    """The folder name a default store path is filed under: the data folder's (or file's stem, or URL's last part).
+
+    A shard pattern's braces are left out: ``train-{000..127}.tar`` is filed under ``train``.
+    """
     location = getattr(data, "location", None)
     path = Path(location if isinstance(location, str) else data).expanduser()
     if path.suffix and not path.is_dir():
         path = path.with_suffix("")
-    return path.resolve().name or "data"
+    name = re.sub(r"\{[^{}]*\}", "", path.resolve().name).strip("-_. ")
+    return name or "data"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import hashlib
 import io
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,9 +28,9 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..errors import DataError, message
-from ._images import MAX_IMAGE_PIXELS, decode_image, load_image
+from ._images import MAX_IMAGE_PIXELS, ImageDecodeError, decode_image, load_image
 
-__all__ = ["ImageSource", "FileSource", "InMemorySource", "file_fingerprint"]
+__all__ = ["ImageSource", "FileSource", "InMemorySource", "decode_bytes", "file_fingerprint"]
 
 log = logging.getLogger("featx")
 
@@ -54,6 +54,9 @@ class ImageSource:
         store whose fingerprint differs is updated incrementally.
     layout : tuple of (int, str)
         What the listing found, as ``(logging level, message)``.
+    meta : dict of str -> tuple of str, each (n_images,)
+        What else the listing says of each image (a manifest's further
+        columns), by name: a store's ``/samples/meta/<name>``.
     """
 
     ids: tuple[str, ...]
@@ -62,6 +65,7 @@ class ImageSource:
     classes: tuple[str, ...]
     fingerprint: str
     layout: tuple[tuple[int, str], ...] = ()
+    meta: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -91,6 +95,18 @@ class ImageSource:
         """
         return decode_image(lambda: self.open(index), max_pixels=max_pixels)
 
+    def load_many(self, indices: Sequence[int], *, max_pixels: int = MAX_IMAGE_PIXELS) -> Iterator[Any]:
+        """Images *indices* decoded, in order, each an RGB PIL image or the :class:`ImageDecodeError` it raised.
+
+        A decoding worker asks for a batch's images at once: a source whose
+        reads wait on a network overrides this to keep several in flight.
+        """
+        for index in indices:
+            try:
+                yield self.load(index, max_pixels=max_pixels)
+            except ImageDecodeError as exc:
+                yield exc
+
     def display_name(self, index: int) -> str:
         """How image *index* is shown to a user (a path, a URL): its id by default."""
         return self.ids[index]
@@ -106,6 +122,24 @@ class ImageSource:
         """Log the layout found and its warnings (the ``featx`` logger; the CLI shows INFO unless ``-q``)."""
         for level, text in self.layout:
             log.log(level, text)
+
+
+def decode_bytes(read: Callable[[], bytes], *, max_pixels: int = MAX_IMAGE_PIXELS) -> Any:
+    """Decode the bytes that *read* returns (an object's, an archive member's) into an RGB PIL image.
+
+    Raises
+    ------
+    ImageDecodeError
+        ``unreadable: <reason>`` when *read* raises :class:`OSError`, else as
+        :func:`~featx.extraction._images.decode_image`.
+    """
+    try:
+        data = read()
+    except OSError as exc:
+        raise ImageDecodeError(f"unreadable: {exc.strerror or exc}") from None
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    return decode_image(lambda: io.BytesIO(data), max_pixels=max_pixels)
 
 
 def file_fingerprint(root: Path, ids: Sequence[str]) -> str:

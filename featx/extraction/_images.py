@@ -162,13 +162,20 @@ class ImageDataset:
         return len(self.source)
 
     def __getitem__(self, index: int):
-        try:
-            image = self.source.load(index, max_pixels=self.max_pixels)
-            return index, self.transform(image), None
-        except ImageDecodeError as exc:
-            return index, None, str(exc)
-        except Exception as exc:  # a transform failing on one odd image must not stop the run
-            return index, None, f"cannot preprocess: {type(exc).__name__}: {exc}"
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        # A DataLoader asks for a chunk's images at once: the source may read them in parallel.
+        items = []
+        for index, image in zip(indices, self.source.load_many(indices, max_pixels=self.max_pixels)):
+            if isinstance(image, ImageDecodeError):
+                items.append((index, None, str(image)))
+                continue
+            try:
+                items.append((index, self.transform(image), None))
+            except Exception as exc:  # a transform failing on one odd image must not stop the run
+                items.append((index, None, f"cannot preprocess: {type(exc).__name__}: {exc}"))
+        return items
 
 
 def collate_images(items) -> ImageBatch:

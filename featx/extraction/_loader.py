@@ -260,7 +260,7 @@ def _start_pool_decoder(dataset: ImageDataset, parent: int) -> None:
 
 def _decode_chunk(indices: list[int]) -> ImageBatch:
     assert _POOL_DATASET is not None
-    return collate_images([_POOL_DATASET[i] for i in indices])
+    return collate_images(_POOL_DATASET.__getitems__(indices))
 
 
 @dataclass
@@ -341,7 +341,7 @@ class DecodePool:
         item = self._queue.popleft()
         self._submit()
         if item.futures is None:
-            return [collate_images([self.dataset[i] for i in chunk]) for chunk in item.chunks]
+            return [collate_images(self.dataset.__getitems__(chunk)) for chunk in item.chunks]
         try:
             return [future.result() for future in item.futures]
         except BrokenProcessPool:

@@ -63,8 +63,8 @@ network little more CPU than its decoding processes at 19).
 
 Cluster setups: every node must be able to open the images as the driver's
 image source describes them (:meth:`~featx.extraction.ImageSource.portable`:
-a folder at the same absolute path on every node); only the driver reads and
-writes the store.  Nodes need featx with the same torch and
+a folder at the same absolute path on every node, or URLs that every node
+reads itself); only the driver reads and writes the store.  Nodes need featx with the same torch and
 torchvision as the driver (same Python and Ray, as Ray itself requires).
 """
 

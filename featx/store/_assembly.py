@@ -32,6 +32,7 @@ from ._schema import (
     is_layer,
     read_strings,
     rows_per_chunk,
+    samples_meta,
     set_attrs,
     store_attrs,
     write_samples,
@@ -297,5 +298,6 @@ def _update_rows(plan: StorePlan, parts: Sequence[Part], samples: Any) -> tuple[
         splits=[splits[i] for i in chosen],
         failed_ids=failures.failed_ids,
         failed_reasons=failures.failed_reasons,
+        meta=samples_meta(samples, chosen),
     )
     return RowSources(np.asarray(part_of, dtype=np.int64), np.asarray(row_of, dtype=np.int64)), table

@@ -38,9 +38,12 @@ from ._schema import (
     LayerSpec,
     SampleTable,
     attr_value,
+    read_meta,
     read_strings,
     rows_per_chunk,
+    samples_meta,
     set_attrs,
+    write_meta,
     write_strings,
 )
 
@@ -125,6 +128,8 @@ def _checksum(hashes: Mapping[str, Any], names: Sequence[str], f: h5py.File) -> 
     total.update(f["samples/label"][()].astype(np.int32).tobytes())
     for key in ("samples/id", "samples/split", "failed/id", "failed/reason"):
         total.update(("\0".join(read_strings(f[key])) + "\n").encode())
+    for name, values in sorted(read_meta(f["samples"]).items()):
+        total.update((f"meta/{name}\0" + "\0".join(values) + "\n").encode())
     return "sha256:" + total.hexdigest()
 
 
@@ -192,6 +197,7 @@ def commit_part(part: OpenPart, samples: Any) -> Part:
         write_strings(f, "samples/id", [ids[i] for i in rows])
         f.create_dataset("samples/label", data=np.asarray(samples.labels, dtype=np.int32)[rows])
         write_strings(f, "samples/split", [samples.splits[i] for i in rows])
+        write_meta(f["samples"], samples_meta(samples, rows))
         write_strings(f, "failed/id", [ids[i] for i, _ in part.failed])
         write_strings(f, "failed/reason", [r for _, r in part.failed])
         f.attrs["failed_index"] = np.asarray([i for i, _ in part.failed], dtype=np.int64)
@@ -363,6 +369,8 @@ def read_samples(parts: Sequence[Part]) -> SampleTable:
             table.splits.extend(read_strings(f["samples/split"]))
             table.failed_ids.extend(read_strings(f["failed/id"]))
             table.failed_reasons.extend(read_strings(f["failed/reason"]))
+            for name, values in read_meta(f["samples"]).items():
+                table.meta.setdefault(name, []).extend(values)
     if labels:
         table.labels = np.concatenate(labels).astype(np.int32)
     return table

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError, StoreNotFoundError, message
-from ._schema import BOOKKEEPING_ATTRS, FORMAT_VERSION, attr_value, is_layer, parts_dir, read_strings
+from ._schema import BOOKKEEPING_ATTRS, FORMAT_VERSION, attr_value, is_layer, parts_dir, read_meta, read_strings
 
 __all__ = ["FeatureStore", "open_store", "open_hdf5"]
 
@@ -78,6 +78,10 @@ class FeatureStore:
         ``'train'``, ``'val'``, ``'test'`` or ``''``.
     classes : list of str
         Class names.
+    sample_meta : dict of str -> ndarray of str, each (N,)
+        What the image listing said of each sample besides its path, label and
+        split (a manifest's other columns: ``/samples/meta/<column>``); empty
+        for a folder of images.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -110,6 +114,7 @@ class FeatureStore:
         self.labels: np.ndarray = self._file["samples/label"][()]
         self.splits: np.ndarray = read_strings(self._file["samples/split"])
         self.classes: list[str] = list(read_strings(self._file["classes"]))
+        self.sample_meta: dict[str, np.ndarray] = read_meta(self._file["samples"])
 
     # context manager ------------------------------------------------------------
     def close(self) -> None:

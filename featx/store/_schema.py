@@ -9,6 +9,8 @@ A store is one HDF5 file (schema in DESIGN.md and the README)::
     /classes          (C,) UTF-8 str
     /features/<name>  (N, D) float32 (or float16), chunked along rows
     /failed/id, /failed/reason   (M,) UTF-8 str
+    /samples/meta/<column>       (N,) UTF-8 str, optional: what the image listing said of each
+                                 sample besides its path, label and split (a manifest's other columns)
 
 Every other module of the package reads and writes attributes and string
 datasets through the helpers here, so that a value is stored one way only.
@@ -42,6 +44,9 @@ __all__ = [
     "rows_per_chunk",
     "SampleTable",
     "store_attrs",
+    "samples_meta",
+    "write_meta",
+    "read_meta",
     "write_samples",
 ]
 
@@ -188,6 +193,8 @@ class SampleTable:
     ids, splits : list of str, length N
     labels : ndarray of int32, shape (N,)
     failed_ids, failed_reasons : list of str, length M
+    meta : dict of str -> list of str, each of length N
+        ``/samples/meta/<name>``: further columns of the image listing.
     """
 
     ids: list[str] = field(default_factory=list)
@@ -195,6 +202,24 @@ class SampleTable:
     splits: list[str] = field(default_factory=list)
     failed_ids: list[str] = field(default_factory=list)
     failed_reasons: list[str] = field(default_factory=list)
+    meta: dict[str, list[str]] = field(default_factory=dict)
+
+
+def samples_meta(samples: Any, rows: Sequence[int]) -> dict[str, list[str]]:
+    """The sample metadata of *rows* (candidate indices) of an image source (its ``meta``, if any)."""
+    return {name: [values[i] for i in rows] for name, values in getattr(samples, "meta", {}).items()}
+
+
+def write_meta(group: h5py.Group, meta: Mapping[str, Sequence[str]]) -> None:
+    """Create ``meta/<name>`` in *group* (``/samples`` of a store or a part) for each column of *meta*."""
+    for name, values in meta.items():
+        write_strings(group.require_group("meta"), name, values)
+
+
+def read_meta(group: h5py.Group) -> dict[str, np.ndarray]:
+    """The ``meta/<name>`` datasets of *group* (``/samples``), by name; empty when it has none."""
+    meta = group.get("meta")
+    return {name: read_strings(meta[name]) for name in meta} if meta is not None else {}
 
 
 def write_samples(f: h5py.File, table: SampleTable, classes: Sequence[str]) -> None:
@@ -202,6 +227,7 @@ def write_samples(f: h5py.File, table: SampleTable, classes: Sequence[str]) -> N
     write_strings(f, "samples/id", table.ids)
     f.create_dataset("samples/label", data=np.asarray(table.labels, dtype=np.int32), shape=(len(table.ids),))
     write_strings(f, "samples/split", table.splits)
+    write_meta(f["samples"], table.meta)
     write_strings(f, "classes", list(classes))
     write_strings(f, "failed/id", table.failed_ids)
     write_strings(f, "failed/reason", table.failed_reasons)
