@@ -102,7 +102,21 @@ def _add_extract(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     pre.add_argument("--std", metavar="S[,S,S]", help="per-channel standard deviation divided by, e.g. 0.5,0.5,0.5")
     pre.add_argument("--interpolation", choices=list(INTERPOLATIONS), help="interpolation of the resize")
     p.add_argument("--pool", choices=list(POOLS), default="avg", help="pooling of convolutional outputs (default: avg)")
-    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="compute precision")
+    p.add_argument(
+        "--precision", choices=["auto", *PRECISIONS], default="auto",
+        help="compute precision: auto (default) is bf16 on CPUs with AMX or AVX-512 BF16 and on CUDA GPUs of "
+        "capability 8.0+, fp16 on older GPUs, else fp32; a store keeps the precision it was started in",
+    )
+    p.add_argument(
+        "--compile", choices=["auto", "on", "off"], default="auto",
+        help="run the network through torch.compile (graph cached on disk): auto (default) when the images to do "
+        "save more time than compiling costs (about a minute the first time), on, or off",
+    )
+    p.add_argument(
+        "--jpeg", choices=["exact", "draft"], default="exact",
+        help="exact (default): decode JPEGs at full size; draft: let libjpeg decode JPEGs at least twice the resize "
+        "at 1/2, 1/4 or 1/8 size (faster, slightly other pixels; recorded in the store)",
+    )
     p.add_argument("--dtype", choices=list(STORAGE_DTYPES), default="float32", help="storage precision")
     p.add_argument("--compression", choices=list(COMPRESSIONS), help="compress the feature datasets")
     p.add_argument("--out", type=Path, help="store path (default: features/<dataset>/<model>-<weights>.h5)")
@@ -177,6 +191,8 @@ def _run_extract(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         precision=args.precision,
+        compile=args.compile,
+        jpeg=args.jpeg,
         dtype=args.dtype,
         compression=args.compression,
         out=args.out,

@@ -17,7 +17,16 @@ from typing import Any
 
 from .errors import DeviceError, message, option
 
-__all__ = ["DEVICE_NAMES", "parse_device", "resolve_device", "cuda_device_count", "torch_has_cuda"]
+__all__ = [
+    "DEVICE_NAMES",
+    "parse_device",
+    "resolve_device",
+    "cuda_device_count",
+    "torch_has_cuda",
+    "BF16_CPU_FLAGS",
+    "cpu_flags",
+    "native_precision",
+]
 
 #: What ``--device`` accepts, in words.
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
@@ -121,3 +130,59 @@ def torch_has_cuda() -> bool:
     except OSError:
         return False
     return re.search(r"^cuda\b[^=\n]*=\s*['\"]", text, flags=re.MULTILINE) is not None
+
+
+#: ``/proc/cpuinfo`` flags of a CPU that computes bf16 natively: AMX tiles
+#: (Sapphire Rapids and later) or AVX-512 BF16 (Cooper Lake, Zen 4 and later);
+#: oneDNN runs bf16 convolutions and matrix products on them.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``'s ``flags``); empty where there is no such file (macOS, Windows)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_precision(
+    kind: str, *, flags: frozenset[str] | set[str] | None = None, capability: tuple[int, int] | None = None
+) -> tuple[str, str]:
+    """The fastest compute precision *kind* (``cpu`` or ``cuda``) runs natively, and why.
+
+    The policy of ``--precision auto``: ``bf16`` on a CPU with one of
+    :data:`BF16_CPU_FLAGS` and on CUDA devices of compute capability 8.0 or
+    more (Ampere and later: bf16 tensor cores); ``fp16`` on older CUDA devices
+    (fp16 tensor cores from 7.0, fp16 arithmetic before); ``fp32`` on every
+    other CPU, where bf16 is emulated and slower than fp32.
+
+    Parameters
+    ----------
+    kind : str
+        ``cpu`` or ``cuda``.
+    flags : set of str, optional
+        The CPU's flags (default: :func:`cpu_flags`).
+    capability : (int, int), optional
+        The CUDA device's compute capability (needed for ``cuda``).
+
+    Returns
+    -------
+    (precision, reason)
+        ``('bf16', 'this CPU has amx_bf16')``, ``('fp16', 'CUDA capability 7.5 has no bf16')``, ...
+    """
+    if kind == "cuda":
+        major, minor = capability if capability is not None else (0, 0)
+        if (major, minor) >= (8, 0):
+            return "bf16", f"CUDA capability {major}.{minor} computes bf16"
+        return "fp16", f"CUDA capability {major}.{minor} has no bf16"
+    have = cpu_flags() if flags is None else flags
+    found = [flag for flag in BF16_CPU_FLAGS if flag in have]
+    if found:
+        return "bf16", f"this CPU has {found[0]}"
+    return "fp32", "this CPU has no bf16 instructions"

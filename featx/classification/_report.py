@@ -146,7 +146,8 @@ def format_results(run: ClassifyRun) -> str:
         Lines without a final newline; the same whether the run came from
         Python or the command line (no option names).
     """
-    inputs = " + ".join(f"{b.spec} ({b.dim:,})" for b in run.inputs)
+    # Each input's compute precision, as its store records it (fp32 before featx recorded it).
+    inputs = " + ".join(f"{b.spec} ({b.dim:,}, {b.layer_info.get('precision') or 'fp32'})" for b in run.inputs)
     lines = [
         f"features: {inputs} = {run.n_features:,} columns; normalisation per input: {run.config.normalize}"
         + (f", PCA to {run.config.pca}" if run.config.pca else ""),

@@ -28,10 +28,14 @@ from ..errors import ConfigError, choices, message, option
 from ..paths import check_writable_file
 from ..store import parse_weights_label
 from ._images import MAX_IMAGE_PIXELS
-from ._recipe import PRECISIONS, STORAGE_DTYPES, FeatureRecipe
+from ._preprocessing import JPEG_DECODES
+from ._recipe import PRECISION_REQUESTS, PRECISIONS, STORAGE_DTYPES, FeatureRecipe
 
 __all__ = [
     "PRECISIONS",
+    "PRECISION_REQUESTS",
+    "COMPILE_MODES",
+    "JPEG_DECODES",
     "STORAGE_DTYPES",
     "COMPRESSIONS",
     "MODEL_SOURCES",
@@ -51,6 +55,8 @@ COMPRESSIONS = ("gzip", "lzf")
 MODEL_SOURCES = ("torchvision", "timm")
 # Where JPEGs are decoded: auto (on the GPU when the network runs on CUDA), cpu, gpu.
 DECODERS = ("auto", "cpu", "gpu")
+# --compile: auto (when the run is long enough to pay for compiling, extraction._compile), on, off.
+COMPILE_MODES = ("auto", "on", "off")
 # Engine name -> what runs the network (featx.extraction._engine's registry builds them).
 ENGINES = {"local": "this process", "ray": "Ray actors, on this machine or a Ray cluster"}
 # The options only the Ray engine reads.
@@ -58,7 +64,7 @@ _RAY_OPTIONS = ("ray_address", "ray_workers", "gpus_per_worker")
 #: The options of ``extract`` that make the recipe (FeatureRecipe.request's keywords); the others are the run's.
 RECIPE_OPTIONS = (
     "model", "layers", "weights", "weights_file", "seed", "image_size", "pool", "precision", "dtype",
-    "resize", "crop", "mean", "std", "interpolation",
+    "resize", "crop", "mean", "std", "interpolation", "jpeg",
 )
 
 
@@ -112,6 +118,10 @@ class ExtractConfig:
         Images with more pixels are refused as decompression bombs.
     progress : bool
         Show a progress bar.
+    compile : str
+        One of :data:`COMPILE_MODES`: run the network through ``torch.compile``
+        (``on``), eagerly (``off``), or compiled when the images still to do
+        are enough to pay for compiling (``auto``; see :mod:`featx.extraction._compile`).
     engine : str
         One of :data:`ENGINES`: ``local`` (this process) or ``ray`` (Ray
         actors; needs ``pip install 'featx[ray]'``).  The store is the same bit
@@ -144,6 +154,7 @@ class ExtractConfig:
     autotune: bool = True
     max_pixels: int = MAX_IMAGE_PIXELS
     progress: bool = True
+    compile: str = "auto"
     engine: str = "local"
     ray_address: str | None = None
     ray_workers: int | None = None
@@ -181,6 +192,15 @@ class ExtractConfig:
             raise ConfigError(message("recipe", allowed="a FeatureRecipe", got=type(self.recipe).__name__))
         if self.decode not in DECODERS:
             raise ConfigError(message(option("decode"), allowed=choices(DECODERS), got=self.decode))
+        if self.compile not in COMPILE_MODES:
+            raise ConfigError(message(option("compile"), allowed=choices(COMPILE_MODES), got=self.compile))
+        if self.decode == "gpu" and self.recipe.preprocessing.jpeg == "draft":
+            raise ConfigError(
+                message(
+                    f"{option('jpeg', 'draft')} decodes on the CPU (libjpeg's DCT scaling)",
+                    hint=f"leave out {option('decode', 'gpu')} or {option('jpeg', 'draft')}",
+                )
+            )
         if self.compression is not None and self.compression not in COMPRESSIONS:
             raise ConfigError(
                 message(option("compression"), allowed=f"{choices(COMPRESSIONS)} or None", got=self.compression)
@@ -370,6 +390,8 @@ class ExtractResult:
         With the Ray engine: shards handed out again after a worker failed on them.
     recipe : FeatureRecipe or None
         The recipe resolved: how every feature of the run was made.
+    precision_reason : str
+        Why the run computed in its precision (``auto: this CPU has amx_bf16``).
     """
 
     path: Path
@@ -385,6 +407,7 @@ class ExtractResult:
     workers: list[WorkerThroughput] = field(default_factory=list)
     retried_shards: int = 0
     recipe: FeatureRecipe | None = None
+    precision_reason: str = ""
 
     @property
     def images_per_second(self) -> float:
@@ -405,11 +428,14 @@ def format_extraction(result: ExtractResult) -> str:
         the speed of this run and every image that could not be used.
     """
     layers = ", ".join(f"{name} ({dim:,})" for name, dim in result.layers.items())
+    precision = _precision_text(result)
     if result.up_to_date:
-        return f"up to date: {result.path} ({result.rows:,} images; {layers})"
+        return f"up to date: {result.path} ({result.rows:,} images; {layers}){precision and '; ' + precision}"
     lines = [f"wrote {result.path}: {result.rows:,} images; layers {layers}"]
     if result.updated:
         lines[0] = f"updated {result.path} (+{result.added:,} / -{result.removed:,} images): {result.rows:,} images; layers {layers}"
+    if precision:
+        lines.append(f"  {precision}")
     if result.images:
         lines.append(f"  {result.images:,} images in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s)")
     for worker in result.workers:
@@ -420,3 +446,12 @@ def format_extraction(result: ExtractResult) -> str:
         lines.append(f"  {len(result.failed)} image(s) could not be used (listed in /failed):")
         lines += [f"    {image_id}: {reason}" for image_id, reason in result.failed]
     return "\n".join(lines)
+
+
+def _precision_text(result: ExtractResult) -> str:
+    """``computed in bf16 (auto: this CPU has amx_bf16), stored as float32``; empty without a recipe."""
+    if result.recipe is None or not result.recipe.layers:
+        return ""
+    layer = result.recipe.layers[0]
+    why = f" ({result.precision_reason})" if result.precision_reason else ""
+    return f"computed in {layer.precision}{why}, stored as {layer.dtype}"

@@ -22,6 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,12 +32,13 @@ import torchvision
 from tqdm.auto import tqdm
 
 from .._version import __version__
-from ..errors import ConfigError, message, option
+from ..errors import ConfigError, StoreError, message, option
 from ..formatting import format_bytes
-from ..store import RECIPE_ATTR, StoreWriter, lock_store, open_store
+from ..store import RECIPE_ATTR, StoreWriter, lock_store, open_store, parts_dir, recorded_attrs
 from ._autotune import choose_forward_config
 from ._config import ExtractConfig, ExtractResult
-from ._device import resolve_device
+from ._compile import compile_key, compile_network, decide_compile
+from ._device import resolve_device, resolve_precision
 from ._gpu_decode import resolve_decode
 from ._loader import default_workers
 from ._network import FeatureNetwork, build_network, prepare_extractor
@@ -106,7 +108,9 @@ class LocalEngine:
 
     def __init__(self, config: ExtractConfig) -> None:
         self.device = resolve_device(config.device)
-        self.decode = resolve_decode(config.decode, self.device)
+        # libjpeg's DCT scaling (--jpeg draft) is the CPU's decoder: nvJPEG decodes exactly.
+        draft = config.recipe.preprocessing.jpeg == "draft"
+        self.decode = resolve_decode("cpu" if draft and config.decode == "auto" else config.decode, self.device)
         self.workers = config.workers if config.workers is not None else default_workers(self.device)
 
     def start(self) -> None:
@@ -122,6 +126,17 @@ class LocalEngine:
         started = time.perf_counter()
         config, writer, source = job.config, job.writer, job.source
         network = prepare_extractor(job.truncated, self.device, job.network.precision, job.forward.layout)
+        if job.forward.compiled:
+            recipe = job.network.recipe
+            key = compile_key(
+                recipe.model, recipe.to_json(), (job.forward.micro_batch, 3, job.network.preprocessing.crop),
+                job.network.precision, job.forward.layout,
+            )
+            seconds = compile_network(
+                network, device=self.device, precision=job.network.precision,
+                image_size=job.network.preprocessing.crop, key=key,
+            )
+            log.info(f"compiled the network in {seconds:.1f} s (graph cached for the next run)")
         stream = FeatureStream(
             network,
             source,
@@ -206,6 +221,22 @@ def _store_recipe(recipe: FeatureRecipe, existing: dict[str, dict]) -> FeatureRe
     return recipe.with_layers([layers[name] for name in sorted(layers)])
 
 
+def _recorded_precision(path: Path) -> str | None:
+    """The precision the store at *path* (or its parts) was computed in; None where there is none yet.
+
+    A store from before the recipe attribute was computed in fp32 unless asked
+    otherwise (the plan then says which precision it holds).
+    """
+    text = recorded_attrs(path, (RECIPE_ATTR,)).get(RECIPE_ATTR)
+    if text:
+        try:
+            layers = FeatureRecipe.from_json(text).layers
+        except StoreError:
+            return None  # the writer says what is wrong with it
+        return layers[0].precision if layers else None
+    return "fp32" if path.is_file() or parts_dir(path).is_dir() else None
+
+
 def extract_features(config: ExtractConfig) -> ExtractResult:
     """Extract the configured layers of every image of a source into a store.
 
@@ -250,7 +281,12 @@ def _extract(config: ExtractConfig, path: Path, engine: Engine) -> ExtractResult
     lock = lock_store(path)
     # Every check that needs no model is passed: what the engine must start starts now.
     engine.start()
-    network = build_network(config.recipe)
+    # `auto` resolves once per store: to what the store records (an fp32 store resumes,
+    # updates and is reused in fp32), else to the device's native precision.
+    recorded = None if config.overwrite else _recorded_precision(path)
+    precision, precision_reason = resolve_precision(config.recipe.layers[0].precision, engine.device, recorded)
+    network = build_network(config.recipe.with_precision(precision), engine.device)
+    log.info(f"computing in {precision} ({precision_reason})")
     writer = StoreWriter(
         path,
         meta=_meta(network, source),
@@ -269,7 +305,10 @@ def _extract(config: ExtractConfig, path: Path, engine: Engine) -> ExtractResult
     if writer.plan.up_to_date:
         log.info(f"{path} already holds {', '.join(names)} for these images: nothing to do")
         with open_store(path) as store:
-            return ExtractResult(path=path, rows=len(store), layers=network.plan.dims, up_to_date=True, recipe=network.recipe)
+            return ExtractResult(
+                path=path, rows=len(store), layers=network.plan.dims, up_to_date=True, recipe=network.recipe,
+                precision_reason=precision_reason,
+            )
 
     # How the network runs, chosen once for every engine and recorded in the store:
     # a resumed or extended run reuses it, so that every row is computed the same way.
@@ -288,10 +327,26 @@ def _extract(config: ExtractConfig, path: Path, engine: Engine) -> ExtractResult
         writer.close()  # the store's lock
         raise
     forward = choice.config
+    images_per_second = choice.images_per_second.get(forward) if choice.images_per_second else None
+    recorded_compiled = None
+    if choice.source in ("recorded", "unrecorded"):
+        value = recorded_attrs(path, ("forward_compiled",)).get("forward_compiled")
+        recorded_compiled = bool(value) if value is not None else False
+    decision = decide_compile(
+        config.compile if config.engine == "local" else "off",
+        images=len(writer.plan.remaining), device=engine.device,
+        key=compile_key(network.recipe.model, network.recipe.to_json(),
+                        (forward.micro_batch, 3, network.preprocessing.crop), network.precision, forward.layout),
+        images_per_second=images_per_second, recorded=recorded_compiled,
+    )
+    if config.engine != "local" and config.compile == "on":
+        log.info("the Ray engine's workers run the network eagerly (--compile applies to the local engine)")
+    forward = replace(forward, compiled=decision.compiled)
     writer.meta.update(forward.attrs(engine.device))
     writer.meta[RECIPE_ATTR] = _store_recipe(network.recipe, writer.plan.existing_layers).to_json()
     todo = writer.plan.todo
     log.info(choice.describe())
+    log.info(f"network: {decision.reason}")
     if len(todo) < len(names):
         log.info(f"{path} already holds {', '.join(s.name for s in network.specs() if s not in todo)}; adding {', '.join(s.name for s in todo)}")
     truncated = network.truncated([spec.name for spec in todo], forward.micro_batch)
@@ -320,5 +375,6 @@ def _extract(config: ExtractConfig, path: Path, engine: Engine) -> ExtractResult
     changes = dict(updated=True, added=update.added, removed=update.removed) if update is not None else {}
     return ExtractResult(
         path=path, rows=rows, layers=network.plan.dims, failed=done.failed, seconds=done.seconds, images=done.images,
-        workers=done.workers, retried_shards=done.retried_shards, recipe=network.recipe, **changes,
+        workers=done.workers, retried_shards=done.retried_shards, recipe=network.recipe,
+        precision_reason=precision_reason, **changes,
     )

@@ -7,9 +7,11 @@ stops a run).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
@@ -24,6 +26,7 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "ImageDecodeError",
     "decode_image",
+    "draft_decoding",
     "load_image",
     "to_rgb",
     "ImageDataset",
@@ -43,6 +46,26 @@ class ImageDecodeError(Exception):
 
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+# The size a JPEG may be decoded down to in the DCT domain (Preprocessing.draft_size), or None:
+# set by the decoding worker around its source's reads (draft_decoding), so that every image
+# source, whatever reads its bytes, decodes the same way without a parameter of its own.
+_DRAFT_SIZE: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("featx_draft", default=None)
+
+
+@contextlib.contextmanager
+def draft_decoding(size: tuple[int, int] | None) -> Iterator[None]:
+    """Decode the JPEGs read in the block with libjpeg's DCT scaling, to no less than *size* (None: exactly).
+
+    Only a JPEG at least twice *size* on both sides is decoded smaller (by 1/2,
+    1/4 or 1/8, the largest that keeps both sides at least *size*); any other
+    image is decoded exactly as without it.
+    """
+    token = _DRAFT_SIZE.set(size)
+    try:
+        yield
+    finally:
+        _DRAFT_SIZE.reset(token)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -100,6 +123,12 @@ def decode_image(opener: Callable[[], IO[bytes]], *, max_pixels: int = MAX_IMAGE
                         f"decompression bomb refused: {image.width}x{image.height} = {pixels:,} pixels, "
                         f"more than the limit of {max_pixels:,}"
                     )
+                draft = _DRAFT_SIZE.get()
+                if (
+                    draft is not None and image.format == "JPEG"
+                    and image.width >= 2 * draft[0] and image.height >= 2 * draft[1]
+                ):
+                    image.draft("RGB", draft)
                 image.load()
                 return to_rgb(image)
     except ImageDecodeError:
@@ -167,14 +196,16 @@ class ImageDataset:
     def __getitems__(self, indices: list[int]) -> list:
         # A DataLoader asks for a chunk's images at once: the source may read them in parallel.
         items = []
-        for index, image in zip(indices, self.source.load_many(indices, max_pixels=self.max_pixels)):
-            if isinstance(image, ImageDecodeError):
-                items.append((index, None, str(image)))
-                continue
-            try:
-                items.append((index, self.transform(image), None))
-            except Exception as exc:  # a transform failing on one odd image must not stop the run
-                items.append((index, None, f"cannot preprocess: {type(exc).__name__}: {exc}"))
+        # One image at a time (decoded, then preprocessed), the draft size set for the reads.
+        with draft_decoding(getattr(self.transform, "draft_size", None)):
+            for index, image in zip(indices, self.source.load_many(indices, max_pixels=self.max_pixels)):
+                if isinstance(image, ImageDecodeError):
+                    items.append((index, None, str(image)))
+                    continue
+                try:
+                    items.append((index, self.transform(image), None))
+                except Exception as exc:  # a transform failing on one odd image must not stop the run
+                    items.append((index, None, f"cannot preprocess: {type(exc).__name__}: {exc}"))
         return items
 
 

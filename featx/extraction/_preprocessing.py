@@ -32,6 +32,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "INTERPOLATIONS",
+    "JPEG_DECODES",
     "PIXEL_RANGES",
     "RESIZE_MODES",
     "Preprocessing",
@@ -51,6 +52,11 @@ PIXEL_RANGES = (1, 255)
 # shorter: the shorter side to `resize`, the aspect ratio kept (torchvision, timm's 'center');
 # squash: both sides to `resize`, the aspect ratio not kept (timm's crop_mode 'squash').
 RESIZE_MODES = ("shorter", "squash")
+# exact: every JPEG decoded at full size, then resized (the pixels of torchvision's preset);
+# draft: a JPEG at least twice the resize on both sides is decoded by libjpeg at 1/2, 1/4 or
+# 1/8 of its size, in the DCT domain (PIL's Image.draft), still at least the resize: faster,
+# and slightly other pixels.
+JPEG_DECODES = ("exact", "draft")
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,8 @@ class Preprocessing:
     resize_mode : str
         One of :data:`RESIZE_MODES`: ``'shorter'`` resizes the shorter side to
         *resize*, ``'squash'`` both sides.
+    jpeg : str
+        One of :data:`JPEG_DECODES` (applied by the decoder, :attr:`draft_size`).
     """
 
     resize: int
@@ -91,6 +99,12 @@ class Preprocessing:
     channel_order: str = "RGB"
     pixel_range: int = 1
     resize_mode: str = "shorter"
+    jpeg: str = "exact"
+
+    @property
+    def draft_size(self) -> tuple[int, int] | None:
+        """What the decoder asks libjpeg for with ``jpeg='draft'`` (both sides at least the resize), else None."""
+        return (self.resize, self.resize) if self.jpeg == "draft" else None
 
     def __call__(self, image: Any) -> Any:
         import torch
@@ -192,6 +206,8 @@ class Preprocessing:
             attrs["pixel_range"] = self.pixel_range
         if self.resize_mode != "shorter":
             attrs["resize_mode"] = self.resize_mode
+        if self.jpeg != "exact":
+            attrs["jpeg"] = self.jpeg
         return attrs
 
     def with_image_size(self, size: int) -> Preprocessing:
@@ -203,6 +219,7 @@ class Preprocessing:
         return (
             f"resize {'to ' if self.resize_mode == 'squash' else ''}{self.resize} ({self.interpolation}), crop {self.crop}, {self.channel_order} in "
             f"[0, {self.pixel_range}], mean {tuple(self.mean)} std {tuple(self.std)}"
+            + (f", JPEG {self.jpeg} decode" if self.jpeg != "exact" else "")
         )
 
 
@@ -288,6 +305,8 @@ class PreprocessingOptions:
         One of :data:`PIXEL_RANGES`.
     resize_mode : str, optional
         One of :data:`RESIZE_MODES`.
+    jpeg : str, optional
+        One of :data:`JPEG_DECODES` (default ``exact``).
 
     Raises
     ------
@@ -303,6 +322,7 @@ class PreprocessingOptions:
     channel_order: str | None = None
     pixel_range: int | None = None
     resize_mode: str | None = None
+    jpeg: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("resize", "crop"):
@@ -322,6 +342,7 @@ class PreprocessingOptions:
             ("channel_order", CHANNEL_ORDERS),
             ("pixel_range", PIXEL_RANGES),
             ("resize_mode", RESIZE_MODES),
+            ("jpeg", JPEG_DECODES),
         ):
             value = getattr(self, name)
             if value is not None and value not in registry:
@@ -329,7 +350,11 @@ class PreprocessingOptions:
 
     def given(self) -> dict[str, Any]:
         """The options that were set, by name."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        # jpeg 'exact' is the default, not a change (the default store path stays the same).
+        return {
+            f.name: getattr(self, f.name) for f in fields(self)
+            if getattr(self, f.name) is not None and (f.name, getattr(self, f.name)) != ("jpeg", "exact")
+        }
 
     def apply(self, base: Preprocessing) -> Preprocessing:
         """*base* with every option that was set replaced.

@@ -34,6 +34,7 @@ from ._preprocessing import Preprocessing, PreprocessingOptions
 
 __all__ = [
     "PRECISIONS",
+    "PRECISION_REQUESTS",
     "STORAGE_DTYPES",
     "RECIPE_VERSION",
     "LayerRecipe",
@@ -43,6 +44,9 @@ __all__ = [
 # Compute precision -> the torch dtype autocast runs in (by name, so that no torch
 # is needed to check one); fp32 runs without autocast.
 PRECISIONS: dict[str, str | None] = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
+# What a request may ask for: a precision, or `auto` (the device's native one, or the one a
+# store already records: extraction._device.resolve_precision), resolved before the network runs.
+PRECISION_REQUESTS = ("auto", *PRECISIONS)
 # numpy dtypes a feature dataset may be stored in.
 STORAGE_DTYPES = ("float32", "float16")
 # Version of the recipe's JSON form: a reader refuses a newer one rather than misread it.
@@ -65,6 +69,7 @@ _LEGACY_KEYS = (
     "channel_order",
     "pixel_range",
     "resize_mode",
+    "jpeg",
 )
 # The attributes of a feature dataset that describe its layer (LayerSpec.attrs).
 _LAYER_KEYS = ("node", "pool", "precision", "dtype")
@@ -106,7 +111,9 @@ class LayerRecipe:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError(message("a layer name", allowed="a non-empty string", got=self.name))
         pools = (*POOLS, "none") if self.node is not None else POOLS
-        for name, registry in (("pool", pools), ("precision", PRECISIONS), ("dtype", STORAGE_DTYPES)):
+        # `auto` is a request: a resolved layer (with its node) has a concrete precision.
+        precisions = PRECISIONS if self.node is not None else PRECISION_REQUESTS
+        for name, registry in (("pool", pools), ("precision", precisions), ("dtype", STORAGE_DTYPES)):
             if getattr(self, name) not in registry:
                 raise ConfigError(message(option(name), allowed=choices(registry), got=getattr(self, name)))
 
@@ -183,13 +190,14 @@ class FeatureRecipe:
         seed: int = 0,
         image_size: int | None = None,
         pool: str = "avg",
-        precision: str = "fp32",
+        precision: str = "auto",
         dtype: str = "float32",
         resize: int | None = None,
         crop: int | None = None,
         mean: Any = None,
         std: Any = None,
         interpolation: str | None = None,
+        jpeg: str | None = None,
     ) -> FeatureRecipe:
         """A recipe as a user asks for it: layer names, one pooling, precision and dtype for all of them.
 
@@ -213,7 +221,7 @@ class FeatureRecipe:
             seed=seed,
             image_size=image_size,
             preprocessing=PreprocessingOptions(
-                resize=resize, crop=crop, mean=mean, std=std, interpolation=interpolation
+                resize=resize, crop=crop, mean=mean, std=std, interpolation=interpolation, jpeg=jpeg
             ),
         )
 
@@ -305,6 +313,12 @@ class FeatureRecipe:
         """The same network and preprocessing with other layers."""
         return replace(self, layers=tuple(layers))
 
+    def with_precision(self, precision: str) -> FeatureRecipe:
+        """The same recipe with every layer asked for in ``auto`` computed in *precision*."""
+        return replace(self, layers=tuple(
+            replace(layer, precision=precision) if layer.precision == "auto" else layer for layer in self.layers
+        ))
+
     def with_weights_file(self, path: str | Path | None) -> FeatureRecipe:
         """The same recipe reading its weights from *path* (a file with the recorded sha256)."""
         return replace(self, weights_file=Path(path) if path is not None else None)
@@ -373,6 +387,7 @@ class FeatureRecipe:
             "preprocessing": {
                 key: list(value) if isinstance(value, tuple) else value
                 for key, value in _preprocessing_fields(self.preprocessing).items()
+                if key != "jpeg" or value not in (None, "exact")  # recorded only when not the default
             },
             "layers": [
                 {"name": layer.name, "node": layer.node, "pool": layer.pool, "precision": layer.precision,
@@ -493,7 +508,10 @@ class FeatureRecipe:
 
 
 def _preprocessing_fields(options: PreprocessingOptions) -> dict[str, Any]:
-    return {f.name: getattr(options, f.name) for f in fields(PreprocessingOptions)}
+    values = {f.name: getattr(options, f.name) for f in fields(PreprocessingOptions)}
+    if values.get("jpeg") is None and values.get("crop") is not None:
+        values["jpeg"] = "exact"  # a resolved recipe from before `jpeg` existed (or one that left it out)
+    return values
 
 
 def _as_options(preprocessing: Preprocessing) -> dict[str, Any]:

@@ -73,7 +73,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     pool : str
         Pooling of 4-D/3-D outputs, one of :data:`~featx.extraction.POOLS`.
     precision : str
-        One of :data:`~featx.extraction.PRECISIONS`.
+        ``auto`` (the device's native precision: bf16 on CPUs with AMX or
+        AVX-512 BF16 and on CUDA GPUs of capability 8.0+) or one of
+        :data:`~featx.extraction.PRECISIONS`.
     resize, crop, mean, std, interpolation : optional
         Changes to the weights' preprocessing, as ``extract``'s options.
     recipe : FeatureRecipe, optional
@@ -117,7 +119,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         seed: int = 0,
         image_size: int | None = None,
         pool: str = "avg",
-        precision: str = "fp32",
+        precision: str = "auto",
         resize: int | None = None,
         crop: int | None = None,
         mean: Any = None,
@@ -176,7 +178,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         ):
             raise ConfigError(message(option("workers"), allowed="0 or a positive integer", got=self.workers))
         device = resolve_device(self.device)
-        network = build_network(self._requested_recipe())
+        network = build_network(self._requested_recipe(), device)
         layouts = network_layouts(network.loaded, device, network.precision)
         forward = default_forward_config(self.batch_size, network.plan.max_images, device, network.precision, layouts)
         names = network.recipe.layer_names

@@ -64,7 +64,16 @@ def _preprocessing(meta: dict[str, Any]) -> str:
         # Written only when not RGB in [0, 1] (Keras' caffe mode).
         + (f", {meta['channel_order']} channels" if "channel_order" in meta else "")
         + (f", pixels in [0, {meta['pixel_range']}] (not scaled)" if "pixel_range" in meta else "")
+        + (f", JPEG {meta['jpeg']} decode" if "jpeg" in meta else "")
     )
+
+
+def _precision(store: FeatureStore) -> str:
+    """The compute precision of the layers (``bf16``; ``fp32 (conv5), bf16 (fc7)`` when they differ)."""
+    found = {name: str(store.layer_info(name).get("precision") or "fp32") for name in store.layers}
+    if len(set(found.values())) <= 1:
+        return next(iter(found.values()), "fp32")
+    return ", ".join(f"{precision} ({name})" for name, precision in found.items())
 
 
 def _layers_table(store: FeatureStore) -> str:
@@ -124,6 +133,7 @@ def _format_store_info(store: FeatureStore) -> str:
         f"model:          {meta.get('model', '?')}",
         f"weights:        {_weights(meta)}",
         f"preprocessing:  {_preprocessing(meta)}",
+        f"precision:      {_precision(store)}",
         f"data:           {meta.get('data_root', '?')}",
         f"created:        {meta.get('created_utc', '?')}" + (f" with {versions}" if versions else ""),
         f"format:         featx store format {meta.get('featx_format', '?')}",
