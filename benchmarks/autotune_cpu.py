@@ -90,7 +90,7 @@ def forward_limit(model: str, layer: str, seconds: float) -> tuple[float, str, d
     from featx.extraction import FeatureRecipe
     from featx.extraction._network import build_network, prepare_extractor
 
-    network = build_network(FeatureRecipe.request(model, layer, weights="none"))
+    network = build_network(FeatureRecipe.request(model, layer, weights="none", precision="fp32"))
     loaded = network.loaded
     extractor = network.truncated([layer], network.plan.max_images)
     crop = loaded.preprocessing.crop
@@ -190,7 +190,7 @@ def featx_run(model: str, layer: str, data: Path, out: Path, env: dict, *extra: 
     command = [
         sys.executable, str(REPO / "run_pipeline.py"), "extract", "--data", str(data), "--model", model,
         "--layer", layer, "--weights", "none", "--batch-size", "64", "--out", str(out), "--overwrite",
-        "--no-progress", "--device", "cpu", *extra,
+        "--no-progress", "--device", "cpu", "--precision", "fp32", *extra,  # this benchmark's figures are fp32's
     ]
     process = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, check=False)
     if process.returncode != 0:

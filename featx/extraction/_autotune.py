@@ -65,6 +65,7 @@ __all__ = [
     "measure_candidates",
     "network_layouts",
     "recorded_forward_config",
+    "review_cached_choice",
 ]
 
 log = logging.getLogger("featx")
@@ -81,9 +82,18 @@ AUTOTUNE_VARIABLE = "FEATX_AUTOTUNE"
 MIN_GAIN = 0.03
 # Micro-batch sizes tried besides the default (capped by the batch size and memory).
 _SIZES = (1, 4, 16, 64, 256)
-# Seconds each candidate runs per round (at least one pass), and the rounds.
+# Seconds each candidate runs per round (at least one pass), and the rounds: at least
+# _ROUNDS, then more (up to _MAX_ROUNDS) until the choice is stable, within the budget.
 _SECONDS_PER_ROUND = 0.15
 _ROUNDS = 2
+_MAX_ROUNDS = 6
+# The choice is stable when the fastest candidate stayed the same over the last round and no
+# candidate's best pass improved by more than this (a busy moment that lifted off).
+_STABLE = 0.05
+# A cached measurement is dropped (measured again on the next run) when a run's own speed
+# end to end is above it by this factor (it was measured under load: decoding and writing
+# included, a run cannot beat the network alone) or below it by this factor.
+_CACHED_TOO_SLOW, _CACHED_TOO_FAST = 1.5, 1 / 4
 # After the first round, candidates this much slower than the best are not measured again.
 _CLEARLY_SLOWER = 1.25
 # A measurement stops starting candidates after this long (a busy machine, a huge
@@ -337,7 +347,10 @@ def measure_candidates(
         Each candidate runs passes for at least *seconds_per_round* (one pass
         at least) in each round; rounds interleave the candidates, so that a
         busy moment of the machine does not fall on one alone, and each counts
-        its fastest pass.  A candidate's first pass, which builds its kernels,
+        its fastest pass.  After *rounds* rounds, more are run (up to
+        ``_MAX_ROUNDS``, within the budget) until the measurement is stable:
+        the same fastest candidate as the round before, and no candidate's best
+        pass more than ``_STABLE`` faster than before.  A candidate's first pass, which builds its kernels,
         counts only when it is its only pass of the first round (a long pass,
         that the building hardly changes); on CUDA, where cuDNN's autotuning
         makes first passes slow, one pass of each is run before the rounds.
@@ -378,16 +391,18 @@ def measure_candidates(
 
     best: dict[ForwardConfig, float] = {}
     remaining = list(dict.fromkeys(configs))
+    leader = None
     with torch.inference_mode():
         if device.type == "cuda":
             for number, config in enumerate(remaining):
                 if number and time.perf_counter() > deadline:
                     break
                 passes(config, 0.0)
-        for round_number in range(rounds):
+        for round_number in range(max(rounds, _MAX_ROUNDS)):
             if round_number:
                 fastest = min(_per_image(best[c], c, batch_size) for c in best)
                 remaining = [c for c in best if _per_image(best[c], c, batch_size) <= _CLEARLY_SLOWER * fastest]
+            before = dict(best)
             for config in remaining:
                 if best and time.perf_counter() > deadline:
                     break  # what is measured stands; the rest is left out
@@ -395,6 +410,11 @@ def measure_candidates(
                 if round_number == 0 and device.type != "cuda" and len(times) > 1:
                     times = times[1:]
                 best[config] = min(min(times), best.get(config, float("inf")))
+            now = min(best, key=lambda c: _per_image(best[c], c, batch_size))
+            steady = all(best[c] >= (1 - _STABLE) * before[c] for c in best if c in before)
+            if time.perf_counter() > deadline or (round_number + 1 >= rounds and now == leader and steady):
+                break
+            leader = now
     return {c: 1.0 / _per_image(best[c], c, batch_size) for c in configs if c in best}
 
 
@@ -513,4 +533,32 @@ def choose_forward_config(
     _write_cache(cache_file, key, speeds, chosen)
     return ForwardChoice(
         chosen, "measured", speeds, seconds=time.perf_counter() - started, cache_file=cache_file, default=default
+    )
+
+
+def review_cached_choice(choice: ForwardChoice, images_per_second: float) -> str | None:
+    """Drop a cached measurement that a run's own speed contradicts; the reason, or None when it stands.
+
+    A run's speed end to end (decoding and writing included) cannot exceed the
+    network's alone: a run ``_CACHED_TOO_SLOW`` times faster than the cached
+    figure shows a measurement made on a busy machine.  A run far below it
+    (``_CACHED_TOO_FAST``) shows a measurement that no longer describes this
+    machine.  Either way the next run measures again (the store keeps what
+    this run recorded: its rows were computed that way).
+    """
+    if choice.source != "cached" or choice.cache_file is None or images_per_second <= 0:
+        return None
+    cached = choice.images_per_second.get(choice.config)
+    if not cached:
+        return None
+    ratio = images_per_second / cached
+    if _CACHED_TOO_FAST <= ratio <= _CACHED_TOO_SLOW:
+        return None
+    try:
+        choice.cache_file.unlink()
+    except OSError:
+        return None
+    return (
+        f"this run did {images_per_second:.1f} images/s against the {cached:.1f} of the cached measurement "
+        f"({choice.cache_file}): dropped, measured again on the next run"
     )

@@ -430,12 +430,11 @@ def format_extraction(result: ExtractResult) -> str:
     layers = ", ".join(f"{name} ({dim:,})" for name, dim in result.layers.items())
     precision = _precision_text(result)
     if result.up_to_date:
-        return f"up to date: {result.path} ({result.rows:,} images; {layers}){precision and '; ' + precision}"
+        computed = f"; {result.recipe.layers[0].precision}" if precision else ""
+        return f"up to date: {result.path} ({result.rows:,} images; {layers}{computed})"
     lines = [f"wrote {result.path}: {result.rows:,} images; layers {layers}"]
     if result.updated:
         lines[0] = f"updated {result.path} (+{result.added:,} / -{result.removed:,} images): {result.rows:,} images; layers {layers}"
-    if precision:
-        lines.append(f"  {precision}")
     if result.images:
         lines.append(f"  {result.images:,} images in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s)")
     for worker in result.workers:
@@ -445,6 +444,8 @@ def format_extraction(result: ExtractResult) -> str:
     if result.failed:
         lines.append(f"  {len(result.failed)} image(s) could not be used (listed in /failed):")
         lines += [f"    {image_id}: {reason}" for image_id, reason in result.failed]
+    if precision:  # last, so that the lines above keep their places
+        lines.append(f"  {precision}")
     return "\n".join(lines)
 
 

@@ -35,7 +35,7 @@ from .._version import __version__
 from ..errors import ConfigError, StoreError, message, option
 from ..formatting import format_bytes
 from ..store import RECIPE_ATTR, StoreWriter, lock_store, open_store, parts_dir, recorded_attrs
-from ._autotune import choose_forward_config
+from ._autotune import choose_forward_config, review_cached_choice
 from ._config import ExtractConfig, ExtractResult
 from ._compile import compile_key, compile_network, decide_compile
 from ._device import resolve_device, resolve_precision
@@ -286,7 +286,6 @@ def _extract(config: ExtractConfig, path: Path, engine: Engine) -> ExtractResult
     recorded = None if config.overwrite else _recorded_precision(path)
     precision, precision_reason = resolve_precision(config.recipe.layers[0].precision, engine.device, recorded)
     network = build_network(config.recipe.with_precision(precision), engine.device)
-    log.info(f"computing in {precision} ({precision_reason})")
     writer = StoreWriter(
         path,
         meta=_meta(network, source),
@@ -345,6 +344,7 @@ def _extract(config: ExtractConfig, path: Path, engine: Engine) -> ExtractResult
     writer.meta.update(forward.attrs(engine.device))
     writer.meta[RECIPE_ATTR] = _store_recipe(network.recipe, writer.plan.existing_layers).to_json()
     todo = writer.plan.todo
+    log.info(f"computing in {precision} ({precision_reason})")
     log.info(choice.describe())
     log.info(f"network: {decision.reason}")
     if len(todo) < len(names):
@@ -370,6 +370,11 @@ def _extract(config: ExtractConfig, path: Path, engine: Engine) -> ExtractResult
         done = engine.run(ExtractionJob(config, source, network, truncated, writer, forward))
     finally:
         writer.close()  # the store's lock
+    if not forward.compiled and done.images >= 2 * config.batch_size and done.seconds > 0:
+        # A cached measurement that this run's own speed contradicts is measured again next time.
+        dropped = review_cached_choice(choice, done.images / done.seconds)
+        if dropped:
+            log.info(dropped)
     with open_store(path) as store:
         rows = len(store)
     changes = dict(updated=True, added=update.added, removed=update.removed) if update is not None else {}

@@ -79,6 +79,7 @@ def test_features_equal_a_direct_torchvision_computation(name, pool, four_jpegs,
         ExtractConfig.from_options(
             data=four_jpegs, model=name, layers=tuple(layers), weights_file=saved_weights(name), pool=pool,
             out=tmp_path / "s.h5", workers=0, device="cpu", progress=False,
+            precision="fp32",  # compared with torchvision's fp32 computation
         )
     )
     expected = direct_outputs(name)

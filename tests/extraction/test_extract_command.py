@@ -15,6 +15,7 @@ import torchvision
 from conftest import ODD_BAD, ODD_GOOD
 
 from featx.cli import main
+from featx.devices import cpu_flags
 from featx.extraction._images import IMAGE_EXTENSIONS
 
 TINY = ["--model", "resnet18", "--layer", "conv2", "--weights", "none", "--image-size", "64", "--workers", "0", "--no-progress"]
@@ -81,7 +82,10 @@ def test_acceptance_messages(alexnet_run):
     assert "conv5 (node features.11, 256x13x13, pool avg): 398 rows x 256 x 4 B = 398.0 KiB" in err
     assert "fc7 (node classifier.5, 4096, pool none): 398 rows x 4,096 x 4 B = 6.2 MiB" in err
     assert out.splitlines()[0] == f"wrote {path}: 398 images; layers conv5 (256), fc7 (4,096)"
+    flags = sorted({"amx_bf16", "avx512_bf16"} & cpu_flags())
+    why = f"auto: this CPU has {'amx_bf16' if 'amx_bf16' in flags else flags[0]}" if flags else "auto: this CPU has no bf16 instructions"
     assert re.fullmatch(r"  398 images in [\d.]+ s \([\d.]+ images/s\)", out.splitlines()[1])
+    assert out.splitlines()[2] == f"  computed in {'bf16' if flags else 'fp32'} ({why}), stored as float32"
     assert "could not be used" not in out
 
 
@@ -93,7 +97,8 @@ def test_rerun_says_up_to_date(alexnet_run, hymenoptera, run_cli):
         "--weights", "none", "--out", path, "--no-progress",
     )
     assert code == 0, err
-    assert out == f"up to date: {path} (398 images; conv5 (256), fc7 (4,096))\n"
+    precision = "bf16" if {"amx_bf16", "avx512_bf16"} & cpu_flags() else "fp32"  # --precision auto
+    assert out == f"up to date: {path} (398 images; conv5 (256), fc7 (4,096); {precision})\n"
     assert f"{path} already holds conv5, fc7 for these images: nothing to do" in err
     assert path.read_bytes() == before
 
@@ -104,7 +109,8 @@ def test_summary_lists_every_failed_image(odd_images, tmp_path, run_cli):
     lines = out.splitlines()
     assert lines[0] == f"wrote {tmp_path / 'odd.h5'}: {len(ODD_GOOD)} images; layers conv2 (64)"
     assert lines[2] == f"  {len(ODD_BAD)} image(s) could not be used (listed in /failed):"
-    listed = dict(line.strip().split(": ", 1) for line in lines[3:])
+    assert lines[-1].startswith("  computed in ")  # the precision, last
+    listed = dict(line.strip().split(": ", 1) for line in lines[3:-1])
     assert sorted(listed) == sorted(ODD_BAD)
     for image_id, pattern in ODD_BAD.items():
         assert re.search(pattern, listed[image_id]), (image_id, listed[image_id])

@@ -129,6 +129,7 @@ def test_keras_vgg16_file_gives_the_torch_models_features_with_caffe_preprocessi
     config = ExtractConfig.from_options(
         data=tiny_dataset, out=out, model="vgg16", layers=("block3_conv3", "block5_pool"), weights_file=notop_file,
         image_size=SIZE, batch_size=4, workers=0, device="cpu", progress=False,
+        precision="fp32",  # compared with torch's fp32 computation
     )
     extract_features(config)
     with open_store(out) as store:

@@ -53,7 +53,7 @@ def test_resnet_conv1_is_the_convolution_and_stem_the_relu_after_it(tmp_path, hy
     result = extract_features(
         ExtractConfig.from_options(
             data=data, model="resnet18", layers=("conv1", "stem"), weights="none", image_size=64,
-            out=tmp_path / "s.h5", workers=0, device="cpu", progress=False,
+            out=tmp_path / "s.h5", workers=0, device="cpu", progress=False, precision="fp32",
         )
     )
     loaded = load_model("resnet18", weights="none", image_size=64)

@@ -23,7 +23,7 @@ from featx.extraction._preprocessing import CAFFE_PREPROCESSING, Preprocessing, 
 def _config(data, out, **options):
     return ExtractConfig.from_options(
         data=data, out=out, model="resnet18", layers=("penultimate",), weights="none", batch_size=4, workers=0,
-        device="cpu", progress=False, **options,
+        device="cpu", progress=False, precision="fp32", **options,
     )
 
 
@@ -31,6 +31,7 @@ def test_flags_replace_the_weights_preprocessing_and_are_recorded(run_cli, tiny_
     out = tmp_path / "p.h5"
     code, _, err = run_cli(
         "extract", "--data", tiny_dataset, "--model", "resnet18", "--weights", "none", "--out", out,
+        "--precision", "fp32",  # compared with torchvision's fp32 computation
         "--resize", "40", "--crop", "32", "--mean", "0.5", "--std", "0.25,0.25,0.25", "--interpolation", "bicubic",
         "--workers", "0", "--no-progress",
     )

@@ -46,7 +46,7 @@ def _timm_inputs(model, data, ids) -> torch.Tensor:
 def _extract(data, out, model, layers, **options):
     config = ExtractConfig.from_options(
         data=data, out=out, model=model, layers=layers, image_size=SIZE, batch_size=4, workers=0,
-        device="cpu", progress=False, **options,
+        device="cpu", progress=False, **{"precision": "fp32", **options},  # compared with timm's fp32
     )
     return extract_features(config)
 
