@@ -17,6 +17,11 @@ It prints, for ResNet-50 ``penultimate``:
 3. the decode ceilings: featx's input pipeline alone (files -> preprocessed
    batch on the GPU), with the JPEGs decoded on the CPU (PIL in one worker
    per core) and on the GPU (nvJPEG batches), images/s;
+3b. issue 23: what ``--precision auto`` resolves to on this GPU, the forward
+   ceiling of that precision compiled (``--compile on``: images/s against
+   eager, and the compile time, the graph cache empty), and the CPU decode
+   ceiling with ``--jpeg draft`` against exact (``--skip-compile`` leaves out
+   the compile, about a minute);
 4. featx end to end (``extract_features``, files -> finished store) for each
    precision with CPU and with GPU decoding: images/s, the ratio to the smaller
    of its forward and decode ceilings, and the peak device memory; against the
@@ -159,6 +164,38 @@ def forward_ceiling(loaded, plan, device, precision: str, batch_size: int, secon
         "config": choice.config.describe(),
         "peak_bytes": torch.cuda.max_memory_allocated(device),
     }
+
+
+def compiled_ceiling(loaded, plan, device, precision: str, batch_size: int, seconds: float) -> dict:
+    """The forward-only ceiling of the network compiled (``--compile on``): images/s and the compile time."""
+    import torch
+
+    from featx.extraction._autotune import choose_forward_config
+    from featx.extraction._compile import compile_key, compile_network
+    from featx.extraction._device import autocast
+    from featx.extraction._network import TruncatedNetwork, prepare_extractor
+
+    choice = choose_forward_config(
+        loaded, plan, path=Path("/nonexistent/featx.h5"), overwrite=True, batch_size=batch_size,
+        device=device, precision=precision, autotune=True,
+    )
+    crop = loaded.preprocessing.crop
+    extractor = TruncatedNetwork(copy.deepcopy(loaded.module), plan.nodes, plan.pools, micro_batch=choice.config.micro_batch)
+    extractor = prepare_extractor(extractor.eval(), device, precision, choice.config.layout)
+    key = compile_key(MODEL, f"device-check-{LAYER}", (choice.config.micro_batch, 3, crop), precision, choice.config.layout)
+    compile_seconds = compile_network(extractor, device=device, precision=precision, image_size=crop, key=key)
+    pixels = torch.randn(batch_size, 3, crop, crop, device=device)
+    with torch.inference_mode(), autocast(device, precision):
+        extractor(pixels)
+        torch.cuda.synchronize(device)
+        passes, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            extractor(pixels)
+            passes += 1
+        torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+    return {"images_per_second": passes * batch_size / elapsed, "compile_seconds": compile_seconds,
+            "config": choice.config.describe()}
 
 
 def decode_ceiling(data: Path, preprocessing, device, decode: str, batch_size: int, seconds: float) -> float:
@@ -339,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds per ceiling measurement (default: 8)")
     parser.add_argument("--synthetic", type=int, default=1024, help="synthetic JPEGs to write when there is no --data")
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--skip-compile", action="store_true", help="no compiled network (it takes about a minute)")
     parser.add_argument("--classify-only", action="store_true", help="only the classify section")
     parser.add_argument("--skip-classify", action="store_true", help="no classify section")
     parser.add_argument("--classify-device", default="cuda",
@@ -404,6 +442,26 @@ def main(argv: list[str] | None = None) -> int:
         for where in ("cpu", "gpu") if gpu_decoding_available() else ("cpu",):
             decode[where] = decode_ceiling(data, loaded.preprocessing, device, where, args.batch_size, args.seconds)
             say(f"{where} decode: {decode[where]:9,.0f} images/s")
+
+        say("\n== issue 23: the precision policy, compiled against eager, draft decoding")
+        import dataclasses
+
+        from featx.extraction._device import resolve_precision
+
+        policy, why = resolve_precision("auto", device)
+        say(f"--precision auto resolves to {policy} ({why}); eager forward {forward[policy]['images_per_second']:,.0f} "
+            f"images/s, fp32 {forward['fp32']['images_per_second']:,.0f}")
+        if not args.skip_compile:
+            try:
+                compiled = compiled_ceiling(loaded, plan, device, policy, args.batch_size, args.seconds / 2)
+                say(f"{policy} compiled: {compiled['images_per_second']:9,.0f} images/s ({compiled['config']}), "
+                    f"{compiled['images_per_second'] / forward[policy]['images_per_second']:.2f}x eager; "
+                    f"compiled in {compiled['compile_seconds']:.1f} s")
+            except Exception as exc:  # the rest of the check still runs
+                say(f"{policy} compiled: failed ({type(exc).__name__}: {exc})")
+        draft = decode_ceiling(data, dataclasses.replace(loaded.preprocessing, jpeg="draft"), device, "cpu",
+                               args.batch_size, args.seconds)
+        say(f"cpu decode --jpeg draft: {draft:9,.0f} images/s, {draft / decode['cpu']:.2f}x exact")
 
         say(f"\n== featx end to end ({args.images:,} JPEG files -> finished store)")
         say(f"{'precision':>9} {'decode':>6} {'images/s':>10} {'ceiling':>9} {'ratio':>6} {'peak GiB':>9}  targets")

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from .._version import __version__
 from ..errors import ConfigError, StoreError, message, option
 from ..formatting import format_bytes
-from ..store import RECIPE_ATTR, StoreWriter, lock_store, open_store, parts_dir, recorded_attrs
+from ..store import RECIPE_ATTR, StoreWriter, lock_store, open_store, recorded_attrs
 from ._autotune import choose_forward_config, review_cached_choice
 from ._config import ExtractConfig, ExtractResult
 from ._compile import compile_key, compile_network, decide_compile
@@ -224,17 +224,20 @@ def _store_recipe(recipe: FeatureRecipe, existing: dict[str, dict]) -> FeatureRe
 def _recorded_precision(path: Path) -> str | None:
     """The precision the store at *path* (or its parts) was computed in; None where there is none yet.
 
-    A store from before the recipe attribute was computed in fp32 unless asked
-    otherwise (the plan then says which precision it holds).
+    Read from its recipe, else (a store from before the recipe attribute) from
+    its feature datasets' ``precision`` attribute.
     """
-    text = recorded_attrs(path, (RECIPE_ATTR,)).get(RECIPE_ATTR)
+    recorded = recorded_attrs(path, (RECIPE_ATTR,), layer_key="precision")
+    text = recorded.get(RECIPE_ATTR)
     if text:
         try:
             layers = FeatureRecipe.from_json(text).layers
         except StoreError:
             return None  # the writer says what is wrong with it
-        return layers[0].precision if layers else None
-    return "fp32" if path.is_file() or parts_dir(path).is_dir() else None
+        if layers:
+            return layers[0].precision
+    found = sorted(str(value) for key, value in recorded.items() if key.startswith("features/"))
+    return found[0] if found else None
 
 
 def extract_features(config: ExtractConfig) -> ExtractResult:
@@ -370,8 +373,9 @@ def _extract(config: ExtractConfig, path: Path, engine: Engine) -> ExtractResult
         done = engine.run(ExtractionJob(config, source, network, truncated, writer, forward))
     finally:
         writer.close()  # the store's lock
-    if not forward.compiled and done.images >= 2 * config.batch_size and done.seconds > 0:
-        # A cached measurement that this run's own speed contradicts is measured again next time.
+    if not forward.compiled and done.images >= 4 * config.batch_size and done.seconds >= 5:
+        # A cached measurement that this run's own speed contradicts is measured again next time
+        # (a run long enough for its speed to say something: starting the workers is not the network).
         dropped = review_cached_choice(choice, done.images / done.seconds)
         if dropped:
             log.info(dropped)

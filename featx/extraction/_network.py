@@ -87,10 +87,12 @@ class ForwardConfig:
 
     def attrs(self, device: torch.device) -> dict[str, object]:
         """The store's root attributes that record this configuration for *device*."""
-        return {
+        attrs: dict[str, object] = {
             "forward_micro_batch": self.micro_batch, "forward_layout": self.layout, "forward_device": device.type,
-            "forward_compiled": int(self.compiled),
         }
+        if self.compiled:  # written only then: a store without it ran eagerly
+            attrs["forward_compiled"] = 1
+        return attrs
 
     def describe(self) -> str:
         """``"4 images per pass, channels_last"``."""

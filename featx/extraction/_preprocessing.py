@@ -335,6 +335,8 @@ class PreprocessingOptions:
                 object.__setattr__(self, name, parse_floats(value, name))
                 if len(getattr(self, name)) not in (1, 3):
                     raise ConfigError(message(option(name), allowed="1 or 3 numbers (one per channel)", got=value))
+        if self.jpeg == "exact":
+            object.__setattr__(self, "jpeg", None)  # the default: the same request as leaving it out
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ConfigError(message(option("std"), allowed="positive numbers", got=self.std))
         for name, registry in (
@@ -350,11 +352,7 @@ class PreprocessingOptions:
 
     def given(self) -> dict[str, Any]:
         """The options that were set, by name."""
-        # jpeg 'exact' is the default, not a change (the default store path stays the same).
-        return {
-            f.name: getattr(self, f.name) for f in fields(self)
-            if getattr(self, f.name) is not None and (f.name, getattr(self, f.name)) != ("jpeg", "exact")
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
     def apply(self, base: Preprocessing) -> Preprocessing:
         """*base* with every option that was set replaced.

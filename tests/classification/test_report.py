@@ -20,7 +20,7 @@ def test_format_results_prints_one_row_per_classifier(tmp_path, two_stores):
     text = format_results(run)
     lines = text.splitlines()
     assert lines[0] == (
-        f"features: {alexnet}:fc7 (6) + {resnet}:penultimate (4) = 10 columns; normalisation per input: standard"
+        f"features: {alexnet}:fc7 (6, fp32) + {resnet}:penultimate (4, fp32) = 10 columns; normalisation per input: standard"
     )
     assert lines[2] == "evaluation: stored split: train on train (24), evaluate on val (12)"
     header = lines.index("classifier  accuracy  balanced acc  macro F1  fit s  predict s")

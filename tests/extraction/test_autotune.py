@@ -76,7 +76,7 @@ def test_candidates_are_the_default_first_then_every_size_up_to_it_in_each_layou
     ]
     # bf16 on the CPU: no blocked layout (oneDNN's blocked chains are fp32 only), so the plain one is tried.
     assert {c.layout for c in candidate_configs(8, 100, CPU, "bf16")} == {"contiguous", "channels_last"}
-    assert candidate_configs(8, 100, CPU, "bf16")[0] == ForwardConfig(8, "contiguous")
+    assert candidate_configs(8, 100, CPU, "bf16")[0] == ForwardConfig(8, "channels_last")  # bf16's default on the CPU
     # CUDA: the whole batch by default, channels_last first; no memory cap.
     gpu = candidate_configs(256, 1, CUDA, "fp16")
     assert gpu[0] == ForwardConfig(256, "channels_last")
@@ -190,7 +190,8 @@ def test_the_choice_is_recorded_in_the_store_and_reused_when_the_run_resumes(
     autotuning, synthetic_dataset, tmp_path, monkeypatch
 ):
     first_choice, second_choice = ForwardConfig(1, "channels_last"), ForwardConfig(4, "blocked")
-    settings = dict(layers=("penultimate",), batch_size=4, checkpoint_seconds=0, image_size=32)
+    # fp32: the cached measurement below is fp32's (precision is part of its key).
+    settings = dict(layers=("penultimate",), batch_size=4, checkpoint_seconds=0, image_size=32, precision="fp32")
     # A measurement as the engine makes it; the cache is then made to prefer first_choice.
     loaded = load_model("resnet18", weights="none", image_size=32)
     choose_forward_config(
@@ -246,7 +247,7 @@ def test_no_autotune_on_the_command_line_records_the_default_and_old_stores_run_
     code = main([
         "extract", "--data", str(synthetic_dataset), "--model", "resnet18", "--image-size", "32", "--weights", "none",
         "--layer", "penultimate", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--out", str(out),
-        "--no-progress", "--no-autotune", "--decode", "cpu",
+        "--no-progress", "--no-autotune", "--decode", "cpu", "--precision", "fp32",  # fp32's default: blocked
     ])
     assert code == 0
     assert "forward pass: 4 images per pass, blocked (default; autotuning off)" in capsys.readouterr().err
@@ -298,7 +299,7 @@ def test_a_timm_model_is_offered_and_records_no_blocked_layout(autotuning, synth
     assert choice.source == "measured" and choice.default == ForwardConfig(4, "contiguous")
     assert {c.layout for c in choice.images_per_second} == {"contiguous", "channels_last"}
     assert choice.config.layout in ("contiguous", "channels_last")
-    run = {"model": "timm/test_resnet", "layers": ("penultimate",), "batch_size": 4, "image_size": 32}
+    run = {"model": "timm/test_resnet", "layers": ("penultimate",), "batch_size": 4, "image_size": 32, "precision": "fp32"}
     tuned = quick_extract(synthetic_dataset, tmp_path / "tuned.h5", **run)
     assert recorded_attrs(tuned.path, ForwardConfig.ATTRS)["forward_layout"] in ("contiguous", "channels_last")
     default = quick_extract(synthetic_dataset, tmp_path / "default.h5", **run, autotune=False)

@@ -37,6 +37,7 @@ def _extract(data: Path, out: Path, **overrides):
     settings = dict(
         data=data, out=out, model="resnet18", layers=("conv2", "penultimate"), weights="none",
         image_size=64, batch_size=4, workers=2, progress=False,
+        precision="fp32",  # compared with the CPU's fp32 (the tests of --precision auto ask for it)
     )
     settings.update(overrides)
     return extract_features(ExtractConfig.from_options(**settings))
@@ -130,3 +131,24 @@ def test_benchmark_reports_gpu_figures(small_dataset, tmp_path):
     assert case["combined_images_per_second"] == min(case["forward_images_per_second"], case["decode_images_per_second"])
     assert case["cuda_peak_bytes"] > 0
     assert all(m["cuda_peak_bytes"] > 0 for m in case["memory"].values())
+
+
+def test_auto_precision_follows_the_gpus_capability_and_is_recorded(small_dataset, tmp_path):
+    major, minor = torch.cuda.get_device_capability(CUDA)
+    expected = "bf16" if (major, minor) >= (8, 0) else "fp16"
+    result = _extract(small_dataset, tmp_path / "auto.h5", device="cuda", precision="auto")
+    assert result.recipe.layers[0].precision == expected
+    assert result.precision_reason.startswith(f"auto: CUDA capability {major}.{minor}")
+    with open_store(result.path) as store:
+        assert {store.layer_info(name)["precision"] for name in store.layers} == {expected}
+
+
+def test_a_compiled_network_gives_the_eager_features_up_to_rounding(small_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATX_CACHE_DIR", str(tmp_path / "cache"))
+    eager = _extract(small_dataset, tmp_path / "eager.h5", device="cuda", compile="off")
+    compiled = _extract(small_dataset, tmp_path / "compiled.h5", device="cuda", compile="on")
+    assert list((tmp_path / "cache" / "inductor").iterdir())  # the graph is cached on disk
+    with open_store(eager.path) as a, open_store(compiled.path) as b:
+        assert int(b.meta["forward_compiled"]) == 1 and "forward_compiled" not in a.meta
+        for layer in ("conv2", "penultimate"):
+            assert _relative_error(b.features(layer), a.features(layer)) < 1e-2, layer

@@ -41,8 +41,8 @@ from featx.extraction._config import default_store_path
         ),
         (
             {"precision": "fp8"},
-            "precision must be one of fp32, bf16, fp16; got 'fp8'",
-            "--precision must be one of fp32, bf16, fp16; got 'fp8'",
+            "precision must be one of auto, fp32, bf16, fp16; got 'fp8'",
+            "--precision must be one of auto, fp32, bf16, fp16; got 'fp8'",
         ),
         (
             {"dtype": "float64"},

@@ -13,11 +13,13 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+import torch
 from conftest import copy_real_images, quick_extract
 
 from featx.classification import ClassifyConfig, run_classification
 from featx.errors import ConfigError, StoreError, StoreMismatchError
 from featx.extraction import FeatureRecipe, LayerRecipe
+from featx.extraction._device import resolve_precision
 from featx.extraction._network import TruncatedNetwork, build_network
 from featx.prediction import predict_images
 from featx.store import open_store
@@ -45,7 +47,8 @@ def test_a_request_and_a_resolved_recipe_survive_json():
     assert build_network(resolved).recipe == resolved
     # Equal recipes give equal text (the store's identity).
     assert json.loads(resolved.to_json())["layers"][1] == {
-        "name": "penultimate", "node": "flatten", "pool": "none", "precision": "fp32", "dtype": "float32"
+        "name": "penultimate", "node": "flatten", "pool": "none", "dtype": "float32",
+        "precision": resolve_precision("auto", torch.device("cpu"))[0],  # auto, resolved for the CPU
     }
 
 
