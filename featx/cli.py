@@ -102,6 +102,15 @@ def _add_extract(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     pre.add_argument("--std", metavar="S[,S,S]", help="per-channel standard deviation divided by, e.g. 0.5,0.5,0.5")
     pre.add_argument("--interpolation", choices=list(INTERPOLATIONS), help="interpolation of the resize")
     p.add_argument("--pool", choices=list(POOLS), default="avg", help="pooling of convolutional outputs (default: avg)")
+    p.add_argument(
+        "--views", default="none", metavar="SPEC",
+        help="augmented views of each image, run together through the network: none (default), flip, tencrop, "
+        "multiscale (3 zooms) or random:N[:SEED] (N seeded random resized crops and flips)",
+    )
+    p.add_argument(
+        "--views-reduce", choices=["mean", "none"], default="mean",
+        help="mean: one row per image, the mean of its views (default); none: every view, V*D columns per layer",
+    )
     p.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="compute precision")
     p.add_argument("--dtype", choices=list(STORAGE_DTYPES), default="float32", help="storage precision")
     p.add_argument("--compression", choices=list(COMPRESSIONS), help="compress the feature datasets")
@@ -173,6 +182,8 @@ def _run_extract(args: argparse.Namespace) -> int:
         std=args.std,
         interpolation=args.interpolation,
         pool=args.pool,
+        views=args.views,
+        views_reduce=args.views_reduce,
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
