@@ -19,8 +19,9 @@ The views (:data:`VIEWS`), all at the preprocessing's crop size ``C``:
     ``torchvision.transforms.TenCrop(C)`` of the *central square* of the resized
     image: the image is resized as usual (shorter side to ``R``) and
     centre-cropped to ``S x S``, ``S = max(R, C)``, instead of ``C x C``; the
-    views are its four corners and centre at ``C x C``, then the same five
-    mirrored (TenCrop's order): 10 views.
+    views are its four corners and centre at ``C x C`` (top left, top right,
+    bottom left, bottom right, centre), then the same five crops of the
+    mirrored square (TenCrop's order and pixels): 10 views.
 ``multiscale``
     The same ``S x S`` square resized (on the normalised float tensor, the
     preprocessing's interpolation, antialiased) to sides ``C``, ``S`` and
@@ -181,8 +182,10 @@ def expand_views(
     if kind == "flip":
         views = torch.stack([pixels, pixels.flip(-1)], dim=1)
     elif kind == "tencrop":
-        five = list(F.five_crop(pixels, [crop, crop]))
-        views = torch.stack(five + [view.flip(-1) for view in five], dim=1)
+        # TenCrop's order and pixels: the five crops of the square, then the five of its mirror
+        # (whose centre crop is one pixel off the centre crop's mirror when S - C is odd).
+        mirrored = list(F.five_crop(pixels.flip(-1), [crop, crop]))
+        views = torch.stack([*F.five_crop(pixels, [crop, crop]), *mirrored], dim=1)
     elif kind == "multiscale":
         side = pixels.shape[-1]
         mode = InterpolationMode(interpolation)
