@@ -300,7 +300,7 @@ def default_store_path(config: ExtractConfig) -> Path:
         digest = hashlib.sha256(json.dumps(given, sort_keys=True).encode()).hexdigest()
         parts.append(f"p{digest[:8]}")
     if recipe.views != "none":  # a store of views is another store: its own default name
-        parts.append(recipe.views.replace(":", "") + ("-all" if recipe.views_reduce == "none" else ""))
+        parts.append(recipe.views.replace(":", "-") + ("-all" if recipe.views_reduce == "none" else ""))
     return Path(config.features_dir) / dataset / ("-".join(parts) + ".h5")
 
 

@@ -125,6 +125,19 @@ def _resolved(recipe):
     )
 
 
+def test_the_default_store_name_says_the_views(tmp_path):
+    from featx.extraction import ExtractConfig
+    from featx.extraction._config import default_store_path
+
+    def name(**views):
+        config = ExtractConfig.from_options(data=tmp_path / "photos", model="resnet18", weights="none", **views)
+        return default_store_path(config).name
+
+    assert name() == "resnet18-none.h5"
+    assert name(views="tencrop") == "resnet18-none-tencrop.h5"
+    assert name(views="random:8", views_reduce="none") == "resnet18-none-random-8-0-all.h5"
+
+
 def test_no_views_is_the_recipe_of_before():
     recipe = _resolved(FeatureRecipe.request("resnet18", weights="none"))
     assert "views" not in recipe.to_json() and "views" not in recipe.attrs()
