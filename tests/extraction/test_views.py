@@ -176,3 +176,23 @@ def test_the_transformer_computes_the_stores_views(data, weights, tmp_path):
     from featx.extraction import open_source
 
     np.testing.assert_array_equal(extractor.transform(open_source(data)), rows)
+
+
+def test_a_grown_folder_updates_a_store_of_views_incrementally(data, weights, tmp_path, hymenoptera):
+    import shutil
+
+    folder = copy_real_images(hymenoptera, tmp_path / "grown", per_class=1)
+    out = tmp_path / "views.h5"
+    first_ids, first, _ = _extract(folder, out, weights, views="random:2", views_reduce="none")
+    for image_id in ("train/ants", "val/bees"):  # one more image in two classes
+        src = sorted((hymenoptera / image_id).glob("*.jpg"))[1]
+        shutil.copy(src, folder / image_id / src.name)
+    result = quick_extract(folder, out, weights_file=weights[0], **{**SETTINGS, "views": "random:2", "views_reduce": "none"})
+    assert result.updated and result.added == 2
+    ids, rows, info = _extract(folder, out, weights, views="random:2", views_reduce="none")  # up to date: read back
+    assert len(ids) == len(first_ids) + 2 and info["views"] == 2 and rows.shape[1] == 2 * 512
+    # Old rows kept; the new images' views are those of a fresh store (seeded by their ids).
+    np.testing.assert_array_equal(rows[[ids.index(i) for i in first_ids]], first)
+    fresh_ids, fresh, _ = _extract(folder, tmp_path / "fresh.h5", weights, views="random:2", views_reduce="none")
+    assert fresh_ids == ids
+    np.testing.assert_allclose(rows, fresh, rtol=1e-5, atol=1e-6)
