@@ -78,6 +78,11 @@ def test_tencrop_equals_torchvision_tencrop_of_the_central_square(data, weights,
     with open_store(tmp_path / "ten-all.h5") as store:
         assert [store.classes[k] for k in store.labels] == [i.split("/")[1] for i in ids]
         assert store.splits.tolist() == [i.split("/")[0] for i in ids]
+    from featx.store import describe_store
+
+    assert "\nviews:          tencrop, every view kept (views x columns per layer, view-major)\n" in describe_store(
+        tmp_path / "ten-all.h5"
+    )
 
 
 def test_multiscale_is_three_zooms_of_the_central_square(data, weights, tmp_path):
