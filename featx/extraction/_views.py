@@ -26,7 +26,8 @@ The views (:data:`VIEWS`), all at the preprocessing's crop size ``C``:
     The same ``S x S`` square resized (on the normalised float tensor, the
     preprocessing's interpolation, antialiased) to sides ``C``, ``S`` and
     ``round(S * S / C)`` and centre-cropped to ``C``: the whole square, the
-    usual view, and a closer one (for 256/224: sides 224, 256, 293): 3 views.
+    usual view, and a closer one (for 256/224: sides 224, 256, 293): 3 views
+    (which coincide when the resize is not larger than the crop).
 ``random:N``
     (``random:N:SEED``) ``N`` random resized crops of the ``S x S`` square (area 25 % to 100 %,
     aspect ratio 3/4 to 4/3, as torchvision's ``RandomResizedCrop`` draws
@@ -57,7 +58,7 @@ from typing import Any
 from ..errors import ConfigError, message, option
 from ._preprocessing import Preprocessing
 
-__all__ = ["VIEWS", "VIEW_REDUCTIONS", "ViewSpec", "decode_preprocessing", "expand_views", "reduce_views"]
+__all__ = ["VIEWS", "VIEW_REDUCTIONS", "ViewSpec", "decode_preprocessing", "expand_views", "image_seed", "reduce_views"]
 
 #: The views ``--views`` takes, and how many each makes (``random:N``: N).
 VIEWS = {"none": 1, "flip": 2, "tencrop": 10, "multiscale": 3, "random:N": None}
