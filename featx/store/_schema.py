@@ -103,6 +103,10 @@ class LayerSpec:
         Compute precision: ``fp32``, ``bf16`` or ``fp16``.
     dtype : str
         Storage dtype: ``float32`` or ``float16``.
+    views : int
+        V when every augmented view of an image is kept (``extract --views-reduce
+        none``): *dim* is ``V * D``, view-major, and the dataset has the attribute
+        ``views = V``; 1 (no attribute) otherwise.
     """
 
     name: str
@@ -112,6 +116,7 @@ class LayerSpec:
     source_shape: tuple[int, ...]
     precision: str = "fp32"
     dtype: str = "float32"
+    views: int = 1
 
     def attrs(self) -> dict[str, Any]:
         """The attributes of ``/features/<name>`` that describe this layer."""
@@ -122,6 +127,7 @@ class LayerSpec:
             "requested": self.name,
             "precision": self.precision,
             "dtype": self.dtype,
+            **({"views": int(self.views)} if self.views != 1 else {}),
         }
 
 

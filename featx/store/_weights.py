@@ -90,7 +90,8 @@ def weights_identity(label: str, sha256: str | None = None) -> str:
     Returns
     -------
     str
-        ``'sha256:<hex digest>'`` for a weights file, whatever its name; the
+        ``'sha256:<hex digest>'`` for weights recorded with the hash of their
+        file (a weights file, whatever its name; weights a package ships); the
         label itself for torchvision weights and ``'none'``, and for a file
         label without a recorded hash (then the name is all there is).
 
@@ -102,7 +103,9 @@ def weights_identity(label: str, sha256: str | None = None) -> str:
     'IMAGENET1K_V1'
     """
     kind, _ = parse_weights_label(label)
-    return f"sha256:{sha256}" if kind == "file" and sha256 else label
+    # Any weights recorded with a hash are their file's content: a --weights-file, or
+    # weights a package ships (extract --weights lite0-imagenet), whatever the label.
+    return f"sha256:{sha256}" if kind != "none" and sha256 else label
 
 
 def describe_weights(label: str, sha256: str | None = None) -> str:

@@ -50,11 +50,11 @@ def refuse_single_colour_images() -> None:
 
     forward = TruncatedNetwork.forward
 
-    def forward_refusing_flat_images(self, pixels):
+    def forward_refusing_flat_images(self, pixels, ids=None):
         flat = pixels.flatten(2)
         if bool((flat.amax(2) == flat.amin(2)).all(1).any()):
             raise RuntimeError("injected failure: an image of one colour")
-        return forward(self, pixels)
+        return forward(self, pixels, ids)
 
     TruncatedNetwork.forward = forward_refusing_flat_images
 
@@ -192,6 +192,15 @@ def test_workers_started_before_autotuning_run_the_chosen_configuration_bit_for_
     with open_store(local_store) as default, open_store(local.path) as other:
         assert default.meta["forward_layout"] != "channels_last"
         assert default.features("penultimate").tobytes() != other.features("penultimate").tobytes()
+
+
+def test_augmented_views_on_the_workers_are_the_local_engines_bit_for_bit(ray_cluster, images, tmp_path):
+    # Random views are seeded by image id, which each worker reads from its own copy of the image list.
+    settings = {**SETTINGS, "views": "random:2", "views_reduce": "none"}
+    local = quick_extract(images, tmp_path / "local.h5", **settings)
+    on_ray = quick_extract(images, tmp_path / "ray.h5", engine="ray", ray_workers=2, **settings)
+    assert on_ray.layers == local.layers == {"conv2": 2 * 64, "penultimate": 2 * 512}
+    assert_same_store(local.path, on_ray.path)
 
 
 def test_a_killed_worker_is_restarted_and_the_store_is_the_same(ray_cluster, images, local_store, tmp_path, monkeypatch):
