@@ -36,6 +36,9 @@ bayes     ``GaussianNB`` (:mod:`._bayes`: its prediction by matrix products)
 xgboost   ``XGBClassifier``, ``tree_method='hist'``, every core, early stopping on
           a held-out tenth of the training rows (:mod:`._boosting`), 64
           histogram bins, on CUDA when the run's device is a GPU
+knn       DINO's kNN probe (:mod:`._knn`): cosine similarity on L2-normalised
+          rows, the ``k`` nearest vote with weights ``exp(s / temperature)``;
+          exact, by blocks of the training rows (through torch on a GPU)
 mlp       ``MLPClassifier``: a few dense layers on top of the frozen features
 ========  ==============================================================
 
@@ -451,6 +454,14 @@ def _load_booster(data: bytes) -> Any:
     return model
 
 
+def _make_knn(params: Mapping[str, Any], seed: int, fit: Fit):
+    """DINO's kNN vote (:mod:`._knn`).  In a run's fit it keeps the run's training matrix, normalised in place;
+    a grid search's inner fits copy theirs (their matrix may be a view of the search's)."""
+    from ._knn import KNNVote
+
+    return KNNVote(k=params["k"], temperature=params["temperature"], device=fit.device, copy=fit.rows is None)
+
+
 def _make_mlp(params: Mapping[str, Any], seed: int, fit: Fit):
     from sklearn.neural_network import MLPClassifier
 
@@ -538,6 +549,23 @@ FAMILIES: dict[str, Family] = {
             "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
             "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
         ),
+    ),
+    "knn": Family(
+        "knn",
+        "k nearest neighbours by cosine similarity on L2-normalised rows, votes weighted by exp(similarity / T) "
+        "(DINO's kNN probe); exact, by blocks of the training rows",
+        {
+            "k": Param(20, "an int in the range [1, inf)", _positive_int, "neighbours of the knn vote (DINO: 10, 20, "
+                       "100, 200)"),
+            "temperature": Param(0.07, "a float in the range (0, inf)", _positive_float,
+                                 "temperature T of the knn vote weights exp(similarity / T)"),
+        },
+        _make_knn,
+        lambda params: {"k": [10, 20, 100, 200]},
+        # It keeps every training row: a matrix larger than the memory budget cannot be held to vote.
+        streams=False,
+        gpu=TORCH,
+        trusted=("featx.classification._knn.KNNVote",),
     ),
 }
 
