@@ -25,10 +25,10 @@ read.  The registry imports neither scikit-learn nor xgboost (they load when
 an estimator is built), so the command line builds its options from it cheaply.
 
 ========  ==============================================================
-svm       a linear SVM (``kernel='linear'``): ``LinearSVC``'s one-vs-rest squared
-          hinge objective, fitted by minibatch Adam on BLAS products
-          (:mod:`._linear`), or ``SGDClassifier``'s hinge with fewer rows than
-          columns; or ``SVC`` with an RBF kernel (``kernel='rbf'``)
+svm       a linear SVM (``kernel='linear'``): ``LinearSVC`` (liblinear) with fewer
+          rows than columns in memory, else its one-vs-rest squared hinge
+          objective fitted by minibatch Adam on BLAS products then L-BFGS
+          (:mod:`._linear`); or ``SVC`` with an RBF kernel (``kernel='rbf'``)
 logreg    multinomial ``LogisticRegression`` (lbfgs); the same softmax
           objective by the minibatch fit of :mod:`._linear` when streaming, on
           a GPU, or from :data:`LBFGS_MAX_VALUES` training values
@@ -78,6 +78,7 @@ __all__ = [
     "streaming_families",
     "check_gpu_libraries",
     "trusted_types",
+    "solver_words",
 ]
 
 
@@ -350,27 +351,34 @@ def _alpha(params: Mapping[str, Any], rows: int) -> float:
     return 1.0 / (params["C"] * max(rows, 1))
 
 
-# With fewer rows than columns the classes are separable and the minibatch squared hinge stops short of
-# logreg's accuracy; SGDClassifier's per-row hinge updates ('optimal' steps) converge there in a few seconds.
-# It stops after 5 epochs improving the training loss by less than tol.
-_SGD_TOL = 1e-3
-_SGD_PATIENCE = 5
+#: L-BFGS iterations that finish the minibatch svm (``MinibatchLinearClassifier.polish``): from the minibatch
+#: solution, LinearSVC's optimum is reached in a few tens of full passes (benchmarks/README.md).
+SVM_POLISH_ITER = 50
 
 
 def _make_svm(params: Mapping[str, Any], seed: int, fit: Fit):
-    """``SVC`` (rbf); the linear SVM: ``SGDClassifier`` in memory with fewer rows than columns, else minibatch."""
+    """``SVC`` (rbf); the linear SVM: ``LinearSVC`` in memory with fewer rows than columns, else minibatch.
+
+    With fewer rows than columns liblinear's dual coordinate descent is
+    ``LinearSVC`` itself, exact and fast (its cost grows with the rows; it
+    works on a float64 copy of the matrix, small at such shapes).  With more
+    rows, streamed or on a GPU, the minibatch squared hinge of :mod:`._linear`
+    (the same objective, ``alpha = 1 / (C n)``), finished by
+    :data:`SVM_POLISH_ITER` L-BFGS iterations so that it reaches
+    ``LinearSVC``'s optimum and accuracy.
+    """
     if params["kernel"] != "linear":
         from sklearn.svm import SVC
 
         return SVC(kernel="rbf", C=params["C"], gamma=params["gamma"], max_iter=-1, random_state=seed)
     if fit.rows is not None and fit.rows < fit.features and not fit.streaming:
-        from sklearn.linear_model import SGDClassifier
+        from sklearn.svm import LinearSVC
 
-        return SGDClassifier(
-            loss="hinge", alpha=_alpha(params, fit.rows), max_iter=params["max_iter"], tol=_SGD_TOL,
-            learning_rate="optimal", n_iter_no_change=_SGD_PATIENCE, n_jobs=-1, random_state=seed,
-        )
-    return _minibatch("squared_hinge", params, seed, fit)
+        return LinearSVC(C=params["C"], dual=True, max_iter=params["max_iter"], random_state=seed)
+    estimator = _minibatch("squared_hinge", params, seed, fit)
+    if fit.rows is not None:  # the run's fit, not a grid search's inner ones
+        estimator.set_params(polish=SVM_POLISH_ITER)
+    return estimator
 
 
 def _svm_grid(params: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -476,7 +484,8 @@ def _make_mlp(params: Mapping[str, Any], seed: int, fit: Fit):
 FAMILIES: dict[str, Family] = {
     "svm": Family(
         "svm",
-        "support vector machine: linear (one-vs-rest squared hinge, minibatch Adam), or SVC with the rbf kernel",
+        "support vector machine: linear (LinearSVC's one-vs-rest squared hinge: liblinear with fewer rows than "
+        "columns, else minibatch Adam then L-BFGS), or SVC with the rbf kernel",
         {
             "C": _C,
             "kernel": Param("linear", choices(_KERNELS), _choice(*_KERNELS), "kernel: linear or rbf"),
@@ -731,6 +740,24 @@ def check_gpu_libraries(models: Sequence[str], params: Mapping[str, Mapping[str,
                     f"installed; use {option('device', 'cpu')} or {option('device', 'auto')}",
                 )
             )
+
+
+def solver_words(estimator: Any) -> str:
+    """The solver a fitted estimator ran, in words for classify's table: ``liblinear``, ``lbfgs``,
+    ``minibatch squared hinge + L-BFGS``, ``sgd hinge``, ...; ``''`` when the estimator's name says it all."""
+    kind = type(estimator).__name__
+    params = estimator.get_params()
+    if kind == "LinearSVC":
+        return "liblinear"
+    if kind == "LogisticRegression":
+        return str(params["solver"])
+    if kind == "SGDClassifier":
+        return f"sgd {params['loss']}"
+    if kind == "MinibatchLinearClassifier":
+        return f"minibatch {params['loss'].replace('_', ' ')}" + (" + L-BFGS" if params.get("polish") else "")
+    if kind == "SVC":
+        return f"libsvm {params['kernel']}"
+    return ""
 
 
 def trusted_types() -> tuple[str, ...]:

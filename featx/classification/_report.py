@@ -160,7 +160,7 @@ def format_results(run: ClassifyRun) -> str:
     best = run.best
     rows = [
         (
-            r.name + (" *" if r is best and len(run.results) > 1 else ""),
+            r.name + (f" ({r.method})" if r.method else "") + (" *" if r is best and len(run.results) > 1 else ""),
             f"{r.accuracy:.3f}",
             f"{r.balanced_accuracy:.3f}",
             f"{r.macro_f1:.3f}",

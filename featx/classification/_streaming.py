@@ -233,6 +233,10 @@ def stream_fit(name: str, learns: str, joined: JoinedFeatures, rows: np.ndarray,
                      + (" (settled)" if done else ""))
             if done:
                 break
+    if getattr(estimator, "polish", 0):  # L-BFGS from the minibatch solution: one read of the rows per pass
+        log.info(f"{name}: finishing by L-BFGS, at most {estimator.polish} passes over the training rows")
+        estimator.polish_blocks(lambda: ((normaliser.transform(joined.rows(chunk, buffer)), labels[chunk])
+                                         for chunk in chunks))
     return pipeline
 
 

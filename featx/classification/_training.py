@@ -38,7 +38,7 @@ from ._evaluation import Evaluation, check_components, plan_evaluation, search_f
 from ._join import JoinedFeatures, join_features
 from ._json import json_default
 from ._pipeline import build_pipeline, fit_in_place, transform_in_place
-from ._registry import BOOSTING, FAMILIES, ONE_PASS
+from ._registry import BOOSTING, FAMILIES, ONE_PASS, solver_words
 from ._report import classification_metrics, plot_confusion, predictions_frame
 from ._run import ClassifierResult, ClassifyRun
 from ._streaming import FitPlan, plan_fit, stream_fit, stream_predict
@@ -279,6 +279,7 @@ def _evaluate(
         warnings=fitter.warnings,
         fit_input=fitter.fit_input,
         solver=type(model.named_steps["clf"]).__name__,
+        method=solver_words(model.named_steps["clf"]),
         device=_fitted_device(model.named_steps["clf"]),
     )
 
