@@ -107,6 +107,10 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
     polish : int
         After the minibatch epochs, at most this many full-batch L-BFGS
         iterations on the same objective (:meth:`polish_blocks`); 0: none.
+    warm_start : bool
+        :meth:`fit` starts from the coefficients of the previous fit (same
+        classes and columns) instead of zeros: what the linear-probe
+        protocol does along its grid of ``C``.
 
     Attributes
     ----------
@@ -126,7 +130,7 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
 
     def __init__(self, loss: str = "squared_hinge", *, alpha: float = 1e-4, max_iter: int = 100, tol: float = 1e-3,
                  eta0: float = 1e-2, batch_size: int | None = None, random_state: int | None = None,
-                 device: str = "cpu", backend: str | None = None, polish: int = 0) -> None:
+                 device: str = "cpu", backend: str | None = None, polish: int = 0, warm_start: bool = False) -> None:
         self.loss = loss
         self.alpha = alpha
         self.max_iter = max_iter
@@ -137,6 +141,7 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
         self.device = device
         self.backend = backend
         self.polish = polish
+        self.warm_start = warm_start
 
     # ------------------------------------------------------------------ fitting
 
@@ -259,15 +264,20 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
         return X
 
     def _start(self, n_features: int, classes: np.ndarray) -> None:
+        shape = (classes.size, n_features)
+        warm = (self.warm_start and hasattr(self, "coef_") and self.coef_.shape == shape
+                and np.array_equal(self.classes_, classes))
         self.classes_ = classes
         self.n_features_in_ = n_features
-        shape = (classes.size, n_features)
-        self.coef_ = np.zeros(shape, dtype=np.float32)
-        self.intercept_ = np.zeros(classes.size, dtype=np.float32)
+        self.coef_ = np.array(self.coef_, dtype=np.float32) if warm else np.zeros(shape, dtype=np.float32)
+        self.intercept_ = (np.array(self.intercept_, dtype=np.float32) if warm
+                           else np.zeros(classes.size, dtype=np.float32))
         if self._backend() == "torch":
             from ._torch_linear import TorchAdam
 
             self._adam = TorchAdam(classes.size, n_features, self.device, (_BETA1, _BETA2), _EPS)
+            if warm:
+                self._adam.load(self.coef_, self.intercept_)
         else:
             self._adam = NumpyAdam(self.coef_, self.intercept_)
         self._t = 0

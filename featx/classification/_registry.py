@@ -79,6 +79,9 @@ __all__ = [
     "check_gpu_libraries",
     "trusted_types",
     "solver_words",
+    "Protocol",
+    "PROTOCOLS",
+    "protocol",
 ]
 
 
@@ -758,6 +761,66 @@ def solver_words(estimator: Any) -> str:
     if kind == "SVC":
         return f"libsvm {params['kernel']}"
     return ""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """An evaluation protocol of the literature that fixes how a family's regularisation is chosen.
+
+    Attributes
+    ----------
+    name : str
+        What ``protocol`` (``--protocol``) takes.
+    family : str
+        The family it fits.
+    param : str
+        The parameter it chooses ...
+    grid : (float, float, int)
+        ... among ``np.logspace(*grid)``, on a validation split carved from the training rows.
+    description : str
+    """
+
+    name: str
+    family: str
+    param: str
+    grid: tuple[float, float, int]
+    description: str
+
+
+#: The linear-probe protocol of Kornblith et al. 2019, CLIP, DINOv2 and ssl-transfer: L-BFGS softmax regression,
+#: C among 45 log-spaced values from 1e-6 to 1e5 (``np.logspace(-6, 5, 45)``), chosen on a validation split, then
+#: refitted on the training rows.
+PROTOCOLS: dict[str, Protocol] = {
+    "linear-probe": Protocol(
+        "linear-probe", "logreg", "C", (-6.0, 5.0, 45),
+        "L-BFGS softmax regression, C from 45 log-spaced values in [1e-6, 1e5] chosen on a validation split "
+        "(the store's val split next to test, else a stratified 20% of the training rows), refitted on train (+val)",
+    ),
+}
+
+
+def protocol(name: str | None, models: Sequence[str]) -> Protocol | None:
+    """The protocol *name* (None: none), checked against the chosen families.
+
+    Raises
+    ------
+    ConfigError
+        An unknown protocol, or one whose family is not among *models*.
+    """
+    if name is None:
+        return None
+    if name not in PROTOCOLS:
+        raise unknown_name(option("protocol"), name, list(PROTOCOLS))
+    chosen = PROTOCOLS[name]
+    if chosen.family not in models:
+        raise ConfigError(
+            message(
+                f"{option('protocol', name)} fits {chosen.family}, which is not among the classifiers chosen "
+                f"({', '.join(models)})",
+                hint=f"add it: {option('models', ','.join([*models, chosen.family]), flag='model')}",
+            )
+        )
+    return chosen
 
 
 def trusted_types() -> tuple[str, ...]:

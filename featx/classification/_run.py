@@ -154,6 +154,7 @@ class ClassifyRun:
                 "seed": config.seed,
                 "search": config.search,
                 "device": config.device,
+                "protocol": config.protocol,
                 "params": dict(config.params),
             },
             "inputs": [b.to_json() for b in self.inputs],

@@ -91,7 +91,7 @@ class FitPlan:
 
 
 def plan_fit(n_rows: int, n_features: int, memory: int, *, models: tuple[str, ...], params: dict, search: bool,
-             pca: int | None) -> FitPlan:
+             pca: int | None, protocol: str | None = None) -> FitPlan:
     """In memory when ``n_rows x n_features x 4`` bytes fit *memory*, else streaming.
 
     Parameters
@@ -108,6 +108,8 @@ def plan_fit(n_rows: int, n_features: int, memory: int, *, models: tuple[str, ..
         Grid search, which has no streaming fit.
     pca : int, optional
         PCA, which has no streaming fit here.
+    protocol : str, optional
+        The linear-probe protocol, which has none either.
 
     Returns
     -------
@@ -138,6 +140,7 @@ def plan_fit(n_rows: int, n_features: int, memory: int, *, models: tuple[str, ..
     unable = [m for m in models if not FAMILIES[m].can_stream(params[m])]
     refused = [option("search")] if search else []
     refused += [option("pca")] if pca is not None else []
+    refused += [option("protocol", protocol)] if protocol is not None else []  # 45 fits: each a pass per epoch
     if unable or refused:
         what = ", ".join(unable + refused)
         raise ClassifyError(

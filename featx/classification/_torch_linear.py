@@ -63,6 +63,13 @@ class TorchAdam:
         self._on_device = False
         self._arange = torch.arange(0, device=self.device)
 
+    def load(self, coef: np.ndarray, intercept: np.ndarray) -> None:
+        """Start from these coefficients (a warm start) instead of zeros."""
+        import torch
+
+        self.coef.copy_(torch.from_numpy(coef))
+        self.intercept.copy_(torch.from_numpy(intercept))
+
     # ------------------------------------------------------------------ the rows
 
     def source(self, X: np.ndarray, labels: np.ndarray, *, whole: bool = False) -> tuple[Any, Any]:

@@ -38,7 +38,8 @@ from ._evaluation import Evaluation, check_components, plan_evaluation, search_f
 from ._join import JoinedFeatures, join_features
 from ._json import json_default
 from ._pipeline import build_pipeline, fit_in_place, transform_in_place
-from ._registry import BOOSTING, FAMILIES, ONE_PASS, solver_words
+from ._protocol import choose, validation_rows
+from ._registry import BOOSTING, FAMILIES, ONE_PASS, protocol, solver_words
 from ._report import classification_metrics, plot_confusion, predictions_frame
 from ._run import ClassifierResult, ClassifyRun
 from ._streaming import FitPlan, plan_fit, stream_fit, stream_predict
@@ -59,6 +60,10 @@ class _Fitter:
         self.name = name
         self.family = FAMILIES[name]
         self.params = params
+        chosen = protocol(config.protocol, config.models)
+        # The protocol chooses this family's regularisation (the registry says which family it fits).
+        self.protocol = chosen if chosen is not None and chosen.family == name else None
+        self.protocol_summary: dict[str, Any] | None = None
         self.config = config
         self.joined = joined
         self.plan = plan
@@ -66,11 +71,11 @@ class _Fitter:
         self.warnings: list[str] = []
         self.fit_input = "blocks" if plan.streaming else "matrix"  # see ClassifierResult.fit_input
 
-    def make(self, n_rows: int):
+    def make(self, n_rows: int, params: dict[str, Any] | None = None):
         """The unfitted pipeline: the family's estimator for *n_rows* training rows (any, for a grid search)."""
         shape = {} if self.config.search else {"rows": n_rows, "features": self.joined.n_features}
-        estimator = self.family.build(self.params, self.config.seed, device=self.device,
-                                      streaming=self.plan.streaming, **shape)
+        estimator = self.family.build(self.params if params is None else params, self.config.seed,
+                                      device=self.device, streaming=self.plan.streaming, **shape)
         return build_pipeline(self.joined.blocks, self.config.normalize, self.config.pca, estimator, self.config.seed)
 
     def predict(self, model: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -97,18 +102,35 @@ class _Fitter:
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
-    def fit(self, rows: np.ndarray) -> tuple[Any, dict[str, Any] | None]:
+    def fit(self, rows: np.ndarray, evaluated: np.ndarray | None = None) -> tuple[Any, dict[str, Any] | None]:
         """Fit on *rows*; return the fitted pipeline and the search summary (or None).
 
         The training rows are read into one float32 matrix (the only copy)
         and normalised in place (:func:`fit_in_place`); a boosting family
         reads them block by block into its quantised matrix instead, and a
         streaming plan fits block by block (``Family.learns`` says how).
+        Under a protocol (:mod:`._protocol`), its value is chosen first on a
+        validation split (*evaluated*: the rows the fit will be evaluated
+        on, which say whether the stores' val split can validate), then the
+        model is refitted with it (:attr:`protocol_summary`).
         """
+        if self.protocol is not None:
+            fit_rows, val_rows, refit_rows, how = validation_rows(
+                self.joined, rows, np.zeros(0, np.int64) if evaluated is None else evaluated, self.config.seed
+            )
+            log.info(f"{self.name}: {self.protocol.name} protocol, validated on {how}")
+            summary = choose(self.protocol, self.params, self.joined, fit_rows, val_rows,
+                             lambda params, n: self.make(n, dict(params)), self.plan.block_rows, self._record)
+            self.protocol_summary = {**summary, "validation": how, "validation_rows": int(val_rows.size),
+                                     "refit_rows": int(refit_rows.size)}
+            return self._fit(refit_rows, {**self.params, self.protocol.param: summary["chosen"]})
+        return self._fit(rows, self.params)
+
+    def _fit(self, rows: np.ndarray, params: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.model_selection import GridSearchCV
 
-        estimator = self.make(len(rows))
+        estimator = self.make(len(rows), params)
         if self.family.learns == BOOSTING and not self.config.search:
             model, matrix = fit_xgboost(
                 estimator, self.joined, rows, block_rows=self.plan.block_rows, memory=self.plan.memory_budget,
@@ -128,7 +150,7 @@ class _Fitter:
         rows = np.sort(rows)
         X, y = self.joined.rows(rows), self.joined.labels[rows]
         if self.config.search:
-            grid = {f"clf__{k}": v for k, v in self.family.grid(self.params).items()}
+            grid = {f"clf__{k}": v for k, v in self.family.grid(params).items()}
             folds = search_folds(y, self.joined.classes, self.config.seed)
             estimator = GridSearchCV(estimator, grid, scoring="accuracy", cv=folds, error_score="raise")
         with warnings.catch_warnings(record=True) as caught:
@@ -223,7 +245,7 @@ def _evaluate(
     model = searched = None
     for k, (train, test) in enumerate(evaluation.folds):
         started = time.perf_counter()
-        model, searched = fitter.fit(train)
+        model, searched = fitter.fit(train, test)
         fit_times.append(time.perf_counter() - started)
         started = time.perf_counter()
         labels, proba_part = fitter.predict(model, test)
@@ -256,6 +278,8 @@ def _evaluate(
         title = f"{name}: accuracy {metrics['accuracy']:.3f} on {len(y_true):,} samples"
         confusion = plot_confusion(out / f"confusion-{name}.png", y_true, y_pred, joined.classes, title)
     used = dict(params, **(searched["best_params"] if searched else {}))
+    if fitter.protocol_summary is not None:  # the value the protocol chose (the saved model's, with cv)
+        used[fitter.protocol_summary["param"]] = fitter.protocol_summary["chosen"]
     artifact = save_classifier(
         out / f"classifier-{name}.zip", model, _manifest(name, used, searched, metrics, joined, config, evaluation)
     )
@@ -280,6 +304,7 @@ def _evaluate(
         fit_input=fitter.fit_input,
         solver=type(model.named_steps["clf"]).__name__,
         method=solver_words(model.named_steps["clf"]),
+        protocol=fitter.protocol_summary,
         device=_fitted_device(model.named_steps["clf"]),
     )
 
@@ -343,7 +368,7 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
     model_params = config.model_params
     plan = plan_fit(
         len(joined.ids), joined.n_features, resources.memory, models=config.models, params=model_params,
-        search=config.search, pca=config.pca,
+        search=config.search, pca=config.pca, protocol=config.protocol,
     )
     if plan.streaming:
         log.info(f"streaming fit in blocks of {plan.block_rows:,} rows: {plan.reason}")

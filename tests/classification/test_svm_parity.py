@@ -13,33 +13,12 @@ import json
 
 import numpy as np
 import pytest
-from classify_data import config_for
+from classify_data import config_for, parity_store
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from stores import write_store
 from featx.classification import run_classification
 from featx.classification._linear import MinibatchLinearClassifier
-
-
-def cnn_like(n: int, d: int, classes: int, seed: int, sep: float) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(classes, 32)) * sep
-    mixing = rng.normal(size=(32, d)) / np.sqrt(32)
-    y = rng.permutation(np.arange(n) % classes)
-    X = np.maximum((centres[y] + rng.normal(size=(n, 32))) @ mixing + 0.5 * rng.normal(size=(n, d)), 0)
-    return X.astype(np.float32), y
-
-
-def parity_store(folder, n_train: int, n_test: int, d: int, classes: int, seed: int, sep: float):
-    X, y = cnn_like(n_train + n_test, d, classes, seed, sep)
-    split = np.array(["train"] * n_train + ["val"] * n_test)
-    names = [f"c{c}" for c in range(classes)]
-    rows = sorted((f"{s}/{names[c]}/{i:05d}.jpg", c, s, i) for i, (c, s) in enumerate(zip(y, split)))
-    order = [r[3] for r in rows]
-    store = write_store(folder / "s.h5", [r[0] for r in rows], y[order], {"f": X[order]},
-                        splits=[r[2] for r in rows], classes=tuple(names))
-    return store, X[:n_train], y[:n_train], X[n_train:], y[n_train:]
 
 
 def linear_svc_accuracy(X_train, y_train, X_test, y_test) -> float:
