@@ -244,12 +244,13 @@ def stream_fit(name: str, learns: str, joined: JoinedFeatures, rows: np.ndarray,
 
 
 def stream_predict(model: Any, joined: JoinedFeatures, rows: np.ndarray, block_rows: int,
-                   proba: bool) -> tuple[np.ndarray, np.ndarray | None]:
+                   proba: bool, *, scores: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Predictions (and probabilities when *proba*) of *rows*, read in blocks.
 
     The rows are visited in store order (each block one sweep over a few
     windows of the stores, wherever the evaluation rows lie); the results come
-    back in the order of *rows*.
+    back in the order of *rows*.  With *scores*, the decision function
+    instead of the probabilities.
     """
     order = np.argsort(rows, kind="stable")
     predicted, probabilities = [], []
@@ -258,7 +259,7 @@ def stream_predict(model: Any, joined: JoinedFeatures, rows: np.ndarray, block_r
         block = joined.rows(chunk, buffer)
         predicted.append(np.asarray(model.predict(block), dtype=np.int64))
         if proba:
-            probabilities.append(model.predict_proba(block))
+            probabilities.append(model.decision_function(block) if scores else model.predict_proba(block))
     back = np.empty_like(order)
     back[order] = np.arange(order.size)
     labels = np.concatenate(predicted)[back]

@@ -52,6 +52,27 @@ log = logging.getLogger("featx")
 # --------------------------------------------------------------------------- fitting
 
 
+class _ViewTable:
+    """The joined samples one row per view, image-major: what the fits learn from when the stores hold training views.
+
+    Row ``i x views + v`` is view ``v`` of joined sample ``i`` (:meth:`JoinedFeatures.view_rows`), with its
+    sample's label, split and id: the fits and their streaming, boosting and protocol code read labels and rows
+    from it as from :class:`JoinedFeatures`, while the evaluation plans, predicts and reports per image.
+    """
+
+    def __init__(self, joined: JoinedFeatures) -> None:
+        self.joined = joined
+        self.views = joined.views
+        self.labels = np.repeat(joined.labels, joined.views)
+        self.splits = np.repeat(joined.splits, joined.views)
+        self.classes = joined.classes
+        self.blocks = joined.blocks
+        self.n_features = joined.n_features
+
+    def rows(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return self.joined.rows(rows, out)
+
+
 class _Fitter:
     """Fits one family, with optional grid search, recording convergence warnings."""
 
@@ -60,6 +81,9 @@ class _Fitter:
         self.name = name
         self.family = FAMILIES[name]
         self.params = params
+        self.images = joined  # per image; the fits read self.joined: per view with training views
+        self.views = joined.views
+        joined = _ViewTable(joined) if joined.views > 1 else joined
         chosen = protocol(config.protocol, config.models)
         # The protocol chooses this family's regularisation (the registry says which family it fits).
         self.protocol = chosen if chosen is not None and chosen.family == name else None
@@ -79,12 +103,22 @@ class _Fitter:
         return build_pipeline(self.joined.blocks, self.config.normalize, self.config.pca, estimator, self.config.seed)
 
     def predict(self, model: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Predicted class indices of *rows*, and their probabilities when the model has them.
+        """Predicted class indices of the samples *rows*, and their probabilities when the model has them.
 
         Read from the stores block by block on either path: the evaluation
-        rows are never held as one more matrix.
+        rows are never held as one more matrix.  With training views, each
+        sample's prediction is the mean over its views of the predicted
+        probabilities (of the decision function for a model without them).
         """
-        return stream_predict(model, self.joined, rows, self.plan.block_rows, hasattr(model, "predict_proba"))
+        has_proba = hasattr(model, "predict_proba")
+        if self.views == 1:
+            return stream_predict(model, self.joined, rows, self.plan.block_rows, has_proba)
+        _, scores = stream_predict(model, self.joined, self.images.view_rows(rows), self.plan.block_rows, True,
+                                   scores=not has_proba)
+        if scores.ndim == 1:  # a binary decision function: the second class's score
+            scores = np.stack([-scores, scores], axis=1)
+        mean = scores.reshape(len(rows), self.views, -1).mean(axis=1)
+        return np.argmax(mean, axis=1).astype(np.int64), mean if has_proba else None
 
     def _record(self, caught: list[warnings.WarningMessage]) -> None:
         """Keep (and log once) the convergence warnings of a fit; re-issue the others."""
@@ -116,15 +150,17 @@ class _Fitter:
         """
         if self.protocol is not None:
             fit_rows, val_rows, refit_rows, how = validation_rows(
-                self.joined, rows, np.zeros(0, np.int64) if evaluated is None else evaluated, self.config.seed
+                self.images, rows, np.zeros(0, np.int64) if evaluated is None else evaluated, self.config.seed
             )
+            counts = {"validation_rows": int(val_rows.size), "refit_rows": int(refit_rows.size)}  # images
+            # Validation and refit rows are carved per image: the views of an image stay together.
+            fit_rows, val_rows, refit_rows = (self.images.view_rows(r) for r in (fit_rows, val_rows, refit_rows))
             log.info(f"{self.name}: {self.protocol.name} protocol, validated on {how}")
             summary = choose(self.protocol, self.params, self.joined, fit_rows, val_rows,
                              lambda params, n: self.make(n, dict(params)), self.plan.block_rows, self._record)
-            self.protocol_summary = {**summary, "validation": how, "validation_rows": int(val_rows.size),
-                                     "refit_rows": int(refit_rows.size)}
+            self.protocol_summary = {**summary, "validation": how, **counts}
             return self._fit(refit_rows, {**self.params, self.protocol.param: summary["chosen"]})
-        return self._fit(rows, self.params)
+        return self._fit(self.images.view_rows(rows), self.params)
 
     def _fit(self, rows: np.ndarray, params: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
         from sklearn.exceptions import ConvergenceWarning
@@ -152,11 +188,15 @@ class _Fitter:
         if self.config.search:
             grid = {f"clf__{k}": v for k, v in self.family.grid(params).items()}
             folds = search_folds(y, self.joined.classes, self.config.seed)
+            if self.views > 1:  # inner folds of whole images: no image's view validates another of its views
+                from sklearn.model_selection import StratifiedGroupKFold
+
+                folds = StratifiedGroupKFold(folds.n_splits, shuffle=True, random_state=self.config.seed)
             estimator = GridSearchCV(estimator, grid, scoring="accuracy", cv=folds, error_score="raise")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             if self.config.search:  # each inner fold fits its own normaliser: the matrix stays as read
-                estimator.fit(X, y)
+                estimator.fit(X, y, **({"groups": rows // self.views} if self.views > 1 else {}))
             elif self.family.learns == ONE_PASS:  # by blocks, as exact as fit and without its copies of X
                 features, step = transform_in_place(estimator, X, self.plan.block_rows), self.plan.block_rows
                 blocks = ((features[i : i + step], y[i : i + step]) for i in range(0, len(y), step))
@@ -220,6 +260,7 @@ def _manifest(
         "classes": list(joined.classes),
         "inputs": [b.to_json() for b in joined.blocks],
         "n_features": int(joined.n_features),
+        "views": int(joined.views),  # training views: the features of an image are views x n_features columns
         "normalize": config.normalize,
         "pca": config.pca,
         "seed": config.seed,
@@ -367,7 +408,7 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
     evaluation = plan_evaluation(joined, cv=config.cv, test_size=config.test_size, seed=config.seed)
     model_params = config.model_params
     plan = plan_fit(
-        len(joined.ids), joined.n_features, resources.memory, models=config.models, params=model_params,
+        len(joined.ids) * joined.views, joined.n_features, resources.memory, models=config.models, params=model_params,
         search=config.search, pca=config.pca, protocol=config.protocol,
     )
     if plan.streaming:
@@ -379,6 +420,9 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
             log.warning(f"{len(ids):,} sample id(s) are missing from {spec} and left out (e.g. {ids[0]})")
     check_components(config.pca, joined, evaluation, search=config.search)
     out = _make_run_folder(config)
+    if joined.views > 1:
+        log.info(f"training views: {joined.views} per image; the fits learn from every view of the training images, "
+                 "each evaluation image is predicted by the mean over its views")
     log.info(
         f"{len(joined.ids):,} samples x {joined.n_features:,} features from "
         f"{' + '.join(f'{b.spec} ({b.dim:,})' for b in joined.blocks)}; {evaluation.description}"
