@@ -151,3 +151,26 @@ def test_predict_replays_the_extraction_and_the_vote(tmp_path, hymenoptera):
     assert list(result.predictions["predicted"]) == list(expected["predicted"])
     proba = ["proba_ants", "proba_bees"]
     np.testing.assert_allclose(result.predictions[proba].to_numpy(), expected[proba].to_numpy(), atol=1e-6)
+
+
+def test_the_torch_kernel_is_the_numpy_one():
+    """The GPU path's code, run on torch's CPU kernels: the same neighbours, blocks moved or the matrix there whole."""
+    from featx.classification._torch_linear import knn_device_matrix, knn_top_k
+
+    rng = np.random.default_rng(2)
+    queries, train = rng.standard_normal((9, 6)).astype(np.float32), rng.standard_normal((70, 6)).astype(np.float32)
+    sims, rows = top_k_numpy(queries, train, 5, block_rows=16)
+    for matrix in (train, knn_device_matrix(train, "cpu")):
+        got_sims, got_rows = knn_top_k(queries, matrix, 5, "cpu", 16)
+        np.testing.assert_array_equal(np.sort(got_rows, axis=1), np.sort(rows, axis=1))
+        np.testing.assert_allclose(np.sort(got_sims, axis=1), np.sort(sims, axis=1), rtol=1e-6)
+
+
+def test_a_cuda_knn_predicts_on_the_cpu_where_there_is_no_gpu(monkeypatch):
+    from featx import devices
+
+    monkeypatch.setattr(devices, "cuda_device_count", lambda: 0)
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_normal((40, 4)), np.arange(40) % 2
+    np.testing.assert_array_equal(KNNVote(k=5, device="cuda").fit(X, y).predict_proba(X),
+                                  KNNVote(k=5).fit(X, y).predict_proba(X))

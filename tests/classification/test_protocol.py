@@ -16,7 +16,7 @@ from sklearn.preprocessing import StandardScaler
 
 from stores import write_store
 from featx.classification import ClassifyConfig, format_results, run_classification
-from featx.classification import _registry
+import featx.classification._registry as _registry
 from featx.classification._linear import MinibatchLinearClassifier
 from featx.errors import ClassifyError, ConfigError
 
