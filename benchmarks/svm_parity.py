@@ -73,7 +73,8 @@ def main() -> None:
             seconds = time.perf_counter() - started
             accuracy = float(model.score(test, y[n:]))
             reference = accuracy if reference is None else reference
-            print(f"{f'{n:,} x {d:,}, {k} classes':>24}  {name:<34} {accuracy:8.4f} {100 * (accuracy - reference):+6.2f} "
+            shape = f"{n:,} x {d:,}, {k} classes"
+            print(f"{shape:>24}  {name:<34} {accuracy:8.4f} {100 * (accuracy - reference):+6.2f} "
                   f"{objective(model, train, y[:n]):10.5g} {seconds:6.1f}", flush=True)
 
 
