@@ -297,8 +297,8 @@ def _add_classify(sub: argparse._SubParsersAction, parents: list[argparse.Argume
         "repeat to concatenate several inputs, joined on sample id",
     )
     p.add_argument(
-        "--model", default="svm", metavar="NAME[,NAME...]",
-        help=f"classifier(s), comma-separated: {', '.join(FAMILIES)} (default: svm)",
+        "--model", metavar="NAME[,NAME...]",
+        help=f"classifier(s), comma-separated: {', '.join(FAMILIES)} (default: svm; logreg with --protocol)",
     )
     p.add_argument(
         "--normalize", choices=NORMALIZERS, default="standard",
@@ -312,6 +312,12 @@ def _add_classify(sub: argparse._SubParsersAction, parents: list[argparse.Argume
     p.add_argument("--cv", type=int, metavar="K", help="stratified K-fold cross-validation over all labelled samples")
     p.add_argument("--seed", type=int, default=0, help="seed of the splits and the classifiers (default: 0)")
     p.add_argument("--search", action="store_true", help="cross-validated grid search over the main parameters")
+    p.add_argument(
+        "--protocol", choices=("linear-probe",),
+        help="linear-probe: logreg (L-BFGS) with C chosen among 45 log-spaced values in [1e-6, 1e5] on a validation "
+        "split (the store's val split next to test, else 20%% of the training rows), then refitted; the validation "
+        "curve is reported",
+    )
     p.add_argument("--out", type=Path, metavar="DIR", help="run folder (default: a new runs/<timestamp>/)")
     p.add_argument("--no-plots", action="store_true", help="do not draw confusion matrices")
     p.add_argument(
@@ -331,7 +337,7 @@ def _run_classify(args: argparse.Namespace) -> int:
     params = {name: getattr(args, f"param_{name}") for name in all_params()}
     config = ClassifyConfig(
         features=tuple(args.features),
-        models=args.model,
+        models=args.model or ("logreg" if args.protocol else "svm"),
         normalize=args.normalize,
         pca=args.pca,
         test_size=args.test_size,
@@ -343,6 +349,7 @@ def _run_classify(args: argparse.Namespace) -> int:
         plots=not args.no_plots,
         memory=args.memory,
         device=args.device,
+        protocol=args.protocol,
     )
     print(format_results(run_classification(config)))
     return 0

@@ -271,11 +271,12 @@ def predict_images(
         )
     rows = np.flatnonzero(usable)
     X = np.concatenate([columns[i][rows] for i in range(len(clf.blocks))], axis=1)
-    if X.shape[1] != clf.manifest["n_features"]:
+    width = clf.manifest["n_features"] * clf.views  # trained on views: every view of each image, averaged
+    if X.shape[1] != width:
         raise ClassifyError(
             message(
                 "the number of feature columns of the new images",
-                allowed=f"the classifier's {clf.manifest['n_features']:,}",
+                allowed=f"the classifier's {width:,}",
                 got=X.shape[1],
                 hint="the extraction does not reproduce the training features",
             )

@@ -170,19 +170,19 @@ def test_bad_options():
     with pytest.raises(
         DemoError,
         match=r"^classifiers must be comma-separated classifier families, each one of svm, logreg, bayes, "
-        r"xgboost, mlp; got 'svm,knn'$",
+        r"xgboost, mlp, knn; got 'svm,knm'$",
     ):
-        DemoConfig(classifiers=("svm", "knn"))
+        DemoConfig(classifiers=("svm", "knm"))
 
 
 def test_cli_refuses_an_unknown_classifier_before_any_work(tmp_path, run_cli):
     code, out, err = run_cli(
-        "demo", "--classifiers", "svm,knn", "--data", tmp_path / "digits", "--features-dir", tmp_path / "f",
+        "demo", "--classifiers", "svm,knm", "--data", tmp_path / "digits", "--features-dir", tmp_path / "f",
         "--runs-dir", tmp_path / "r", "--offline",
     )
     assert code == 2 and out == ""
     assert err == (
         "error: --classifiers must be comma-separated classifier families, each one of svm, logreg, bayes, "
-        "xgboost, mlp; got 'svm,knn'\n"
+        "xgboost, mlp, knn; got 'svm,knm'\n"
     )
     assert not (tmp_path / "digits").exists() and not (tmp_path / "f").exists()

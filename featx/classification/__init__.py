@@ -16,6 +16,8 @@ evaluation, training, saved classifiers and reports.
 ``_linear``         :class:`MinibatchLinearClassifier`: the linear svm and streamed
                     logreg, minibatch Adam on BLAS products (``_torch_linear``: on a GPU)
 ``_bayes``          :class:`GaussianNaiveBayes`: GaussianNB predicted by matrix products
+``_knn``            ``KNNVote``: DINO's weighted kNN vote, exact by blocks of the training rows
+``_protocol``       the linear-probe protocol: ``C`` chosen on a validation split, then a refit
 ``_training``       :func:`run_classification`: fit, evaluate, write the run folder
 ``_run``            what a run did (:class:`ClassifyRun`) and its ``results.json``
 ``_artifact``       saved classifiers without pickle: :func:`save_classifier`, :func:`load_classifier`

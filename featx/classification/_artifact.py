@@ -97,13 +97,42 @@ class FittedClassifier:
     def has_proba(self) -> bool:
         return hasattr(self.pipeline, "predict_proba")
 
+    @property
+    def views(self) -> int:
+        """Training views per image (1: none); see :meth:`predict_proba`."""
+        return int(self.manifest.get("views", 1))
+
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Class indices (into :attr:`classes`) of ``X`` ``(n_samples, n_features)``."""
+        if self.views > 1 and np.shape(X)[1] != self.manifest.get("n_features"):
+            return np.argmax(self._view_mean(X), axis=1).astype(np.int64)
         return np.asarray(self.pipeline.predict(X), dtype=np.int64)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray | None:
-        """Per-class probabilities ``(n_samples, n_classes)``, or ``None`` for a model without them."""
-        return np.asarray(self.pipeline.predict_proba(X), dtype=np.float64) if self.has_proba else None
+        """Per-class probabilities ``(n_samples, n_classes)``, or ``None`` for a model without them.
+
+        A classifier trained on training views takes one row per view
+        (``n_features`` columns), or one row per image with every view
+        (``views x n_features`` columns, each input's views one after the
+        other, as its store holds them): then each image's probabilities are
+        the mean over its views.
+        """
+        if not self.has_proba:
+            return None
+        if self.views > 1 and np.shape(X)[1] != self.manifest.get("n_features"):
+            return self._view_mean(X)
+        return np.asarray(self.pipeline.predict_proba(X), dtype=np.float64)
+
+    def _view_mean(self, X: np.ndarray) -> np.ndarray:
+        """Rows of every view of each image -> the mean over its views of the probabilities (or decision scores)."""
+        from ._join import views_as_rows
+
+        rows = views_as_rows(np.asarray(X), [int(b["dim"]) for b in self.blocks], self.views)
+        scores = self.pipeline.predict_proba(rows) if self.has_proba else self.pipeline.decision_function(rows)
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.ndim == 1:
+            scores = np.stack([-scores, scores], axis=1)
+        return scores.reshape(len(X), self.views, -1).mean(axis=1)
 
 
 # skops.io lists scikit-learn's estimators when it is imported (sklearn.utils.all_estimators walks every

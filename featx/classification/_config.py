@@ -23,7 +23,7 @@ from .. import devices
 from ..errors import ConfigError, message, option
 from ._join import check_feature_specs
 from ._pipeline import NORMALIZERS
-from ._registry import check_gpu_libraries, parse_models, resolve_params, unknown_name
+from ._registry import check_gpu_libraries, parse_models, protocol, resolve_params, unknown_name
 
 __all__ = ["ClassifyConfig", "ClassifyResources", "parse_memory", "available_memory"]
 
@@ -130,6 +130,10 @@ class ClassifyConfig:
         Where the families that can use a GPU fit (svm and logreg through
         torch, xgboost): ``auto`` is the GPU when the CUDA driver sees one.
         On the CPU no torch is imported.
+    protocol : {'linear-probe'}, optional
+        How the protocol's family chooses its regularisation (the registry's
+        ``PROTOCOLS``): ``linear-probe`` fits logreg with ``C`` chosen among
+        45 log-spaced values on a validation split, then refitted.
 
     Raises
     ------
@@ -159,6 +163,7 @@ class ClassifyConfig:
     plots: bool = True
     memory: int | str | None = None
     device: str = "auto"
+    protocol: str | None = None
 
     def __post_init__(self) -> None:
         # Checks only, and the given values in the types the fields declare (models, features, memory).
@@ -185,6 +190,10 @@ class ClassifyConfig:
         if self.memory is not None:
             object.__setattr__(self, "memory", parse_memory(self.memory))
         resolve_params(self.models, self.params)  # the one check of the classifiers' parameters
+        chosen = protocol(self.protocol, self.models)
+        if chosen is not None and self.search:
+            raise ConfigError(message(f"{option('protocol', self.protocol)} and {option('search')} both choose the "
+                                      "regularisation", hint="use one of them"))
         devices.parse_device(self.device)
 
     @property

@@ -23,7 +23,8 @@ import numpy as np
 from ..errors import ClassifyError, ConfigError, StoreError, choices, close_matches, message, option
 from ..store import FeatureStore, open_store
 
-__all__ = ["FeatureBlock", "JoinedFeatures", "parse_feature_spec", "check_feature_specs", "join_features"]
+__all__ = ["FeatureBlock", "JoinedFeatures", "parse_feature_spec", "check_feature_specs", "join_features",
+           "views_as_rows"]
 
 # Root attributes that say how a block's features were computed; kept with
 # every classifier so that `predict` can compute the same features again.
@@ -52,6 +53,10 @@ class FeatureBlock:
         Model, weights, preprocessing and data attributes of the store.
     layer_info : dict
         ``node``, ``pool``, ``requested``, ``precision``, ``dtype`` of the layer.
+    views : int
+        Views per image of a layer extracted with training views (its dataset's
+        ``views`` attribute): the store row holds ``views x dim`` columns, view
+        after view; ``dim`` is one view's.
     """
 
     spec: str
@@ -61,6 +66,7 @@ class FeatureBlock:
     start: int
     provenance: dict[str, Any]
     layer_info: dict[str, Any]
+    views: int = 1
 
     @property
     def columns(self) -> slice:
@@ -72,6 +78,7 @@ class FeatureBlock:
             "store": str(self.store),
             "layer": self.layer,
             "dim": self.dim,
+            "views": self.views,
             "start": self.start,
             "provenance": self.provenance,
             "layer_info": self.layer_info,
@@ -108,20 +115,35 @@ class JoinedFeatures:
     blocks: list[FeatureBlock]
     missing: dict[str, list[str]] = field(default_factory=dict)
     sources: list[_Source] = field(default_factory=list, repr=False)
+    views: int = 1
 
     def load(self) -> None:
         """Read every input into ``X``: one float32 matrix, filled store by store in contiguous row blocks.
+
+        With training views, ``X`` holds one row per view (:meth:`view_rows`).
 
         Raises
         ------
         ClassifyError
             An input holds NaN or infinite features.
         """
+        if self.views > 1:
+            self.check()
+            self.X = self.rows(np.arange(self.ids.size * self.views))
+            return
         X = np.empty((self.ids.size, self.n_features), dtype=np.float32)
         for source in self.sources:
             with open_store(source.path) as store:
                 _scan(store, source, self.ids, X)
         self.X = X
+
+    def view_rows(self, images: np.ndarray) -> np.ndarray:
+        """The rows of :meth:`rows` that hold the views of *images* (joined sample indices): ``image x views + v``.
+
+        Without training views (``views == 1``) these are *images* themselves.
+        """
+        images = np.asarray(images, dtype=np.int64)
+        return (images[:, None] * self.views + np.arange(self.views)).ravel()
 
     def check(self) -> None:
         """Check, block by block, that every input is finite, keeping nothing (what :meth:`load` checks)."""
@@ -145,7 +167,10 @@ class JoinedFeatures:
         Parameters
         ----------
         rows : ndarray of int, (n_rows,)
-            Indices into the joined samples (increasing ones read in one sweep).
+            Indices into the joined samples (increasing ones read in one sweep);
+            with training views, into their views (:meth:`view_rows`): row
+            ``i x views + v`` is view ``v`` of sample ``i``, read from the
+            store row of sample ``i``.
         out : ndarray of float32, (>= n_rows, n_features), optional
             A buffer reused from block to block.
 
@@ -157,10 +182,26 @@ class JoinedFeatures:
         if self.X is not None:
             return self.X[rows]
         block = (np.empty((rows.size, self.n_features), dtype=np.float32) if out is None else out[: rows.size])
+        images, view = (rows // self.views, rows % self.views) if self.views > 1 else (rows, None)
         for source in self.sources:
             with open_store(source.path) as store:
-                _read_windows(store, source, source.rows[rows], block)
+                _read_windows(store, source, source.rows[images], block, view)
         return block
+
+
+def views_as_rows(X: np.ndarray, dims: Sequence[int], views: int) -> np.ndarray:
+    """Images with every view (each input's ``views x dim`` columns, view after view) -> one row per view.
+
+    Row ``i x views + v`` of the result is view ``v`` of image ``i``: the layout :meth:`JoinedFeatures.rows` reads.
+    """
+    n = X.shape[0]
+    out = np.empty((n * views, sum(dims)), dtype=np.float32)
+    start = column = 0
+    for dim in dims:
+        out[:, column : column + dim] = X[:, start : start + views * dim].reshape(n * views, dim)
+        start += views * dim
+        column += dim
+    return out
 
 
 def parse_feature_spec(spec: str | os.PathLike) -> tuple[Path, str | None]:
@@ -270,6 +311,24 @@ def _warn_data_roots(stores: list[FeatureStore]) -> None:
     )
 
 
+def _views(store: FeatureStore, layer: str) -> int:
+    """Training views per image of a layer: its ``views`` attribute (1 when absent), checked against its width."""
+    info = store.layer_info(layer)
+    views = info.get("views", 1)
+    width = int(info["shape"][1])
+    if isinstance(views, (bool, np.bool_)) or not isinstance(views, (int, np.integer)) or views < 1 \
+            or width % int(views):
+        raise StoreError(
+            message(
+                f"the 'views' attribute of layer '{layer}' in store '{store.path}'",
+                allowed=f"a positive integer that divides its {width} columns",
+                got=views,
+                hint="re-extract the store",
+            )
+        )
+    return int(views)
+
+
 #: Rows read from a store at a time: one contiguous h5py read each (~8 MiB at 2,048 float32 columns).
 READ_ROWS = 1024
 
@@ -296,13 +355,15 @@ class _Source:
     columns: slice
 
 
-def _read_windows(store: FeatureStore, source: _Source, wanted: np.ndarray, out: np.ndarray) -> None:
+def _read_windows(store: FeatureStore, source: _Source, wanted: np.ndarray, out: np.ndarray,
+                  view: np.ndarray | None = None) -> None:
     """Write store rows *wanted* of one layer into ``out[:, source.columns]``, row ``i`` from ``wanted[i]``.
 
     The wanted rows are visited in store order, in contiguous windows of at
     most :data:`READ_ROWS` rows that start at a wanted row: dense selections
     (a training split, a block of a streaming fit) are read in one sweep,
-    scattered ones window by window.
+    scattered ones window by window.  With *view*, out row ``i`` is view
+    ``view[i]`` of store row ``wanted[i]`` (its columns ``[v D, (v + 1) D)``).
     """
     order = np.argsort(wanted, kind="stable")
     ordered = wanted[order]
@@ -312,7 +373,11 @@ def _read_windows(store: FeatureStore, source: _Source, wanted: np.ndarray, out:
         j = int(np.searchsorted(ordered, low + READ_ROWS, side="left"))
         high = int(ordered[j - 1]) + 1
         window = store.features(source.layer, slice(low, high))
-        out[order[i:j], source.columns] = window[ordered[i:j] - low]  # cast to float32 in place (float16 stores)
+        if view is None:
+            out[order[i:j], source.columns] = window[ordered[i:j] - low]  # cast to float32 in place (float16 stores)
+        else:  # (rows, views x D) -> (rows, views, D): one view of each row
+            views = window.reshape(window.shape[0], -1, source.columns.stop - source.columns.start)
+            out[order[i:j], source.columns] = views[ordered[i:j] - low, view[order[i:j]]]
         i = j
 
 
@@ -424,9 +489,18 @@ def join_features(specs: Sequence[str | os.PathLike], *, load: bool = True) -> J
         blocks: list[FeatureBlock] = []
         sources: list[_Source] = []
         start = 0
-        for store, layer, label, r in zip(stores, layers, labels_of, rows):
+        views = [_views(store, layer) for store, layer in zip(stores, layers)]
+        if len(set(views)) > 1:
+            described = ", ".join(f"'{label}' {v}" for label, v in zip(labels_of, views))
+            raise ClassifyError(
+                message(
+                    f"the feature inputs have different training views per image ({described})",
+                    hint="join stores extracted with the same views",
+                )
+            )
+        for store, layer, label, r, v in zip(stores, layers, labels_of, rows, views):
             info = store.layer_info(layer)
-            dim = int(info["shape"][1])
+            dim = int(info["shape"][1]) // v
             blocks.append(
                 FeatureBlock(
                     spec=label,
@@ -436,6 +510,7 @@ def join_features(specs: Sequence[str | os.PathLike], *, load: bool = True) -> J
                     start=start,
                     provenance=store.provenance,
                     layer_info={k: info.get(k) for k in LAYER_KEYS},
+                    views=v,
                 )
             )
             sources.append(_Source(store.path, layer, r, slice(start, start + dim)))
@@ -453,6 +528,7 @@ def join_features(specs: Sequence[str | os.PathLike], *, load: bool = True) -> J
         blocks=blocks,
         missing=missing,
         sources=sources,
+        views=views[0],
     )
     if load:
         joined.load()

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,10 @@ BACKENDS = ("numpy", "torch")
 HALVINGS = 4
 #: Minibatches of an epoch after which the step halves, whatever the objective did.
 ANNEAL_STEPS = 256
+#: Values (rows x columns) of the in-memory matrix's slices in a polishing pass (64 MiB of float32).
+POLISH_BLOCK_VALUES = 1 << 24
+#: L-BFGS's ``ftol`` when polishing: the relative change of the objective at which it stops.
+POLISH_TOL = 1e-9
 #: Rows per minibatch: large enough for the matrix products to run at BLAS speed ...
 MAX_BATCH = 1024
 #: ... and at least this many steps per epoch on small training sets.
@@ -99,6 +104,13 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
         The arrays the fit computes with: by default numpy on ``'cpu'`` and
         torch elsewhere; ``'torch'`` with ``device='cpu'`` runs the torch
         code on torch's CPU kernels.
+    polish : int
+        After the minibatch epochs, at most this many full-batch L-BFGS
+        iterations on the same objective (:meth:`polish_blocks`); 0: none.
+    warm_start : bool
+        :meth:`fit` starts from the coefficients of the previous fit (same
+        classes and columns) instead of zeros: what the linear-probe
+        protocol does along its grid of ``C``.
 
     Attributes
     ----------
@@ -118,7 +130,7 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
 
     def __init__(self, loss: str = "squared_hinge", *, alpha: float = 1e-4, max_iter: int = 100, tol: float = 1e-3,
                  eta0: float = 1e-2, batch_size: int | None = None, random_state: int | None = None,
-                 device: str = "cpu", backend: str | None = None) -> None:
+                 device: str = "cpu", backend: str | None = None, polish: int = 0, warm_start: bool = False) -> None:
         self.loss = loss
         self.alpha = alpha
         self.max_iter = max_iter
@@ -128,6 +140,8 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.device = device
         self.backend = backend
+        self.polish = polish
+        self.warm_start = warm_start
 
     # ------------------------------------------------------------------ fitting
 
@@ -149,6 +163,54 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
                     batch = order[start : start + size]
                     self._step(rows[batch], targets[batch])
                 self.end_epoch()
+        del rows, targets
+        if self.polish:
+            step = max(1, POLISH_BLOCK_VALUES // max(X.shape[1], 1))
+            self.polish_blocks(lambda: ((X[i : i + step], labels[i : i + step]) for i in range(0, X.shape[0], step)))
+        return self
+
+    def polish_blocks(self, blocks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]) -> MinibatchLinearClassifier:
+        """Finish the fit by full-batch L-BFGS from the minibatch solution, at most ``polish`` iterations.
+
+        Why: the minibatch fit reaches the accuracy of the optimum's
+        neighbourhood in a few epochs, but on the flat, ill-conditioned
+        objectives of a small ``alpha`` its steps shrink before the optimum
+        (its objective stays a few per cent above scikit-learn's, and its
+        accuracy up to a point away).  L-BFGS on the exact objective, warm
+        started there, reaches the optimum in tens of passes.  Each
+        evaluation is one pass over *blocks* (``blocks()`` yields
+        ``(rows, class indices)``: the in-memory matrix by slices, or blocks
+        read and normalised from the stores), float32 products, float64 sums.
+        """
+        from scipy.optimize import minimize
+
+        shape = self.coef_.shape
+        size = self.coef_.size
+
+        def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            coef = theta[:size].reshape(shape).astype(np.float32)
+            intercept = theta[size:].astype(np.float32)
+            value, grad_coef, grad_intercept, n = 0.0, np.zeros(shape), np.zeros(shape[0]), 0
+            for X, labels in blocks():
+                with _blas_threads(X.shape[0], shape[1], shape[0]):
+                    part, g_coef, g_intercept = _batch_loss(np.asarray(X, dtype=np.float32), labels, coef, intercept,
+                                                            self.loss)
+                value += part
+                grad_coef += g_coef
+                grad_intercept += g_intercept
+                n += X.shape[0]
+            theta64 = theta[:size].reshape(shape)
+            value = value / n + 0.5 * self.alpha * float(np.vdot(theta64, theta64))
+            grad_coef = grad_coef / n + self.alpha * theta64
+            return value, np.concatenate([grad_coef.ravel(), grad_intercept / n])
+
+        start = np.concatenate([self.coef_.ravel(), self.intercept_]).astype(np.float64)
+        result = minimize(objective, start, jac=True, method="L-BFGS-B",
+                          options={"maxiter": int(self.polish), "ftol": POLISH_TOL, "gtol": 0.0})
+        self.coef_ = result.x[:size].reshape(shape).astype(np.float32)
+        self.intercept_ = result.x[size:].astype(np.float32)
+        self.objective_ = float(result.fun)
+        self.polish_iter_ = int(result.nit)
         return self
 
     def partial_fit(self, X: np.ndarray, y: np.ndarray, classes: np.ndarray | None = None) -> MinibatchLinearClassifier:
@@ -202,15 +264,20 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
         return X
 
     def _start(self, n_features: int, classes: np.ndarray) -> None:
+        shape = (classes.size, n_features)
+        warm = (self.warm_start and hasattr(self, "coef_") and self.coef_.shape == shape
+                and np.array_equal(self.classes_, classes))
         self.classes_ = classes
         self.n_features_in_ = n_features
-        shape = (classes.size, n_features)
-        self.coef_ = np.zeros(shape, dtype=np.float32)
-        self.intercept_ = np.zeros(classes.size, dtype=np.float32)
+        self.coef_ = np.array(self.coef_, dtype=np.float32) if warm else np.zeros(shape, dtype=np.float32)
+        self.intercept_ = (np.array(self.intercept_, dtype=np.float32) if warm
+                           else np.zeros(classes.size, dtype=np.float32))
         if self._backend() == "torch":
             from ._torch_linear import TorchAdam
 
             self._adam = TorchAdam(classes.size, n_features, self.device, (_BETA1, _BETA2), _EPS)
+            if warm:
+                self._adam.load(self.coef_, self.intercept_)
         else:
             self._adam = NumpyAdam(self.coef_, self.intercept_)
         self._t = 0
@@ -270,6 +337,29 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
         np.exp(scores, out=scores)
         scores /= scores.sum(axis=1, keepdims=True)
         return scores
+
+
+def _batch_loss(X: np.ndarray, labels: np.ndarray, coef: np.ndarray, intercept: np.ndarray, loss: str
+                ) -> tuple[float, np.ndarray, np.ndarray]:
+    """Summed loss of rows *X* and its gradients in ``coef`` and ``intercept`` (float32 products, float64 sums)."""
+    rows = np.arange(X.shape[0])
+    scores = X @ coef.T
+    scores += intercept
+    if loss == "log_loss":
+        scores -= scores.max(axis=1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=1, keepdims=True)
+        total = -float(np.log(np.maximum(scores[rows, labels], 1e-30)).sum(dtype=np.float64))
+        scores[rows, labels] -= 1.0
+        grad = scores
+    else:  # the numpy backend's squared hinge
+        scores[rows, labels] *= -1.0
+        margin = np.maximum(scores + 1.0, 0.0)
+        total = float(np.vdot(margin.astype(np.float64), margin))
+        margin *= 2.0
+        margin[rows, labels] *= -1.0
+        grad = margin
+    return total, (grad.T @ X).astype(np.float64), grad.sum(axis=0, dtype=np.float64)
 
 
 class NumpyAdam:

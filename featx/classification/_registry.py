@@ -25,10 +25,10 @@ read.  The registry imports neither scikit-learn nor xgboost (they load when
 an estimator is built), so the command line builds its options from it cheaply.
 
 ========  ==============================================================
-svm       a linear SVM (``kernel='linear'``): ``LinearSVC``'s one-vs-rest squared
-          hinge objective, fitted by minibatch Adam on BLAS products
-          (:mod:`._linear`), or ``SGDClassifier``'s hinge with fewer rows than
-          columns; or ``SVC`` with an RBF kernel (``kernel='rbf'``)
+svm       a linear SVM (``kernel='linear'``): ``LinearSVC`` (liblinear) with fewer
+          rows than columns in memory, else its one-vs-rest squared hinge
+          objective fitted by minibatch Adam on BLAS products then L-BFGS
+          (:mod:`._linear`); or ``SVC`` with an RBF kernel (``kernel='rbf'``)
 logreg    multinomial ``LogisticRegression`` (lbfgs); the same softmax
           objective by the minibatch fit of :mod:`._linear` when streaming, on
           a GPU, or from :data:`LBFGS_MAX_VALUES` training values
@@ -36,6 +36,9 @@ bayes     ``GaussianNB`` (:mod:`._bayes`: its prediction by matrix products)
 xgboost   ``XGBClassifier``, ``tree_method='hist'``, every core, early stopping on
           a held-out tenth of the training rows (:mod:`._boosting`), 64
           histogram bins, on CUDA when the run's device is a GPU
+knn       DINO's kNN probe (:mod:`._knn`): cosine similarity on L2-normalised
+          rows, the ``k`` nearest vote with weights ``exp(s / temperature)``;
+          exact, by blocks of the training rows (through torch on a GPU)
 mlp       ``MLPClassifier``: a few dense layers on top of the frozen features
 ========  ==============================================================
 
@@ -75,6 +78,10 @@ __all__ = [
     "streaming_families",
     "check_gpu_libraries",
     "trusted_types",
+    "solver_words",
+    "Protocol",
+    "PROTOCOLS",
+    "protocol",
 ]
 
 
@@ -347,27 +354,34 @@ def _alpha(params: Mapping[str, Any], rows: int) -> float:
     return 1.0 / (params["C"] * max(rows, 1))
 
 
-# With fewer rows than columns the classes are separable and the minibatch squared hinge stops short of
-# logreg's accuracy; SGDClassifier's per-row hinge updates ('optimal' steps) converge there in a few seconds.
-# It stops after 5 epochs improving the training loss by less than tol.
-_SGD_TOL = 1e-3
-_SGD_PATIENCE = 5
+#: L-BFGS iterations that finish the minibatch svm (``MinibatchLinearClassifier.polish``): from the minibatch
+#: solution, LinearSVC's optimum is reached in a few tens of full passes (benchmarks/README.md).
+SVM_POLISH_ITER = 50
 
 
 def _make_svm(params: Mapping[str, Any], seed: int, fit: Fit):
-    """``SVC`` (rbf); the linear SVM: ``SGDClassifier`` in memory with fewer rows than columns, else minibatch."""
+    """``SVC`` (rbf); the linear SVM: ``LinearSVC`` in memory with fewer rows than columns, else minibatch.
+
+    With fewer rows than columns liblinear's dual coordinate descent is
+    ``LinearSVC`` itself, exact and fast (its cost grows with the rows; it
+    works on a float64 copy of the matrix, small at such shapes).  With more
+    rows, streamed or on a GPU, the minibatch squared hinge of :mod:`._linear`
+    (the same objective, ``alpha = 1 / (C n)``), finished by
+    :data:`SVM_POLISH_ITER` L-BFGS iterations so that it reaches
+    ``LinearSVC``'s optimum and accuracy.
+    """
     if params["kernel"] != "linear":
         from sklearn.svm import SVC
 
         return SVC(kernel="rbf", C=params["C"], gamma=params["gamma"], max_iter=-1, random_state=seed)
     if fit.rows is not None and fit.rows < fit.features and not fit.streaming:
-        from sklearn.linear_model import SGDClassifier
+        from sklearn.svm import LinearSVC
 
-        return SGDClassifier(
-            loss="hinge", alpha=_alpha(params, fit.rows), max_iter=params["max_iter"], tol=_SGD_TOL,
-            learning_rate="optimal", n_iter_no_change=_SGD_PATIENCE, n_jobs=-1, random_state=seed,
-        )
-    return _minibatch("squared_hinge", params, seed, fit)
+        return LinearSVC(C=params["C"], dual=True, max_iter=params["max_iter"], random_state=seed)
+    estimator = _minibatch("squared_hinge", params, seed, fit)
+    if fit.rows is not None:  # the run's fit, not a grid search's inner ones
+        estimator.set_params(polish=SVM_POLISH_ITER)
+    return estimator
 
 
 def _svm_grid(params: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -451,6 +465,14 @@ def _load_booster(data: bytes) -> Any:
     return model
 
 
+def _make_knn(params: Mapping[str, Any], seed: int, fit: Fit):
+    """DINO's kNN vote (:mod:`._knn`).  In a run's fit it keeps the run's training matrix, normalised in place;
+    a grid search's inner fits copy theirs (their matrix may be a view of the search's)."""
+    from ._knn import KNNVote
+
+    return KNNVote(k=params["k"], temperature=params["temperature"], device=fit.device, copy=fit.rows is None)
+
+
 def _make_mlp(params: Mapping[str, Any], seed: int, fit: Fit):
     from sklearn.neural_network import MLPClassifier
 
@@ -465,7 +487,8 @@ def _make_mlp(params: Mapping[str, Any], seed: int, fit: Fit):
 FAMILIES: dict[str, Family] = {
     "svm": Family(
         "svm",
-        "support vector machine: linear (one-vs-rest squared hinge, minibatch Adam), or SVC with the rbf kernel",
+        "support vector machine: linear (LinearSVC's one-vs-rest squared hinge: liblinear with fewer rows than "
+        "columns, else minibatch Adam then L-BFGS), or SVC with the rbf kernel",
         {
             "C": _C,
             "kernel": Param("linear", choices(_KERNELS), _choice(*_KERNELS), "kernel: linear or rbf"),
@@ -538,6 +561,23 @@ FAMILIES: dict[str, Family] = {
             "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
             "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
         ),
+    ),
+    "knn": Family(
+        "knn",
+        "k nearest neighbours by cosine similarity on L2-normalised rows, votes weighted by exp(similarity / T) "
+        "(DINO's kNN probe); exact, by blocks of the training rows",
+        {
+            "k": Param(20, "an int in the range [1, inf)", _positive_int, "neighbours of the knn vote (DINO: 10, 20, "
+                       "100, 200)"),
+            "temperature": Param(0.07, "a float in the range (0, inf)", _positive_float,
+                                 "temperature T of the knn vote weights exp(similarity / T)"),
+        },
+        _make_knn,
+        lambda params: {"k": [10, 20, 100, 200]},
+        # It keeps every training row: a matrix larger than the memory budget cannot be held to vote.
+        streams=False,
+        gpu=TORCH,
+        trusted=("featx.classification._knn.KNNVote",),
     ),
 }
 
@@ -703,6 +743,84 @@ def check_gpu_libraries(models: Sequence[str], params: Mapping[str, Mapping[str,
                     f"installed; use {option('device', 'cpu')} or {option('device', 'auto')}",
                 )
             )
+
+
+def solver_words(estimator: Any) -> str:
+    """The solver a fitted estimator ran, in words for classify's table: ``liblinear``, ``lbfgs``,
+    ``minibatch squared hinge + L-BFGS``, ``sgd hinge``, ...; ``''`` when the estimator's name says it all."""
+    kind = type(estimator).__name__
+    params = estimator.get_params()
+    if kind == "LinearSVC":
+        return "liblinear"
+    if kind == "LogisticRegression":
+        return str(params["solver"])
+    if kind == "SGDClassifier":
+        return f"sgd {params['loss']}"
+    if kind == "MinibatchLinearClassifier":
+        return f"minibatch {params['loss'].replace('_', ' ')}" + (" + L-BFGS" if params.get("polish") else "")
+    if kind == "SVC":
+        return f"libsvm {params['kernel']}"
+    return ""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """An evaluation protocol of the literature that fixes how a family's regularisation is chosen.
+
+    Attributes
+    ----------
+    name : str
+        What ``protocol`` (``--protocol``) takes.
+    family : str
+        The family it fits.
+    param : str
+        The parameter it chooses ...
+    grid : (float, float, int)
+        ... among ``np.logspace(*grid)``, on a validation split carved from the training rows.
+    description : str
+    """
+
+    name: str
+    family: str
+    param: str
+    grid: tuple[float, float, int]
+    description: str
+
+
+#: The linear-probe protocol of Kornblith et al. 2019, CLIP, DINOv2 and ssl-transfer: L-BFGS softmax regression,
+#: C among 45 log-spaced values from 1e-6 to 1e5 (``np.logspace(-6, 5, 45)``), chosen on a validation split, then
+#: refitted on the training rows.
+PROTOCOLS: dict[str, Protocol] = {
+    "linear-probe": Protocol(
+        "linear-probe", "logreg", "C", (-6.0, 5.0, 45),
+        "L-BFGS softmax regression, C from 45 log-spaced values in [1e-6, 1e5] chosen on a validation split "
+        "(the store's val split next to test, else a stratified 20% of the training rows), refitted on train (+val)",
+    ),
+}
+
+
+def protocol(name: str | None, models: Sequence[str]) -> Protocol | None:
+    """The protocol *name* (None: none), checked against the chosen families.
+
+    Raises
+    ------
+    ConfigError
+        An unknown protocol, or one whose family is not among *models*.
+    """
+    if name is None:
+        return None
+    if name not in PROTOCOLS:
+        raise unknown_name(option("protocol"), name, list(PROTOCOLS))
+    chosen = PROTOCOLS[name]
+    if chosen.family not in models:
+        raise ConfigError(
+            message(
+                f"{option('protocol', name)} fits {chosen.family}, which is not among the classifiers chosen "
+                f"({', '.join(models)})",
+                hint=f"add it: {option('models', ','.join([*models, chosen.family]), flag='model')}",
+            )
+        )
+    return chosen
 
 
 def trusted_types() -> tuple[str, ...]:

@@ -132,6 +132,23 @@ def plot_confusion(
 _MAX_CLASS_COLUMNS = 8
 
 
+#: Points of a validation curve printed per line.
+_CURVE_PER_LINE = 5
+
+
+def _protocol_lines(name: str, summary: dict[str, Any]) -> list[str]:
+    """The protocol's choice and its whole validation curve, a few points per line."""
+    param = summary["param"]
+    points = [f"{p[param]:<8.2g} {p['accuracy']:.3f}" for p in summary["curve"]]
+    return [
+        f"{name}: {summary['protocol']} protocol: {param} = {summary['chosen']:.3g} chosen on {summary['validation']} "
+        f"(validation accuracy {summary['validation_accuracy']:.3f}; {summary['solver']}"
+        + (", warm starts along the grid" if summary.get("warm_start") else "") + ")",
+        f"validation curve ({param}, accuracy):",
+        *("  " + "   ".join(points[i : i + _CURVE_PER_LINE]) for i in range(0, len(points), _CURVE_PER_LINE)),
+    ]
+
+
 def format_results(run: ClassifyRun) -> str:
     """The run as readable text: inputs, evaluation, one row per classifier, files.
 
@@ -161,7 +178,7 @@ def format_results(run: ClassifyRun) -> str:
     best = run.best
     rows = [
         (
-            r.name + (" *" if r is best and len(run.results) > 1 else ""),
+            r.name + (f" ({r.method})" if r.method else "") + (" *" if r is best and len(run.results) > 1 else ""),
             f"{r.accuracy:.3f}",
             f"{r.balanced_accuracy:.3f}",
             f"{r.macro_f1:.3f}",
@@ -180,6 +197,9 @@ def format_results(run: ClassifyRun) -> str:
         lines.append(format_table(("classifier", *run.classes), per_class))
     else:
         lines += ["", "per-class precision and recall: see results.json"]
+    for r in run.results:
+        if r.protocol:
+            lines += ["", *_protocol_lines(r.name, r.protocol)]
     if run.evaluation.mode == "cv":
         lines.append("")
         lines += [

@@ -60,6 +60,12 @@ class ClassifierResult:
     device : str
         Where it was fitted: ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (see
         ``ClassifyConfig.device``).
+    method : str
+        The solver in words (``'liblinear'``, ``'minibatch squared hinge + L-BFGS'``,
+        ``'lbfgs'``, ...), printed beside the family's name; ``''`` when the
+        estimator's name says it.
+    protocol : dict or None
+        The linear-probe protocol's choice of ``C`` (``--protocol linear-probe``).
     """
 
     name: str
@@ -82,6 +88,8 @@ class ClassifierResult:
     fit_input: str = "matrix"
     solver: str = ""
     device: str = "cpu"
+    method: str = ""
+    protocol: dict[str, Any] | None = None
 
 
 @dataclass
@@ -146,6 +154,7 @@ class ClassifyRun:
                 "seed": config.seed,
                 "search": config.search,
                 "device": config.device,
+                "protocol": config.protocol,
                 "params": dict(config.params),
             },
             "inputs": [b.to_json() for b in self.inputs],
@@ -172,6 +181,8 @@ class ClassifyRun:
                     "fit_input": r.fit_input,
                     "solver": r.solver,
                     "device": r.device,
+                    "method": r.method,
+                    "protocol": r.protocol,
                     "predictions": r.predictions.name,
                     "confusion": r.confusion.name if r.confusion else None,
                     "artifact": r.artifact.name,

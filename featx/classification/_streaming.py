@@ -91,7 +91,7 @@ class FitPlan:
 
 
 def plan_fit(n_rows: int, n_features: int, memory: int, *, models: tuple[str, ...], params: dict, search: bool,
-             pca: int | None) -> FitPlan:
+             pca: int | None, protocol: str | None = None) -> FitPlan:
     """In memory when ``n_rows x n_features x 4`` bytes fit *memory*, else streaming.
 
     Parameters
@@ -108,6 +108,8 @@ def plan_fit(n_rows: int, n_features: int, memory: int, *, models: tuple[str, ..
         Grid search, which has no streaming fit.
     pca : int, optional
         PCA, which has no streaming fit here.
+    protocol : str, optional
+        The linear-probe protocol, which has none either.
 
     Returns
     -------
@@ -138,6 +140,7 @@ def plan_fit(n_rows: int, n_features: int, memory: int, *, models: tuple[str, ..
     unable = [m for m in models if not FAMILIES[m].can_stream(params[m])]
     refused = [option("search")] if search else []
     refused += [option("pca")] if pca is not None else []
+    refused += [option("protocol", protocol)] if protocol is not None else []  # 45 fits: each a pass per epoch
     if unable or refused:
         what = ", ".join(unable + refused)
         raise ClassifyError(
@@ -233,16 +236,21 @@ def stream_fit(name: str, learns: str, joined: JoinedFeatures, rows: np.ndarray,
                      + (" (settled)" if done else ""))
             if done:
                 break
+    if getattr(estimator, "polish", 0):  # L-BFGS from the minibatch solution: one read of the rows per pass
+        log.info(f"{name}: finishing by L-BFGS, at most {estimator.polish} passes over the training rows")
+        estimator.polish_blocks(lambda: ((normaliser.transform(joined.rows(chunk, buffer)), labels[chunk])
+                                         for chunk in chunks))
     return pipeline
 
 
 def stream_predict(model: Any, joined: JoinedFeatures, rows: np.ndarray, block_rows: int,
-                   proba: bool) -> tuple[np.ndarray, np.ndarray | None]:
+                   proba: bool, *, scores: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Predictions (and probabilities when *proba*) of *rows*, read in blocks.
 
     The rows are visited in store order (each block one sweep over a few
     windows of the stores, wherever the evaluation rows lie); the results come
-    back in the order of *rows*.
+    back in the order of *rows*.  With *scores*, the decision function
+    instead of the probabilities.
     """
     order = np.argsort(rows, kind="stable")
     predicted, probabilities = [], []
@@ -251,7 +259,7 @@ def stream_predict(model: Any, joined: JoinedFeatures, rows: np.ndarray, block_r
         block = joined.rows(chunk, buffer)
         predicted.append(np.asarray(model.predict(block), dtype=np.int64))
         if proba:
-            probabilities.append(model.predict_proba(block))
+            probabilities.append(model.decision_function(block) if scores else model.predict_proba(block))
     back = np.empty_like(order)
     back[order] = np.arange(order.size)
     labels = np.concatenate(predicted)[back]

@@ -1,4 +1,4 @@
-"""The minibatch linear models' Adam on torch tensors: :mod:`._linear`'s algorithm on a GPU.
+"""The minibatch linear models' Adam on torch tensors (:mod:`._linear`'s algorithm on a GPU), and the kNN top-k.
 
 :class:`~._linear.MinibatchLinearClassifier` keeps the epochs, the step
 halving, the averaging and the minibatch order; what it hands to its backend
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEVICE_SHARE", "TorchAdam"]
+__all__ = ["DEVICE_SHARE", "TorchAdam", "knn_device_matrix", "knn_top_k"]
 
 #: Most of the free device memory the training matrix may take to be moved there whole: the rest is for the
 #: minibatch products and for whatever else runs on the device.
@@ -62,6 +62,13 @@ class TorchAdam:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._on_device = False
         self._arange = torch.arange(0, device=self.device)
+
+    def load(self, coef: np.ndarray, intercept: np.ndarray) -> None:
+        """Start from these coefficients (a warm start) instead of zeros."""
+        import torch
+
+        self.coef.copy_(torch.from_numpy(coef))
+        self.intercept.copy_(torch.from_numpy(intercept))
 
     # ------------------------------------------------------------------ the rows
 
@@ -171,3 +178,39 @@ class TorchAdam:
         """Copy the coefficients into the estimator's float32 numpy ``coef_`` and ``intercept_``."""
         coef[...] = self.coef.cpu().numpy()
         intercept[...] = self.intercept.cpu().numpy()
+
+
+def knn_device_matrix(train: np.ndarray, device: str) -> Any:
+    """*train* as a tensor on *device* when it takes at most :data:`DEVICE_SHARE` of its free memory, else None."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and train.nbytes > DEVICE_SHARE * torch.cuda.mem_get_info(dev)[0]:
+        return None
+    return torch.from_numpy(train).to(dev)
+
+
+def knn_top_k(queries: np.ndarray, train: Any, k: int, device: str, block_rows: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`._knn.top_k_numpy` on a torch device: the *k* highest ``queries @ train.T`` and their rows.
+
+    The kNN probe's kernel (:mod:`._knn`), here because this is the package's
+    one torch module.  *train* is a numpy matrix, moved block by block (at
+    most *block_rows* rows on the device at a time beside the running top-k:
+    device memory bounded as on the CPU), or already a device tensor
+    (:func:`knn_device_matrix`).
+    """
+    import torch
+
+    dev = torch.device(device)
+    q = torch.from_numpy(queries).to(dev)
+    best = torch.full((q.shape[0], 0), float("-inf"), device=dev)
+    where = torch.zeros((q.shape[0], 0), dtype=torch.int64, device=dev)
+    for start in range(0, train.shape[0], block_rows):
+        block = train[start : start + block_rows]
+        block = block if isinstance(block, torch.Tensor) else torch.from_numpy(block).to(dev, non_blocking=True)
+        sims = torch.cat([best, q @ block.T], dim=1)
+        rows = torch.cat([where, torch.arange(start, start + block.shape[0], device=dev).expand(q.shape[0], -1)], 1)
+        best, keep = sims.topk(min(k, sims.shape[1]), dim=1)
+        where = rows.gather(1, keep)
+    return best.cpu().numpy(), where.cpu().numpy()

@@ -38,7 +38,8 @@ from ._evaluation import Evaluation, check_components, plan_evaluation, search_f
 from ._join import JoinedFeatures, join_features
 from ._json import json_default
 from ._pipeline import build_pipeline, fit_in_place, transform_in_place
-from ._registry import BOOSTING, FAMILIES, ONE_PASS
+from ._protocol import choose, validation_rows
+from ._registry import BOOSTING, FAMILIES, ONE_PASS, protocol, solver_words
 from ._report import classification_metrics, plot_confusion, predictions_frame
 from ._run import ClassifierResult, ClassifyRun
 from ._streaming import FitPlan, plan_fit, stream_fit, stream_predict
@@ -51,6 +52,27 @@ log = logging.getLogger("featx")
 # --------------------------------------------------------------------------- fitting
 
 
+class _ViewTable:
+    """The joined samples one row per view, image-major: what the fits learn from when the stores hold training views.
+
+    Row ``i x views + v`` is view ``v`` of joined sample ``i`` (:meth:`JoinedFeatures.view_rows`), with its
+    sample's label, split and id: the fits and their streaming, boosting and protocol code read labels and rows
+    from it as from :class:`JoinedFeatures`, while the evaluation plans, predicts and reports per image.
+    """
+
+    def __init__(self, joined: JoinedFeatures) -> None:
+        self.joined = joined
+        self.views = joined.views
+        self.labels = np.repeat(joined.labels, joined.views)
+        self.splits = np.repeat(joined.splits, joined.views)
+        self.classes = joined.classes
+        self.blocks = joined.blocks
+        self.n_features = joined.n_features
+
+    def rows(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return self.joined.rows(rows, out)
+
+
 class _Fitter:
     """Fits one family, with optional grid search, recording convergence warnings."""
 
@@ -59,6 +81,13 @@ class _Fitter:
         self.name = name
         self.family = FAMILIES[name]
         self.params = params
+        self.images = joined  # per image; the fits read self.joined: per view with training views
+        self.views = joined.views
+        joined = _ViewTable(joined) if joined.views > 1 else joined
+        chosen = protocol(config.protocol, config.models)
+        # The protocol chooses this family's regularisation (the registry says which family it fits).
+        self.protocol = chosen if chosen is not None and chosen.family == name else None
+        self.protocol_summary: dict[str, Any] | None = None
         self.config = config
         self.joined = joined
         self.plan = plan
@@ -66,20 +95,30 @@ class _Fitter:
         self.warnings: list[str] = []
         self.fit_input = "blocks" if plan.streaming else "matrix"  # see ClassifierResult.fit_input
 
-    def make(self, n_rows: int):
+    def make(self, n_rows: int, params: dict[str, Any] | None = None):
         """The unfitted pipeline: the family's estimator for *n_rows* training rows (any, for a grid search)."""
         shape = {} if self.config.search else {"rows": n_rows, "features": self.joined.n_features}
-        estimator = self.family.build(self.params, self.config.seed, device=self.device,
-                                      streaming=self.plan.streaming, **shape)
+        estimator = self.family.build(self.params if params is None else params, self.config.seed,
+                                      device=self.device, streaming=self.plan.streaming, **shape)
         return build_pipeline(self.joined.blocks, self.config.normalize, self.config.pca, estimator, self.config.seed)
 
     def predict(self, model: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Predicted class indices of *rows*, and their probabilities when the model has them.
+        """Predicted class indices of the samples *rows*, and their probabilities when the model has them.
 
         Read from the stores block by block on either path: the evaluation
-        rows are never held as one more matrix.
+        rows are never held as one more matrix.  With training views, each
+        sample's prediction is the mean over its views of the predicted
+        probabilities (of the decision function for a model without them).
         """
-        return stream_predict(model, self.joined, rows, self.plan.block_rows, hasattr(model, "predict_proba"))
+        has_proba = hasattr(model, "predict_proba")
+        if self.views == 1:
+            return stream_predict(model, self.joined, rows, self.plan.block_rows, has_proba)
+        _, scores = stream_predict(model, self.joined, self.images.view_rows(rows), self.plan.block_rows, True,
+                                   scores=not has_proba)
+        if scores.ndim == 1:  # a binary decision function: the second class's score
+            scores = np.stack([-scores, scores], axis=1)
+        mean = scores.reshape(len(rows), self.views, -1).mean(axis=1)
+        return np.argmax(mean, axis=1).astype(np.int64), mean if has_proba else None
 
     def _record(self, caught: list[warnings.WarningMessage]) -> None:
         """Keep (and log once) the convergence warnings of a fit; re-issue the others."""
@@ -97,18 +136,37 @@ class _Fitter:
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
-    def fit(self, rows: np.ndarray) -> tuple[Any, dict[str, Any] | None]:
+    def fit(self, rows: np.ndarray, evaluated: np.ndarray | None = None) -> tuple[Any, dict[str, Any] | None]:
         """Fit on *rows*; return the fitted pipeline and the search summary (or None).
 
         The training rows are read into one float32 matrix (the only copy)
         and normalised in place (:func:`fit_in_place`); a boosting family
         reads them block by block into its quantised matrix instead, and a
         streaming plan fits block by block (``Family.learns`` says how).
+        Under a protocol (:mod:`._protocol`), its value is chosen first on a
+        validation split (*evaluated*: the rows the fit will be evaluated
+        on, which say whether the stores' val split can validate), then the
+        model is refitted with it (:attr:`protocol_summary`).
         """
+        if self.protocol is not None:
+            fit_rows, val_rows, refit_rows, how = validation_rows(
+                self.images, rows, np.zeros(0, np.int64) if evaluated is None else evaluated, self.config.seed
+            )
+            counts = {"validation_rows": int(val_rows.size), "refit_rows": int(refit_rows.size)}  # images
+            # Validation and refit rows are carved per image: the views of an image stay together.
+            fit_rows, val_rows, refit_rows = (self.images.view_rows(r) for r in (fit_rows, val_rows, refit_rows))
+            log.info(f"{self.name}: {self.protocol.name} protocol, validated on {how}")
+            summary = choose(self.protocol, self.params, self.joined, fit_rows, val_rows,
+                             lambda params, n: self.make(n, dict(params)), self.plan.block_rows, self._record)
+            self.protocol_summary = {**summary, "validation": how, **counts}
+            return self._fit(refit_rows, {**self.params, self.protocol.param: summary["chosen"]})
+        return self._fit(self.images.view_rows(rows), self.params)
+
+    def _fit(self, rows: np.ndarray, params: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.model_selection import GridSearchCV
 
-        estimator = self.make(len(rows))
+        estimator = self.make(len(rows), params)
         if self.family.learns == BOOSTING and not self.config.search:
             model, matrix = fit_xgboost(
                 estimator, self.joined, rows, block_rows=self.plan.block_rows, memory=self.plan.memory_budget,
@@ -128,13 +186,17 @@ class _Fitter:
         rows = np.sort(rows)
         X, y = self.joined.rows(rows), self.joined.labels[rows]
         if self.config.search:
-            grid = {f"clf__{k}": v for k, v in self.family.grid(self.params).items()}
+            grid = {f"clf__{k}": v for k, v in self.family.grid(params).items()}
             folds = search_folds(y, self.joined.classes, self.config.seed)
+            if self.views > 1:  # inner folds of whole images: no image's view validates another of its views
+                from sklearn.model_selection import StratifiedGroupKFold
+
+                folds = StratifiedGroupKFold(folds.n_splits, shuffle=True, random_state=self.config.seed)
             estimator = GridSearchCV(estimator, grid, scoring="accuracy", cv=folds, error_score="raise")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             if self.config.search:  # each inner fold fits its own normaliser: the matrix stays as read
-                estimator.fit(X, y)
+                estimator.fit(X, y, **({"groups": rows // self.views} if self.views > 1 else {}))
             elif self.family.learns == ONE_PASS:  # by blocks, as exact as fit and without its copies of X
                 features, step = transform_in_place(estimator, X, self.plan.block_rows), self.plan.block_rows
                 blocks = ((features[i : i + step], y[i : i + step]) for i in range(0, len(y), step))
@@ -198,6 +260,7 @@ def _manifest(
         "classes": list(joined.classes),
         "inputs": [b.to_json() for b in joined.blocks],
         "n_features": int(joined.n_features),
+        "views": int(joined.views),  # training views: the features of an image are views x n_features columns
         "normalize": config.normalize,
         "pca": config.pca,
         "seed": config.seed,
@@ -223,7 +286,7 @@ def _evaluate(
     model = searched = None
     for k, (train, test) in enumerate(evaluation.folds):
         started = time.perf_counter()
-        model, searched = fitter.fit(train)
+        model, searched = fitter.fit(train, test)
         fit_times.append(time.perf_counter() - started)
         started = time.perf_counter()
         labels, proba_part = fitter.predict(model, test)
@@ -256,6 +319,8 @@ def _evaluate(
         title = f"{name}: accuracy {metrics['accuracy']:.3f} on {len(y_true):,} samples"
         confusion = plot_confusion(out / f"confusion-{name}.png", y_true, y_pred, joined.classes, title)
     used = dict(params, **(searched["best_params"] if searched else {}))
+    if fitter.protocol_summary is not None:  # the value the protocol chose (the saved model's, with cv)
+        used[fitter.protocol_summary["param"]] = fitter.protocol_summary["chosen"]
     artifact = save_classifier(
         out / f"classifier-{name}.zip", model, _manifest(name, used, searched, metrics, joined, config, evaluation)
     )
@@ -279,6 +344,8 @@ def _evaluate(
         warnings=fitter.warnings,
         fit_input=fitter.fit_input,
         solver=type(model.named_steps["clf"]).__name__,
+        method=solver_words(model.named_steps["clf"]),
+        protocol=fitter.protocol_summary,
         device=_fitted_device(model.named_steps["clf"]),
     )
 
@@ -341,8 +408,8 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
     evaluation = plan_evaluation(joined, cv=config.cv, test_size=config.test_size, seed=config.seed)
     model_params = config.model_params
     plan = plan_fit(
-        len(joined.ids), joined.n_features, resources.memory, models=config.models, params=model_params,
-        search=config.search, pca=config.pca,
+        len(joined.ids) * joined.views, joined.n_features, resources.memory, models=config.models, params=model_params,
+        search=config.search, pca=config.pca, protocol=config.protocol,
     )
     if plan.streaming:
         log.info(f"streaming fit in blocks of {plan.block_rows:,} rows: {plan.reason}")
@@ -353,6 +420,9 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
             log.warning(f"{len(ids):,} sample id(s) are missing from {spec} and left out (e.g. {ids[0]})")
     check_components(config.pca, joined, evaluation, search=config.search)
     out = _make_run_folder(config)
+    if joined.views > 1:
+        log.info(f"training views: {joined.views} per image; the fits learn from every view of the training images, "
+                 "each evaluation image is predicted by the mean over its views")
     log.info(
         f"{len(joined.ids):,} samples x {joined.n_features:,} features from "
         f"{' + '.join(f'{b.spec} ({b.dim:,})' for b in joined.blocks)}; {evaluation.description}"

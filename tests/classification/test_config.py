@@ -12,9 +12,9 @@ import pytest
 from featx.classification import FAMILIES, ClassifyConfig
 from featx.errors import ConfigError
 
-MODELS = "models must be one of svm, logreg, bayes, xgboost, mlp (or several, comma-separated)"
+MODELS = "models must be one of svm, logreg, bayes, xgboost, mlp, knn (or several, comma-separated)"
 PARAMETERS = (
-    "C, alpha, gamma, hidden, kernel, learning_rate, max_bin, max_depth, max_iter, n_estimators, subsample, var_smoothing"
+    "C, alpha, gamma, hidden, k, kernel, learning_rate, max_bin, max_depth, max_iter, n_estimators, subsample, temperature, var_smoothing"
 )
 
 

@@ -137,10 +137,11 @@ def _chosen(model, n_rows, n_features, streaming=False):
     return FAMILIES[model].build(params, 0, rows=n_rows, features=n_features, streaming=streaming)
 
 
-def test_few_rows_and_many_columns_fit_the_svm_by_sgd():
+def test_few_rows_and_many_columns_fit_the_svm_by_liblinear():
     wide, tall, streamed = _chosen("svm", 100, 4_608), _chosen("svm", 10_000, 512), _chosen("svm", 100, 4_608, True)
-    assert type(wide).__name__ == "SGDClassifier" and wide.alpha == pytest.approx(1 / 100)
+    assert type(wide).__name__ == "LinearSVC" and (wide.C, wide.dual, wide.loss) == (1.0, True, "squared_hinge")
     assert type(tall).__name__ == "MinibatchLinearClassifier" and tall.alpha == pytest.approx(1 / 10_000)
+    assert tall.polish == 50  # finished by L-BFGS
     assert type(streamed).__name__ == "MinibatchLinearClassifier"
 
 

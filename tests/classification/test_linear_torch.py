@@ -211,7 +211,7 @@ def test_the_run_device_chooses_where_and_by_what_the_families_fit(gpus):
     assert (type(tall).__name__, tall.loss, tall.device) == ("MinibatchLinearClassifier", "log_loss", "cuda")
     assert tall.alpha == pytest.approx(1 / 1_000) and tall.max_iter == logreg_params["max_iter"]
     assert type(wide).__name__ == "LogisticRegression"
-    assert type(wide_svm).__name__ == "SGDClassifier"
+    assert type(wide_svm).__name__ == "LinearSVC"
     xgboost_params = ClassifyConfig(features="x.h5", models="xgboost").model_params["xgboost"]
     assert FAMILIES["xgboost"].build(xgboost_params, 0, device="cpu").device == "cpu"  # --device cpu: off the GPU
     assert type(logreg.build(logreg_params, 0, device="cpu", rows=1_000, features=64)).__name__ == "LogisticRegression"

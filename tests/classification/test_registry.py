@@ -15,8 +15,8 @@ from featx.errors import ConfigError
 def test_model_names_are_split_checked_and_deduplicated():
     assert parse_models("svm, logreg,svm") == ("svm", "logreg")
     assert parse_models(["bayes", "xgboost,mlp"]) == ("bayes", "xgboost", "mlp")
-    with pytest.raises(ConfigError, match=re.escape("got 'knn'")):
-        parse_models("svm,knn")
+    with pytest.raises(ConfigError, match=re.escape("got 'knm'")):
+        parse_models("svm,knm")
 
 
 def _resolved(models, params):
