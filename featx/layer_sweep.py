@@ -67,6 +67,7 @@ CONCAT = "concat"
 _STAGE_PATTERNS = (re.compile(r"stage\d+"), re.compile(r"block\d+_pool"), re.compile(r"conv([2-9]|\d\d+)"))
 # A network with none of those gets evenly spread convolutional outputs.
 _SPREAD = (0.25, 0.5, 0.75)
+_BLOCK_OUTPUT = re.compile(r"[A-Za-z_]+\.\d+")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -221,6 +222,8 @@ def auto_layers(rows: Sequence[Any]) -> list[tuple[str, str]]:
             break
     if not chosen:
         maps = [r for r in rows if len(r.shape) == 3]
+        # The outputs of a top-level Sequential's blocks (features.3), where the network has them.
+        maps = [r for r in maps if _BLOCK_OUTPUT.fullmatch(r.node)] or maps
         chosen = [(maps[int(f * (len(maps) - 1))].node,) * 2 for f in _SPREAD] if maps else []
     chosen += [("penultimate", r.node) for r in rows if "penultimate" in r.aliases]
     seen: dict[str, str] = {}
@@ -455,7 +458,7 @@ def run_sweep(config: SweepConfig) -> SweepResult:
 
     Examples
     --------
-    >>> from featx.sweep import SweepConfig, format_sweep, run_sweep
+    >>> from featx.layer_sweep import SweepConfig, format_sweep, run_sweep
     >>> result = run_sweep(SweepConfig(data="data/digits", networks=("resnet18", "alexnet"),
     ...                                extract={"weights": "none", "image_size": 64}))  # doctest: +SKIP
     >>> print(format_sweep(result))  # doctest: +SKIP
