@@ -67,7 +67,6 @@ CONCAT = "concat"
 _STAGE_PATTERNS = (re.compile(r"stage\d+"), re.compile(r"block\d+_pool"), re.compile(r"conv([2-9]|\d\d+)"))
 # A network with none of those gets evenly spread convolutional outputs.
 _SPREAD = (0.25, 0.5, 0.75)
-_BLOCK_OUTPUT = re.compile(r"[A-Za-z_]+\.\d+")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -221,16 +220,33 @@ def auto_layers(rows: Sequence[Any]) -> list[tuple[str, str]]:
         if chosen:
             break
     if not chosen:
-        maps = [r for r in rows if len(r.shape) == 3]
-        # The outputs of a top-level Sequential's blocks (features.3), where the network has them.
-        maps = [r for r in maps if _BLOCK_OUTPUT.fullmatch(r.node)] or maps
-        chosen = [(maps[int(f * (len(maps) - 1))].node,) * 2 for f in _SPREAD] if maps else []
+        chosen = _spread(rows)
     chosen += [("penultimate", r.node) for r in rows if "penultimate" in r.aliases]
     seen: dict[str, str] = {}
     for name, node in chosen:
         seen.setdefault(node, name)
     order = {r.node: i for i, r in enumerate(rows)}
     return sorted(((name, node) for node, name in seen.items()), key=lambda pair: order[pair[1]])
+
+
+def _spread(rows: Sequence[Any]) -> list[tuple[str, str]]:
+    """Three feature maps spread over the depth, for a network without stage aliases.
+
+    Candidates are the outputs of the blocks two levels down (``features.3``,
+    ``features.denseblock2``: the module path names its last node, as
+    ``extract`` reads it), else every feature map.
+    """
+    maps = {r.node for r in rows if len(r.shape) == 3}
+    blocks: dict[str, str] = {}
+    for r in rows:
+        parts = r.node.split(".")
+        if len(parts) > 2:
+            blocks[".".join(parts[:2])] = r.node  # the last node inside wins
+    candidates = [(path, node) for path, node in blocks.items() if node in maps]
+    candidates = candidates or [(node, node) for node in (r.node for r in rows) if node in maps]
+    if not candidates:
+        return []
+    return [candidates[int(f * (len(candidates) - 1))] for f in _SPREAD]
 
 
 def _resolve(name: str, rows: Sequence[Any], network: str) -> str:
