@@ -551,6 +551,10 @@ def _write_csv(result: SweepResult) -> None:
 # --------------------------------------------------------------------------- plot and report
 
 
+# Relative depths closer than this share one tick label.
+_TICK_GAP = 0.04
+
+
 def plot_accuracy_by_layer(result: SweepResult) -> bytes:
     """``accuracy-by-layer.png``: one panel per network, one line per classifier, accuracy against relative depth.
 
@@ -571,8 +575,13 @@ def plot_accuracy_by_layer(result: SweepResult) -> bytes:
         for classifier in result.config.classifiers:
             points = sorted((r.depth, r.accuracy) for r in cells if r.classifier == classifier)
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=classifier)
-        layers = sorted({(r.depth, r.layer) for r in cells})
-        ax.set_xticks([d for d, _ in layers], [name for _, name in layers], rotation=45, ha="right", fontsize=8)
+        ticks: list[tuple[float, str]] = []
+        for depth, name in sorted({(r.depth, r.layer) for r in cells}):
+            if ticks and depth - ticks[-1][0] < _TICK_GAP:  # labels this close would overprint: one tick
+                ticks[-1] = (ticks[-1][0], f"{ticks[-1][1]} / {name}")
+            else:
+                ticks.append((depth, name))
+        ax.set_xticks([d for d, _ in ticks], [name for _, name in ticks], rotation=45, ha="right", fontsize=8)
         if concat:
             best = max(concat, key=lambda r: r.accuracy)
             ax.axhline(best.accuracy, color="grey", linestyle="--", linewidth=1,
@@ -584,7 +593,7 @@ def plot_accuracy_by_layer(result: SweepResult) -> bytes:
     for ax in axes[len(networks):]:
         figure.delaxes(ax)
     axes[0].set_ylabel("accuracy")
-    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0].legend(fontsize=8, loc="best")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
