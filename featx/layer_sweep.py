@@ -151,6 +151,17 @@ class SweepConfig:
                 )
             )
 
+        self.classify_config()  # cv, test_size, seed, device: checked here, as classify checks them
+
+    def classify_config(self) -> Any:
+        """The :class:`~featx.classification.ClassifyConfig` of every cell (its ``features`` and ``out`` set per cell)."""
+        from .classification import ClassifyConfig
+
+        return ClassifyConfig(
+            features=("<store>",), models=self.classifiers, cv=self.cv, test_size=self.test_size, seed=self.seed,
+            device=self.device, plots=False,
+        )
+
     @property
     def out_dir(self) -> Path:
         if self.out is not None:
@@ -479,13 +490,8 @@ def run_sweep(config: SweepConfig) -> SweepResult:
     ...                                extract={"weights": "none", "image_size": 64}))  # doctest: +SKIP
     >>> print(format_sweep(result))  # doctest: +SKIP
     """
-    from .classification import ClassifyConfig
-
     started = time.perf_counter()
-    template = ClassifyConfig(
-        features=("<store>",), models=config.classifiers, cv=config.cv, test_size=config.test_size,
-        seed=config.seed, device=config.device, plots=False,
-    )
+    template = config.classify_config()
     plans = plan_sweep(config)
     out = config.out_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -226,6 +226,9 @@ def test_unknown_classifier_and_concat(tmp_path):
     assert str(error.value).startswith("unknown classifier 'bayse'; did you mean bayes? classifiers takes svm, logreg")
     with pytest.raises(ConfigError, match=r"^concat must be one of best, none; got 'all'$"):
         SweepConfig(data=tmp_path, networks=NETWORKS, concat="all")
+    # classify's own options are checked as classify checks them, when the sweep is configured.
+    with pytest.raises(ConfigError, match=r"^cv must be an integer of at least 2 \(the folds\); got 1$"):
+        SweepConfig(data=tmp_path, networks=NETWORKS, cv=1)
 
 
 def test_cli_bad_layer_is_one_line_and_exit_2(run_cli, tmp_path, no_extraction):
