@@ -68,10 +68,12 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]], *, marked: int | None = None,
-           text_columns: int = 1, css: str = "") -> str:
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]], *, marked: int | None = None) -> str:
+    # Names are left-aligned (the first column always), numbers right-aligned.
+    text = {0} | {j for j, h in enumerate(header) if h in _TEXT_HEADERS}
+
     def cell(tag: str, j: int, value: object) -> str:
-        cls = ' class="text"' if j < text_columns else ""
+        cls = ' class="text"' if j in text else ""
         return f"<{tag}{cls}>{_e(value)}</{tag}>"
 
     head = "".join(cell("th", j, h) for j, h in enumerate(header))
@@ -80,7 +82,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]], *, marked: i
         f"<tr{best if i == marked else ''}>" + "".join(cell("td", j, v) for j, v in enumerate(row)) + "</tr>"
         for i, row in enumerate(rows)
     )
-    return f'<table{f" class={css!r}" if css else ""}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _confusion(true: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> str:
@@ -164,7 +166,7 @@ def render_report(
         *(f'<p class="note">{_e(line)}</p>' for line in summary),
         f'<p class="note">evaluation: {_e(best.evaluation.description)}</p>',
         "<h2>Results</h2>",
-        _table(header, rows, marked=marked, text_columns=sum(1 for h in header if h in _TEXT_HEADERS) or 1),
+        _table(header, rows, marked=marked),
         '<p class="note">highlighted: the best accuracy</p>',
     ]
     for caption, png in figures:
