@@ -3,7 +3,7 @@
 ``featx.extract(...)`` is ``run_pipeline.py extract ...``, ``featx.classify(...)``
 is ``classify``, ``featx.predict(...)`` is ``predict``, ``featx.list_layers(...)``
 is ``layers``, ``featx.list_models(...)`` is ``models``, ``featx.describe_store(...)`` is ``info`` and
-``featx.export_store(...)`` is ``export``; each returns the result object the
+``featx.export_store(...)`` is ``export`` and ``featx.sweep(...)`` is ``sweep``; each returns the result object the
 command prints.  Every argument is checked before any work starts; mistakes
 raise a :class:`featx.FeatxError` (a ``ValueError`` for bad values) whose
 message names the keyword argument.
@@ -22,8 +22,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .classification import ClassifyRun
     from .extraction import ExtractResult
     from .prediction import PredictResult
+    from .layer_sweep import SweepResult
 
-__all__ = ["extract", "classify", "predict"]
+__all__ = ["extract", "classify", "predict", "sweep"]
 
 
 def extract(
@@ -131,12 +132,13 @@ def classify(
     from pathlib import Path
 
     from .classification import ClassifyConfig, run_classification
+    from .thumbnails import store_thumbnails
 
     inputs = (features,) if isinstance(features, str) else tuple(features)
     config = ClassifyConfig(
         features=inputs, models=models, out=Path(out) if out is not None else None, **options
     )
-    return run_classification(config)
+    return run_classification(config, thumbnails=store_thumbnails(config.features))
 
 
 def predict(
@@ -177,3 +179,69 @@ def predict(
 
     paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     return predict_images(classifier, paths, **options)
+
+
+def sweep(
+    data: str | os.PathLike,
+    *,
+    networks: str | Sequence[str],
+    layers: str | Sequence[str] = "auto",
+    classifiers: str | Sequence[str] = ("logreg", "svm", "bayes"),
+    concat: str = "best",
+    out: str | os.PathLike | None = None,
+    **options: Any,
+) -> "SweepResult":
+    """Which network, which layer, which classifier: evaluate every combination, write a table, a plot and a report.
+
+    Each network's layers come from one forward pass into one store (reused
+    and extended by a later sweep or ``extract``); each layer x classifier is
+    evaluated as :func:`classify` does.
+
+    Parameters
+    ----------
+    data : path or URL
+        The images, as for :func:`extract`.
+    networks : str or sequence of str
+        Model names (``resnet18``, ``timm/tf_efficientnet_lite0``).
+    layers : str or sequence of str
+        Layer names, or ``auto``: the stage outputs and ``penultimate``.
+    classifiers : str or sequence of str
+        Classifier families.
+    concat : {'best', 'none'}
+        ``best``: also the best layer of each network, concatenated.
+    out : path, optional
+        The sweep folder (default: ``runs/sweep/<data folder name>``).
+    **options
+        ``cv``, ``test_size``, ``seed``, ``device``, ``features_dir``,
+        ``progress`` (:class:`featx.layer_sweep.SweepConfig`), and any option of
+        :func:`extract` (``weights``, ``image_size``, ``batch_size``, ``workers``, ...).
+
+    Returns
+    -------
+    SweepResult
+        ``rows`` (one per cell), ``best``, and the paths of ``sweep.json``,
+        ``sweep.csv``, ``accuracy-by-layer.png`` and ``report.html``.
+
+    Examples
+    --------
+    >>> result = featx.sweep("data/digits", networks=["resnet18", "alexnet"], classifiers="logreg,bayes",
+    ...                      weights="none", image_size=64)  # doctest: +SKIP
+    >>> result.best.layer, round(result.best.accuracy, 3)  # doctest: +SKIP
+    """
+    from dataclasses import fields
+    from pathlib import Path
+
+    from .layer_sweep import SweepConfig, run_sweep
+
+    own = {f.name for f in fields(SweepConfig)} - {"extract"}
+    config = SweepConfig(
+        data=data,
+        networks=(networks,) if isinstance(networks, str) else tuple(networks),
+        layers=(layers,) if isinstance(layers, str) else tuple(layers),
+        classifiers=classifiers,
+        concat=concat,
+        out=Path(out) if out is not None else None,
+        **{k: v for k, v in options.items() if k in own},
+        extract={k: v for k, v in options.items() if k not in own},
+    )
+    return run_sweep(config)

@@ -351,7 +351,9 @@ def _run_classify(args: argparse.Namespace) -> int:
         device=args.device,
         protocol=args.protocol,
     )
-    print(format_results(run_classification(config)))
+    from .thumbnails import store_thumbnails
+
+    print(format_results(run_classification(config, thumbnails=store_thumbnails(config.features))))
     return 0
 
 
@@ -490,6 +492,7 @@ def _add_demo(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPa
     )
     p.add_argument("--features-dir", type=Path, default=Path("features"), help="parent of the stores (default: features)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs/demo"), help="parent of the run folders (default: runs/demo)")
+    p.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the closing layer sweep")
     p.set_defaults(run=_run_demo)
 
 
@@ -509,8 +512,87 @@ def _run_demo(args: argparse.Namespace) -> int:
         device=args.device,
         workers=args.workers,
         progress=_progress(args),
+        sweep=args.sweep,
     )
     print(format_demo(run_demo(config)))
+    return 0
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def _add_sweep(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    from .classification import FAMILIES
+    from .extraction import INTERPOLATIONS, POOLS, PRECISIONS, STORAGE_DTYPES
+    from .layer_sweep import AUTO, CONCAT_MODES, SWEEP_CLASSIFIERS
+
+    p = sub.add_parser(
+        "sweep",
+        parents=parents,
+        help="which network, which layer, which classifier: a table, a plot and an HTML report",
+        description="Extract every requested layer of each network in one forward pass into one store per network "
+        "(a store that holds them is reused: a re-run computes nothing), evaluate every layer x classifier as "
+        "classify does, optionally the best layer of each network concatenated, and write sweep.json, sweep.csv, "
+        "accuracy-by-layer.png and a self-contained report.html.",
+    )
+    p.add_argument("--data", default=None, metavar="DATA", help="images, as for extract (default: data/digits)")
+    p.add_argument("--network", dest="networks", action="append", required=True, metavar="MODEL",
+                   help="torchvision model or timm/<architecture> (repeat)")
+    p.add_argument("--layer", dest="layers", action="append", metavar="NAME",
+                   help=f"layer name, or {AUTO}: the stage outputs (conv2..conv5, block*_pool, stage*) and "
+                   f"penultimate (repeat; default: {AUTO})")
+    p.add_argument("--classifiers", default=",".join(SWEEP_CLASSIFIERS), metavar="NAME[,NAME...]",
+                   help=f"comma-separated: {', '.join(FAMILIES)} (default: {','.join(SWEEP_CLASSIFIERS)})")
+    p.add_argument("--concat", choices=list(CONCAT_MODES), default="best",
+                   help="best: also the best layer of each network concatenated across networks (default)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="sweep folder (default: runs/sweep/<data folder name>)")
+    p.add_argument("--cv", type=int, metavar="K", help="stratified K-fold cross-validation instead of the stored split")
+    p.add_argument("--test-size", type=float, default=0.25, metavar="FRACTION",
+                   help="hold-out fraction when the images have no split (default: 0.25)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --weights none, the splits and the classifiers")
+    p.add_argument("--features-dir", type=Path, default=Path("features"),
+                   help="parent of the stores, at extract's default paths (default: features)")
+    p.add_argument("--weights", default="DEFAULT", help="DEFAULT, a weights name such as IMAGENET1K_V1, or none")
+    p.add_argument("--weights-file", type=Path, help="state dict to load (torch.load with weights_only=True)")
+    p.add_argument("--image-size", type=int, help="crop size (default: the weights' own, usually 224)")
+    pre = p.add_argument_group("preprocessing (default: the weights' own)")
+    pre.add_argument("--resize", type=int, metavar="N", help="resize the shorter side to N pixels")
+    pre.add_argument("--crop", type=int, metavar="N", help="centre crop of NxN pixels")
+    pre.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean subtracted")
+    pre.add_argument("--std", metavar="S[,S,S]", help="per-channel standard deviation divided by")
+    pre.add_argument("--interpolation", choices=list(INTERPOLATIONS), help="interpolation of the resize")
+    p.add_argument("--pool", choices=list(POOLS), default="avg", help="pooling of convolutional outputs (default: avg)")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="compute precision")
+    p.add_argument("--dtype", choices=list(STORAGE_DTYPES), default="float32", help="storage precision")
+    p.set_defaults(run=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from .layer_sweep import AUTO, SweepConfig, format_sweep, run_sweep
+
+    given = dict(
+        weights=args.weights, weights_file=args.weights_file, image_size=args.image_size, resize=args.resize,
+        crop=args.crop, mean=args.mean, std=args.std, interpolation=args.interpolation, pool=args.pool,
+        precision=args.precision, dtype=args.dtype, batch_size=args.batch_size, workers=args.workers,
+    )
+    config = SweepConfig(
+        data=args.data if args.data is not None else DEFAULT_DATA / "digits",
+        networks=tuple(args.networks),
+        layers=tuple(args.layers or (AUTO,)),
+        classifiers=args.classifiers,
+        concat=args.concat,
+        out=args.out,
+        cv=args.cv,
+        test_size=args.test_size,
+        seed=args.seed,
+        device=args.device,
+        features_dir=args.features_dir,
+        progress=_progress(args),
+        extract={name: value for name, value in given.items() if value is not None},
+    )
+    if args.data is None:
+        _data_folder(args)
+    print(format_sweep(run_sweep(config)))
     return 0
 
 
@@ -518,7 +600,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction, list[argparse.ArgumentParser]], None]] = [
     _add_extract, _add_layers, _add_models, _add_classify, _add_predict,
-    _add_info, _add_export, _add_demo,
+    _add_info, _add_export, _add_demo, _add_sweep,
 ]
 
 

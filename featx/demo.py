@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .classification import FAMILIES, ClassifyConfig, ClassifyRun, all_params, parse_models, run_classification
 from .digits import materialise_digits
@@ -97,6 +98,7 @@ class DemoConfig:
     workers: int | None = None
     device: str = "auto"
     progress: bool = True
+    sweep: bool = True  # end with a small layer sweep (run_demo_sweep)
 
     def __post_init__(self) -> None:
         # Everything is checked here, before the digits are written or a network runs.
@@ -164,6 +166,7 @@ class DemoResult:
     weights_note: str | None
     rows: list[DemoRow] = field(default_factory=list)
     seconds: float = 0.0
+    sweep: Any = None  # the SweepResult of run_demo_sweep
 
 
 def _pretrained_available(name: str, download: bool) -> bool:
@@ -334,6 +337,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
     result.n_images = first.n_samples
     result.n_test = first.results[0].n_test
     result.n_train = first.results[0].n_train
+    if config.sweep:
+        result.sweep = run_demo_sweep(config, data, chosen)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -372,5 +377,62 @@ def format_demo(result: DemoResult) -> str:
     lines += [f"  {s}" for s in stores]
     lines += ["reports (results.json, predictions-<model>.csv, classifier-<model>.zip):"]
     lines += [f"  {row.run.out_dir}/" for row in result.rows]
+    lines += format_demo_sweep(result)
     lines += ["", f"demo finished in {result.seconds:.0f} s"]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- which layer? the closing sweep
+
+#: Quick classifiers for the closing sweep (the demo's own, when it has none of these).
+SWEEP_CLASSIFIERS = ("logreg", "bayes")
+#: Digits per class and split of the closing sweep: every layer of two networks on 500 digits takes
+#: seconds, where the full 1,797 would take the demo's extraction time again.
+SWEEP_PER_CLASS = 25
+
+
+def run_demo_sweep(config: DemoConfig, data: Path, weights: dict[str, str]) -> Any:
+    """Which layer transfers best: the demo's networks swept over their stage outputs (``featx sweep``).
+
+    Every network's stages and penultimate layer come from one forward pass
+    into one store per network (next to the demo's), evaluated with
+    :data:`SWEEP_CLASSIFIERS` on the same split, on :data:`SWEEP_PER_CLASS`
+    digits per class and split (a subset of the demo's); the table, the plot
+    and the report go to ``runs_dir/<data>/sweep``.  A network with pretrained weights
+    and one without are swept as :func:`choose_weights` chose.
+    """
+    from .layer_sweep import SweepConfig, run_sweep
+
+    if config.per_class is None or config.per_class > SWEEP_PER_CLASS:
+        data = materialise_digits(data.with_name(f"digits-{SWEEP_PER_CLASS}-per-class"), per_class=SWEEP_PER_CLASS)
+    quick = [c for c in config.classifiers if c in SWEEP_CLASSIFIERS] or list(config.classifiers)
+    by_weights: dict[str, list[str]] = {}
+    for network in config.networks:
+        by_weights.setdefault(weights[network], []).append(network)
+    # One sweep per weights choice: a sweep's networks share their extraction options.
+    (choice, networks), *_ = sorted(by_weights.items(), key=lambda item: -len(item[1]))
+    log.info(f"which layer? sweeping {', '.join(networks)} over their stage outputs ...")
+    return run_sweep(
+        SweepConfig(
+            data=data, networks=tuple(networks), classifiers=tuple(quick), out=config.runs_dir / data.name / "sweep",
+            seed=config.seed, device=config.device, features_dir=config.features_dir, progress=config.progress,
+            extract={"weights": choice, "image_size": config.image_size, "batch_size": config.batch_size,
+                     "workers": config.workers},
+        )
+    )
+
+
+def format_demo_sweep(result: DemoResult) -> list[str]:
+    """The closing sweep's lines of the demo's output: its best cell, the plot and the report."""
+    sweep = result.sweep
+    if sweep is None:
+        return []
+    best = sweep.best
+    return [
+        "",
+        f"which layer? {', '.join(sweep.config.networks)} swept over {len(sweep.rows)} cells "
+        f"(layers x {', '.join(sweep.config.classifiers)}) on {sweep.config.data}: best {best.network} {best.layer} with {best.classifier}, "
+        f"accuracy {best.accuracy:.3f}",
+        f"  plot:   {sweep.plot_path}",
+        f"  report: {sweep.report_path}",
+    ]

@@ -12,7 +12,7 @@ from conftest import quick_extract
 
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ("extract", "layers", "classify", "predict", "info", "export", "demo")
+COMMANDS = ("extract", "layers", "classify", "predict", "info", "export", "demo", "sweep")
 
 
 def _modules_after(code: str) -> set[str]:

@@ -42,7 +42,7 @@ def _fake_pretrained(name: str) -> Path:
 def _config(tmp_path: Path, **options) -> DemoConfig:
     defaults = dict(
         data=tmp_path / "data" / "digits", image_size=32, per_class=2, download=False,
-        features_dir=tmp_path / "features", runs_dir=tmp_path / "runs", workers=0, progress=False,
+        features_dir=tmp_path / "features", runs_dir=tmp_path / "runs", workers=0, progress=False, sweep=False,
     )
     return DemoConfig(**{**defaults, **options})
 
@@ -186,3 +186,21 @@ def test_cli_refuses_an_unknown_classifier_before_any_work(tmp_path, run_cli):
         "xgboost, mlp, knn; got 'svm,knm'\n"
     )
     assert not (tmp_path / "digits").exists() and not (tmp_path / "f").exists()
+
+
+def test_demo_ends_with_a_layer_sweep(torch_home: Path, tmp_path: Path):
+    result = run_demo(_config(tmp_path, networks=("resnet18",), classifiers=("svm", "bayes"), per_class=2, sweep=True))
+    sweep = result.sweep
+    # The demo's own digits (2 per class and split), the quick classifiers among the demo's, every stage.
+    assert sweep.config.data == tmp_path / "data" / "digits" and sweep.config.classifiers == ("bayes",)
+    assert [r.layer for r in sweep.rows] == ["conv2", "conv3", "conv4", "conv5", "penultimate"]
+    assert sweep.plot_path == tmp_path / "runs" / "digits" / "sweep" / "accuracy-by-layer.png"
+    assert sweep.plot_path.is_file() and sweep.report_path.is_file()
+    lines = format_demo(result).splitlines()
+    best = sweep.best
+    assert lines[-5:-2] == [
+        f"which layer? resnet18 swept over 5 cells (layers x bayes) on {tmp_path / 'data' / 'digits'}: best "
+        f"resnet18 {best.layer} with bayes, accuracy {best.accuracy:.3f}",
+        f"  plot:   {sweep.plot_path}",
+        f"  report: {sweep.report_path}",
+    ]

@@ -22,6 +22,7 @@ evaluation, training, saved classifiers and reports.
 ``_run``            what a run did (:class:`ClassifyRun`) and its ``results.json``
 ``_artifact``       saved classifiers without pickle: :func:`save_classifier`, :func:`load_classifier`
 ``_report``         metrics, prediction files, confusion plots, :func:`format_results`
+``_html``           :func:`write_report`: one self-contained ``report.html`` (images embedded)
 ==================  ==================================================================
 
 Reads stores through :mod:`featx.store`; never imports :mod:`featx.extraction`
@@ -43,6 +44,7 @@ if TYPE_CHECKING:  # what _LAZY serves, for type checkers and readers
     from ._bayes import GaussianNaiveBayes
     from ._config import ClassifyConfig
     from ._evaluation import plan_evaluation
+    from ._html import write_report
     from ._join import JoinedFeatures, join_features
     from ._linear import MinibatchLinearClassifier
     from ._report import format_results, predictions_frame
@@ -56,6 +58,7 @@ __all__ = [
     "ClassifyRun",
     "ClassifierResult",
     "format_results",
+    "write_report",
     # the classifiers and their options
     "FAMILIES",
     "NORMALIZERS",
@@ -84,6 +87,7 @@ _LAZY = {
     "GaussianNaiveBayes": "._bayes",
     "ClassifyConfig": "._config",
     "plan_evaluation": "._evaluation",
+    "write_report": "._html",
     **dict.fromkeys(("JoinedFeatures", "join_features"), "._join"),
     "MinibatchLinearClassifier": "._linear",
     **dict.fromkeys(("format_results", "predictions_frame"), "._report"),

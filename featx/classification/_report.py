@@ -209,7 +209,7 @@ def format_results(run: ClassifyRun) -> str:
         lines += ["", f"* best accuracy: {best.name}"]
     lines += [
         "",
-        f"run folder: {run.out_dir} (results.json, predictions-<model>.csv, confusion-<model>.png, "
+        f"run folder: {run.out_dir} (results.json, report.html, predictions-<model>.csv, confusion-<model>.png, "
         "classifier-<model>.zip)",
     ]
     return "\n".join(lines)

@@ -10,6 +10,7 @@ classifier family in the pipeline of :mod:`._pipeline`, and writes a run folder:
     confusion-<model>.png      confusion matrix of the evaluation rows
     classifier-<model>.zip     the fitted pipeline + manifest (see :mod:`._artifact`)
     missing-ids.csv            ids left out because an input lacks them (if any)
+    report.html                one self-contained page: table, confusion matrix, misclassified images
 
 Every check that needs no data has been made by :class:`ClassifyConfig`; the
 machine's part (memory budget, device) is resolved first and the run folder is
@@ -35,6 +36,7 @@ from ._artifact import save_classifier
 from ._boosting import fit_xgboost
 from ._config import ClassifyConfig
 from ._evaluation import Evaluation, check_components, plan_evaluation, search_folds
+from ._html import Thumbnails, write_report
 from ._join import JoinedFeatures, join_features
 from ._json import json_default
 from ._pipeline import build_pipeline, fit_in_place, transform_in_place
@@ -368,12 +370,15 @@ def _write_missing(out: Path, missing: Mapping[str, list[str]]) -> Path | None:
     return path
 
 
-def run_classification(config: ClassifyConfig) -> ClassifyRun:
+def run_classification(config: ClassifyConfig, *, thumbnails: Thumbnails | None = None) -> ClassifyRun:
     """Train and evaluate the configured classifiers; write the run folder.
 
     Parameters
     ----------
     config : ClassifyConfig
+    thumbnails : callable, optional
+        ``ids -> {id: encoded image bytes}``: the misclassified images of
+        ``report.html`` (this side never reads images; the workflows pass one).
 
     Returns
     -------
@@ -447,4 +452,5 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
         fit=plan,
     )
     run.results_json.write_text(json.dumps(run.to_json(), indent=2, default=json_default) + "\n")
+    write_report(out / "report.html", best=run, thumbnails=thumbnails)
     return run

@@ -87,7 +87,7 @@ def test_default_run_folder_is_new_and_timestamped(tmp_path, two_stores):
     assert first.out_dir.parent == tmp_path / "runs"
     assert re.fullmatch(r"\d{8}-\d{6}(-\d+)?", second.out_dir.name)
     assert sorted(p.name for p in first.out_dir.iterdir()) == [
-        "classifier-bayes.zip", "predictions-bayes.csv", "results.json",
+        "classifier-bayes.zip", "predictions-bayes.csv", "report.html", "results.json",
     ]
 
 
