@@ -41,6 +41,8 @@ __all__ = [
     "StoreNotFoundError",
     "StoreMismatchError",
     "StoreLockedError",
+    "MalformedStoreError",
+    "StoreChecksumError",
     "StoreWriteError",
     "DiskFullError",
     "ClassifyError",
@@ -105,6 +107,15 @@ class StoreMismatchError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another process is writing the same store (one writer per store; readers are never blocked)."""
+
+
+class MalformedStoreError(StoreError):
+    """An HDF5 file claims to be a featx store but does not follow the format (a dataset missing, a wrong
+    shape or type, a label out of range, an attribute that is not text): refused when it is opened."""
+
+
+class StoreChecksumError(StoreError):
+    """The features of a finished store no longer match the checksums recorded when it was written."""
 
 
 class StoreWriteError(StoreError, OSError):

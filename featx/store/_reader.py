@@ -16,7 +16,8 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError, StoreNotFoundError, message
-from ._schema import BOOKKEEPING_ATTRS, FORMAT_VERSION, attr_value, is_layer, parts_dir, read_meta, read_strings
+from ._schema import BOOKKEEPING_ATTRS, attr_value, is_layer, parts_dir, read_strings
+from ._validate import validate_store
 
 __all__ = ["FeatureStore", "open_store", "open_hdf5"]
 
@@ -95,26 +96,17 @@ class FeatureStore:
                 )
             )
         self._file = open_hdf5(self.path, hint="check the path")
-        fmt = self._file.attrs.get("featx_format")
-        if fmt is None:
+        try:
+            table = validate_store(self._file, self.path)
+        except BaseException:
             self._file.close()
-            raise StoreError(message("HDF5 file is not a featx store (no 'featx_format' attribute)", got=self.path))
-        if int(fmt) > FORMAT_VERSION:
-            self._file.close()
-            raise StoreError(
-                message(
-                    f"the featx store format of '{self.path}'",
-                    allowed=f"{FORMAT_VERSION} or older",
-                    got=int(fmt),
-                    hint="upgrade featx to read it",
-                )
-            )
-        self.meta: dict[str, Any] = {k: attr_value(v) for k, v in self._file.attrs.items()}
-        self.ids: np.ndarray = read_strings(self._file["samples/id"])
-        self.labels: np.ndarray = self._file["samples/label"][()]
-        self.splits: np.ndarray = read_strings(self._file["samples/split"])
-        self.classes: list[str] = list(read_strings(self._file["classes"]))
-        self.sample_meta: dict[str, np.ndarray] = read_meta(self._file["samples"])
+            raise
+        self.meta: dict[str, Any] = table.meta
+        self.ids: np.ndarray = table.ids
+        self.labels: np.ndarray = table.labels
+        self.splits: np.ndarray = table.splits
+        self.classes: list[str] = table.classes
+        self.sample_meta: dict[str, np.ndarray] = table.sample_meta
 
     # context manager ------------------------------------------------------------
     def close(self) -> None:
