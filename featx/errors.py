@@ -27,6 +27,8 @@ from contextvars import ContextVar
 from os import PathLike
 from typing import Any
 
+from .formatting import printable
+
 __all__ = [
     "FeatxError",
     "ConfigError",
@@ -178,7 +180,9 @@ def message(what: str, *, got: Any = _NOTHING, allowed: str | None = None, hint:
             text += f"; got {_shown(got)}"
     else:
         text = what if got is _NOTHING else f"{what}: {_shown(got)}"
-    return f"{text}; {hint}" if hint else text
+    # One line, whatever the values hold: names from files (ids, class names) may carry newlines or
+    # terminal escapes, and the command line prints this as its single line of error.
+    return printable(f"{text}; {hint}" if hint else text)
 
 
 def choices(values: Iterable[Any]) -> str:
