@@ -340,7 +340,8 @@ def _scan(store: FeatureStore, source: _Source, ids: np.ndarray, out: np.ndarray
     target[source.rows] = np.arange(source.rows.size)
     bad: list[np.ndarray] = []
     largest: float | None = None
-    for rows, block in store.iter_features(source.layer, batch_rows=READ_ROWS):
+    # verify: the rows are checked against the store's checksums as they are read (CRC-32, no second read).
+    for rows, block in store.iter_features(source.layer, batch_rows=READ_ROWS, verify=True):
         where = target[rows]
         keep = where >= 0
         values = block[keep]

@@ -109,7 +109,7 @@ def _failed(store: FeatureStore) -> list[str]:
     return lines
 
 
-def _format_store_info(store: FeatureStore) -> str:
+def _format_store_info(store: FeatureStore, checksums: str | None = None) -> str:
     """Describe an open store: status, model, weights, preprocessing, layers, samples, failures, size."""
     # Every text attribute is shown with the characters a terminal acts on escaped: the file may come from anyone.
     meta = {key: printable(value) if isinstance(value, str) else value for key, value in store.meta.items()}
@@ -136,16 +136,29 @@ def _format_store_info(store: FeatureStore) -> str:
         "",
         *_failed(store),
     ]
+    if checksums is not None:
+        lines += ["", f"checksums: {checksums}"]
     return "\n".join(lines)
 
 
-def describe_store(path: str | os.PathLike) -> str:
+def describe_store(path: str | os.PathLike, *, verify: bool = False) -> str:
     """What the store at *path* holds, as the text ``featx info`` prints.
+
+    Parameters
+    ----------
+    path : path
+        The store.
+    verify : bool
+        Also read every feature and check it against the checksums recorded
+        when the store was finished (``info --verify``); the text then ends
+        with what was checked.
 
     Raises
     ------
     StoreError
-        The file does not exist or is not a featx store.
+        The file does not exist or is not a featx store (or a malformed one).
+    StoreChecksumError
+        With *verify*: the first block of rows that no longer matches its checksum.
     """
     with open_store(path) as store:
-        return _format_store_info(store)
+        return _format_store_info(store, store.verify().describe() if verify else None)

@@ -17,12 +17,13 @@ import numpy as np
 
 from ..errors import StoreError, StoreNotFoundError, message
 from ._schema import BOOKKEEPING_ATTRS, attr_value, is_layer, parts_dir, read_strings
+from ._checksums import CHECKSUM_ROWS, CHECKSUMS, ChecksumReport, iter_verified, store_where, verify_dataset
 from ._validate import validate_store
 
 __all__ = ["FeatureStore", "open_store", "open_hdf5"]
 
 # Attributes of the dimension-scale API and of netCDF: structure, not layer metadata.
-_STRUCTURE_ATTRS = ("DIMENSION_", "REFERENCE_", "CLASS", "NAME", "_Netcdf")
+_STRUCTURE_ATTRS = ("DIMENSION_", "REFERENCE_", "CLASS", "NAME", "_Netcdf", CHECKSUMS, CHECKSUM_ROWS)
 
 
 def open_hdf5(path: Path, *, hint: str) -> h5py.File:
@@ -210,12 +211,40 @@ class FeatureStore:
             )
         return np.where(rows < 0, rows + n, rows)
 
-    def iter_features(self, name: str, batch_rows: int = 4096) -> Iterator[tuple[slice, np.ndarray]]:
-        """Yield ``(row_slice, block)`` pairs covering a layer in row order, one contiguous read each."""
+    def iter_features(
+        self, name: str, batch_rows: int = 4096, *, verify: bool = False
+    ) -> Iterator[tuple[slice, np.ndarray]]:
+        """Yield ``(row_slice, block)`` pairs covering a layer in row order, one contiguous read each.
+
+        With *verify*, the rows are checked against the checksums the finished
+        store recorded (if any) as they are read, at no extra read: a
+        :class:`~featx.errors.StoreChecksumError` is raised at the first block
+        of rows that differs, before the block that completes it is yielded.
+        """
         dataset = self._dataset(name)
+        if verify:
+            yield from iter_verified(dataset, store_where(self.path, name), batch_rows)
+            return
         for start in range(0, dataset.shape[0], batch_rows):
             rows = slice(start, min(start + batch_rows, dataset.shape[0]))
             yield rows, dataset[rows]
+
+    def verify(self) -> ChecksumReport:
+        """Read every layer and check it against the checksums recorded when the store was finished.
+
+        Returns
+        -------
+        ChecksumReport
+            Per layer, the blocks checked, or None where no checksums were
+            recorded (a store of an older featx, or an unfinished one).
+
+        Raises
+        ------
+        StoreChecksumError
+            The first block of rows that does not match its checksum.
+        """
+        return ChecksumReport({name: verify_dataset(self._dataset(name), store_where(self.path, name))
+                               for name in self.layers})
 
     @property
     def failed(self):

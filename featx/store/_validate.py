@@ -40,6 +40,7 @@ import numpy as np
 
 from ..errors import MalformedStoreError, StoreError, message
 from ..formatting import printable
+from ._checksums import CHECKSUM_ROWS, CHECKSUMS
 from ._schema import FORMAT_VERSION, SPLIT_NAMES, attr_value, is_layer
 
 __all__ = ["SampleArrays", "validate_store"]
@@ -250,6 +251,13 @@ class _Checker:
             for key in _LAYER_TEXT_ATTRS:
                 if key in layer_attrs and not isinstance(layer_attrs[key], str):
                     raise self.fail(f"attribute '{key}' of {where} must be text")
+            if CHECKSUMS in layer_attrs or CHECKSUM_ROWS in layer_attrs:
+                rows, crcs = layer_attrs.get(CHECKSUM_ROWS), layer_attrs.get(CHECKSUMS)
+                crcs = crcs if isinstance(crcs, list) else [crcs]
+                if (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1
+                        or not all(isinstance(c, int) and not isinstance(c, bool) for c in crcs)
+                        or len(crcs) != -(-n // rows)):
+                    raise self.fail(f"the checksums of {where} do not cover its {n:,} rows")
 
 
 def validate_store(f: h5py.File, path: Path) -> SampleArrays:

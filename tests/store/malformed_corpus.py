@@ -30,7 +30,7 @@ def good_store(path: Path) -> Path:
     """A finished, well-formed store of N samples, 3 classes, one layer ``f`` of width 4, written by featx."""
     from featx.store import AttributeIdentity, LayerSpec, StoreWriter
 
-    ids = [f"{'train' if i % 3 else 'val'}/{CLASSES[i % 3]}/{i:03d}.jpg" for i in range(N)]
+    ids = [f"{'val' if i < 3 else 'train'}/{CLASSES[i % 3]}/{i:03d}.jpg" for i in range(N)]
     order = np.argsort(ids)
     ids = [ids[i] for i in order]
     labels = np.array([i % 3 for i in range(N)], dtype=np.int32)[order]

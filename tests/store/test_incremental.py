@@ -40,6 +40,8 @@ def _assert_same_store(path: Path, fresh: Path) -> None:
         assert a.meta["rows"] == b.meta["rows"] and a.meta["candidates"] == b.meta["candidates"]
         for layer in LAYERS:
             np.testing.assert_array_equal(a.features(layer), b.features(layer))
+        # Both carry checksums of every layer (issue 24), and the updated store's match its rows.
+        assert set(a.verify().blocks) == set(LAYERS) and all(a.verify().blocks.values())
 
 
 @pytest.fixture(scope="module")
