@@ -349,7 +349,7 @@ def _scan(store: FeatureStore, source: _Source, ids: np.ndarray, out: np.ndarray
         if not sane.all():
             bad.append(where[keep][~sane])
             huge = np.abs(values[~sane])
-            huge = huge[np.isfinite(huge)]
+            huge = huge[np.isfinite(huge) & (huge > MAX_ABS_FEATURE)]
             if huge.size:
                 largest = max(largest or 0.0, float(huge.max()))
         if out is not None:
