@@ -219,9 +219,8 @@ def predict_images(
         A bad classifier file, missing images or weights, or features that
         cannot be reproduced.
     """
-    from .extraction import FeatureExtractor
-
-    # Every argument is checked before the first image is decoded.
+    # Every argument is checked before the first image is decoded; the classifier file before torch is
+    # imported (seconds), so that a bad or hostile one is refused at once.
     if out is not None:
         check_writable_file(out, "out")
     clf = classifier if isinstance(classifier, FittedClassifier) else load_classifier(classifier)
@@ -234,6 +233,7 @@ def predict_images(
     # The weights of every network are found before the first one runs.
     networks = _networks(clf.blocks, files)
     source, labelled = _image_source(paths)
+    from .extraction import FeatureExtractor
 
     columns: dict[int, np.ndarray] = {}
     usable = np.ones(len(source), dtype=bool)

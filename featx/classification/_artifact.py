@@ -310,6 +310,9 @@ def _check_manifest(manifest: Any, path: Path) -> None:
         problem = "'files' is not an object of member names"
     elif not isinstance(manifest.get("inputs", []), list) or not all(isinstance(b, dict) for b in manifest.get("inputs", [])):
         problem = "'inputs' is not a list of feature blocks"
+    elif not all(isinstance(b.get("layer"), str) and isinstance(b.get("provenance"), dict)
+                 and isinstance(b.get("layer_info"), dict) for b in manifest.get("inputs", [])):
+        problem = "an input lacks its layer, provenance or layer_info"
     elif not isinstance(manifest.get("n_features", 0), int):
         problem = "'n_features' is not an integer"
     if problem:
