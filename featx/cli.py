@@ -418,13 +418,17 @@ def _add_info(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPa
         "finished, and the size on disk.",
     )
     p.add_argument("store", type=Path, metavar="STORE", help="an HDF5 feature store")
+    p.add_argument(
+        "--verify", action="store_true",
+        help="also read every feature and check it against the checksums recorded when the store was finished",
+    )
     p.set_defaults(run=_run_info)
 
 
 def _run_info(args: argparse.Namespace) -> int:
     from .store import describe_store
 
-    print(describe_store(args.store))
+    print(describe_store(args.store, verify=args.verify))
     return 0
 
 

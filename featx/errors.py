@@ -27,6 +27,8 @@ from contextvars import ContextVar
 from os import PathLike
 from typing import Any
 
+from .formatting import printable
+
 __all__ = [
     "FeatxError",
     "ConfigError",
@@ -41,6 +43,8 @@ __all__ = [
     "StoreNotFoundError",
     "StoreMismatchError",
     "StoreLockedError",
+    "MalformedStoreError",
+    "StoreChecksumError",
     "StoreWriteError",
     "DiskFullError",
     "ClassifyError",
@@ -107,6 +111,15 @@ class StoreLockedError(StoreError):
     """Another process is writing the same store (one writer per store; readers are never blocked)."""
 
 
+class MalformedStoreError(StoreError):
+    """An HDF5 file claims to be a featx store but does not follow the format (a dataset missing, a wrong
+    shape or type, a label out of range, an attribute that is not text): refused when it is opened."""
+
+
+class StoreChecksumError(StoreError):
+    """The features of a finished store no longer match the checksums recorded when it was written."""
+
+
 class StoreWriteError(StoreError, OSError):
     """The file system failed while a store was written (an I/O error); the rows committed so far are kept."""
 
@@ -167,7 +180,9 @@ def message(what: str, *, got: Any = _NOTHING, allowed: str | None = None, hint:
             text += f"; got {_shown(got)}"
     else:
         text = what if got is _NOTHING else f"{what}: {_shown(got)}"
-    return f"{text}; {hint}" if hint else text
+    # One line, whatever the values hold: names from files (ids, class names) may carry newlines or
+    # terminal escapes, and the command line prints this as its single line of error.
+    return printable(f"{text}; {hint}" if hint else text)
 
 
 def choices(values: Iterable[Any]) -> str:

@@ -29,11 +29,21 @@ def _refuse(path: Path, name: str, reason: str) -> OutputPathError:
     )
 
 
+def _on_read_only_file_system(path: Path) -> bool:
+    """Whether *path* is on a file system mounted read-only (where access() says "no permission", EROFS)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
+
+
 def _folder_problem(path: Path) -> str | None:
     """Why nothing can be created in folder *path* (or where it would be made), or None."""
     existing = _first_existing(path)
     if not existing.is_dir():
         return f"'{existing}' is a file, not a folder"
+    if _on_read_only_file_system(existing):
+        return f"'{existing}' is on a read-only file system"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"no permission to write in '{existing}'"
     # Permissions can say yes where the file system says no (/proc, /sys, read-only mounts).
@@ -78,6 +88,8 @@ def check_writable_file(path: str | os.PathLike, name: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise _refuse(path, name, "it is a folder, a file name is needed")
+    if path.exists() and _on_read_only_file_system(path):
+        raise _refuse(path, name, f"'{path}' is on a read-only file system")
     if path.exists() and not os.access(path, os.W_OK):
         raise _refuse(path, name, "the file is read-only")
     problem = _folder_problem(path.parent)

@@ -31,6 +31,7 @@ import numpy as np
 from ._version import __version__
 from .classification import FittedClassifier, load_classifier, predictions_frame
 from .errors import ClassifyError, message, option
+from .formatting import printable
 from .paths import check_writable_file
 from .store import describe_weights, identity_differences, parse_weights_label, sha256_file
 
@@ -218,9 +219,8 @@ def predict_images(
         A bad classifier file, missing images or weights, or features that
         cannot be reproduced.
     """
-    from .extraction import FeatureExtractor
-
-    # Every argument is checked before the first image is decoded.
+    # Every argument is checked before the first image is decoded; the classifier file before torch is
+    # imported (seconds), so that a bad or hostile one is refused at once.
     if out is not None:
         check_writable_file(out, "out")
     clf = classifier if isinstance(classifier, FittedClassifier) else load_classifier(classifier)
@@ -233,6 +233,7 @@ def predict_images(
     # The weights of every network are found before the first one runs.
     networks = _networks(clf.blocks, files)
     source, labelled = _image_source(paths)
+    from .extraction import FeatureExtractor
 
     columns: dict[int, np.ndarray] = {}
     usable = np.ones(len(source), dtype=bool)
@@ -327,13 +328,13 @@ def format_prediction(result: PredictResult) -> str:
     family = result.classifier.family if result.classifier is not None else "the classifier"
     lines = [
         f"{len(result.predictions):,} images predicted by {family}{source}: "
-        + ", ".join(f"{name} {counts.get(name, 0):,}" for name in result.classes)
+        + ", ".join(f"{printable(name)} {counts.get(name, 0):,}" for name in result.classes)
     ]
     if result.accuracy is not None:
         lines.append(f"accuracy on the labelled images: {result.accuracy:.3f}")
     if result.failed:
         lines.append(f"{len(result.failed)} image(s) could not be used:")
-        lines += [f"  {image_id}: {reason}" for image_id, reason in result.failed]
+        lines += [f"  {printable(image_id)}: {printable(reason)}" for image_id, reason in result.failed]
     if result.out is not None:
         lines.append(f"predictions written to {result.out}")
     return "\n".join(lines)

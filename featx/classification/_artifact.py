@@ -21,11 +21,13 @@ estimator is saved apart, and how to load it.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,6 +38,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import ClassifyError, message
+from ..formatting import printable
 from ._json import json_default
 from ._registry import FAMILIES, OwnFile, trusted_types
 
@@ -57,7 +60,17 @@ PIPELINE = "pipeline.skops"
 # Types a featx pipeline holds that skops does not trust by default.  Anything
 # else that skops reports as untrusted makes loading fail.
 TRUSTED_TYPES = trusted_types()
+# What a classifier zip may hold, checked before anything is decompressed (a zip's header says
+# each member's size; the reads stop at it too, whatever the header says).  The manifest is a
+# few KiB of JSON: more than 4 MiB is not one.  The other members hold fitted arrays, which can
+# be large (a knn keeps its training rows) but do not compress: a member past 256 MiB that
+# compresses more than 50:1 is a decompression bomb, refused unread.  skops files are zips
+# themselves: their members are held to the same rules.
+_MAX_MANIFEST_BYTES = 4 << 20
 _MAX_MEMBER_BYTES = 8 << 30
+_BOMB_BYTES = 256 << 20
+_BOMB_RATIO = 50
+_READ_BYTES = 1 << 20
 # The hints of the errors below: what to pass instead, how to get a good file.
 _PASS_ONE = "pass a classifier-<model>.zip from a `featx classify` run folder"
 _REFIT = "re-run `featx classify` to make a new one"
@@ -221,18 +234,76 @@ def save_classifier(path: str | os.PathLike, pipeline: Any, manifest: Mapping[st
     return path
 
 
-def _read_member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
+def _member_problem(info: zipfile.ZipInfo, limit: int) -> str | None:
+    """Why a member must not be decompressed, from its header alone, or None."""
+    if info.file_size == 0:
+        return "is empty"  # never handed to a parser: xgboost aborts the process on an empty model
+    if info.file_size > limit:
+        return f"is {info.file_size:,} bytes, more than the {limit:,} a classifier's '{info.filename}' may have"
+    if info.file_size > _BOMB_BYTES and info.file_size > _BOMB_RATIO * max(info.compress_size, 1):
+        return (f"expands from {info.compress_size:,} to {info.file_size:,} bytes (more than {_BOMB_RATIO}:1), "
+                "a decompression bomb")
+    return None
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, path: Path, limit: int = _MAX_MEMBER_BYTES) -> bytearray:
+    """Member *name*, read in bounded chunks: never more than its header's size, nor than *limit*."""
     try:
         info = archive.getinfo(name)
     except KeyError:
         raise ClassifyError(
             message(f"'{path}' is not a complete featx classifier: it lacks '{name}'", hint=_REFIT)
         ) from None
-    if info.file_size > _MAX_MEMBER_BYTES:
+    problem = _member_problem(info, limit)
+    if problem:
+        raise ClassifyError(message(f"'{path}': member '{name}' {problem}", hint="refusing to read it"))
+    data = bytearray(info.file_size)
+    view = memoryview(data)
+    done = 0
+    with archive.open(info) as member:
+        while done < info.file_size:
+            got = member.readinto(view[done : done + _READ_BYTES])
+            if not got:
+                break
+            done += got
+        extra = member.read(1)
+    if done != info.file_size or extra:
         raise ClassifyError(
-            message(f"'{path}': member '{name}' is {info.file_size:,} bytes, too large for a classifier")
+            message(f"'{path}': member '{name}' does not hold the {info.file_size:,} bytes its header says",
+                    hint=_REFIT)
         )
-    return archive.read(name)
+    return data
+
+
+def _check_inner_zip(data: bytes | bytearray, name: str, path: Path) -> None:
+    """The members of a skops file (itself a zip) are bounded as the artifact's are, before skops reads one."""
+    total = 0
+    try:
+        inner = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise ClassifyError(message(f"'{path}': its pipeline cannot be read by skops (not a skops file)", hint=_REFIT)) from None
+    with inner:
+        for info in inner.infolist():
+            problem = _member_problem(info, _MAX_MEMBER_BYTES)
+            total += info.file_size
+            if problem is None and total > _MAX_MEMBER_BYTES:
+                problem = f"holds {total:,} bytes in all"
+            if problem:
+                raise ClassifyError(
+                    message(f"'{path}': '{name}', member '{info.filename}' {problem}", hint="refusing to read it")
+                )
+
+
+def _parse_manifest(data: bytes | bytearray, path: Path) -> Any:
+    try:
+        return json.loads(bytes(data).decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ClassifyError(
+            message(f"'{path}': its manifest is not UTF-8 text (byte {exc.start:,})", hint=_REFIT)
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        reason = str(exc).splitlines()[0][:200] if isinstance(exc, ValueError) else "nested too deeply"
+        raise ClassifyError(message(f"'{path}': its manifest is not valid JSON ({reason})", hint=_REFIT)) from None
 
 
 def _check_manifest(manifest: Any, path: Path) -> None:
@@ -243,13 +314,53 @@ def _check_manifest(manifest: Any, path: Path) -> None:
             )
         )
     version = manifest.get("format_version")
+    versions = manifest.get("versions", {})
     if version != ARTIFACT_VERSION:
-        written_by = manifest.get("versions", {}).get("featx", "an unknown version")
+        written_by = versions.get("featx", "an unknown version") if isinstance(versions, dict) else "an unknown version"
         raise ClassifyError(
             message(
                 f"classifier '{path}' has featx classifier format {version!r} (written by featx {written_by})",
                 hint=f"this featx {__version__} reads format {ARTIFACT_VERSION} only: re-run `featx classify` with "
                 f"this featx, or use featx {written_by} to predict",
+            )
+        )
+    classes = manifest.get("classes")
+    files = manifest.get("files", {})
+    problem = None
+    if not isinstance(versions, dict):
+        problem = "'versions' is not an object"
+    elif not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        problem = "'classes' is not a list of class names"
+    elif len(set(classes)) != len(classes):
+        problem = "'classes' names a class twice"
+    elif not isinstance(manifest.get("classifier"), dict) or not isinstance(manifest["classifier"].get("family"), str):
+        problem = "'classifier' does not name a family"
+    elif not isinstance(files, dict) or not isinstance(files.get("booster"), (str, type(None))):
+        problem = "'files' is not an object of member names"
+    elif not isinstance(manifest.get("inputs", []), list) or not all(isinstance(b, dict) for b in manifest.get("inputs", [])):
+        problem = "'inputs' is not a list of feature blocks"
+    elif not all(isinstance(b.get("layer"), str) and isinstance(b.get("provenance"), dict)
+                 and isinstance(b.get("layer_info"), dict) for b in manifest.get("inputs", [])):
+        problem = "an input lacks its layer, provenance or layer_info"
+    elif not isinstance(manifest.get("n_features", 0), int):
+        problem = "'n_features' is not an integer"
+    if problem:
+        raise ClassifyError(message(f"'{path}': its manifest is damaged: {problem}", hint=_REFIT))
+
+
+def _check_classes(pipeline: Any, manifest: Mapping[str, Any], path: Path) -> None:
+    """The estimator predicts class indices into the manifest's classes, one probability column each."""
+    learnt = getattr(pipeline.steps[-1][1], "classes_", None)
+    if learnt is None:
+        return
+    learnt = np.asarray(learnt)
+    n = len(manifest["classes"])
+    if learnt.dtype.kind not in "iu" or learnt.size != n or (learnt.size and (learnt.min() < 0 or learnt.max() >= n)):
+        raise ClassifyError(
+            message(
+                f"'{path}': its manifest names {n} classes, its estimator predicts {learnt.size} "
+                f"({printable(learnt[:5].tolist())}{', ...' if learnt.size > 5 else ''})",
+                hint=_REFIT,
             )
         )
 
@@ -261,7 +372,8 @@ def _load_pipeline(data: bytes, path: Path) -> Any:
         untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:  # a damaged skops file
         raise ClassifyError(
-            message(f"'{path}': its pipeline cannot be read by skops ({type(exc).__name__}: {exc})", hint=_REFIT)
+            message(f"'{path}': its pipeline cannot be read by skops ({type(exc).__name__}: {printable(str(exc))[:200]})",
+                    hint=_REFIT)
         ) from None
     refused = sorted(set(untrusted) - set(TRUSTED_TYPES))
     if refused:
@@ -271,7 +383,13 @@ def _load_pipeline(data: bytes, path: Path) -> Any:
                 hint="it was not written by `featx classify`, refusing to load it",
             )
         )
-    return sio.loads(data, trusted=list(untrusted))
+    try:
+        return sio.loads(data, trusted=list(untrusted))
+    except Exception as exc:  # a schema skops accepts but cannot build from
+        raise ClassifyError(
+            message(f"'{path}': its pipeline cannot be built by skops ({type(exc).__name__}: "
+                    f"{printable(str(exc))[:200]})", hint=_REFIT)
+        ) from None
 
 
 def load_classifier(path: str | os.PathLike) -> FittedClassifier:
@@ -300,12 +418,12 @@ def load_classifier(path: str | os.PathLike) -> FittedClassifier:
         raise ClassifyError(message(f"classifier not found: '{path}' is not a file", hint=_PASS_ONE))
     try:
         with zipfile.ZipFile(path) as archive:
-            try:
-                manifest = json.loads(_read_member(archive, MANIFEST, path))
-            except json.JSONDecodeError as exc:
-                raise ClassifyError(message(f"'{path}': its manifest is not valid JSON ({exc})", hint=_REFIT)) from None
+            manifest = _parse_manifest(_read_member(archive, MANIFEST, path, _MAX_MANIFEST_BYTES), path)
             _check_manifest(manifest, path)
-            pipeline = _load_pipeline(_read_member(archive, PIPELINE, path), path)
+            data = _read_member(archive, PIPELINE, path)
+            _check_inner_zip(data, PIPELINE, path)
+            pipeline = _load_pipeline(data, path)
+            del data
             member = manifest.get("files", {}).get("booster")
             if member:
                 own_file = _own_file(manifest)
@@ -314,11 +432,24 @@ def load_classifier(path: str | os.PathLike) -> FittedClassifier:
                         message(f"'{path}': its manifest names an estimator file '{member}' for a classifier family "
                                 "that saves none", hint=_REFIT)
                     )
-                estimator = own_file.load(_read_member(archive, own_file.name, path))
+                try:
+                    estimator = own_file.load(_read_member(archive, own_file.name, path))
+                except ClassifyError:
+                    raise
+                except Exception as exc:  # the library's own parser (XGBoostError, with a C++ backtrace)
+                    raise ClassifyError(
+                        message(f"'{path}': its estimator file '{own_file.name}' cannot be loaded "
+                                f"({type(exc).__name__}: {printable(str(exc).strip().splitlines()[0][:200]) if str(exc).strip() else ''})",
+                                hint=_REFIT)
+                    ) from None
                 pipeline = Pipeline([*pipeline.steps, ("clf", estimator)])
-    except zipfile.BadZipFile:
-        raise ClassifyError(message(f"'{path}' is not a featx classifier (not a zip file)", hint=_PASS_ONE)) from None
-    saved_with = manifest.get("versions", {}).get("scikit-learn")
+            _check_classes(pipeline, manifest, path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError, EOFError) as exc:
+        # Not a zip, a damaged one (a bad CRC), or a compression method zipfile does not know.
+        reason = "not a zip file" if isinstance(exc, zipfile.BadZipFile) and "File is not a zip" in str(exc) else \
+            f"a damaged zip: {printable(str(exc))[:200]}"
+        raise ClassifyError(message(f"'{path}' is not a featx classifier ({reason})", hint=_PASS_ONE)) from None
+    saved_with = manifest["versions"].get("scikit-learn")
     current = _versions()["scikit-learn"]
     if saved_with != current:
         log.warning(

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ClassifyError, ConfigError, StoreError, choices, close_matches, message, option
+from ..formatting import printable
 from ..store import FeatureStore, open_store
 
 __all__ = ["FeatureBlock", "JoinedFeatures", "parse_feature_spec", "check_feature_specs", "join_features",
@@ -273,7 +274,7 @@ def _class_names(store: FeatureStore, rows: np.ndarray) -> np.ndarray:
 
 
 def _examples(ids: Sequence[str]) -> str:
-    shown = ", ".join(f"'{i}'" for i in list(ids)[:_EXAMPLES])
+    shown = ", ".join(f"'{printable(i)}'" for i in list(ids)[:_EXAMPLES])
     return shown + (", ..." if len(ids) > _EXAMPLES else "")
 
 
@@ -332,13 +333,24 @@ def _views(store: FeatureStore, layer: str) -> int:
 #: Rows read from a store at a time: one contiguous h5py read each (~8 MiB at 2,048 float32 columns).
 READ_ROWS = 1024
 
+#: Largest magnitude a feature may have; beyond it a value is reported like NaN and inf.  No network
+#: layer comes near it (float16 stores end at 65,504; ImageNet networks' activations stay below 10^4),
+#: while a flipped high exponent bit of a float32 near 1 gives 10^19 or more, and garbage 10^38.  Such
+#: values do not fail loudly, they ruin the fit silently: one row of 3e38 drops GaussianNB to chance
+#: (its variance overflows float32), and in a measure on 90 rows x 8 columns one row at 10^12 already
+#: dropped every family (xgboost's too) to chance.
+MAX_ABS_FEATURE = 1e10
 
-def _non_finite_error(source: _Source, bad: np.ndarray, ids: np.ndarray) -> ClassifyError:
+
+def _non_finite_error(source: _Source, bad: np.ndarray, ids: np.ndarray, largest: float | None = None) -> ClassifyError:
     bad_ids = ids[np.sort(bad)]
     again = " ".join((option("precision", "fp32"), option("dtype", "float32"), option("overwrite", True)))
+    what = "NaN or infinite features" if largest is None else (
+        f"NaN, infinite or absurdly large features (|x| > {MAX_ABS_FEATURE:.0e}, e.g. {largest:.3g})"
+    )
     return ClassifyError(
         message(
-            f"store '{source.path}' layer '{source.layer}' holds NaN or infinite features in {len(bad_ids)} of "
+            f"store '{source.path}' layer '{source.layer}' holds {what} in {len(bad_ids)} of "
             f"{len(ids)} rows (e.g. {_examples(bad_ids)})",
             hint=f"re-extract it with {again}, or use another layer",
         )
@@ -392,17 +404,23 @@ def _scan(store: FeatureStore, source: _Source, ids: np.ndarray, out: np.ndarray
     target = np.full(n_store, -1, dtype=np.int64)  # joined row of each store row, -1 when left out
     target[source.rows] = np.arange(source.rows.size)
     bad: list[np.ndarray] = []
-    for rows, block in store.iter_features(source.layer, batch_rows=READ_ROWS):
+    largest: float | None = None
+    # verify: the rows are checked against the store's checksums as they are read (CRC-32, no second read).
+    for rows, block in store.iter_features(source.layer, batch_rows=READ_ROWS, verify=True):
         where = target[rows]
         keep = where >= 0
         values = block[keep]
-        finite = np.isfinite(values).all(axis=1)
-        if not finite.all():
-            bad.append(where[keep][~finite])
+        sane = (np.abs(values) <= MAX_ABS_FEATURE).all(axis=1)  # False for NaN too
+        if not sane.all():
+            bad.append(where[keep][~sane])
+            huge = np.abs(values[~sane])
+            huge = huge[np.isfinite(huge) & (huge > MAX_ABS_FEATURE)]
+            if huge.size:
+                largest = max(largest or 0.0, float(huge.max()))
         if out is not None:
             out[where[keep], source.columns] = values  # cast to float32 in place (float16 stores)
     if bad:
-        raise _non_finite_error(source, np.concatenate(bad), ids)
+        raise _non_finite_error(source, np.concatenate(bad), ids, largest)
 
 
 def join_features(specs: Sequence[str | os.PathLike], *, load: bool = True) -> JoinedFeatures:

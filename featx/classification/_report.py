@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..formatting import format_table
+from ..formatting import format_table, printable
 from ._run import ClassifyRun
 
 __all__ = ["classification_metrics", "predictions_frame", "plot_confusion", "format_results"]
@@ -163,13 +163,17 @@ def format_results(run: ClassifyRun) -> str:
         Lines without a final newline; the same whether the run came from
         Python or the command line (no option names).
     """
+    # Class names and paths come from the stores: shown with terminal control characters escaped.
+    classes = [printable(c) for c in run.classes]
     # Each input's compute precision, as its store records it (fp32 before featx recorded it).
-    inputs = " + ".join(f"{b.spec} ({b.dim:,}, {b.layer_info.get('precision') or 'fp32'})" for b in run.inputs)
+    inputs = " + ".join(
+        f"{printable(b.spec)} ({b.dim:,}, {b.layer_info.get('precision') or 'fp32'})" for b in run.inputs
+    )
     lines = [
         f"features: {inputs} = {run.n_features:,} columns; normalisation per input: {run.config.normalize}"
         + (f", PCA to {run.config.pca}" if run.config.pca else ""),
         f"samples: {run.n_samples:,} joined on id, {run.n_labelled:,} labelled; "
-        f"{len(run.classes)} classes: {', '.join(run.classes[:10])}{', ...' if len(run.classes) > 10 else ''}",
+        f"{len(run.classes)} classes: {', '.join(classes[:10])}{', ...' if len(run.classes) > 10 else ''}",
     ]
     if run.missing_ids:
         left_out = len({i for ids in run.missing_ids.values() for i in ids})
@@ -194,7 +198,7 @@ def format_results(run: ClassifyRun) -> str:
             (r.name, *(f"{r.per_class[c]['precision']:.2f} / {r.per_class[c]['recall']:.2f}" for c in run.classes))
             for r in run.results
         ]
-        lines.append(format_table(("classifier", *run.classes), per_class))
+        lines.append(format_table(("classifier", *classes), per_class))
     else:
         lines += ["", "per-class precision and recall: see results.json"]
     for r in run.results:

@@ -46,7 +46,7 @@ import numpy as np
 from ..errors import DataError, message, option
 from ..store import SPLIT_NAMES
 from ._images import IMAGE_EXTENSIONS
-from ._image_source import FileSource, file_fingerprint
+from ._image_source import FileSource, file_fingerprints
 
 __all__ = [
     "SPLIT_FOLDERS",
@@ -404,9 +404,14 @@ def discover_images(root: str | os.PathLike) -> FileSource:
         labels=tree.labels,
         splits=tree.splits,
         classes=tree.classes,
-        fingerprint=file_fingerprint(root, ids),
+        **_fingerprints(root, ids),
         layout=(found, *((logging.WARNING, w) for w in walk.warnings), *warnings),
     )
+
+
+def _fingerprints(root: Path, ids) -> dict[str, str]:
+    current, earlier = file_fingerprints(root, ids)
+    return {"fingerprint": current, "earlier_fingerprint": earlier}
 
 
 def loose_files(paths: Iterable[str | os.PathLike]) -> FileSource:
@@ -440,6 +445,6 @@ def loose_files(paths: Iterable[str | os.PathLike]) -> FileSource:
         labels=np.full(len(ids), -1, dtype=np.int32),
         splits=("",) * len(ids),
         classes=(),
-        fingerprint=file_fingerprint(root, ids),
+        **_fingerprints(root, ids),
         layout=tuple((logging.WARNING, w) for w in warnings),
     )

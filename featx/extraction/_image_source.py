@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import DataError, message
 from ._images import MAX_IMAGE_PIXELS, ImageDecodeError, decode_image, load_image
 
-__all__ = ["ImageSource", "FileSource", "InMemorySource", "decode_bytes", "file_fingerprint"]
+__all__ = ["ImageSource", "FileSource", "InMemorySource", "decode_bytes", "file_fingerprint", "file_fingerprints"]
 
 log = logging.getLogger("featx")
 
@@ -50,8 +50,12 @@ class ImageSource:
     classes : tuple of str
         Class names, sorted.
     fingerprint : str
-        Changes whenever the listing or an image's size changes: a complete
-        store whose fingerprint differs is updated incrementally.
+        Changes whenever the listing or an image's size changes (for files,
+        its modification time too): a complete store whose fingerprint
+        differs is updated incrementally.
+    earlier_fingerprint : str, optional
+        What an older featx recorded for the same listing (files: ids and
+        sizes only), accepted as the same images in a store it made.
     layout : tuple of (int, str)
         What the listing found, as ``(logging level, message)``.
     meta : dict of str -> tuple of str, each (n_images,)
@@ -66,6 +70,7 @@ class ImageSource:
     fingerprint: str
     layout: tuple[tuple[int, str], ...] = ()
     meta: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    earlier_fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -142,16 +147,32 @@ def decode_bytes(read: Callable[[], bytes], *, max_pixels: int = MAX_IMAGE_PIXEL
     return decode_image(lambda: io.BytesIO(data), max_pixels=max_pixels)
 
 
-def file_fingerprint(root: Path, ids: Sequence[str]) -> str:
-    """Hash of the ids and the sizes of the files ``root / id``: tells whether a folder's images changed."""
-    digest = hashlib.sha1()
+def file_fingerprints(root: Path, ids: Sequence[str]) -> tuple[str, str]:
+    """Hashes of the files ``root / id`` that tell whether a folder's images changed: ``(current, sizes only)``.
+
+    The current one hashes each id with its size and modification time (ns):
+    a file replaced in place by one of the same size (another photo, a
+    re-encoded one) changes it, where sizes alone would not.  Times cost
+    nothing more (the same stat), but change when a folder is copied without
+    keeping them (``cp -r``, not ``cp -a``/``rsync -a``).  The second, of
+    ids and sizes only, is what featx recorded before: a store made then is
+    still recognised (:attr:`ImageSource.earlier_fingerprint`).
+    """
+    current, sizes = hashlib.sha1(b"featx-files-2\n"), hashlib.sha1()
     for image_id in ids:
         try:
-            size = os.stat(root / image_id).st_size
+            stat = os.stat(root / image_id)
+            size, mtime = stat.st_size, stat.st_mtime_ns
         except OSError:
-            size = -1  # a broken link: still a sample, it fails at decoding
-        digest.update(f"{image_id}\0{size}\n".encode())
-    return digest.hexdigest()
+            size, mtime = -1, -1  # a broken link: still a sample, it fails at decoding
+        sizes.update(f"{image_id}\0{size}\n".encode())
+        current.update(f"{image_id}\0{size}\0{mtime}\n".encode())
+    return current.hexdigest(), sizes.hexdigest()
+
+
+def file_fingerprint(root: Path, ids: Sequence[str]) -> str:
+    """Hash of the ids, sizes and modification times of the files ``root / id`` (see :func:`file_fingerprints`)."""
+    return file_fingerprints(root, ids)[0]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import StoreMismatchError, message, option
 from ._atomic import write_atomically
+from ._checksums import BlockChecksums, checksum_rows
 from ._netcdf import DIMENSION_ATTRS, label_dimensions
 from ._parts import Part, part_indices, read_samples
 from ._plan import StorePlan
@@ -52,7 +53,11 @@ _COPY_BYTES = 64 << 20
 
 
 def _create_layer(f: h5py.File, spec: LayerSpec, n_rows: int, compression: str | None) -> tuple[h5py.Dataset, int]:
-    """The empty ``/features/<spec.name>`` of a final store, and the rows copied into it at once."""
+    """The empty ``/features/<spec.name>`` of a final store, and the rows copied into it at once.
+
+    The caller feeds every row it writes, in order, to a :func:`_checksums_for` and records them with
+    :func:`_record_checksums`.
+    """
     dtype = np.dtype(spec.dtype)
     ds = f.create_dataset(
         f"features/{spec.name}",
@@ -65,17 +70,35 @@ def _create_layer(f: h5py.File, spec: LayerSpec, n_rows: int, compression: str |
     return ds, max(1, _COPY_BYTES // max(1, spec.dim * dtype.itemsize))
 
 
+def _checksums_for(ds: h5py.Dataset) -> BlockChecksums:
+    return BlockChecksums(checksum_rows(ds.shape[0], ds.shape[1], ds.dtype.itemsize))
+
+
+def _write_rows(ds: h5py.Dataset, rows: slice, values: np.ndarray, checksums: BlockChecksums) -> None:
+    """Write *values* into *rows* of the layer, and hash them as stored (the rows come in order)."""
+    values = np.ascontiguousarray(values, dtype=ds.dtype)
+    ds[rows] = values
+    checksums.update(values)
+
+
+def _record_checksums(ds: h5py.Dataset, checksums: BlockChecksums) -> None:
+    if ds.shape[0]:
+        set_attrs(ds, checksums.attrs())
+
+
 def copy_layer(f: h5py.File, spec: LayerSpec, parts: Sequence[Part], n_rows: int, compression: str | None) -> None:
-    """Create ``/features/<spec.name>`` in *f* and copy the rows of *parts* into it, block by block."""
+    """Create ``/features/<spec.name>`` in *f* and copy the rows of *parts* into it, block by block, with checksums."""
     ds, block = _create_layer(f, spec, n_rows, compression)
+    checksums = _checksums_for(ds)
     offset = 0
     for part in parts:
         with h5py.File(part.path, "r") as src:
             source = src["features"][spec.name]
             for a in range(0, part.rows, block):
                 b = min(a + block, part.rows)
-                ds[offset + a : offset + b] = source[a:b]
+                _write_rows(ds, slice(offset + a, offset + b), source[a:b], checksums)
         offset += part.rows
+    _record_checksums(ds, checksums)
 
 
 def fill_new_store(
@@ -184,11 +207,13 @@ def fill_updated_store(
         try:
             for spec in layers:
                 ds, block = _create_layer(f, spec, n_rows, compression)
-                for part, src_row, row, count in runs:
+                checksums = _checksums_for(ds)
+                for part, src_row, row, count in runs:  # in row order
                     source = sources_files[part + 1]["features"][spec.name]
                     for a in range(0, count, block):
                         b = min(a + block, count)
-                        ds[row + a : row + b] = source[src_row + a : src_row + b]
+                        _write_rows(ds, slice(row + a, row + b), source[src_row + a : src_row + b], checksums)
+                _record_checksums(ds, checksums)
         finally:
             for source_file in sources_files[1:]:
                 source_file.close()

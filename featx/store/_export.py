@@ -13,7 +13,13 @@ parquet     One row per sample: ``id``, ``label``, ``class``, ``split``, then
             ``<layer>_0 .. <layer>_{D-1}`` (float32), one row group per block;
             the store's attributes as JSON under the ``featx`` schema key.
 csv         The same columns as Parquet; floats printed with ``%.9g``, enough
-            digits to read back every float32 value exactly.
+            digits to read back every float32 value exactly.  A text cell (id,
+            class, column name) that starts with ``=``, ``+``, ``-``, ``@``, a
+            tab or a carriage return is written with a ``'`` in front, so that
+            a spreadsheet shows it as text instead of running it as a formula
+            (OWASP's advice against CSV injection: ids and class names come
+            from file names anyone can choose).  npz and Parquet keep every
+            value as it is.
 ==========  ==================================================================
 """
 
@@ -188,16 +194,34 @@ def _write_parquet(source: _Source, path: Path) -> None:
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
 
 
+# What a spreadsheet reads as the start of a formula (or of a cell it re-parses).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _as_text_cell(value: str) -> str:
+    """*value* with a ``'`` in front when a spreadsheet would run it as a formula."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def _text_cells(values: np.ndarray) -> np.ndarray:
+    risky = [i for i, value in enumerate(values.tolist()) if value.startswith(_FORMULA_START)]
+    if not risky:
+        return values
+    values = values.copy()
+    values[risky] = ["'" + values[i] for i in risky]
+    return values
+
+
 def _write_csv(source: _Source, path: Path) -> None:
     import pandas as pd
 
-    columns = source.columns()
+    columns = [_as_text_cell(column) for column in source.columns()]
     with open(path, "w", newline="", encoding="utf-8") as f:
         for rows, features in source.blocks():
             values = np.hstack([features[name] for name in source.layers])
             frame = pd.DataFrame(values, columns=columns)
             for position, (name, array) in enumerate(zip(_SAMPLE_COLUMNS, _sample_arrays(source, rows))):
-                frame.insert(position, name, array)
+                frame.insert(position, name, _text_cells(array) if array.dtype == object else array)
             frame.to_csv(f, header=rows.start == 0, index=False, float_format="%.9g", lineterminator="\n")
 
 
@@ -292,6 +316,8 @@ def export_store(
         raise ExportError(message("block_rows", allowed="a positive integer", got=block_rows))
     with open_store(store_path) as store:
         chosen = list(layers) if layers else store.layers
+        if not chosen:
+            raise ExportError(message(f"store '{store.path}' holds no feature layer", hint="extract a layer into it first"))
         for name in chosen:
             store.layer_info(name)  # an unknown layer fails here, naming the ones there are
         if len(set(chosen)) != len(chosen):

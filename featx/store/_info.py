@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..formatting import format_bytes, format_table
+from ..formatting import format_bytes, format_table, printable
 from ._reader import FeatureStore, open_store
 from ._schema import SPLIT_NAMES, parts_dir
 from ._weights import parse_weights_label
@@ -22,8 +22,7 @@ __all__ = ["describe_store"]
 _MAX_FAILED_SHOWN = 10
 
 
-def _status(store: FeatureStore) -> str:
-    meta = store.meta
+def _status(store: FeatureStore, meta: dict[str, Any]) -> str:
     rows = len(store)
     candidates = meta.get("candidates")
     if store.complete:
@@ -33,7 +32,7 @@ def _status(store: FeatureStore) -> str:
     of = f"{done:,} of {candidates:,}" if candidates is not None else f"{done:,}"
     return (
         f"INCOMPLETE: {of} images processed, {rows:,} rows; the extraction was interrupted, "
-        f"run the same extract command to resume (progress is in {parts_dir(store.path)})"
+        f"run the same extract command to resume (progress is in {printable(parts_dir(store.path))})"
     )
 
 
@@ -82,8 +81,8 @@ def _layers_table(store: FeatureStore) -> str:
         info = store.layer_info(name)
         source = "x".join(str(s) for s in np.atleast_1d(info.get("source_shape", [])))
         rows.append(
-            (name, str(info.get("node", "?")), source, str(info.get("pool", "?")), f"{info['shape'][1]:,}",
-             str(info.get("stored_dtype")))
+            (printable(name), printable(info.get("node", "?")), source, printable(info.get("pool", "?")),
+             f"{info['shape'][1]:,}", str(info.get("stored_dtype")))
         )
     if not rows:
         return "  (no layers)"
@@ -103,7 +102,7 @@ def _samples_table(store: FeatureStore) -> str:
     split_order = [s for s in (*SPLIT_NAMES, "(no split)") if s in counts.columns]
     columns = [*split_order, "total"] if len(split_order) > 1 else ["total"]
     counts = counts.loc[class_order, columns]
-    rows = [(name, *(f"{int(v):,}" for v in values)) for name, values in zip(counts.index, counts.to_numpy())]
+    rows = [(printable(name), *(f"{int(v):,}" for v in values)) for name, values in zip(counts.index, counts.to_numpy())]
     table = format_table(("class", *(columns if len(columns) > 1 else ["rows"])), rows)
     return "\n".join("  " + line for line in table.splitlines())
 
@@ -113,22 +112,23 @@ def _failed(store: FeatureStore) -> list[str]:
     if failed.empty:
         return ["failed: none"]
     lines = [f"failed: {len(failed):,} image(s) could not be used (in /failed):"]
-    lines += [f"  {row.id}: {row.reason}" for row in failed.head(_MAX_FAILED_SHOWN).itertuples()]
+    lines += [f"  {printable(row.id)}: {printable(row.reason)}" for row in failed.head(_MAX_FAILED_SHOWN).itertuples()]
     if len(failed) > _MAX_FAILED_SHOWN:
         lines.append(f"  ... and {len(failed) - _MAX_FAILED_SHOWN:,} more (featx.open_store(path).failed lists them all)")
     return lines
 
 
-def _format_store_info(store: FeatureStore) -> str:
+def _format_store_info(store: FeatureStore, checksums: str | None = None) -> str:
     """Describe an open store: status, model, weights, preprocessing, layers, samples, failures, size."""
-    meta = store.meta
+    # Every text attribute is shown with the characters a terminal acts on escaped: the file may come from anyone.
+    meta = {key: printable(value) if isinstance(value, str) else value for key, value in store.meta.items()}
     versions = ", ".join(
         f"{name} {meta[key]}" for name, key in (("featx", "featx_version"), ("torch", "torch_version"),
                                                 ("torchvision", "torchvision_version")) if key in meta
     )
     lines = [
-        f"store:          {store.path}",
-        f"status:         {_status(store)}",
+        f"store:          {printable(store.path)}",
+        f"status:         {_status(store, meta)}",
         f"size on disk:   {format_bytes(store.size_on_disk())}",
         f"model:          {meta.get('model', '?')}",
         f"weights:        {_weights(meta)}",
@@ -149,16 +149,29 @@ def _format_store_info(store: FeatureStore) -> str:
         "",
         *_failed(store),
     ]
+    if checksums is not None:
+        lines += ["", f"checksums: {checksums}"]
     return "\n".join(lines)
 
 
-def describe_store(path: str | os.PathLike) -> str:
+def describe_store(path: str | os.PathLike, *, verify: bool = False) -> str:
     """What the store at *path* holds, as the text ``featx info`` prints.
+
+    Parameters
+    ----------
+    path : path
+        The store.
+    verify : bool
+        Also read every feature and check it against the checksums recorded
+        when the store was finished (``info --verify``); the text then ends
+        with what was checked.
 
     Raises
     ------
     StoreError
-        The file does not exist or is not a featx store.
+        The file does not exist or is not a featx store (or a malformed one).
+    StoreChecksumError
+        With *verify*: the first block of rows that no longer matches its checksum.
     """
     with open_store(path) as store:
-        return _format_store_info(store)
+        return _format_store_info(store, store.verify().describe() if verify else None)

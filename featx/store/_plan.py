@@ -147,6 +147,10 @@ class _Planner:
 
     def differences(self, attrs: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
         """The configuration's differences, then the data fingerprint's."""
+        earlier = getattr(self.samples, "earlier_fingerprint", None)
+        if earlier is not None and attr_value(attrs.get(DATA_FINGERPRINT)) == earlier:
+            # Made by a featx that fingerprinted files by size alone: the same images as far as it could tell.
+            attrs = {**attrs, DATA_FINGERPRINT: self.fingerprint}
         return self.configuration(attrs) + identity_differences(
             attrs, {DATA_FINGERPRINT: self.fingerprint}, [DATA_FINGERPRINT]
         )
@@ -282,8 +286,9 @@ class _Planner:
         if seen == now:
             raise StoreMismatchError(
                 message(
-                    f"the images of '{self.path}' changed in place: the same file names, other file sizes "
-                    f"(data fingerprint {attr_value(attrs.get(DATA_FINGERPRINT))!r} there, "
+                    f"the images of '{self.path}' changed in place: the same file names, but other file sizes or "
+                    "modification times (a file replaced by another, or the folder copied without keeping times; "
+                    f"data fingerprint {attr_value(attrs.get(DATA_FINGERPRINT))!r} there, "
                     f"{self.fingerprint!r} here), and featx cannot tell which",
                     hint=update_hint,
                 )

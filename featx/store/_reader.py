@@ -16,12 +16,14 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError, StoreNotFoundError, message
-from ._schema import BOOKKEEPING_ATTRS, FORMAT_VERSION, attr_value, is_layer, parts_dir, read_meta, read_strings
+from ._schema import BOOKKEEPING_ATTRS, attr_value, is_layer, parts_dir, read_strings
+from ._checksums import CHECKSUM_ROWS, CHECKSUMS, ChecksumReport, iter_verified, store_where, verify_dataset
+from ._validate import validate_store
 
 __all__ = ["FeatureStore", "open_store", "open_hdf5"]
 
 # Attributes of the dimension-scale API and of netCDF: structure, not layer metadata.
-_STRUCTURE_ATTRS = ("DIMENSION_", "REFERENCE_", "CLASS", "NAME", "_Netcdf")
+_STRUCTURE_ATTRS = ("DIMENSION_", "REFERENCE_", "CLASS", "NAME", "_Netcdf", CHECKSUMS, CHECKSUM_ROWS)
 
 
 def open_hdf5(path: Path, *, hint: str) -> h5py.File:
@@ -95,26 +97,17 @@ class FeatureStore:
                 )
             )
         self._file = open_hdf5(self.path, hint="check the path")
-        fmt = self._file.attrs.get("featx_format")
-        if fmt is None:
+        try:
+            table = validate_store(self._file, self.path)
+        except BaseException:
             self._file.close()
-            raise StoreError(message("HDF5 file is not a featx store (no 'featx_format' attribute)", got=self.path))
-        if int(fmt) > FORMAT_VERSION:
-            self._file.close()
-            raise StoreError(
-                message(
-                    f"the featx store format of '{self.path}'",
-                    allowed=f"{FORMAT_VERSION} or older",
-                    got=int(fmt),
-                    hint="upgrade featx to read it",
-                )
-            )
-        self.meta: dict[str, Any] = {k: attr_value(v) for k, v in self._file.attrs.items()}
-        self.ids: np.ndarray = read_strings(self._file["samples/id"])
-        self.labels: np.ndarray = self._file["samples/label"][()]
-        self.splits: np.ndarray = read_strings(self._file["samples/split"])
-        self.classes: list[str] = list(read_strings(self._file["classes"]))
-        self.sample_meta: dict[str, np.ndarray] = read_meta(self._file["samples"])
+            raise
+        self.meta: dict[str, Any] = table.meta
+        self.ids: np.ndarray = table.ids
+        self.labels: np.ndarray = table.labels
+        self.splits: np.ndarray = table.splits
+        self.classes: list[str] = table.classes
+        self.sample_meta: dict[str, np.ndarray] = table.sample_meta
 
     # context manager ------------------------------------------------------------
     def close(self) -> None:
@@ -218,12 +211,40 @@ class FeatureStore:
             )
         return np.where(rows < 0, rows + n, rows)
 
-    def iter_features(self, name: str, batch_rows: int = 4096) -> Iterator[tuple[slice, np.ndarray]]:
-        """Yield ``(row_slice, block)`` pairs covering a layer in row order, one contiguous read each."""
+    def iter_features(
+        self, name: str, batch_rows: int = 4096, *, verify: bool = False
+    ) -> Iterator[tuple[slice, np.ndarray]]:
+        """Yield ``(row_slice, block)`` pairs covering a layer in row order, one contiguous read each.
+
+        With *verify*, the rows are checked against the checksums the finished
+        store recorded (if any) as they are read, at no extra read: a
+        :class:`~featx.errors.StoreChecksumError` is raised at the first block
+        of rows that differs, before the block that completes it is yielded.
+        """
         dataset = self._dataset(name)
+        if verify:
+            yield from iter_verified(dataset, store_where(self.path, name), batch_rows)
+            return
         for start in range(0, dataset.shape[0], batch_rows):
             rows = slice(start, min(start + batch_rows, dataset.shape[0]))
             yield rows, dataset[rows]
+
+    def verify(self) -> ChecksumReport:
+        """Read every layer and check it against the checksums recorded when the store was finished.
+
+        Returns
+        -------
+        ChecksumReport
+            Per layer, the blocks checked, or None where no checksums were
+            recorded (a store of an older featx, or an unfinished one).
+
+        Raises
+        ------
+        StoreChecksumError
+            The first block of rows that does not match its checksum.
+        """
+        return ChecksumReport({name: verify_dataset(self._dataset(name), store_where(self.path, name))
+                               for name in self.layers})
 
     @property
     def failed(self):

@@ -40,6 +40,8 @@ def _assert_same_store(path: Path, fresh: Path) -> None:
         assert a.meta["rows"] == b.meta["rows"] and a.meta["candidates"] == b.meta["candidates"]
         for layer in LAYERS:
             np.testing.assert_array_equal(a.features(layer), b.features(layer))
+        # Both carry checksums of every layer (issue 24), and the updated store's match its rows.
+        assert set(a.verify().blocks) == set(LAYERS) and all(a.verify().blocks.values())
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +113,45 @@ def test_images_changed_in_place_are_not_guessed(store):
     folder, out = store
     image = min((folder / "val" / "bees").glob("*.jpg"))
     image.write_bytes(image.read_bytes() + b"\0")  # same name, other size
-    with pytest.raises(StoreMismatchError, match=r"changed in place: the same file names, other file sizes .* use overwrite=True"):
+    with pytest.raises(StoreMismatchError, match=r"changed in place: the same file names, but other file sizes or modification times .* use overwrite=True"):
         _extract(folder, out)
     with open_store(out) as untouched:
         assert untouched.complete and len(untouched) == 8
+
+
+def test_an_image_replaced_by_one_of_the_same_size_is_detected(store):
+    """Issue 24: a file replaced in place by another of the same size was kept stale ("nothing to do")."""
+    import os
+
+    folder, out = store
+    image = min((folder / "val" / "bees").glob("*.jpg"))
+    data = bytearray(image.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # another image, byte for byte the same size
+    stat = image.stat()
+    image.write_bytes(bytes(data))
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert image.stat().st_size == stat.st_size
+    with pytest.raises(StoreMismatchError, match=r"changed in place: the same file names, but other file sizes or "
+                                                 r"modification times \(a file replaced by another"):
+        _extract(folder, out)
+
+
+def test_a_store_fingerprinted_by_sizes_alone_is_still_up_to_date(store, run_cli):
+    """A store made before modification times were fingerprinted is recognised, not refused nor recomputed."""
+    import h5py
+
+    from featx.extraction import open_source
+
+    folder, out = store
+    source = open_source(folder)
+    assert source.earlier_fingerprint is not None and source.earlier_fingerprint != source.fingerprint
+    with h5py.File(out, "r+") as f:
+        f.attrs["data_fingerprint"] = source.earlier_fingerprint
+    before = out.read_bytes()
+    code, stdout, stderr = run_cli(
+        "extract", "--data", folder, "--model", "resnet18", "--layer", "conv2", "--layer", "penultimate",
+        "--weights", "none", "--image-size", "64", "--batch-size", "2", "--workers", "0", "--device", "cpu",
+        "--no-progress", "--no-autotune", "--out", out,
+    )
+    assert code == 0 and stdout.startswith(f"up to date: {out} (8 images;"), (stdout, stderr)
+    assert out.read_bytes() == before
