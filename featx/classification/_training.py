@@ -23,14 +23,12 @@ import logging
 import time
 import warnings
 from collections.abc import Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import OutputPathError, message, option
-from ..paths import check_writable_dir
+from ..errors import message, option
 from ._artifact import save_classifier
 from ._boosting import fit_xgboost
 from ._config import ClassifyConfig
@@ -41,6 +39,7 @@ from ._pipeline import build_pipeline, fit_in_place, transform_in_place
 from ._registry import BOOSTING, FAMILIES, ONE_PASS
 from ._report import classification_metrics, plot_confusion, predictions_frame
 from ._run import ClassifierResult, ClassifyRun
+from ._run_folder import RunFolder
 from ._streaming import FitPlan, plan_fit, stream_fit, stream_predict
 
 __all__ = ["run_classification"]
@@ -155,32 +154,6 @@ class _Fitter:
 
 
 # --------------------------------------------------------------------------- the run
-
-
-def _check_run_folder(config: ClassifyConfig) -> None:
-    """Refuse a run folder that cannot be written, before any store is read; create nothing."""
-    if config.out is not None:
-        check_writable_dir(config.out, "out")
-    else:
-        check_writable_dir(config.runs_dir, "runs_dir")
-
-
-def _make_run_folder(config: ClassifyConfig) -> Path:
-    if config.out is not None:
-        out = Path(config.out)
-        out.mkdir(parents=True, exist_ok=True)
-        return out
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for n in range(1, 1000):
-        out = Path(config.runs_dir) / (stamp if n == 1 else f"{stamp}-{n}")
-        try:
-            out.mkdir(parents=True)
-            return out
-        except FileExistsError:
-            continue
-    raise OutputPathError(
-        message("cannot create a new run folder", got=Path(config.runs_dir), hint=f"pass {option('out', 'DIR')}")
-    )
 
 
 def _manifest(
@@ -336,7 +309,8 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
     >>> run.best.name, run.best.accuracy  # doctest: +SKIP
     """
     resources = config.resolve()
-    _check_run_folder(config)
+    stores = [path for spec in config.features for path in (spec, spec.rsplit(":", 1)[0])]
+    folder = RunFolder(config, inputs=stores)  # checked (new, empty, or overwrite); nothing made yet
     joined = join_features(config.features, load=False)
     evaluation = plan_evaluation(joined, cv=config.cv, test_size=config.test_size, seed=config.seed)
     model_params = config.model_params
@@ -352,7 +326,18 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
         for spec, ids in joined.missing.items():
             log.warning(f"{len(ids):,} sample id(s) are missing from {spec} and left out (e.g. {ids[0]})")
     check_components(config.pca, joined, evaluation, search=config.search)
-    out = _make_run_folder(config)
+    out = folder.create()  # .<name>.tmp-<pid>: renamed when the run is complete, removed if it is not
+    try:
+        run = _fit_and_write(config, joined, evaluation, model_params, plan, resources.device, out)
+    except BaseException:  # Ctrl-C, SIGTERM, a full disk, a bug: no partial run folder
+        folder.discard()
+        raise
+    return folder.commit(run)
+
+
+def _fit_and_write(config: ClassifyConfig, joined: JoinedFeatures, evaluation: Evaluation,
+                   model_params: dict[str, dict[str, Any]], plan: FitPlan, device: str, out: Path) -> ClassifyRun:
+    """Fit every family and write the run's files into *out* (the temporary folder)."""
     log.info(
         f"{len(joined.ids):,} samples x {joined.n_features:,} features from "
         f"{' + '.join(f'{b.spec} ({b.dim:,})' for b in joined.blocks)}; {evaluation.description}"
@@ -360,7 +345,7 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
     results = []
     for name in config.models:
         log.info(f"fitting {name} ...")
-        results.append(_evaluate(name, model_params[name], joined, evaluation, config, out, plan, resources.device))
+        results.append(_evaluate(name, model_params[name], joined, evaluation, config, out, plan, device))
     _write_missing(out, joined.missing)
     run = ClassifyRun(
         out_dir=out,

@@ -17,12 +17,10 @@ from pathlib import Path
 
 import h5py
 
+# Owned by featx.paths (every output, not only stores); re-exported for the store's modules.
+from ..paths import remove_stale_temporaries, temporary_path
+
 __all__ = ["discard_file", "remove_stale_temporaries", "replace_durably", "temporary_path", "write_atomically"]
-
-
-def temporary_path(path: Path) -> Path:
-    """The name *path* is written under by this process before it is renamed: ``.<name>.tmp-<pid>``."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def replace_durably(tmp: Path, path: Path) -> None:
@@ -78,26 +76,3 @@ def write_atomically(path: Path, fill: Callable[[h5py.File], None]) -> None:
         replace_durably(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
-def remove_stale_temporaries(path: Path) -> None:
-    """Delete the temporary files of *path* left by dead processes (or by this one).
-
-    A file of a live process is another run writing now: it is kept.
-    """
-    if os.name != "posix":
-        return  # os.kill(pid, 0) only probes a process on POSIX
-    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _process_exists(int(pid))):
-            tmp.unlink(missing_ok=True)
