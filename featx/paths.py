@@ -122,12 +122,12 @@ def _special_file_problem(path: Path) -> str | None:
         return None  # nothing there (or nothing we can see): created new
     if stat.S_ISLNK(link.st_mode):
         try:
-            target = path.resolve(strict=True)
-        except (OSError, RuntimeError):
-            target = None
-        if target is None or not target.is_file():
-            return f"it is a symbolic link to {'nothing' if target is None else 'a ' + _kind(target.stat().st_mode)}"
-        return f"it is a symbolic link (to '{target}'): pass the file itself to replace it"
+            target = os.stat(path)  # follows the link (also /proc/self/fd's links to pipes and terminals)
+        except OSError:
+            return "it is a symbolic link to nothing"
+        if stat.S_ISREG(target.st_mode):
+            return f"it is a symbolic link (to '{os.path.realpath(path)}'): pass the file itself to replace it"
+        return f"it is a symbolic link to a {_kind(target.st_mode)}, not a regular file; featx writes only regular files"
     if stat.S_ISDIR(link.st_mode) or stat.S_ISREG(link.st_mode):
         return None  # a folder is refused by the caller with its own words
     return f"it is a {_kind(link.st_mode)}, not a regular file; featx writes only regular files"
