@@ -20,7 +20,10 @@ import h5py
 # Owned by featx.paths (every output, not only stores); re-exported for the store's modules.
 from ..paths import remove_stale_temporaries, temporary_path
 
-__all__ = ["discard_file", "remove_stale_temporaries", "replace_durably", "temporary_path", "write_atomically"]
+__all__ = [
+    "discard_file", "remove_stale_temporaries", "replace_durably", "temporary_path", "write_atomically",
+    "write_small_atomically",
+]
 
 
 def replace_durably(tmp: Path, path: Path) -> None:
@@ -74,5 +77,34 @@ def write_atomically(path: Path, fill: Callable[[h5py.File], None]) -> None:
         raise
     try:
         replace_durably(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_small_atomically(path: Path, fill: Callable[[h5py.File], None]) -> None:
+    """Create the small HDF5 file *path* (an index, no feature data) whole or not at all, built in memory.
+
+    The file is made by HDF5 in memory (the ``core`` driver, no backing
+    store) and its bytes are written by plain file I/O: a full disk is then an
+    ordinary ``OSError`` from ``write``, and HDF5 never holds a file it cannot
+    flush.  Written on a full disk through HDF5, the store's index left
+    metadata HDF5 could not write even after :func:`discard_file`, which it
+    retried when each object was freed (``ObjectID.__dealloc__ ... Can't
+    decrement id ref count``) and at exit (a segfault, exit 139).
+    """
+    f = h5py.File(f"{path.name}.in-memory", "w", driver="core", backing_store=False)
+    try:
+        fill(f)
+        f.flush()
+        image = f.id.get_file_image()
+    finally:
+        f.close()
+    tmp = temporary_path(path)
+    try:
+        with open(tmp, "wb") as out:
+            out.write(image)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

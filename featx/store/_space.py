@@ -53,7 +53,12 @@ class SpaceNeeded:
         return self.parts + self.final + margin
 
     def describe(self) -> str:
-        return f"parts {format_bytes(self.parts)} + final store {format_bytes(self.final)}"
+        """The terms of :attr:`total`, which they add up to."""
+        margin = self.total - self.parts - self.final
+        return (
+            f"parts {format_bytes(self.parts)} + final store {format_bytes(self.final)} "
+            f"+ HDF5 margin {format_bytes(margin)}"
+        )
 
 
 def free_bytes(folder: Path) -> int:

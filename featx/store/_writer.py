@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import OutputPathError, StoreError, message
 from ..paths import check_writable_file
 from ._assembly import write_final_store
-from ._atomic import remove_stale_temporaries, write_atomically
+from ._atomic import remove_stale_temporaries, write_small_atomically
 from ._identity import StoreIdentity
 from ._index import fill_index
 from ._lock import StoreLock
@@ -299,7 +299,7 @@ class StoreWriter:
                 candidates=len(self.samples.ids),
             )
             try:
-                write_atomically(
+                write_small_atomically(
                     self.path,
                     lambda f: fill_index(
                         f, parts_folder=self.parts, parts=self._committed, table=table, layers=plan.todo,
@@ -307,7 +307,10 @@ class StoreWriter:
                     ),
                 )
             except (OSError, RuntimeError) as exc:
-                # The part is committed (a resumed run uses it); only the index is behind.
+                # The index still shows the parts before this one: drop it too, so that the rows said to be
+                # safe are the rows the store shows (`info`), and its space is free for the next run.
+                dropped = self._committed.pop()
+                dropped.path.unlink(missing_ok=True)
                 raise self._failed_write(exc) from None
 
     def abort(self) -> None:
