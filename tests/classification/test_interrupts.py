@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from classify_data import write_two_stores
-from featx.classification import _training
+import featx.classification._training as _training
 from featx.errors import OutputPathError
 
 TESTS = Path(__file__).resolve().parents[1]

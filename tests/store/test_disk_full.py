@@ -226,7 +226,7 @@ def test_a_full_disk_while_the_index_is_rewritten_says_the_rows_info_shows(tmp_p
 
     Measured before: the error said 160 rows were safe, ``info`` showed 144.
     """
-    from featx.store import _writer
+    import featx.store._writer as _writer
 
     path = tmp_path / "s.h5"
     name = "write_small_atomically" if hasattr(_writer, "write_small_atomically") else "write_atomically"  # before
