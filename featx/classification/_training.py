@@ -18,11 +18,12 @@ checked next, before any store is read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +275,23 @@ def _write_missing(out: Path, missing: Mapping[str, list[str]]) -> Path | None:
     return path
 
 
+# scikit-learn's MLPClassifier catches KeyboardInterrupt, warns this and returns a half-trained model.
+_SWALLOWED_INTERRUPT = "Training interrupted by user"
+
+
+@contextlib.contextmanager
+def _interrupts_not_swallowed() -> Iterator[None]:
+    """Ctrl-C during a fit ends the run (exit 130), even where an estimator would catch it and go on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=_SWALLOWED_INTERRUPT, category=UserWarning)
+        try:
+            yield
+        except UserWarning as exc:
+            if str(exc).startswith(_SWALLOWED_INTERRUPT):
+                raise KeyboardInterrupt from None
+            raise
+
+
 def run_classification(config: ClassifyConfig) -> ClassifyRun:
     """Train and evaluate the configured classifiers; write the run folder.
 
@@ -328,7 +346,8 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
     check_components(config.pca, joined, evaluation, search=config.search)
     out = folder.create()  # .<name>.tmp-<pid>: renamed when the run is complete, removed if it is not
     try:
-        run = _fit_and_write(config, joined, evaluation, model_params, plan, resources.device, out)
+        with _interrupts_not_swallowed():
+            run = _fit_and_write(config, joined, evaluation, model_params, plan, resources.device, out)
     except BaseException:  # Ctrl-C, SIGTERM, a full disk, a bug: no partial run folder
         folder.discard()
         raise

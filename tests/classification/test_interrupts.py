@@ -184,3 +184,23 @@ def test_a_kill_9_leaves_only_a_hidden_temporary_folder(tmp_path):
     assert done.returncode == -signal.SIGKILL
     names = _names(tmp_path)
     assert "run" not in names and len([n for n in names if n.startswith(".run.tmp-")]) == 1
+
+
+def test_ctrl_c_while_mlp_fits_is_not_swallowed(tmp_path):
+    """scikit-learn's MLP catches KeyboardInterrupt and returns half trained: the run must still end, exit 130."""
+    done = _classify_in_a_process(tmp_path, """
+        import os, signal
+        from sklearn.neural_network import MLPClassifier
+        from sklearn.neural_network import _multilayer_perceptron as mlp
+        original, calls = MLPClassifier._update_no_improvement_count, [0]
+
+        def count(self, *args, **kwargs):  # called once per epoch, inside the loop scikit-learn guards
+            calls[0] += 1
+            if calls[0] == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+            return original(self, *args, **kwargs)
+
+        MLPClassifier._update_no_improvement_count = count
+    """, "--model", "mlp")
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", INTERRUPTED)
+    assert _names(tmp_path) == ["alexnet.h5", "resnet.h5"]
