@@ -288,7 +288,10 @@ def _interrupts_not_swallowed() -> Iterator[None]:
             yield
         except UserWarning as exc:
             if str(exc).startswith(_SWALLOWED_INTERRUPT):
-                raise KeyboardInterrupt from None
+                # The warning is raised inside scikit-learn's `except KeyboardInterrupt`: that one goes on
+                # (the command line's SIGTERM is a KeyboardInterrupt of its own kind, exit 143).
+                caught = exc.__context__
+                raise (caught if isinstance(caught, KeyboardInterrupt) else KeyboardInterrupt()) from None
             raise
 
 

@@ -191,7 +191,6 @@ def test_ctrl_c_while_mlp_fits_is_not_swallowed(tmp_path):
     done = _classify_in_a_process(tmp_path, """
         import os, signal
         from sklearn.neural_network import MLPClassifier
-        from sklearn.neural_network import _multilayer_perceptron as mlp
         original, calls = MLPClassifier._update_no_improvement_count, [0]
 
         def count(self, *args, **kwargs):  # called once per epoch, inside the loop scikit-learn guards
@@ -204,3 +203,21 @@ def test_ctrl_c_while_mlp_fits_is_not_swallowed(tmp_path):
     """, "--model", "mlp")
     assert (done.returncode, done.stdout, done.stderr) == (130, "", INTERRUPTED)
     assert _names(tmp_path) == ["alexnet.h5", "resnet.h5"]
+
+
+def test_sigterm_while_mlp_fits_is_exit_143(tmp_path):
+    done = _classify_in_a_process(tmp_path, """
+        import os, signal
+        from sklearn.neural_network import MLPClassifier
+        original, calls = MLPClassifier._update_no_improvement_count, [0]
+
+        def count(self, *args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return original(self, *args, **kwargs)
+
+        MLPClassifier._update_no_improvement_count = count
+    """, "--model", "mlp")
+    assert (done.returncode, done.stdout) == (143, "")
+    assert done.stderr == "terminated: no run folder was written; run the command again to start over\n"
