@@ -103,11 +103,37 @@ class Faults:
         self.count = 0
         self.final_from: int | None = None
         self.kill_at, self.fail_at, self.fail_errno = kill_at, fail_at, fail_errno
+        self.in_index = False
+        self.failed_in: str | None = None  # where the first injected failure landed
         self._wrap(h5py.Dataset, "__setitem__", write=True)
         self._wrap(h5py.Group, "create_dataset", write=True)
         self._wrap(h5py.File, "close", write=False)
-        self._wrap(os, "fsync", write=False)
+        # A file system may report a full disk only when the data is flushed (delayed allocation, NFS).
+        self._wrap(os, "fsync", write=True)
         self._wrap(os, "replace", write=False)
+        self._mark_index()
+
+    def _mark_index(self) -> None:
+        """Events inside the rewrite of the store's index (after each committed part) are the index's."""
+        from featx.store import _writer
+
+        name = "write_small_atomically" if hasattr(_writer, "write_small_atomically") else "write_atomically"
+        original, faults = getattr(_writer, name), self
+
+        def index(*args, **kwargs):
+            faults.in_index = True
+            try:
+                return original(*args, **kwargs)
+            finally:
+                faults.in_index = False
+
+        setattr(_writer, name, index)
+
+    @property
+    def phase(self) -> str:
+        if self.final_from is not None:
+            return "final assembly"
+        return "index rewrite" if self.in_index else "parts"
 
     def _wrap(self, owner, name: str, *, write: bool) -> None:
         original = getattr(owner, name)
@@ -118,6 +144,8 @@ class Faults:
             if faults.kill_at is not None and faults.count >= faults.kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
             if write and faults.fail_at is not None and faults.count >= faults.fail_at:
+                if faults.failed_in is None:
+                    faults.failed_in = faults.phase
                 raise OSError(faults.fail_errno, f"injected: {os.strerror(faults.fail_errno)}")
             return original(*args, **kwargs)
 
@@ -188,6 +216,8 @@ def child_main(argv: list[str]) -> int:
     code = drive(a.store, a.version, a.n, faults, force=a.force)
     if a.count and faults is not None:
         print("events", json.dumps({"events": faults.count, "final_from": faults.final_from}))
+    if faults is not None and faults.failed_in:
+        print("failed in", faults.failed_in)
     return code
 
 
@@ -326,6 +356,58 @@ class Campaign:
         note = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "(the run ended before the fault)"
         return self.finish(name, phase, f"event {at} of {events['events']}", store, version, done.returncode, note)
 
+    def fill_at(self, phase: str, at: int) -> Outcome:
+        """Every write from event *at* on fails with ENOSPC; the error's safe rows must be the rows the store shows."""
+        events = self.events[phase]
+        store, version = self.start(phase, "full")
+        done = self.run(store, version, "--fail-at", str(at))
+        where = next((line.split(" ", 2)[2] for line in done.stdout.splitlines() if line.startswith("failed in ")),
+                     "after the run")
+        note = one_line_error(done.returncode, done.stderr, store)
+        outcome = self.finish("disk full", phase, f"event {at} of {events['events']} ({where})", store, version,
+                              done.returncode, note)
+        outcome.identical = outcome.identical and not note.startswith("NOT")
+        return outcome
+
+    def fills_spread(self, count: int) -> list[Outcome]:
+        """Full disks at *count* write events spread evenly over whole runs, new stores and updates alternately.
+
+        From the first part to the final file: parts, the index rewritten
+        after each committed part, the final assembly, an incremental update's.
+        """
+        outcomes = []
+        for k in range(count):
+            phase = "update" if k % 2 else "new"
+            last = self.events[phase]["events"] - 1  # the very last event is the rename, which writes nothing
+            at = 2 + round((k // 2 + 0.5 * (k % 2)) * (last - 2) / max(1, (count - 1) // 2))
+            outcomes.append(self.fill_at(phase, min(at, last)))
+        return outcomes
+
+    def peak_bytes(self) -> int:
+        """Bytes a new store takes at its peak: every part, the index, and the final file beside them."""
+        from featx.store import parts_dir
+
+        store = self.fresh_folder("peak") / "s.h5"
+        self.run(store, 1, "--kill-at", str(self.events["new"]["final_from"] + 1))
+        parts = sum(p.stat().st_size for p in parts_dir(store).glob("*"))
+        return parts + store.stat().st_size + self.baseline[1].stat().st_size
+
+    def real_disks(self, count: int) -> list[Outcome]:
+        """Real tmpfs disks of *count* sizes spread from 5 % to 130 % of the peak a new store takes.
+
+        A tmpfs counts whole pages and its own metadata, so the last sizes
+        reach the final assembly (or fit).
+        """
+        peak = self.peak_bytes()
+        outcomes = []
+        for k in range(count):
+            fraction = 0.05 + 1.25 * k / max(1, count - 1)
+            outcome = self.real_disk(fraction, peak)
+            if outcome is None:
+                return outcomes  # no mount (not root)
+            outcomes.append(outcome)
+        return outcomes
+
     def concurrent(self) -> Outcome:
         store, version = self.start("new", "race")
         first, second = (self.run(store, version, wait=False) for _ in range(2))
@@ -367,22 +449,23 @@ class Campaign:
         self.outcomes.append(outcome)
         return outcome
 
-    def real_disk(self, fraction: float) -> Outcome | None:
-        """A real tmpfs of *fraction* of the space the store needs; enlarged after the failure."""
+    def real_disk(self, fraction: float, peak: int | None = None) -> Outcome | None:
+        """A real tmpfs of *fraction* of the space the store needs (*peak*, else an estimate); enlarged after the failure."""
         disk = self.fresh_folder("tmpfs")
-        size_kib = max(64, int(fraction * needed_bytes(self.n) / 1024))
+        size_kib = max(16, int(fraction * (peak or needed_bytes(self.n)) / 1024))
         if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(disk)], capture_output=True, check=False).returncode:
             return None
         try:
             store = disk / "s.h5"
             done = self.run(store, 1, "--force")
-            note = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+            note = one_line_error(done.returncode, done.stderr, store) if done.returncode else "fitted"
             left = leftover_bytes(store)
             subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
             again = self.run(store, 1)
             outcome = Outcome(
                 "real full disk (tmpfs)", "new", f"{size_kib} KiB", done.returncode, 1,
-                again.returncode == 0 and self.identical(store, 1), left, leftover_bytes(store), note,
+                again.returncode == 0 and self.identical(store, 1) and done.returncode in (0, 2)
+                and not note.startswith("NOT"), left, leftover_bytes(store), note,
             )
             self.outcomes.append(outcome)
             return outcome
@@ -408,6 +491,44 @@ class Campaign:
             return outcome
         finally:
             subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def shown_rows(store: Path) -> int:
+    """Rows a reader (``info``) sees in *store*, complete or not; 0 when there is none."""
+    from featx.errors import FeatxError
+    from featx.store import open_store
+
+    if not store.exists():
+        return 0
+    try:
+        with open_store(store) as s:
+            return len(s)
+    except FeatxError:
+        return -1
+
+
+def one_line_error(returncode: int, stderr: str, store: Path | None = None) -> str:
+    """The faulted run's error line, or what is wrong with how it ended (starting with NOT).
+
+    A full disk must end in exit 2 and one line (no traceback, no HDF5 dealloc
+    noise); the rows it says are safe must be the rows a reader sees.
+    """
+    lines = stderr.strip().splitlines()
+    if returncode == 0:
+        return "(the run ended before the fault)"
+    if returncode != 2:
+        return f"NOT exit 2: {returncode}; {lines[-1][:200] if lines else ''}"
+    errors = [line for line in lines if line.startswith("error: ")]
+    noise = [line for line in lines if "Traceback" in line or "Exception ignored" in line or "dealloc" in line]
+    if len(errors) != 1 or noise:
+        return f"NOT one line: {len(errors)} error lines, {len(noise)} of tracebacks; {(noise or errors or [''])[0][:160]}"
+    line = errors[0]
+    if store is not None and " rows are safe" in line:
+        safe = int(line.split("): ", 1)[1].split(" rows are safe")[0].replace(",", ""))
+        shown = shown_rows(store)
+        if safe != shown:
+            return f"NOT the rows shown: {safe} said safe, {shown} shown; {line[:160]}"
+    return line
 
 
 def needed_bytes(n: int) -> int:
@@ -493,6 +614,81 @@ def cli_kills(kills: int, seed: int, workdir: Path) -> list[Outcome]:
     return outcomes
 
 
+# --- Ctrl-C in classify (issue 24) ------------------------------------------------------------------
+CLASSIFY_FAMILIES = ("svm", "logreg", "bayes", "xgboost", "mlp")
+
+
+def classify_store(path: Path, rows: int, cols: int, classes: int = 5, seed: int = 0) -> Path:
+    """A complete synthetic store of *rows* x *cols* float32 features around one centre per class, split 3:1."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from stores import write_store  # the tests' writer of exact stores
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(rows) % classes
+    centres = rng.normal(scale=1.0, size=(classes, cols))
+    features = (centres[labels] + rng.normal(scale=2.0, size=(rows, cols))).astype(np.float32)
+    ids = [f"{'train' if i % 4 else 'val'}/{'abcdefgh'[labels[i]]}/{i:07d}.jpg" for i in range(rows)]
+    order = np.argsort(ids)
+    return write_store(
+        path, [ids[i] for i in order], labels[order], {"f": features[order]},
+        splits=[ids[i].split("/")[0] for i in order], classes=tuple("abcdefgh"[:classes]),
+    )
+
+
+def classify_interrupts(count: int, seed: int, workdir: Path, *, rows: int = 20_000, cols: int = 128,
+                        families: tuple[str, ...] = CLASSIFY_FAMILIES, sigterm_every: int = 0) -> list[Outcome]:
+    """``run_pipeline.py classify`` interrupted (SIGINT, like Ctrl-C) at *count* random moments, every family in turn.
+
+    Each family's uninterrupted run is timed first; each interruption lands at
+    a uniform random moment of it (interpreter start, join, fit, prediction,
+    artifact writing).  It must end in exit 130 (143 for SIGTERM, every
+    *sigterm_every*-th) and one line, or exit 0 when the run had finished; and
+    leave no run folder and no temporary one: the bytes left are counted.
+    """
+    store = classify_store(workdir / "classify.h5", rows, cols)
+    rng = random.Random(seed)
+    base = [sys.executable, "run_pipeline.py", "classify", "--features", f"{store}:f", "--no-plots", "--device", "cpu"]
+    length = {}
+    for family in families:
+        out = workdir / f"classify-baseline-{family}"
+        started = time.monotonic()
+        subprocess.run([*base, "--model", family, "--out", str(out)], cwd=REPO, check=True, capture_output=True)
+        length[family] = time.monotonic() - started
+    outcomes = []
+    for k in range(count):
+        family = families[k % len(families)]
+        term = bool(sigterm_every) and k % sigterm_every == sigterm_every - 1
+        folder = workdir / f"classify-{k}"
+        folder.mkdir()
+        out = folder / "run"
+        delay = rng.uniform(0.02, 0.98) * length[family]
+        run = subprocess.Popen([*base, "--model", family, "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        run.send_signal(signal.SIGTERM if term else signal.SIGINT)
+        stdout, stderr = run.communicate(timeout=600)
+        code = run.returncode
+        left = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        entries = sorted(p.name for p in folder.iterdir())
+        expected = 143 if term else 130
+        lines = stderr.strip().splitlines()
+        if code == expected:
+            clean = len(lines) >= 1 and lines[-1].startswith(("interrupted: ", "terminated: ")) and entries == [] and (
+                not any("Traceback" in line or "Exception ignored" in line for line in lines)
+            )
+            note = lines[-1] if lines else ""
+        elif code == 0:  # the run had finished: a complete run folder, nothing else
+            clean = entries == ["run"] and (out / "results.json").is_file()
+            note = "finished before the signal"
+        else:
+            clean, note = False, f"NOT {expected}: {lines[-1][:160] if lines else ''}"
+        outcomes.append(Outcome(
+            f"{'SIGTERM' if term else 'Ctrl-C'} (classify)", family, f"after {delay:.1f} s of {length[family]:.1f} s",
+            code, 0, clean, 0 if code == 0 else left, 0, note if clean else f"NOT clean ({entries}): {note}",
+        ))
+    return outcomes
+
+
 # --- report -------------------------------------------------------------------------------------------
 def summary(outcomes: list[Outcome]) -> str:
     kills = [o for o in outcomes if o.fault.startswith("kill")]
@@ -513,7 +709,10 @@ def summary(outcomes: list[Outcome]) -> str:
             f"{sum(o.phase == 'update' for o in kills)} in incremental updates); "
             f"resumes: {sum(o.resumes for o in outcomes)}"
         ),
-        f"stores identical to an uninterrupted run: {identical} of {len(outcomes)}",
+        f"stores identical to an uninterrupted run (or, for classify, a clean end): {identical} of {len(outcomes)}",
+        "outcomes by exit code: " + ", ".join(
+            f"{code}: {sum(o.returncode == code for o in outcomes)}" for code in sorted({o.returncode for o in outcomes})
+        ),
         (
             f"bytes left behind once the same command finished: {sum(o.left_after_resume for o in outcomes):,} "
             f"(largest after a fault, before resuming: {max((o.left_after_fault for o in outcomes), default=0):,})"
@@ -525,11 +724,15 @@ def summary(outcomes: list[Outcome]) -> str:
 def run_campaign(
     *, kills: int = 12, fills: int = 4, races: int = 2, corruptions: int = 2, n: int = 40, seed: int = 0,
     tmpfs: bool = False, read_only: bool = False, cli: int = 0, workdir: Path | None = None, fork: bool = False,
+    spread_fills: int = 0, disk_sizes: int = 0, classify: int = 0, classify_rows: int = 20_000,
+    classify_cols: int = 128,
 ) -> list[Outcome]:
     """Run every fault; a third of the kills in incremental updates, one in each phase's final assembly.
 
     *tmpfs* adds real small disks and a read-only mount, *read_only* the read-only mount alone
-    (both need root; without it they are left out).
+    (both need root; without it they are left out).  Issue 24 adds *spread_fills* full disks at write
+    events spread evenly over whole runs (the index rewrite included), *disk_sizes* real tmpfs disks of
+    sizes spread over a run (root), and *classify* interruptions of the classify command.
     """
     campaign = Campaign(n=n, seed=seed, fork=fork, **({"workdir": workdir} if workdir else {}))
     for k in range(kills):
@@ -546,7 +749,13 @@ def run_campaign(
             campaign.real_disk(fraction)
     if tmpfs or read_only:
         campaign.read_only()
+    if spread_fills:
+        campaign.fills_spread(spread_fills)
+    if disk_sizes:
+        campaign.real_disks(disk_sizes)
     outcomes = campaign.outcomes
+    if classify:
+        outcomes += classify_interrupts(classify, seed, campaign.workdir, rows=classify_rows, cols=classify_cols)
     if cli:
         outcomes += cli_kills(cli, seed, campaign.workdir)
     return outcomes
@@ -564,6 +773,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=120, help="images of the synthetic folder")
     p.add_argument("--tmpfs", action="store_true", help="also a real small tmpfs and a read-only mount (root)")
     p.add_argument("--cli", type=int, default=0, metavar="K", help="also K kills of the real extract command")
+    p.add_argument("--spread-fills", type=int, default=10, help="full disks at write events spread over whole runs")
+    p.add_argument("--disk-sizes", type=int, default=10, help="real tmpfs disks of sizes spread over a run (root)")
+    p.add_argument("--classify", type=int, default=20, help="Ctrl-C at random moments of classify, every family")
+    p.add_argument("--classify-rows", type=int, default=20_000, help="rows of the store classify reads")
+    p.add_argument("--classify-cols", type=int, default=128, help="its feature columns")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write every outcome here")
     a = p.parse_args(argv)
@@ -571,7 +785,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="featx-faults-") as tmp:
         outcomes = run_campaign(
             kills=a.kills, fills=a.fills, races=a.races, corruptions=a.corruptions, n=a.images, seed=a.seed,
-            tmpfs=a.tmpfs, cli=a.cli, workdir=Path(tmp),
+            tmpfs=a.tmpfs, cli=a.cli, workdir=Path(tmp), spread_fills=a.spread_fills, disk_sizes=a.disk_sizes,
+            classify=a.classify, classify_rows=a.classify_rows, classify_cols=a.classify_cols,
         )
     print(summary(outcomes))
     print(f"({time.monotonic() - started:.0f} s)")

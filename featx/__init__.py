@@ -31,6 +31,8 @@ __all__ = [
     "format_layers",
     "list_models",
     "format_models",
+    "info",
+    "export",
     "describe_store",
     "export_store",
     # reading what they wrote
@@ -60,6 +62,8 @@ _LAZY = {
     "format_layers": "featx.extraction",
     "list_models": "featx.extraction",
     "format_models": "featx.extraction",
+    "info": "featx._api",
+    "export": "featx._api",
     "describe_store": "featx.store",
     "export_store": "featx.store",
     "open_store": "featx.store",

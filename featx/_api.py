@@ -1,12 +1,16 @@
 """The Python API: one function per command, keyword arguments named like the flags.
 
 ``featx.extract(...)`` is ``run_pipeline.py extract ...``, ``featx.classify(...)``
-is ``classify``, ``featx.predict(...)`` is ``predict``, ``featx.list_layers(...)``
-is ``layers``, ``featx.list_models(...)`` is ``models``, ``featx.describe_store(...)`` is ``info`` and
-``featx.export_store(...)`` is ``export`` and ``featx.sweep(...)`` is ``sweep``; each returns the result object the
-command prints.  Every argument is checked before any work starts; mistakes
-raise a :class:`featx.FeatxError` (a ``ValueError`` for bad values) whose
-message names the keyword argument.
+is ``classify``, ``featx.predict(...)`` is ``predict``, ``featx.info(...)`` is
+``info`` and ``featx.export(...)`` is ``export`` (also by their library names,
+``describe_store`` and ``export_store``), ``featx.list_layers(...)`` is
+``layers`` and ``featx.list_models(...)`` is ``models`` and ``featx.sweep(...)`` is
+``sweep``; each returns the result
+object the command prints.  Keywords are named like the flags (``weights_file``
+for ``--weights-file``).  Every argument is checked before any work starts;
+mistakes, an unknown keyword included, raise a :class:`featx.FeatxError` (a
+``ValueError`` for bad values) whose one-line message names the keyword
+argument, as the command line's names the flag.
 
 The heavy sides are imported on first call: ``import featx`` loads neither
 torch nor scikit-learn.
@@ -14,8 +18,9 @@ torch nor scikit-learn.
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,7 +29,23 @@ if TYPE_CHECKING:  # pragma: no cover
     from .prediction import PredictResult
     from .layer_sweep import SweepResult
 
-__all__ = ["extract", "classify", "predict", "sweep"]
+__all__ = ["extract", "classify", "predict", "sweep", "info", "export"]
+
+
+def _check_keywords(command: str, given: Iterable[str], allowed: Iterable[str]) -> None:
+    """Refuse an unknown keyword in one line, as ``extract`` does (a ConfigError, never a bare TypeError)."""
+    from .errors import ConfigError, close_matches, message
+
+    allowed = list(allowed)
+    for name in given:
+        if name not in allowed:
+            raise ConfigError(
+                message(f"an unknown option of {command}", got=name, hint=close_matches(name, allowed).strip() or None)
+            )
+
+
+def _keywords(function: Callable[..., Any], *leave_out: str) -> list[str]:
+    return [name for name in inspect.signature(function).parameters if name not in leave_out]
 
 
 def extract(
@@ -131,9 +152,12 @@ def classify(
     """
     from pathlib import Path
 
+    from dataclasses import fields
+
     from .classification import ClassifyConfig, run_classification
     from .thumbnails import store_thumbnails
 
+    _check_keywords("classify", options, [f.name for f in fields(ClassifyConfig) if f.name not in ("features", "models", "out")])
     inputs = (features,) if isinstance(features, str) else tuple(features)
     config = ClassifyConfig(
         features=inputs, models=models, out=Path(out) if out is not None else None, **options
@@ -160,8 +184,9 @@ def predict(
         for :func:`extract` (labels named like the classes give an accuracy),
         or image files.
     **options
-        ``out`` (a CSV file), ``weights_files``, ``device``, ``batch_size``,
-        ``workers``, ``progress``: see
+        ``out`` (a CSV file), ``overwrite``, ``weights_file`` (a path or a
+        sequence of paths, as ``--weights-file``; also ``weights_files``),
+        ``device``, ``batch_size``, ``workers``, ``progress``: see
         :func:`featx.prediction.predict_images`.
 
     Returns
@@ -177,6 +202,10 @@ def predict(
     """
     from .prediction import predict_images
 
+    _check_keywords("predict", options, [*_keywords(predict_images, "classifier", "data"), "weights_file"])
+    if "weights_file" in options:  # the flag's name; several files as a sequence
+        given = options.pop("weights_file")
+        options["weights_files"] = [given] if isinstance(given, (str, os.PathLike)) else list(given)
     paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     return predict_images(classifier, paths, **options)
 
@@ -245,3 +274,35 @@ def sweep(
         extract={k: v for k, v in options.items() if k not in own},
     )
     return run_sweep(config)
+
+
+def info(store: str | os.PathLike, **options: Any) -> str:
+    """What a feature store holds, as ``run_pipeline.py info`` prints it (:func:`featx.store.describe_store`).
+
+    Examples
+    --------
+    >>> print(featx.info("features/hymenoptera/resnet18-none.h5"))  # doctest: +SKIP
+    """
+    from .store import describe_store
+
+    _check_keywords("info", options, _keywords(describe_store)[1:])
+    return describe_store(store, **options)
+
+
+def export(store: str | os.PathLike, out: str | os.PathLike, **options: Any) -> Any:
+    """Write a store as npz, Parquet or CSV, as ``run_pipeline.py export`` (:func:`featx.store.export_store`).
+
+    Parameters
+    ----------
+    store, out : path
+    **options
+        ``format``, ``layers``, ``overwrite``, ``block_rows``.
+
+    Examples
+    --------
+    >>> featx.export("store.h5", "store.parquet", layers=["fc7"])  # doctest: +SKIP
+    """
+    from .store import export_store
+
+    _check_keywords("export", options, _keywords(export_store)[2:])
+    return export_store(store, out, **options)

@@ -10,16 +10,22 @@ of every command, ``info``, ``export`` and the parsing of ``classify`` start in
 well under a second.
 
 User mistakes (:class:`featx.errors.FeatxError`) print one line and exit with
-code 2; Ctrl-C exits with 130 after the extraction has saved its progress.
+code 2; Ctrl-C exits with 130 and SIGTERM with 143, in one line that says what
+the command leaves (an extraction's progress is saved; classify, predict and
+export leave no partial output).  Global options (``-q``) are accepted before
+or after the command; every command's ``--help`` ends with examples.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ._version import __version__
@@ -128,7 +134,11 @@ def _add_extract(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     )
     p.add_argument("--dtype", choices=list(STORAGE_DTYPES), default="float32", help="storage precision")
     p.add_argument("--compression", choices=list(COMPRESSIONS), help="compress the feature datasets")
-    p.add_argument("--out", type=Path, help="store path (default: features/<dataset>/<model>-<weights>.h5)")
+    p.add_argument(
+        "--out", type=Path,
+        help="store path (default: features/<dataset>/<model>-<weights>[-s<seed>][-<size>][-p<hash>].h5: "
+        "-s<seed> for a seeded --weights none, -<size> with --image-size, -p<hash> with preprocessing options)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a store made with another configuration")
     p.add_argument(
         "--force", action="store_true",
@@ -167,7 +177,7 @@ def _add_extract(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
         "--gpus-per-worker", type=float, metavar="G",
         help="GPUs of each Ray worker (default: 1 when the cluster has GPUs, else 0; fractions share a GPU)",
     )
-    p.set_defaults(run=_run_extract)
+    p.set_defaults(run=_run_extract, interrupted="progress so far is saved; run the same command again to resume")
 
 
 def _data_folder(args: argparse.Namespace) -> Path:
@@ -318,7 +328,11 @@ def _add_classify(sub: argparse._SubParsersAction, parents: list[argparse.Argume
         "split (the store's val split next to test, else 20%% of the training rows), then refitted; the validation "
         "curve is reported",
     )
-    p.add_argument("--out", type=Path, metavar="DIR", help="run folder (default: a new runs/<timestamp>/)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="run folder, new or empty (default: a new runs/<timestamp>/)")
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="write into an --out that holds files: featx's files there are replaced when the run is complete",
+    )
     p.add_argument("--no-plots", action="store_true", help="do not draw confusion matrices")
     p.add_argument(
         "--memory", metavar="BYTES",
@@ -328,7 +342,7 @@ def _add_classify(sub: argparse._SubParsersAction, parents: list[argparse.Argume
     group = p.add_argument_group("classifier parameters (each applies to the chosen classifiers that declare it)")
     for name in all_params():
         group.add_argument(f"--{name.replace('_', '-')}", dest=f"param_{name}", metavar="VALUE", help=param_help(name))
-    p.set_defaults(run=_run_classify)
+    p.set_defaults(run=_run_classify, interrupted="no run folder was written; run the command again to start over")
 
 
 def _run_classify(args: argparse.Namespace) -> int:
@@ -350,6 +364,7 @@ def _run_classify(args: argparse.Namespace) -> int:
         memory=args.memory,
         device=args.device,
         protocol=args.protocol,
+        overwrite=args.overwrite,
     )
     from .thumbnails import store_thumbnails
 
@@ -375,7 +390,11 @@ def _add_predict(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
         help="an image folder, manifest, tar archive or shard pattern, or URL, as for extract (labels named like "
         "the classes give an accuracy), or image files",
     )
-    p.add_argument("--out", type=Path, metavar="FILE", help="CSV file to write (default: CSV on standard output)")
+    p.add_argument(
+        "--out", type=Path, metavar="FILE",
+        help="CSV file to write, a new regular file (default: CSV on standard output; '-' is refused)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument(
         "--weights-file", dest="weights_files", type=Path, action="append", default=[], metavar="PATH",
         help="state dict of an input extracted with --weights-file (repeat for several)",
@@ -395,6 +414,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         weights_files=args.weights_files,
         progress=_progress(args),
         out=args.out,
+        overwrite=args.overwrite,
     )
     summary = format_prediction(result)
     if result.out is None:
@@ -446,7 +466,10 @@ def _add_export(sub: argparse._SubParsersAction, parents: list[argparse.Argument
     )
     p.add_argument("store", type=Path, metavar="STORE", help="an HDF5 feature store")
     p.add_argument("--format", choices=EXPORT_FORMATS, help="output format (default: from the --out suffix)")
-    p.add_argument("--out", type=Path, required=True, help="file to write")
+    p.add_argument(
+        "--out", type=Path, required=True,
+        help="file to write: a new regular file, or one --overwrite replaces (never the store, a device, a FIFO or '-')",
+    )
     p.add_argument("--layer", dest="layers", action="append", metavar="NAME", help="layer to export (repeat; default: all)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=_run_export)
@@ -497,7 +520,9 @@ def _add_demo(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPa
     p.add_argument("--features-dir", type=Path, default=Path("features"), help="parent of the stores (default: features)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs/demo"), help="parent of the run folders (default: runs/demo)")
     p.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the closing layer sweep")
-    p.set_defaults(run=_run_demo)
+    p.set_defaults(
+        run=_run_demo, interrupted="the feature stores finished so far are kept; run the same command again to continue"
+    )
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -608,17 +633,72 @@ COMMANDS: list[Callable[[argparse._SubParsersAction, list[argparse.ArgumentParse
 ]
 
 
+# Two or three examples at the end of each command's --help (a newcomer starts from one).
+EXAMPLES = {
+    "extract": """\
+  run_pipeline.py extract --data data/hymenoptera --model resnet18
+  run_pipeline.py extract --data data/hymenoptera --model resnet50 --layer conv5 --layer penultimate --pool avg
+  run_pipeline.py extract --data list.csv --model resnet18 --weights none --image-size 64 --out features/tiny.h5""",
+    "layers": """\
+  run_pipeline.py layers --model resnet18
+  run_pipeline.py layers --model vgg16 --all""",
+    "models": """\
+  run_pipeline.py models
+  run_pipeline.py models --filter 'convnext*'
+  run_pipeline.py models --source timm --filter vit""",
+    "classify": """\
+  run_pipeline.py classify --features features/hymenoptera/resnet18-IMAGENET1K_V1.h5 --model svm,logreg
+  run_pipeline.py classify --features a.h5:penultimate --features b.h5:fc7 --model xgboost --cv 5
+  run_pipeline.py classify --features s.h5 --model bayes --out runs/bayes --overwrite""",
+    "predict": """\
+  run_pipeline.py predict --classifier runs/x/classifier-logreg.zip --data new-images/ --out predictions.csv
+  run_pipeline.py predict --classifier runs/x/classifier-svm.zip --data a.jpg b.jpg > predictions.csv""",
+    "info": """\
+  run_pipeline.py info features/hymenoptera/resnet18-IMAGENET1K_V1.h5
+  run_pipeline.py -q info store.h5""",
+    "export": """\
+  run_pipeline.py export store.h5 --out store.parquet
+  run_pipeline.py export store.h5 --out fc7.csv --layer fc7
+  run_pipeline.py export store.h5 --out store.npz --overwrite""",
+    "demo": """\
+  run_pipeline.py demo
+  run_pipeline.py demo --per-class 10 --classifiers svm,logreg --offline""",
+}
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions wrapped as usual; the examples (the epilog) kept line for line."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:\n"):
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+
+
+def _global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """``-q``: before the command, or after it (``extract -q``); a value given after wins."""
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS if after_command else False,
+        help="only warnings and results (no progress bars)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_pipeline.py",
         description="featx: extract CNN features into HDF5 stores and train classifiers on them.",
     )
     parser.add_argument("--version", action="version", version=f"featx {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results (no progress bars)")
+    _global_options(parser, after_command=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     parents = [_runtime_options(), _batch_options()]
     for add in COMMANDS:
         add(sub, parents)
+    for name, command in sub.choices.items():
+        # Not set when the option is left out after the command: the value given before it stays.
+        _global_options(command, after_command=True)
+        command.formatter_class = _HelpFormatter
+        command.epilog = f"examples:\n{EXAMPLES[name]}"
     return parser
 
 
@@ -646,20 +726,43 @@ def _setup_logging(quiet: bool) -> None:
     log.propagate = False
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be: the same clean-up runs (a saved extraction, no partial run folder)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`_Terminated` while a command runs (only the main thread can set a handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; return its exit code (0 ok, 2 user error, 130 interrupted)."""
+    """Run one command; return its exit code (0 ok, 2 user error, 130 interrupted, 143 terminated)."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.quiet)
     try:
         # Messages raised inside name options as flags (--batch-size), not keywords.
-        with cli_option_names():
+        with cli_option_names(), _sigterm_as_interrupt():
             return args.run(args)
     except FeatxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: progress so far is saved; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        # Each command says what an interruption leaves (extract resumes; classify writes no run folder).
+        said = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+        print(f"{said}: {getattr(args, 'interrupted', 'nothing was written')}", file=sys.stderr)
+        return 143 if isinstance(exc, _Terminated) else 130
     except BrokenPipeError:
         # The reader went away (`... | head`): stop quietly, as the Python docs advise,
         # pointing stdout at devnull so that the interpreter's final flush does not fail.

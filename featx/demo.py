@@ -289,6 +289,7 @@ def _classify(config: DemoConfig, data: Path, stores: list[Path], name: str) -> 
             params=_classifier_params(config.classifiers),
             seed=config.seed,
             out=config.runs_dir / data.name / name,
+            overwrite=True,  # the demo's own folders: a second demo replaces the first one's results
             plots=False,
         )
     )

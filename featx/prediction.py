@@ -32,7 +32,7 @@ from ._version import __version__
 from .classification import FittedClassifier, load_classifier, predictions_frame
 from .errors import ClassifyError, message, option
 from .formatting import printable
-from .paths import check_writable_file
+from .paths import check_output_file, temporary_path
 from .store import describe_weights, identity_differences, parse_weights_label, sha256_file
 
 __all__ = ["PredictResult", "predict_images", "format_prediction"]
@@ -194,6 +194,7 @@ def predict_images(
     weights_files: Sequence[str | os.PathLike] = (),
     progress: bool = True,
     out: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> PredictResult:
     """Classify images with a saved classifier.
 
@@ -211,7 +212,11 @@ def predict_images(
     weights_files : sequence of path
         State dicts, needed when a feature input was made with ``--weights-file``.
     out : path, optional
-        CSV file to write the predictions to.
+        CSV file to write the predictions to: a new regular file, never one of
+        the inputs (the classifier, a manifest, a weights file), written under a
+        temporary name and renamed when complete.
+    overwrite : bool
+        Replace *out* if it exists.
 
     Raises
     ------
@@ -222,7 +227,8 @@ def predict_images(
     # Every argument is checked before the first image is decoded; the classifier file before torch is
     # imported (seconds), so that a bad or hostile one is refused at once.
     if out is not None:
-        check_writable_file(out, "out")
+        inputs = [*data, *weights_files, *([] if isinstance(classifier, FittedClassifier) else [classifier])]
+        check_output_file(out, "out", inputs=inputs, overwrite=overwrite)
     clf = classifier if isinstance(classifier, FittedClassifier) else load_classifier(classifier)
     paths = [os.fspath(p) for p in data]
     if not paths:
@@ -295,7 +301,12 @@ def predict_images(
     if out is not None:
         written = Path(out)
         written.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(written, index=False)
+        tmp = temporary_path(written)  # whole or not at all; a killed run's leftover is removed by the next one
+        try:
+            frame.to_csv(tmp, index=False)
+            os.replace(tmp, written)
+        finally:
+            tmp.unlink(missing_ok=True)
     return PredictResult(
         predictions=frame,
         classes=clf.classes,

@@ -9,6 +9,16 @@ whether the run is in memory or streaming.  When even the quantised copy
 exceeds its share of the memory budget, :class:`xgboost.ExtMemQuantileDMatrix` keeps its
 pages in a temporary folder on disk instead (``TMPDIR``).
 
+Ctrl-C and SIGTERM never reach xgboost's C++ code: the ``DataIter`` callbacks
+run inside ``XGDMatrixCreateFromCallback``, and a KeyboardInterrupt raised
+there crosses a ctypes callback, which ignores it and hands C++ a half-built
+batch (measured: ``Check failed: rbegin == Info().num_row_``, a segfault,
+heap corruption).  While xgboost runs, the signals are only recorded
+(:func:`_signals_deferred`); the iterator then raises an ordinary exception,
+which xgboost carries out of its C call by design, and a boosting round's
+callback stops training; the signal's own action (KeyboardInterrupt, or the
+command line's SIGTERM handler) follows once xgboost has returned.
+
 Boosting stops early when the log loss of a stratified tenth of the training
 rows (:data:`XGBOOST_EARLY_STOP_FRACTION`) has not improved for
 :data:`XGBOOST_EARLY_STOP_ROUNDS` rounds; the booster is then handed to the
@@ -18,11 +28,14 @@ pipeline's ``XGBClassifier`` (its own ``load_model``), so that artifacts and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,6 +80,48 @@ def early_stopping_split(y: np.ndarray, n_classes: int, seed: int) -> tuple[np.n
     return np.sort(fit), np.sort(val)
 
 
+class _Deferred(Exception):
+    """Raised inside xgboost's callbacks when a signal is pending: an Exception, which xgboost re-raises once C++ returns."""
+
+
+_pending: list[int] = []  # signals received while xgboost runs, in order
+
+
+def _record(signum: int, frame: object) -> None:
+    _pending.append(signum)
+
+
+def _check_pending() -> None:
+    """Stop xgboost's current call (from a callback) when a signal arrived."""
+    if _pending:
+        raise _Deferred()
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Record SIGINT and SIGTERM while xgboost runs; act on them, as their handlers would, once it has returned."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals (and may set their handlers)
+        return
+    names = [signal.SIGINT, signal.SIGTERM]
+    previous = {signum: signal.signal(signum, _record) for signum in names}
+    _pending.clear()
+    try:
+        yield
+    except _Deferred:
+        pass  # the signal's own action follows
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        received, _pending[:] = list(_pending), []
+    for signum in dict.fromkeys(received):
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, None)  # Python's default raises KeyboardInterrupt; the CLI's SIGTERM one, its own
+        elif handler == signal.SIG_DFL:
+            os.kill(os.getpid(), signum)  # what the signal would have done (SIGTERM: end the process)
+
+
 def _block_iterator(features: Callable[[np.ndarray], np.ndarray], labels: np.ndarray, chunks: Sequence[np.ndarray],
                     cache_prefix: str | None) -> Any:
     """An ``xgboost.DataIter`` over *chunks* of training positions: ``features(chunk)`` and ``labels[chunk]``."""
@@ -78,6 +133,7 @@ def _block_iterator(features: Callable[[np.ndarray], np.ndarray], labels: np.nda
             super().__init__(cache_prefix=cache_prefix, release_data=True)
 
         def next(self, input_data: Any) -> bool:
+            _check_pending()  # never let a KeyboardInterrupt into xgboost's C++ caller (see the module's doc)
             if self._next == len(chunks):
                 return False
             chunk = chunks[self._next]
@@ -87,6 +143,7 @@ def _block_iterator(features: Callable[[np.ndarray], np.ndarray], labels: np.nda
             return True
 
         def reset(self) -> None:
+            _check_pending()
             self._next = 0
 
     return RowBlocks()
@@ -106,6 +163,7 @@ def _progress(rounds: int) -> Any:
             return model
 
         def after_iteration(self, model: Any, epoch: int, evals_log: dict) -> bool:
+            _check_pending()  # a signal during the round: stop between rounds
             now = time.perf_counter()
             if now - self._said >= PROGRESS_SECONDS:
                 self._said = now
@@ -191,7 +249,7 @@ def fit_xgboost(pipeline: Any, joined: JoinedFeatures, rows: np.ndarray, *, bloc
     width = projected.shape[1] if "pca" in pipeline.named_steps else joined.n_features
     in_memory = len(fit) * width * QUANTISED_BYTES_PER_VALUE <= QUANTISED_SHARE * memory
     kind = "QuantileDMatrix" if in_memory else "ExtMemQuantileDMatrix"
-    with tempfile.TemporaryDirectory(prefix="featx-xgboost-") as cache:
+    with tempfile.TemporaryDirectory(prefix="featx-xgboost-") as cache, _signals_deferred():
         train_iter = _block_iterator(
             features, labels, row_blocks(fit, block_rows), None if in_memory else os.path.join(cache, "train")
         )
@@ -211,5 +269,6 @@ def fit_xgboost(pipeline: Any, joined: JoinedFeatures, rows: np.ndarray, *, bloc
         )
         del train, evals
     # The sklearn wrapper reads the classes and the best iteration from the booster itself.
-    estimator.load_model(bytearray(booster.save_raw("ubj")))
+    with _signals_deferred():
+        estimator.load_model(bytearray(booster.save_raw("ubj")))
     return pipeline, kind

@@ -112,7 +112,12 @@ class ClassifyConfig:
     search : bool
         Cross-validated grid search over each family's main parameters.
     out : path, optional
-        Run folder; by default a new ``runs_dir/<timestamp>/``.
+        Run folder; by default a new ``runs_dir/<timestamp>/``.  It must be
+        new or empty (a run is never mixed with another).
+    overwrite : bool
+        Write into an *out* that holds files: featx's own files there
+        (results, predictions, plots, classifiers) are replaced when the run
+        is complete, any other file is kept.
     params : mapping
         Hyper-parameters, e.g. ``{"C": 1.0, "kernel": "linear"}``: each applies
         to the chosen families that declare it.  Values may be text, as from
@@ -164,6 +169,7 @@ class ClassifyConfig:
     memory: int | str | None = None
     device: str = "auto"
     protocol: str | None = None
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         # Checks only, and the given values in the types the fields declare (models, features, memory).

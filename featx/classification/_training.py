@@ -19,19 +19,18 @@ checked next, before any store is read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 import warnings
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import OutputPathError, message, option
-from ..paths import check_writable_dir
+from ..errors import message, option
 from ._artifact import save_classifier
 from ._boosting import fit_xgboost
 from ._config import ClassifyConfig
@@ -44,6 +43,7 @@ from ._protocol import choose, validation_rows
 from ._registry import BOOSTING, FAMILIES, ONE_PASS, protocol, solver_words
 from ._report import classification_metrics, plot_confusion, predictions_frame
 from ._run import ClassifierResult, ClassifyRun
+from ._run_folder import RunFolder
 from ._streaming import FitPlan, plan_fit, stream_fit, stream_predict
 
 __all__ = ["run_classification"]
@@ -221,32 +221,6 @@ class _Fitter:
 # --------------------------------------------------------------------------- the run
 
 
-def _check_run_folder(config: ClassifyConfig) -> None:
-    """Refuse a run folder that cannot be written, before any store is read; create nothing."""
-    if config.out is not None:
-        check_writable_dir(config.out, "out")
-    else:
-        check_writable_dir(config.runs_dir, "runs_dir")
-
-
-def _make_run_folder(config: ClassifyConfig) -> Path:
-    if config.out is not None:
-        out = Path(config.out)
-        out.mkdir(parents=True, exist_ok=True)
-        return out
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for n in range(1, 1000):
-        out = Path(config.runs_dir) / (stamp if n == 1 else f"{stamp}-{n}")
-        try:
-            out.mkdir(parents=True)
-            return out
-        except FileExistsError:
-            continue
-    raise OutputPathError(
-        message("cannot create a new run folder", got=Path(config.runs_dir), hint=f"pass {option('out', 'DIR')}")
-    )
-
-
 def _manifest(
     name: str,
     params: dict[str, Any],
@@ -370,6 +344,26 @@ def _write_missing(out: Path, missing: Mapping[str, list[str]]) -> Path | None:
     return path
 
 
+# scikit-learn's MLPClassifier catches KeyboardInterrupt, warns this and returns a half-trained model.
+_SWALLOWED_INTERRUPT = "Training interrupted by user"
+
+
+@contextlib.contextmanager
+def _interrupts_not_swallowed() -> Iterator[None]:
+    """Ctrl-C during a fit ends the run (exit 130), even where an estimator would catch it and go on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=_SWALLOWED_INTERRUPT, category=UserWarning)
+        try:
+            yield
+        except UserWarning as exc:
+            if str(exc).startswith(_SWALLOWED_INTERRUPT):
+                # The warning is raised inside scikit-learn's `except KeyboardInterrupt`: that one goes on
+                # (the command line's SIGTERM is a KeyboardInterrupt of its own kind, exit 143).
+                caught = exc.__context__
+                raise (caught if isinstance(caught, KeyboardInterrupt) else KeyboardInterrupt()) from None
+            raise
+
+
 def run_classification(config: ClassifyConfig, *, thumbnails: Thumbnails | None = None) -> ClassifyRun:
     """Train and evaluate the configured classifiers; write the run folder.
 
@@ -408,7 +402,8 @@ def run_classification(config: ClassifyConfig, *, thumbnails: Thumbnails | None 
     >>> run.best.name, run.best.accuracy  # doctest: +SKIP
     """
     resources = config.resolve()
-    _check_run_folder(config)
+    stores = [path for spec in config.features for path in (spec, spec.rsplit(":", 1)[0])]
+    folder = RunFolder(config, inputs=stores)  # checked (new, empty, or overwrite); nothing made yet
     joined = join_features(config.features, load=False)
     evaluation = plan_evaluation(joined, cv=config.cv, test_size=config.test_size, seed=config.seed)
     model_params = config.model_params
@@ -424,7 +419,20 @@ def run_classification(config: ClassifyConfig, *, thumbnails: Thumbnails | None 
         for spec, ids in joined.missing.items():
             log.warning(f"{len(ids):,} sample id(s) are missing from {spec} and left out (e.g. {ids[0]})")
     check_components(config.pca, joined, evaluation, search=config.search)
-    out = _make_run_folder(config)
+    out = folder.create()  # .<name>.tmp-<pid>: renamed when the run is complete, removed if it is not
+    try:
+        with _interrupts_not_swallowed():
+            run = _fit_and_write(config, joined, evaluation, model_params, plan, resources.device, out, thumbnails)
+    except BaseException:  # Ctrl-C, SIGTERM, a full disk, a bug: no partial run folder
+        folder.discard()
+        raise
+    return folder.commit(run)
+
+
+def _fit_and_write(config: ClassifyConfig, joined: JoinedFeatures, evaluation: Evaluation,
+                   model_params: dict[str, dict[str, Any]], plan: FitPlan, device: str, out: Path,
+                   thumbnails: Thumbnails | None) -> ClassifyRun:
+    """Fit every family and write the run's files into *out* (the temporary folder)."""
     if joined.views > 1:
         log.info(f"training views: {joined.views} per image; the fits learn from every view of the training images, "
                  "each evaluation image is predicted by the mean over its views")
@@ -435,7 +443,7 @@ def run_classification(config: ClassifyConfig, *, thumbnails: Thumbnails | None 
     results = []
     for name in config.models:
         log.info(f"fitting {name} ...")
-        results.append(_evaluate(name, model_params[name], joined, evaluation, config, out, plan, resources.device))
+        results.append(_evaluate(name, model_params[name], joined, evaluation, config, out, plan, device))
     _write_missing(out, joined.missing)
     run = ClassifyRun(
         out_dir=out,

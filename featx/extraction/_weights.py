@@ -96,6 +96,32 @@ def _unwrap_checkpoint(obj: Any, path: Path) -> StateDict:
     return obj
 
 
+def _legacy_format_error(path: Path, exc: BaseException) -> WeightsError | None:
+    """The error for a file torch saved in a format before 1.6 (not a zip), which weights_only=True refuses, or None.
+
+    torchvision's own old checkpoints (``resnet18-5c106cde.pth``) are such
+    files: they *are* state dicts saved with ``torch.save``, so saying "it must
+    be a state dict saved with torch.save" is wrong.  What helps is to convert
+    the file once, knowingly: loading it without weights_only runs its pickle.
+    """
+    import zipfile
+
+    text = str(exc)
+    refused = "legacy .tar format" in text or text.lstrip().startswith("Weights only load failed")
+    if not refused or zipfile.is_zipfile(path):
+        return None
+    target = path.with_suffix(".converted.pth")
+    return WeightsError(
+        message(
+            f"'{path}' is in torch's legacy serialization format (before torch 1.6, not a zip), which "
+            "torch.load(weights_only=True) refuses to read: its pickle could run code",
+            hint="if you trust the file, convert it once: python -c \"import torch; "
+            f"torch.save(torch.load('{path}', weights_only=False), '{target}')\" and pass {option('weights_file')} "
+            f"'{target}'",
+        )
+    )
+
+
 def read_torch_state_dict(path: Path) -> StateDict:
     """The state dict in a file written by ``torch.save``, read with ``torch.load(weights_only=True)``.
 
@@ -111,6 +137,9 @@ def read_torch_state_dict(path: Path) -> StateDict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ...
+        legacy = _legacy_format_error(path, exc)
+        if legacy is not None:
+            raise legacy from None
         raise WeightsError(
             message(
                 f"'{path}' could not be loaded with torch.load(weights_only=True) ({load_failure(exc)})",

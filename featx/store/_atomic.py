@@ -17,12 +17,13 @@ from pathlib import Path
 
 import h5py
 
-__all__ = ["discard_file", "remove_stale_temporaries", "replace_durably", "temporary_path", "write_atomically"]
+# Owned by featx.paths (every output, not only stores); re-exported for the store's modules.
+from ..paths import remove_stale_temporaries, temporary_path
 
-
-def temporary_path(path: Path) -> Path:
-    """The name *path* is written under by this process before it is renamed: ``.<name>.tmp-<pid>``."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+__all__ = [
+    "discard_file", "remove_stale_temporaries", "replace_durably", "temporary_path", "write_atomically",
+    "write_small_atomically",
+]
 
 
 def replace_durably(tmp: Path, path: Path) -> None:
@@ -80,24 +81,30 @@ def write_atomically(path: Path, fill: Callable[[h5py.File], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
+def write_small_atomically(path: Path, fill: Callable[[h5py.File], None]) -> None:
+    """Create the small HDF5 file *path* (an index, no feature data) whole or not at all, built in memory.
 
-
-def remove_stale_temporaries(path: Path) -> None:
-    """Delete the temporary files of *path* left by dead processes (or by this one).
-
-    A file of a live process is another run writing now: it is kept.
+    The file is made by HDF5 in memory (the ``core`` driver, no backing
+    store) and its bytes are written by plain file I/O: a full disk is then an
+    ordinary ``OSError`` from ``write``, and HDF5 never holds a file it cannot
+    flush.  Written on a full disk through HDF5, the store's index left
+    metadata HDF5 could not write even after :func:`discard_file`, which it
+    retried when each object was freed (``ObjectID.__dealloc__ ... Can't
+    decrement id ref count``) and at exit (a segfault, exit 139).
     """
-    if os.name != "posix":
-        return  # os.kill(pid, 0) only probes a process on POSIX
-    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _process_exists(int(pid))):
-            tmp.unlink(missing_ok=True)
+    f = h5py.File(f"{path.name}.in-memory", "w", driver="core", backing_store=False)
+    try:
+        fill(f)
+        f.flush()
+        image = f.id.get_file_image()
+    finally:
+        f.close()
+    tmp = temporary_path(path)
+    try:
+        with open(tmp, "wb") as out:
+            out.write(image)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

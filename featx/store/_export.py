@@ -38,8 +38,7 @@ import numpy as np
 
 from ..errors import ExportError, choices, message, option
 from ..formatting import format_bytes
-from ..paths import check_writable_file
-from ._atomic import temporary_path
+from ..paths import check_writable_file, remove_stale_temporaries, temporary_path
 from ._reader import FeatureStore, open_store
 
 __all__ = ["EXPORT_FORMATS", "ExportResult", "export_store", "format_export"]
@@ -287,7 +286,8 @@ def export_store(
     Raises
     ------
     OutputPathError
-        *out* cannot be written (a folder, inside a file, a read-only place).
+        *out* cannot be written (a folder, inside a file, a read-only place), is not a
+        regular file (``-``, ``/dev/stdout``, a FIFO, a symbolic link), or is the store itself.
     ExportError
         Unknown format, *out* exists, or a layer is requested twice.
     StoreError
@@ -302,7 +302,8 @@ def export_store(
     wrote ants.parquet (parquet, 3.4 MiB): 244 rows; layers fc7 (4,096); 0.3 s
     """
     started = time.perf_counter()
-    out = check_writable_file(out, "out")
+    # Never onto the store itself (by device and inode: a link or another name of it included), nor a device or FIFO.
+    out = check_writable_file(out, "out", inputs=[store_path])
     format = _format_of(format, out)
     if out.exists() and not overwrite:
         raise ExportError(
@@ -329,6 +330,7 @@ def export_store(
             )
         source = _Source(store, chosen, block_rows)
         out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)  # a killed export's leftover (.<name>.tmp-<pid>)
         tmp = temporary_path(out)
         try:
             EXPORTERS[format](source, tmp)

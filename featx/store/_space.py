@@ -53,7 +53,12 @@ class SpaceNeeded:
         return self.parts + self.final + margin
 
     def describe(self) -> str:
-        return f"parts {format_bytes(self.parts)} + final store {format_bytes(self.final)}"
+        """The terms of :attr:`total`, which they add up to."""
+        margin = self.total - self.parts - self.final
+        return (
+            f"parts {format_bytes(self.parts)} + final store {format_bytes(self.final)} "
+            f"+ HDF5 margin {format_bytes(margin)}"
+        )
 
 
 def free_bytes(folder: Path) -> int:
@@ -104,7 +109,9 @@ def failed_errno(exc: BaseException) -> int | None:
     return None
 
 
-def write_error(exc: BaseException, *, store: Path, rows_safe: int, needed: SpaceNeeded | None) -> StoreWriteError | None:
+def write_error(
+    exc: BaseException, *, store: Path, rows_safe: int, needed: SpaceNeeded | None, kept: int | None = None,
+) -> StoreWriteError | None:
     """The one-line error for a write of *store* that failed with *exc*, or None if *exc* is no I/O error.
 
     Parameters
@@ -113,7 +120,10 @@ def write_error(exc: BaseException, *, store: Path, rows_safe: int, needed: Spac
         What the write raised.
     store : Path
     rows_safe : int
-        Rows in committed parts or in the store: what the next run starts from.
+        Rows the store shows (``info``) after the failure.
+    kept : int, optional
+        When a complete store is updated or extended (it stays as it was): the
+        rows of this run kept in parts, which the next run starts from.
     needed : SpaceNeeded, optional
         What is still to write, for the message.
     """
@@ -122,6 +132,8 @@ def write_error(exc: BaseException, *, store: Path, rows_safe: int, needed: Spac
         return None
     resume = "then run the same command again to resume"
     safe = f"{rows_safe:,} rows are safe"
+    if kept is not None:
+        safe += f" (the store is unchanged; {kept:,} rows of this run are kept in parts)"
     if number in _NO_SPACE:
         free = free_bytes(store.parent)
         wanted = f"; about {format_bytes(needed.total)} more is needed ({needed.describe()})" if needed else ""

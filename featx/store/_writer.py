@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import OutputPathError, StoreError, message
 from ..paths import check_writable_file
 from ._assembly import write_final_store
-from ._atomic import remove_stale_temporaries, write_atomically
+from ._atomic import remove_stale_temporaries, write_small_atomically
 from ._identity import StoreIdentity
 from ._index import fill_index
 from ._lock import StoreLock
@@ -224,10 +224,30 @@ class StoreWriter:
         return SpaceNeeded(parts=len(self._remaining()) * row_bytes, final=final)
 
     def _failed_write(self, exc: BaseException) -> BaseException:
-        """The one-line error for a failed write (the open part dropped), or *exc* itself if it is no I/O error."""
+        """The one-line error for a failed write (the open part dropped), or *exc* itself if it is no I/O error.
+
+        The rows said to be safe are the rows the store shows afterwards
+        (``info``): those of the committed parts for a new store, whose index
+        covers them; a complete store that is updated or extended stays as it
+        was until the run finishes, so its own rows, and the rows of this run
+        kept in parts are said apart.
+        """
         self.abort()
-        error = write_error(exc, store=self.path, rows_safe=self.rows_done, needed=self._space_needed())
+        rows_safe, kept = self.rows_done, None
+        if self.plan is not None and self.plan.existing_layers:
+            rows_safe, kept = self._rows_in_store(), self.rows_done
+        error = write_error(exc, store=self.path, rows_safe=rows_safe, needed=self._space_needed(), kept=kept)
         return exc if error is None else error
+
+    def _rows_in_store(self) -> int:
+        """Rows of the (complete) store at :attr:`path`, as a reader counts them; 0 if it cannot be read."""
+        import h5py
+
+        try:
+            with h5py.File(self.path, "r") as f:
+                return int(f["samples/id"].shape[0])
+        except (OSError, KeyError):
+            return 0
 
     # appending -----------------------------------------------------------------
     def add(
@@ -299,7 +319,7 @@ class StoreWriter:
                 candidates=len(self.samples.ids),
             )
             try:
-                write_atomically(
+                write_small_atomically(
                     self.path,
                     lambda f: fill_index(
                         f, parts_folder=self.parts, parts=self._committed, table=table, layers=plan.todo,
@@ -307,7 +327,10 @@ class StoreWriter:
                     ),
                 )
             except (OSError, RuntimeError) as exc:
-                # The part is committed (a resumed run uses it); only the index is behind.
+                # The index still shows the parts before this one: drop it too, so that the rows said to be
+                # safe are the rows the store shows (`info`), and its space is free for the next run.
+                dropped = self._committed.pop()
+                dropped.path.unlink(missing_ok=True)
                 raise self._failed_write(exc) from None
 
     def abort(self) -> None:
