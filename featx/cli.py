@@ -663,6 +663,10 @@ EXAMPLES = {
     "demo": """\
   run_pipeline.py demo
   run_pipeline.py demo --per-class 10 --classifiers svm,logreg --offline""",
+    "sweep": """\
+  run_pipeline.py sweep --data data/hymenoptera --network resnet18 --network alexnet
+  run_pipeline.py sweep --data list.csv --network timm/tf_efficientnet_lite0 --weights lite0-imagenet --classifiers logreg,knn
+  run_pipeline.py sweep --data data/digits --network resnet18 --layer conv4 --layer penultimate --weights none --cv 5""",
 }
 
 
