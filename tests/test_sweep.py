@@ -53,7 +53,9 @@ def swept(tmp_path_factory, hymenoptera):
         patch.setattr(featx.extraction, "extract_features", counting)
         result = run_sweep(_config(data, root))
         first = list(counting.calls)
-        again = run_sweep(_config(data, root))
+        # The same sweep through the Python API: its options map onto the same stores.
+        again = featx.sweep(data, networks=NETWORKS, classifiers=",".join(CLASSIFIERS), out=root / "sweep",
+                            features_dir=root / "features", progress=False, **EXTRACT)
     return root, data, result, first, counting.calls[len(first):], again
 
 
