@@ -246,3 +246,38 @@ def test_cli_bad_layer_is_one_line_and_exit_2(run_cli, tmp_path, no_extraction):
     code, _, err = run_cli("sweep", "--data", tmp_path, "--network", "resnet18", "--layer", "conv5",
                            "--classifiers", "logreg")
     assert code == 2 and "(--layer auto)" in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- thumbnails of classify's report
+
+
+def test_classify_report_shows_thumbnails_of_the_store_images(swept, tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from featx.thumbnails import store_thumbnails
+
+    _, data, result, _, _, _ = swept
+    store = result.extractions[0].store
+    with featx.open_store(store) as s:
+        ids = list(s.ids[:3])
+    images = store_thumbnails([f"{store}:conv2"])([*ids, "not/an/id.jpg"])
+    assert sorted(images) == sorted(ids)  # an id the images do not have is left out
+    for image_id, jpeg in images.items():
+        thumbnail = Image.open(io.BytesIO(jpeg))
+        with Image.open(data / image_id) as original:
+            scale = 96 / max(original.size)
+            assert thumbnail.format == "JPEG" and max(thumbnail.size) == 96
+            assert abs(thumbnail.size[0] - original.size[0] * scale) <= 1
+
+    # featx.classify passes them to its report: one per misclassified evaluation image.
+    cell = next(r for r in result.rows if r.network == "resnet18" and r.accuracy < 1)
+    run = featx.classify([f"{store}:{cell.layer}"], models=cell.classifier, out=tmp_path / "run")
+    text = (run.out_dir / "report.html").read_text()
+    frame = __import__("pandas").read_csv(run.best.predictions, dtype=str)
+    wrong = list(frame["id"][frame["true"] != frame["predicted"]])
+    sources = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', text)
+    assert len(sources) == len(wrong) > 0
+    assert base64.b64decode(sources[0]) == store_thumbnails([str(store)])([wrong[0]])[wrong[0]]
