@@ -87,7 +87,7 @@ def test_one_forward_pass_per_network(swept):
 
 
 def test_rows_equal_classify_run_alone(swept, tmp_path):
-    root, _, result, _, _, _ = swept
+    _, _, result, _, _, _ = swept
     stores = {e.network: e.store for e in result.extractions}
     assert len(result.rows) == (5 + 5 + 1) * 2
     saved = json.loads(result.json_path.read_text())["rows"]
@@ -96,7 +96,9 @@ def test_rows_equal_classify_run_alone(swept, tmp_path):
     assert tuple(table[0]) == CSV_COLUMNS
     for row, record, line in zip(result.rows, saved, table):
         if row.depth is None:  # the concatenation of each network's best layer
-            best = {n: max((r for r in result.rows if r.network == n), key=lambda r: r.accuracy).layer for n in NETWORKS}
+            best = {
+                n: max((r for r in result.rows if r.network == n), key=lambda r: r.accuracy).layer for n in NETWORKS
+            }
             assert row.network == "resnet18 + alexnet" and row.layer == f"{best['resnet18']} + {best['alexnet']}"
             specs = tuple(f"{stores[n]}:{best[n]}" for n in NETWORKS)
         else:
