@@ -506,7 +506,7 @@ def run_sweep(config: SweepConfig) -> SweepResult:
 
     extractions = []
     for plan in plans:
-        log.info(f"{plan.network}: {len(plan.layers)} layers ({', '.join(l.name for l in plan.layers)}) "
+        log.info(f"{plan.network}: {len(plan.layers)} layers ({', '.join(layer.name for layer in plan.layers)}) "
                  f"from one pass into {plan.store}")
         result = extract_features(plan.extract)
         extractions.append(ExtractionSummary(plan.network, result.path, dict(result.layers), result.up_to_date,
