@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from .classification import ClassifyRun
     from .extraction import ExtractResult
-    from .prediction import PredictResult
     from .layer_sweep import SweepResult
+    from .prediction import PredictResult
 
 __all__ = ["extract", "classify", "predict", "sweep", "info", "export"]
 

@@ -432,8 +432,8 @@ def format_demo_sweep(result: DemoResult) -> list[str]:
     return [
         "",
         f"which layer? {', '.join(sweep.config.networks)} swept over {len(sweep.rows)} cells "
-        f"(layers x {', '.join(sweep.config.classifiers)}) on {sweep.config.data}: best {best.network} {best.layer} with {best.classifier}, "
-        f"accuracy {best.accuracy:.3f}",
+        f"(layers x {', '.join(sweep.config.classifiers)}) on {sweep.config.data}: "
+        f"best {best.network} {best.layer} with {best.classifier}, accuracy {best.accuracy:.3f}",
         f"  plot:   {sweep.plot_path}",
         f"  report: {sweep.report_path}",
     ]

@@ -140,7 +140,9 @@ class SweepConfig:
         taken = [k for k in ("data", "model", "layers", "out", "seed", "device", "progress", "features_dir")
                  if k in self.extract]
         if taken:
-            raise ConfigError(message(f"extract option '{taken[0]}' is set by the sweep itself", hint="pass it to the sweep"))
+            raise ConfigError(
+                message(f"extract option '{taken[0]}' is set by the sweep itself", hint="pass it to the sweep")
+            )
         if len(self.networks) == 1 and len(self.layers) == 1 and self.layers[0] != AUTO and len(self.classifiers) == 1:
             raise ConfigError(
                 message(
@@ -154,7 +156,7 @@ class SweepConfig:
         self.classify_config()  # cv, test_size, seed, device: checked here, as classify checks them
 
     def classify_config(self) -> Any:
-        """The :class:`~featx.classification.ClassifyConfig` of every cell (its ``features`` and ``out`` set per cell)."""
+        """The :class:`~featx.classification.ClassifyConfig` of every cell (``features`` and ``out`` set per cell)."""
         from .classification import ClassifyConfig
 
         return ClassifyConfig(
@@ -173,7 +175,9 @@ class SweepConfig:
 def _parse_classifiers(classifiers: Sequence[str] | str) -> tuple[str, ...]:
     from .classification import FAMILIES
 
-    items = classifiers.split(",") if isinstance(classifiers, str) else [c for item in classifiers for c in item.split(",")]
+    items = classifiers.split(",") if isinstance(classifiers, str) else [
+        c for item in classifiers for c in item.split(",")
+    ]
     names = tuple(dict.fromkeys(c.strip() for c in items if c.strip()))
     if not names:
         raise ConfigError(message(option("classifiers"), allowed=f"a list of {choices(FAMILIES)}", got=classifiers))
@@ -423,7 +427,9 @@ class SweepResult:
             "best": self.best.to_json(),
             "plot": {"file": self.plot_path.name, "panels": len(self.panels), "networks": self.panels},
             "report": self.report_path.name,
-            "seconds": {"total": self.seconds, "extraction": self.extract_seconds, "classification": self.classify_seconds},
+            "seconds": {
+                "total": self.seconds, "extraction": self.extract_seconds, "classification": self.classify_seconds,
+            },
         }
 
 
@@ -500,7 +506,7 @@ def run_sweep(config: SweepConfig) -> SweepResult:
 
     extractions = []
     for plan in plans:
-        log.info(f"{plan.network}: {len(plan.layers)} layers ({', '.join(l.name for l in plan.layers)}) "
+        log.info(f"{plan.network}: {len(plan.layers)} layers ({', '.join(layer.name for layer in plan.layers)}) "
                  f"from one pass into {plan.store}")
         result = extract_features(plan.extract)
         extractions.append(ExtractionSummary(plan.network, result.path, dict(result.layers), result.up_to_date,
@@ -663,7 +669,9 @@ def format_sweep(result: SweepResult) -> str:
         *_summary(result),
         f"evaluation: {result.evaluation}",
         "",
-        format_table(("network", "layer", "depth", "columns", *classifiers), rows, align="<<>>" + ">" * len(classifiers)),
+        format_table(
+            ("network", "layer", "depth", "columns", *classifiers), rows, align="<<>>" + ">" * len(classifiers)
+        ),
         "",
         f"* best: {best.network} {best.layer} with {best.classifier}, accuracy {best.accuracy:.3f} "
         f"(balanced {best.balanced_accuracy:.3f}, macro F1 {best.macro_f1:.3f})",

@@ -53,7 +53,9 @@ def swept(tmp_path_factory, hymenoptera):
         patch.setattr(featx.extraction, "extract_features", counting)
         result = run_sweep(_config(data, root))
         first = list(counting.calls)
-        again = run_sweep(_config(data, root))
+        # The same sweep through the Python API: its options map onto the same stores.
+        again = featx.sweep(data, networks=NETWORKS, classifiers=",".join(CLASSIFIERS), out=root / "sweep",
+                            features_dir=root / "features", progress=False, **EXTRACT)
     return root, data, result, first, counting.calls[len(first):], again
 
 
@@ -85,7 +87,7 @@ def test_one_forward_pass_per_network(swept):
 
 
 def test_rows_equal_classify_run_alone(swept, tmp_path):
-    root, _, result, _, _, _ = swept
+    _, _, result, _, _, _ = swept
     stores = {e.network: e.store for e in result.extractions}
     assert len(result.rows) == (5 + 5 + 1) * 2
     saved = json.loads(result.json_path.read_text())["rows"]
@@ -94,7 +96,9 @@ def test_rows_equal_classify_run_alone(swept, tmp_path):
     assert tuple(table[0]) == CSV_COLUMNS
     for row, record, line in zip(result.rows, saved, table):
         if row.depth is None:  # the concatenation of each network's best layer
-            best = {n: max((r for r in result.rows if r.network == n), key=lambda r: r.accuracy).layer for n in NETWORKS}
+            best = {
+                n: max((r for r in result.rows if r.network == n), key=lambda r: r.accuracy).layer for n in NETWORKS
+            }
             assert row.network == "resnet18 + alexnet" and row.layer == f"{best['resnet18']} + {best['alexnet']}"
             specs = tuple(f"{stores[n]}:{best[n]}" for n in NETWORKS)
         else:
@@ -244,3 +248,38 @@ def test_cli_bad_layer_is_one_line_and_exit_2(run_cli, tmp_path, no_extraction):
     code, _, err = run_cli("sweep", "--data", tmp_path, "--network", "resnet18", "--layer", "conv5",
                            "--classifiers", "logreg")
     assert code == 2 and "(--layer auto)" in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- thumbnails of classify's report
+
+
+def test_classify_report_shows_thumbnails_of_the_store_images(swept, tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from featx.thumbnails import store_thumbnails
+
+    _, data, result, _, _, _ = swept
+    store = result.extractions[0].store
+    with featx.open_store(store) as s:
+        ids = list(s.ids[:3])
+    images = store_thumbnails([f"{store}:conv2"])([*ids, "not/an/id.jpg"])
+    assert sorted(images) == sorted(ids)  # an id the images do not have is left out
+    for image_id, jpeg in images.items():
+        thumbnail = Image.open(io.BytesIO(jpeg))
+        with Image.open(data / image_id) as original:
+            scale = 96 / max(original.size)
+            assert thumbnail.format == "JPEG" and max(thumbnail.size) == 96
+            assert abs(thumbnail.size[0] - original.size[0] * scale) <= 1
+
+    # featx.classify passes them to its report: one per misclassified evaluation image.
+    cell = next(r for r in result.rows if r.network == "resnet18" and r.accuracy < 1)
+    run = featx.classify([f"{store}:{cell.layer}"], models=cell.classifier, out=tmp_path / "run")
+    text = (run.out_dir / "report.html").read_text()
+    frame = __import__("pandas").read_csv(run.best.predictions, dtype=str)
+    wrong = list(frame["id"][frame["true"] != frame["predicted"]])
+    sources = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', text)
+    assert len(sources) == len(wrong) > 0
+    assert base64.b64decode(sources[0]) == store_thumbnails([str(store)])([wrong[0]])[wrong[0]]

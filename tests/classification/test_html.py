@@ -26,7 +26,8 @@ def _png(colour: tuple[int, int, int]) -> bytes:
 def _outside_references(text: str) -> list[str]:
     """Every reference to something outside the file: URLs, non-data sources, links, scripts, imports."""
     found = re.findall(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", text, flags=re.I)
-    found += [s for s in re.findall(r"""(?:src|href)\s*=\s*["']?([^"' >]*)""", text, flags=re.I) if not s.startswith("data:")]
+    sources = re.findall(r"""(?:src|href)\s*=\s*["']?([^"' >]*)""", text, flags=re.I)
+    found += [s for s in sources if not s.startswith("data:")]
     found += re.findall(r"<link|<script|@import|url\(", text, flags=re.I)
     return found
 
