@@ -30,6 +30,7 @@ Usage::
 
     python benchmarks/views_accuracy.py                    # everything, ~10 min on 2 busy cores
     python benchmarks/views_accuracy.py --configs plain,flip --random 4 --json views.json
+    python benchmarks/views_accuracy.py --reuse views.json --classify-repo ../other-checkout   # classify again only
 """
 
 from __future__ import annotations
@@ -76,14 +77,14 @@ def extract(data: Path, out: Path, views: str, reduce: str, args: argparse.Names
     }
 
 
-def classify(store: Path, out: Path, models: list[str], protocol: bool, device: str) -> list[dict]:
-    """One ``classify`` run through the command line; its results, by classifier."""
-    command = [sys.executable, str(REPO / "run_pipeline.py"), "classify", "--features", f"{store}:{LAYER}",
+def classify(store: Path, out: Path, models: list[str], protocol: bool, device: str, repo: Path = REPO) -> list[dict]:
+    """One ``classify`` run through the command line of the featx checkout *repo*; its results, by classifier."""
+    command = [sys.executable, str(repo / "run_pipeline.py"), "classify", "--features", f"{store}:{LAYER}",
                "--model", ",".join(models), "--out", str(out), "--no-plots", "--device", device]
     if protocol:
         command += ["--protocol", "linear-probe"]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(command, capture_output=True, text=True, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
     if done.returncode != 0:
         return [{"name": ",".join(models) + (" (protocol)" if protocol else ""), "error": done.stderr.strip().splitlines()[-1:]}]
     results = json.loads((out / "results.json").read_text())
@@ -103,10 +104,16 @@ def classify(store: Path, out: Path, models: list[str], protocol: bool, device: 
     return rows
 
 
-def has_protocol() -> bool:
-    done = subprocess.run([sys.executable, str(REPO / "run_pipeline.py"), "classify", "--help"], capture_output=True,
-                          text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+def has_protocol(repo: Path) -> bool:
+    done = subprocess.run([sys.executable, str(repo / "run_pipeline.py"), "classify", "--help"], capture_output=True,
+                          text=True, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
     return "--protocol" in done.stdout
+
+
+def has_knn(repo: Path) -> bool:
+    done = subprocess.run([sys.executable, "-c", "from featx.classification import FAMILIES; print('knn' in FAMILIES)"],
+                          capture_output=True, text=True, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    return done.stdout.strip() == "True"
 
 
 def main() -> int:
@@ -120,28 +127,40 @@ def main() -> int:
     parser.add_argument("--workers", type=int)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument(
+        "--reuse", type=Path, metavar="JSON",
+        help="take the stores and extraction figures of this earlier --json instead of extracting again",
+    )
+    parser.add_argument(
+        "--classify-repo", type=Path, default=REPO, metavar="PATH",
+        help="the featx checkout whose classify command runs (default: this one)",
+    )
     args = parser.parse_args()
 
-    from featx.classification import FAMILIES
-
-    models = ["logreg", "svm", "bayes", *(["knn"] if "knn" in FAMILIES else [])]
-    protocol = has_protocol()
+    repo = args.classify_repo.resolve()
+    models = ["logreg", "svm", "bayes", *(["knn"] if has_knn(repo) else [])]
+    protocol = has_protocol(repo)
+    earlier = json.loads(args.reuse.read_text())["configs"] if args.reuse else {}
     configs = configurations(args.random)
     chosen = [c.strip() for c in args.configs.split(",")] if args.configs else list(configs)
     unknown = [c for c in chosen if c not in configs]
     if unknown:
         parser.error(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(configs)}")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    report = {"data": str(args.data), "model": MODEL, "weights": WEIGHTS, "layer": LAYER, "precision": args.precision,
+    report = {"data": str(args.data), "classify_repo": str(repo), "model": MODEL, "weights": WEIGHTS, "layer": LAYER, "precision": args.precision,
               "cpu_count": os.cpu_count(), "configs": {}}
     for name in chosen:
         views, reduce = configs[name]
-        print(f"[{name}] extracting (--views {views} --views-reduce {reduce}) ...", flush=True)
-        extraction = extract(args.data, args.workdir / f"{name}.h5", views, reduce, args)
-        print(f"[{name}] {extraction['images_per_second']} images/s; classifying ...", flush=True)
-        results = classify(Path(extraction["store"]), args.workdir / f"run-{name}", models, False, args.device)
+        if name in earlier:
+            extraction = earlier[name]["extraction"]
+        else:
+            print(f"[{name}] extracting (--views {views} --views-reduce {reduce}) ...", flush=True)
+            extraction = extract(args.data, args.workdir / f"{name}.h5", views, reduce, args)
+            print(f"[{name}] {extraction['images_per_second']} images/s; classifying ...", flush=True)
+        store = Path(extraction["store"])
+        results = classify(store, args.workdir / f"run-{name}", models, False, args.device, repo)
         if protocol:
-            results += classify(Path(extraction["store"]), args.workdir / f"run-{name}-protocol", ["logreg"], True, args.device)
+            results += classify(store, args.workdir / f"run-{name}-protocol", ["logreg"], True, args.device, repo)
         report["configs"][name] = {"views": views, "views_reduce": reduce, "extraction": extraction, "results": results}
 
     columns = [*models, *(["logreg (linear-probe)"] if protocol else [])]
