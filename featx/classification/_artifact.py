@@ -281,7 +281,9 @@ def _check_inner_zip(data: bytes | bytearray, name: str, path: Path) -> None:
     try:
         inner = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
-        raise ClassifyError(message(f"'{path}': its pipeline cannot be read by skops (not a skops file)", hint=_REFIT)) from None
+        raise ClassifyError(
+            message(f"'{path}': its pipeline cannot be read by skops (not a skops file)", hint=_REFIT)
+        ) from None
     with inner:
         for info in inner.infolist():
             problem = _member_problem(info, _MAX_MEMBER_BYTES)
@@ -326,6 +328,7 @@ def _check_manifest(manifest: Any, path: Path) -> None:
         )
     classes = manifest.get("classes")
     files = manifest.get("files", {})
+    inputs = manifest.get("inputs", [])
     problem = None
     if not isinstance(versions, dict):
         problem = "'versions' is not an object"
@@ -337,10 +340,10 @@ def _check_manifest(manifest: Any, path: Path) -> None:
         problem = "'classifier' does not name a family"
     elif not isinstance(files, dict) or not isinstance(files.get("booster"), (str, type(None))):
         problem = "'files' is not an object of member names"
-    elif not isinstance(manifest.get("inputs", []), list) or not all(isinstance(b, dict) for b in manifest.get("inputs", [])):
+    elif not isinstance(inputs, list) or not all(isinstance(b, dict) for b in inputs):
         problem = "'inputs' is not a list of feature blocks"
     elif not all(isinstance(b.get("layer"), str) and isinstance(b.get("provenance"), dict)
-                 and isinstance(b.get("layer_info"), dict) for b in manifest.get("inputs", [])):
+                 and isinstance(b.get("layer_info"), dict) for b in inputs):
         problem = "an input lacks its layer, provenance or layer_info"
     elif not isinstance(manifest.get("n_features", 0), int):
         problem = "'n_features' is not an integer"
@@ -372,8 +375,10 @@ def _load_pipeline(data: bytes, path: Path) -> Any:
         untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:  # a damaged skops file
         raise ClassifyError(
-            message(f"'{path}': its pipeline cannot be read by skops ({type(exc).__name__}: {printable(str(exc))[:200]})",
-                    hint=_REFIT)
+            message(
+                f"'{path}': its pipeline cannot be read by skops ({type(exc).__name__}: {printable(str(exc))[:200]})",
+                hint=_REFIT,
+            )
         ) from None
     refused = sorted(set(untrusted) - set(TRUSTED_TYPES))
     if refused:
@@ -437,10 +442,10 @@ def load_classifier(path: str | os.PathLike) -> FittedClassifier:
                 except ClassifyError:
                     raise
                 except Exception as exc:  # the library's own parser (XGBoostError, with a C++ backtrace)
+                    first = (str(exc).strip().splitlines() or [""])[0][:200]  # not the backtrace
                     raise ClassifyError(
                         message(f"'{path}': its estimator file '{own_file.name}' cannot be loaded "
-                                f"({type(exc).__name__}: {printable(str(exc).strip().splitlines()[0][:200]) if str(exc).strip() else ''})",
-                                hint=_REFIT)
+                                f"({type(exc).__name__}: {first})", hint=_REFIT)
                     ) from None
                 pipeline = Pipeline([*pipeline.steps, ("clf", estimator)])
             _check_classes(pipeline, manifest, path)

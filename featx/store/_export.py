@@ -318,7 +318,9 @@ def export_store(
     with open_store(store_path) as store:
         chosen = list(layers) if layers else store.layers
         if not chosen:
-            raise ExportError(message(f"store '{store.path}' holds no feature layer", hint="extract a layer into it first"))
+            raise ExportError(
+                message(f"store '{store.path}' holds no feature layer", hint="extract a layer into it first")
+            )
         for name in chosen:
             store.layer_info(name)  # an unknown layer fails here, naming the ones there are
         if len(set(chosen)) != len(chosen):

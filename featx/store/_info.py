@@ -102,7 +102,9 @@ def _samples_table(store: FeatureStore) -> str:
     split_order = [s for s in (*SPLIT_NAMES, "(no split)") if s in counts.columns]
     columns = [*split_order, "total"] if len(split_order) > 1 else ["total"]
     counts = counts.loc[class_order, columns]
-    rows = [(printable(name), *(f"{int(v):,}" for v in values)) for name, values in zip(counts.index, counts.to_numpy())]
+    rows = [
+        (printable(name), *(f"{int(v):,}" for v in values)) for name, values in zip(counts.index, counts.to_numpy())
+    ]
     table = format_table(("class", *(columns if len(columns) > 1 else ["rows"])), rows)
     return "\n".join("  " + line for line in table.splitlines())
 

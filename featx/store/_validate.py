@@ -30,7 +30,6 @@ table anyway, and gets it from here): never a feature row, so opening a
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +90,9 @@ class _Checker:
             except UnicodeDecodeError:
                 raise self.fail(f"attribute '{printable(key)}' of {where} is not UTF-8 text") from None
             except (OSError, RuntimeError, TypeError, ValueError) as exc:
-                raise self.fail(f"attribute '{printable(key)}' of {where} cannot be read ({type(exc).__name__})") from None
+                raise self.fail(
+                    f"attribute '{printable(key)}' of {where} cannot be read ({type(exc).__name__})"
+                ) from None
         return values
 
     def format_version(self) -> None:
@@ -124,9 +125,12 @@ class _Checker:
         for key in _COUNT_ATTRS:
             value = meta.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise self.fail(f"root attribute '{key}' must be a count (an integer >= 0); got {printable(repr(value))[:60]}")
+                raise self.fail(
+                    f"root attribute '{key}' must be a count (an integer >= 0); got {printable(repr(value))[:60]}"
+                )
         if "complete" in meta and not (isinstance(meta["complete"], bool) or meta["complete"] in (0, 1)):
-            raise self.fail(f"root attribute 'complete' must be true or false; got {printable(repr(meta['complete']))[:60]}")
+            got = printable(repr(meta["complete"]))[:60]
+            raise self.fail(f"root attribute 'complete' must be true or false; got {got}")
         for key in _NUMBER_ATTRS:
             if key in meta:
                 values = meta[key] if isinstance(meta[key], list) else [meta[key]]
