@@ -143,6 +143,9 @@ def test_few_rows_and_many_columns_fit_the_svm_by_liblinear():
     assert type(tall).__name__ == "MinibatchLinearClassifier" and tall.alpha == pytest.approx(1 / 10_000)
     assert tall.polish == 50  # finished by L-BFGS
     assert type(streamed).__name__ == "MinibatchLinearClassifier"
+    # liblinear copies the matrix twice (float64, its sparse rows): from 2^26 values, the minibatch model.
+    assert type(_chosen("svm", 2_048, 32_768)).__name__ == "LinearSVC"
+    assert type(_chosen("svm", 2_049, 32_768)).__name__ == "MinibatchLinearClassifier"
 
 
 def test_a_large_in_memory_logreg_is_the_minibatch_softmax_model():
