@@ -6,7 +6,7 @@ For each shape (training rows x columns, classes) it draws CNN-like features
 registry's choice: liblinear with fewer rows than columns, else the minibatch
 squared hinge finished by L-BFGS), and, with more rows than columns, the
 minibatch fit without its L-BFGS finish; prints test accuracy, the objective
-(LinearSVC's, intercept unpenalised, over C n) and seconds.
+(LinearSVC's, over C n) and seconds.
 
     python benchmarks/svm_parity.py                 # the small shapes (a minute on a busy 2-core machine)
     python benchmarks/svm_parity.py --large         # + 1,347 x 4,608 (10 classes), 20,000 x 512 (20 classes)
@@ -44,7 +44,8 @@ def objective(model, X, y) -> float:
     target = -np.ones_like(scores)
     target[np.arange(len(y)), y] = 1
     coef = np.asarray(model.coef_, dtype=np.float64)
-    return float(((np.maximum(0, 1 - target * scores) ** 2).sum() + 0.5 * (coef**2).sum()) / len(y))
+    penalty = (coef**2).sum() + (np.asarray(model.intercept_, dtype=np.float64) ** 2).sum()  # liblinear's bias
+    return float(((np.maximum(0, 1 - target * scores) ** 2).sum() + 0.5 * penalty) / len(y))
 
 
 def main() -> None:

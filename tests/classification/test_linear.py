@@ -52,6 +52,7 @@ def _objective(loss, X, y, alpha):
             T = -np.ones_like(S)
             T[np.arange(n), y] = 1.0
             data = np.mean(np.sum(np.maximum(0.0, 1.0 - T * S) ** 2, axis=1))
+            data += 0.5 * alpha * np.sum(b * b)  # the bias penalised as liblinear's
         return data + 0.5 * alpha * np.sum(W * W)
 
     return value, k * d + k
