@@ -71,3 +71,18 @@ def test_fewer_rows_than_columns_runs_linear_svc(tmp_path, run_cli):
     assert 0.6 < expected < 0.95
     assert abs(result["accuracy"] - expected) <= 0.005, (result["accuracy"], expected)
     assert any(line.startswith("svm (liblinear) ") for line in out.splitlines())
+
+
+def test_fewer_rows_than_columns_the_minibatch_svm_reaches_linear_svc(tmp_path):
+    """The wide fit a streamed run makes: the minibatch objective penalises the intercepts as liblinear does (at this
+    shape that is points of accuracy), and its L-BFGS finish reaches LinearSVC's optimum."""
+    from featx.classification import FAMILIES, ClassifyConfig
+
+    _, X_train, y_train, X_test, y_test = parity_store(tmp_path, 200, 400, 300, 4, seed=1, sep=0.45)
+    scaler = StandardScaler().fit(X_train)
+    train, test = scaler.transform(X_train).astype(np.float32), scaler.transform(X_test).astype(np.float32)
+    params = ClassifyConfig(features="x.h5", models="svm").model_params["svm"]
+    model = FAMILIES["svm"].build(params, 0, rows=200, features=300, streaming=True)
+    assert (type(model).__name__, model.polish) == ("MinibatchLinearClassifier", 300)
+    accuracy = model.fit(train, y_train).score(test, y_test)
+    assert abs(accuracy - linear_svc_accuracy(X_train, y_train, X_test, y_test)) <= 0.005
