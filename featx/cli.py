@@ -299,7 +299,7 @@ def _add_classify(sub: argparse._SubParsersAction, parents: list[argparse.Argume
         description="Train classifiers on cached features (several stores are joined on sample id), evaluate "
         "them on the stored train/val|test split (else a stratified hold-out or --cv K), print a comparison "
         "table and write a run folder with results.json, predictions, confusion matrices and the classifiers. "
-        "--device: where svm and logreg (through torch) and xgboost fit.",
+        "--device: where svm, logreg and knn (through torch) and xgboost fit.",
     )
     p.add_argument(
         "--features", action="append", required=True, metavar="STORE[:LAYER]",

@@ -30,8 +30,9 @@ from sklearn.utils.validation import check_is_fitted
 __all__ = ["KNNVote", "TRAIN_BLOCK_ROWS", "QUERY_BLOCK_ROWS", "l2_normalise", "top_k_numpy"]
 
 #: Training rows compared with the queries at a time.
-TRAIN_BLOCK_ROWS = 16_384
-#: Queries compared at a time: with TRAIN_BLOCK_ROWS, 64 MiB of float32 similarities.
+TRAIN_BLOCK_ROWS = 8_192
+#: Queries compared at a time: with TRAIN_BLOCK_ROWS, 32 MiB of float32 similarities (and 64 MiB of the int64
+#: indices that partition them), whatever the training rows.
 QUERY_BLOCK_ROWS = 1_024
 
 
@@ -45,10 +46,12 @@ def l2_normalise(X: np.ndarray) -> np.ndarray:
 
 def top_k_numpy(queries: np.ndarray, train: np.ndarray, k: int, block_rows: int = TRAIN_BLOCK_ROWS
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """The *k* highest similarities ``queries @ train.T`` of each query and their training rows.
+    """The *k* highest similarities ``queries @ train.T`` of each query and their training rows (``k <= len(train)``).
 
-    A running top-k over blocks of *block_rows* training rows: never more than
-    ``len(queries) x (k + block_rows)`` similarities at once.
+    A running top-k over blocks of *block_rows* training rows: each block's
+    similarities (``len(queries) x block_rows``) are reduced to their own
+    top k, which are merged with the running ones; nothing larger than one
+    block's similarities and their partition indices is held.
 
     Returns
     -------
@@ -57,17 +60,21 @@ def top_k_numpy(queries: np.ndarray, train: np.ndarray, k: int, block_rows: int 
         Not sorted within a query (the vote does not depend on the order).
     """
     n = queries.shape[0]
-    best = np.full((n, 0), -np.inf, dtype=np.float32)
-    where = np.zeros((n, 0), dtype=np.int64)
+    best = np.full((n, k), -np.inf, dtype=np.float32)
+    where = np.zeros((n, k), dtype=np.int64)
     for start in range(0, train.shape[0], block_rows):
-        block = train[start : start + block_rows]
-        sims = np.concatenate([best, queries @ block.T], axis=1)
-        rows = np.concatenate([where, np.broadcast_to(np.arange(start, start + block.shape[0]), (n, block.shape[0]))],
-                              axis=1)
-        if sims.shape[1] > k:
-            keep = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-            sims, rows = np.take_along_axis(sims, keep, axis=1), np.take_along_axis(rows, keep, axis=1)
-        best, where = sims, rows
+        sims = queries @ train[start : start + block_rows].T
+        width = sims.shape[1]
+        if width > k:  # the block's own top k: the last k after partitioning at width - k
+            picked = np.argpartition(sims, width - k, axis=1)[:, width - k :]
+            top = np.take_along_axis(sims, picked, axis=1)
+        else:
+            picked, top = np.broadcast_to(np.arange(width), (n, width)), sims
+        del sims
+        merged = np.concatenate([best, top], axis=1)
+        rows = np.concatenate([where, picked + start], axis=1)
+        keep = np.argpartition(merged, merged.shape[1] - k, axis=1)[:, merged.shape[1] - k :]
+        best, where = np.take_along_axis(merged, keep, axis=1), np.take_along_axis(rows, keep, axis=1)
     return best, where
 
 

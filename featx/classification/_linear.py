@@ -9,14 +9,17 @@ training matrix is never converted nor copied (minibatches are gathered rows).
 
 The objective is scikit-learn's, divided by ``C n``: the mean loss over the
 ``n`` training rows plus ``alpha / 2 |W|^2`` with ``alpha = 1 / (C n)``
-(the registry sets it from ``C`` and the training rows), intercepts unpenalised.  Losses:
+(the registry sets it from ``C`` and the training rows).  Losses:
 
 ``squared_hinge``
     one-vs-rest squared hinge, summed over classes: ``LinearSVC``'s default
-    (the linear SVM of the CNN-features literature); no probabilities.
+    (the linear SVM of the CNN-features literature); no probabilities.  The
+    intercepts are penalised like the weights, ``alpha / 2 |b|^2``, as
+    liblinear penalises its bias (``intercept_scaling=1``): the objective is
+    ``LinearSVC``'s exactly (it matters with fewer rows than columns).
 ``log_loss``
     multinomial (softmax) cross-entropy: ``LogisticRegression``'s model,
-    with ``predict_proba``.
+    with ``predict_proba``; intercepts unpenalised, as lbfgs leaves them.
 
 Adam with a step of ``eta0`` halves the step after an epoch that improved the
 objective by less than ``tol`` (relative), or that took at least
@@ -202,7 +205,11 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
             theta64 = theta[:size].reshape(shape)
             value = value / n + 0.5 * self.alpha * float(np.vdot(theta64, theta64))
             grad_coef = grad_coef / n + self.alpha * theta64
-            return value, np.concatenate([grad_coef.ravel(), grad_intercept / n])
+            grad_intercept /= n
+            if self.loss == "squared_hinge":  # the intercept penalised as liblinear's bias (see the module docstring)
+                value += 0.5 * self.alpha * float(np.vdot(theta[size:], theta[size:]))
+                grad_intercept += self.alpha * theta[size:]
+            return value, np.concatenate([grad_coef.ravel(), grad_intercept])
 
         start = np.concatenate([self.coef_.ravel(), self.intercept_]).astype(np.float64)
         result = minimize(objective, start, jac=True, method="L-BFGS-B",
@@ -233,7 +240,8 @@ class MinibatchLinearClassifier(LinearClassifierMixin, BaseEstimator):
         """Close a pass over the training rows: halve the step on a plateau; return whether the fit has converged."""
         if self._seen == 0:
             return self.converged_
-        objective = self._adam.take_loss() / self._seen + 0.5 * self.alpha * self._adam.squared_norm()
+        objective = (self._adam.take_loss() / self._seen
+                     + 0.5 * self.alpha * self._adam.squared_norm(self.loss == "squared_hinge"))
         if self._t - self._epoch_start >= ANNEAL_STEPS or objective > self._best * (1.0 - self.tol):
             self._step_size /= 2.0
             self._halvings += 1
@@ -410,6 +418,8 @@ class NumpyAdam:
         grad_coef = (grad_scores.T @ X).astype(np.float32, copy=False)
         grad_coef += np.float32(alpha) * self.coef
         grad_intercept = grad_scores.sum(axis=0, dtype=np.float32)
+        if loss == "squared_hinge":  # liblinear's bias: a weight on a constant column of ones, penalised alike
+            grad_intercept += np.float32(alpha) * self.intercept
         step = np.float32(step)
         for param, grad, first, second in ((self.coef, grad_coef, *self.moments[:2]),
                                            (self.intercept, grad_intercept, *self.moments[2:])):
@@ -431,9 +441,10 @@ class NumpyAdam:
         total, self.loss_sum = self.loss_sum, 0.0
         return total
 
-    def squared_norm(self) -> float:
-        """``|coef|^2``."""
-        return float(np.vdot(self.coef, self.coef))
+    def squared_norm(self, intercept: bool = False) -> float:
+        """``|coef|^2``, plus ``|intercept|^2`` when it is penalised."""
+        return float(np.vdot(self.coef, self.coef)) + (float(np.vdot(self.intercept, self.intercept)) if intercept
+                                                       else 0.0)
 
     def average(self, steps: int) -> None:
         """The coefficients become the mean of the iterates summed since :meth:`reset_sums`."""

@@ -354,33 +354,40 @@ def _alpha(params: Mapping[str, Any], rows: int) -> float:
     return 1.0 / (params["C"] * max(rows, 1))
 
 
-#: L-BFGS iterations that finish the minibatch svm (``MinibatchLinearClassifier.polish``): from the minibatch
-#: solution, LinearSVC's optimum is reached in a few tens of full passes (benchmarks/README.md).
-SVM_POLISH_ITER = 50
+#: Training values (rows x columns) up to which the wide svm is liblinear's: it copies the matrix to float64 and
+#: again to its own sparse rows (8 + 16 bytes a value: 1.5 GiB at this bound); above it, the minibatch model.
+LIBLINEAR_MAX_VALUES = 1 << 26
+#: Most L-BFGS iterations that finish the minibatch svm (``MinibatchLinearClassifier.polish``; each a full pass
+#: over the training rows, and it stops once the objective settles): from the minibatch solution LinearSVC's optimum
+#: took 31 to 94 with more rows than columns, and about 200 on separable wide matrices (benchmarks/README.md).
+SVM_POLISH_ITER = 100
+SVM_POLISH_ITER_WIDE = 300
 
 
 def _make_svm(params: Mapping[str, Any], seed: int, fit: Fit):
     """``SVC`` (rbf); the linear SVM: ``LinearSVC`` in memory with fewer rows than columns, else minibatch.
 
-    With fewer rows than columns liblinear's dual coordinate descent is
-    ``LinearSVC`` itself, exact and fast (its cost grows with the rows; it
-    works on a float64 copy of the matrix, small at such shapes).  With more
+    With fewer rows than columns (up to :data:`LIBLINEAR_MAX_VALUES`
+    training values) liblinear's dual coordinate descent is ``LinearSVC``
+    itself, exact (its cost grows with the rows; it works on copies of the
+    matrix, small at such shapes).  With more
     rows, streamed or on a GPU, the minibatch squared hinge of :mod:`._linear`
     (the same objective, ``alpha = 1 / (C n)``), finished by
-    :data:`SVM_POLISH_ITER` L-BFGS iterations so that it reaches
+    at most :data:`SVM_POLISH_ITER` L-BFGS iterations so that it reaches
     ``LinearSVC``'s optimum and accuracy.
     """
     if params["kernel"] != "linear":
         from sklearn.svm import SVC
 
         return SVC(kernel="rbf", C=params["C"], gamma=params["gamma"], max_iter=-1, random_state=seed)
-    if fit.rows is not None and fit.rows < fit.features and not fit.streaming:
+    if (fit.rows is not None and fit.rows < fit.features and fit.rows * fit.features <= LIBLINEAR_MAX_VALUES
+            and not fit.streaming):
         from sklearn.svm import LinearSVC
 
         return LinearSVC(C=params["C"], dual=True, max_iter=params["max_iter"], random_state=seed)
     estimator = _minibatch("squared_hinge", params, seed, fit)
     if fit.rows is not None:  # the run's fit, not a grid search's inner ones
-        estimator.set_params(polish=SVM_POLISH_ITER)
+        estimator.set_params(polish=SVM_POLISH_ITER if fit.rows >= fit.features else SVM_POLISH_ITER_WIDE)
     return estimator
 
 

@@ -139,6 +139,8 @@ class TorchAdam:
         grad_coef = grad_scores.T @ X
         grad_coef.add_(self.coef, alpha=alpha)
         grad_intercept = grad_scores.sum(dim=0)
+        if loss == "squared_hinge":  # the bias penalised as liblinear's (see _linear)
+            grad_intercept.add_(self.intercept, alpha=alpha)
         beta1, beta2 = self.betas
         for param, grad, first, second in ((self.coef, grad_coef, *self.moments[:2]),
                                            (self.intercept, grad_intercept, *self.moments[2:])):
@@ -156,12 +158,13 @@ class TorchAdam:
         self.loss_sum.zero_()
         return total
 
-    def squared_norm(self) -> float:
-        """``|coef|^2``."""
+    def squared_norm(self, intercept: bool = False) -> float:
+        """``|coef|^2``, plus ``|intercept|^2`` when it is penalised."""
         import torch
 
         flat = self.coef.ravel()
-        return float(torch.dot(flat, flat))
+        total = float(torch.dot(flat, flat))
+        return total + (float(torch.dot(self.intercept, self.intercept)) if intercept else 0.0)
 
     def average(self, steps: int) -> None:
         """The coefficients become the mean of the iterates summed since :meth:`reset_sums`."""

@@ -52,6 +52,7 @@ def _objective(loss, X, y, alpha):
             T = -np.ones_like(S)
             T[np.arange(n), y] = 1.0
             data = np.mean(np.sum(np.maximum(0.0, 1.0 - T * S) ** 2, axis=1))
+            data += 0.5 * alpha * np.sum(b * b)  # the bias penalised as liblinear's
         return data + 0.5 * alpha * np.sum(W * W)
 
     return value, k * d + k
@@ -141,8 +142,11 @@ def test_few_rows_and_many_columns_fit_the_svm_by_liblinear():
     wide, tall, streamed = _chosen("svm", 100, 4_608), _chosen("svm", 10_000, 512), _chosen("svm", 100, 4_608, True)
     assert type(wide).__name__ == "LinearSVC" and (wide.C, wide.dual, wide.loss) == (1.0, True, "squared_hinge")
     assert type(tall).__name__ == "MinibatchLinearClassifier" and tall.alpha == pytest.approx(1 / 10_000)
-    assert tall.polish == 50  # finished by L-BFGS
+    assert tall.polish == 100 and streamed.polish == 300  # finished by L-BFGS, longer on separable wide matrices
     assert type(streamed).__name__ == "MinibatchLinearClassifier"
+    # liblinear copies the matrix twice (float64, its sparse rows): from 2^26 values, the minibatch model.
+    assert type(_chosen("svm", 2_048, 32_768)).__name__ == "LinearSVC"
+    assert type(_chosen("svm", 2_049, 32_768)).__name__ == "MinibatchLinearClassifier"
 
 
 def test_a_large_in_memory_logreg_is_the_minibatch_softmax_model():
