@@ -115,7 +115,7 @@ class Faults:
 
     def _mark_index(self) -> None:
         """Events inside the rewrite of the store's index (after each committed part) are the index's."""
-        from featx.store import _writer
+        import featx.store._writer as _writer
 
         name = "write_small_atomically" if hasattr(_writer, "write_small_atomically") else "write_atomically"
         original, faults = getattr(_writer, name), self
