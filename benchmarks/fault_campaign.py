@@ -374,6 +374,9 @@ class Campaign:
 
         From the first part to the final file: parts, the index rewritten
         after each committed part, the final assembly, an incremental update's.
+        Event counts vary a little from run to run (a part is committed at most
+        once per 1/20 of the run's age), so each outcome says where its failure
+        actually landed, as the faulted run saw it.
         """
         outcomes = []
         for k in range(count):
