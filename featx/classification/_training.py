@@ -351,10 +351,10 @@ def run_classification(config: ClassifyConfig) -> ClassifyRun:
     try:
         with _interrupts_not_swallowed():
             run = _fit_and_write(config, joined, evaluation, model_params, plan, resources.device, out)
+        return folder.commit(run)
     except BaseException:  # Ctrl-C, SIGTERM, a full disk, a bug: no partial run folder
         folder.discard()
         raise
-    return folder.commit(run)
 
 
 def _fit_and_write(config: ClassifyConfig, joined: JoinedFeatures, evaluation: Evaluation,
