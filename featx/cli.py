@@ -702,7 +702,8 @@ def build_parser() -> argparse.ArgumentParser:
         # Not set when the option is left out after the command: the value given before it stays.
         _global_options(command, after_command=True)
         command.formatter_class = _HelpFormatter
-        command.epilog = f"examples:\n{EXAMPLES[name]}"
+        if name in EXAMPLES:  # every command has its entry (tests/test_newcomer.py); a missing one is no crash
+            command.epilog = f"examples:\n{EXAMPLES[name]}"
     return parser
 
 

@@ -20,8 +20,10 @@ checked next, before any store is read.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -30,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import message, option
+from ..errors import OutputPathError, message, option
 from ._artifact import save_classifier
 from ._boosting import fit_xgboost
 from ._config import ClassifyConfig
@@ -423,10 +425,18 @@ def run_classification(config: ClassifyConfig, *, thumbnails: Thumbnails | None 
     try:
         with _interrupts_not_swallowed():
             run = _fit_and_write(config, joined, evaluation, model_params, plan, resources.device, out, thumbnails)
-    except BaseException:  # Ctrl-C, SIGTERM, a full disk, a bug: no partial run folder
+        return folder.commit(run)
+    except BaseException as exc:  # Ctrl-C, SIGTERM, a full disk, a bug: no partial run folder
         folder.discard()
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            where = config.out if config.out is not None else config.runs_dir
+            raise OutputPathError(
+                message(
+                    f"no space left on the disk of the run folder ({os.strerror(exc.errno)}): nothing was written",
+                    got=Path(where), hint="free some space, then run the command again",
+                )
+            ) from None
         raise
-    return folder.commit(run)
 
 
 def _fit_and_write(config: ClassifyConfig, joined: JoinedFeatures, evaluation: Evaluation,

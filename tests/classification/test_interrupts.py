@@ -221,3 +221,22 @@ def test_sigterm_while_mlp_fits_is_exit_143(tmp_path):
     """, "--model", "mlp")
     assert (done.returncode, done.stdout) == (143, "")
     assert done.stderr == "terminated: no run folder was written; run the command again to start over\n"
+
+
+def test_a_full_disk_while_the_run_is_written_is_one_line_and_leaves_nothing(tmp_path, run_cli, monkeypatch):
+    import errno
+
+    alexnet, _ = write_two_stores(tmp_path)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_training, "save_classifier", full)
+    out = tmp_path / "run"
+    code, stdout, stderr = run_cli("classify", "-q", "--features", f"{alexnet}:fc7", "--model", "bayes", "--out", out)
+    assert (code, stdout) == (2, "")
+    assert stderr == (
+        f"error: no space left on the disk of the run folder (No space left on device): nothing was written: '{out}'; "
+        "free some space, then run the command again\n"
+    )
+    assert _names(tmp_path) == ["alexnet.h5", "resnet.h5"]
