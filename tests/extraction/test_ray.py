@@ -129,7 +129,7 @@ def test_two_workers_write_the_local_store_bit_for_bit(ray_cluster, images, loca
         "extract", "--data", images, "--out", tmp_path / "ray.h5", "--model", "resnet18", "--layer", "conv2",
         "--layer", "penultimate", "--weights", "none", "--image-size", 64, "--batch-size", 2, "--workers", 1,
         "--device", "cpu", "--no-autotune", "--checkpoint-seconds", 0, "--no-progress",
-        "--engine", "ray", "--ray-workers", 2,
+        "--engine", "ray", "--ray-workers", 2, "--precision", "fp32",  # as SETTINGS
     )
     assert code == 0, err
     assert_same_store(local_store, tmp_path / "ray.h5")
