@@ -53,6 +53,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's featx, in-process as in the runs it starts
 DATA = REPO.parent / "shared" / "data" / "hymenoptera_data"
 CASES = ("resnet50:penultimate", "vgg16:block2_pool", "alexnet:fc7")
 SIZES = (1, 4, 16, 64)

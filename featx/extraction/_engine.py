@@ -373,7 +373,7 @@ def _extract(config: ExtractConfig, path: Path, engine: Engine) -> ExtractResult
         done = engine.run(ExtractionJob(config, source, network, truncated, writer, forward))
     finally:
         writer.close()  # the store's lock
-    if not forward.compiled and done.images >= 4 * config.batch_size and done.seconds >= 5:
+    if not forward.compiled and done.images >= max(4 * config.batch_size, 256) and done.seconds >= 5:
         # A cached measurement that this run's own speed contradicts is measured again next time
         # (a run long enough for its speed to say something: starting the workers is not the network).
         dropped = review_cached_choice(choice, done.images / done.seconds)

@@ -39,7 +39,8 @@ from featx.store import StoreWriter, open_store, recorded_attrs
 # Attributes that differ between two runs by design.
 RUN_ATTRS = {"created_utc"}
 # The configuration of every run here (batches of 2: a dozen images make six shards).
-SETTINGS = {"batch_size": 2, "autotune": False, "checkpoint_seconds": 0}
+# fp32: the tests compare configurations whose default (blocked) is not channels_last, which bf16's is.
+SETTINGS = {"batch_size": 2, "autotune": False, "checkpoint_seconds": 0, "precision": "fp32"}
 # The store's record of how the network ran (ForwardConfig.ATTRS).
 FORWARD_ATTRS = ("forward_micro_batch", "forward_layout", "forward_device")
 
@@ -128,7 +129,7 @@ def test_two_workers_write_the_local_store_bit_for_bit(ray_cluster, images, loca
         "extract", "--data", images, "--out", tmp_path / "ray.h5", "--model", "resnet18", "--layer", "conv2",
         "--layer", "penultimate", "--weights", "none", "--image-size", 64, "--batch-size", 2, "--workers", 1,
         "--device", "cpu", "--no-autotune", "--checkpoint-seconds", 0, "--no-progress",
-        "--engine", "ray", "--ray-workers", 2,
+        "--engine", "ray", "--ray-workers", 2, "--precision", "fp32",  # as SETTINGS
     )
     assert code == 0, err
     assert_same_store(local_store, tmp_path / "ray.h5")
