@@ -591,7 +591,8 @@ def _add_sweep(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentP
     pre.add_argument("--std", metavar="S[,S,S]", help="per-channel standard deviation divided by")
     pre.add_argument("--interpolation", choices=list(INTERPOLATIONS), help="interpolation of the resize")
     p.add_argument("--pool", choices=list(POOLS), default="avg", help="pooling of convolutional outputs (default: avg)")
-    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="compute precision")
+    p.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
+                   help="compute precision, as for extract (default: auto)")
     p.add_argument("--dtype", choices=list(STORAGE_DTYPES), default="float32", help="storage precision")
     p.set_defaults(run=_run_sweep)
 

@@ -161,7 +161,7 @@ class SweepConfig:
 
         return ClassifyConfig(
             features=("<store>",), models=self.classifiers, cv=self.cv, test_size=self.test_size, seed=self.seed,
-            device=self.device, plots=False,
+            device=self.device, plots=False, overwrite=True,  # the sweep owns its cell folders: a re-run replaces them
         )
 
     @property

@@ -104,7 +104,7 @@ def test_rows_equal_classify_run_alone(swept, tmp_path):
         else:
             specs = (f"{stores[row.network]}:{row.layer}",)
         alone = run_classification(ClassifyConfig(features=specs, models=row.classifier, out=tmp_path / "alone",
-                                                  plots=False))
+                                                  overwrite=True, plots=False))
         (r,) = alone.results
         assert (row.accuracy, row.balanced_accuracy, row.macro_f1, row.columns) == (
             r.accuracy, r.balanced_accuracy, r.macro_f1, alone.n_features)

@@ -127,11 +127,12 @@ def test_a_run_folder_holding_a_run_is_refused_and_overwrite_replaces_only_featx
     code, _, stderr = run_cli("classify", "-q", "--features", f"{alexnet}:fc7", "--model", "bayes,logreg", "--out", out)
     assert code == 0, stderr
     assert _names(out) == ["classifier-bayes.zip", "classifier-logreg.zip", "confusion-bayes.png",
-                           "confusion-logreg.png", "predictions-bayes.csv", "predictions-logreg.csv", "results.json"]
+                           "confusion-logreg.png", "predictions-bayes.csv", "predictions-logreg.csv", "report.html",
+                           "results.json"]
     code, stdout, stderr = run_cli("classify", "-q", "--features", f"{alexnet}:fc7", "--model", "logreg", "--out", out)
     assert (code, stdout) == (2, "")
     assert stderr == (
-        f"error: the run folder --out is not empty (7 files: classifier-bayes.zip, classifier-logreg.zip, "
+        f"error: the run folder --out is not empty (8 files: classifier-bayes.zip, classifier-logreg.zip, "
         f"confusion-bayes.png, ...): '{out}'; pass --overwrite to replace featx's files there, or choose another --out\n"
     )
     (out / "notes.txt").write_text("mine")
@@ -139,7 +140,7 @@ def test_a_run_folder_holding_a_run_is_refused_and_overwrite_replaces_only_featx
                               "--overwrite", "--no-plots")
     assert code == 0, stderr
     # No stale bayes files, no stale plot beside a results.json that lists only logreg; the user's file kept.
-    assert _names(out) == ["classifier-logreg.zip", "notes.txt", "predictions-logreg.csv", "results.json"]
+    assert _names(out) == ["classifier-logreg.zip", "notes.txt", "predictions-logreg.csv", "report.html", "results.json"]
     assert (out / "notes.txt").read_text() == "mine"
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 

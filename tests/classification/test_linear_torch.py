@@ -119,7 +119,10 @@ def test_a_torch_fit_keeps_no_torch_object_and_saves_as_a_numpy_fit_does(tmp_pat
     assert b"torch." not in pickled  # a pickled tensor names torch._utils (only the backend's name is there)
     assert pickle.loads(pickled).get_params()["backend"] == "torch"
     # load_classifier refuses a type featx does not trust: the fit holds only trusted ones.
-    saved = save_classifier(tmp_path / "c.zip", make_pipeline(model), {"classifier": {"family": "logreg"}})
+    classes = [f"class{c}" for c in range(len(model.classes_))]
+    saved = save_classifier(
+        tmp_path / "c.zip", make_pipeline(model), {"classifier": {"family": "logreg"}, "classes": classes}
+    )
     loaded = load_classifier(saved).pipeline.steps[-1][1]
     np.testing.assert_array_equal(loaded.coef_, model.coef_)
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X))

@@ -73,7 +73,9 @@ def test_a_loaded_booster_finds_its_device_without_torch(tmp_path):
 
     params = ClassifyConfig(features="x.h5", models="xgboost", params={"n_estimators": 2}).model_params["xgboost"]
     booster = FAMILIES["xgboost"].build(params, 0).fit(np.eye(3, dtype=np.float32), [0, 1, 2])
-    path = save_classifier(tmp_path / "c.zip", make_pipeline(booster), {"classifier": {"family": "xgboost"}})
+    path = save_classifier(
+        tmp_path / "c.zip", make_pipeline(booster), {"classifier": {"family": "xgboost"}, "classes": ["a", "b", "c"]}
+    )
     printed, loaded = _run_fresh(
         "from featx.classification import load_classifier\n"
         f"print(load_classifier({str(path)!r}).pipeline.steps[-1][1].get_params()['device'])"
