@@ -268,7 +268,6 @@ def main(argv: list[str] | None = None) -> int:
         exact, draft, n = decode
         print(f"decode ceiling on {n} JPEGs >= 500 px: exact {exact:.1f}, draft {draft:.1f}: draft/exact {draft / exact:.2f}")
     if long:
-        fp32 = next(speed for label, speed, _, _ in long if label == "--precision fp32")
         fp32_wall = next(wall for label, _, wall, _ in long if label == "--precision fp32")
         for label, speed, wall, compiled in long:
             print(f"{args.images:,} images, {label:<34} {speed:6.1f} images/s, {wall:6.0f} s wall "

@@ -70,34 +70,12 @@ def _progress(args: argparse.Namespace) -> bool:
 # --------------------------------------------------------------------------- extract
 
 
-def _add_extract(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
-    from .extraction import COMPRESSIONS, DECODERS, ENGINES, INTERPOLATIONS, POOLS, PRECISIONS, STORAGE_DTYPES
+def _add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """The options that make a feature recipe (weights, preprocessing, pooling, precision, views): extract's and sweep's."""
+    from .extraction import INTERPOLATIONS, POOLS, PRECISIONS, STORAGE_DTYPES
 
-    p = sub.add_parser(
-        "extract",
-        parents=parents,
-        help="extract layer activations of a pretrained CNN into an HDF5 store",
-        description="Extract activations of one or more layers of a torchvision model for every image "
-        "of a folder into an HDF5 feature store (resumable; re-running a finished extraction is a no-op).",
-    )
-    p.add_argument(
-        "--data", default=None, metavar="DATA",
-        help="image folder, manifest (list.csv, list.parquet: path[, label, split, ...]), tar archive or "
-        "WebDataset shards ('train-{000000..000127}.tar'), or a URL (s3://bucket/prefix, gs://, https://) "
-        "(default: data/digits, the built-in handwritten digits)",
-    )
-    p.add_argument(
-        "--model", default="resnet50",
-        help="torchvision model name, or timm/<architecture> (default: resnet50; `models` lists them)",
-    )
-    p.add_argument(
-        "--layer", dest="layers", action="append", metavar="NAME",
-        help="graph node, module path or alias (penultimate, conv5, fc7, block2_pool, ...); "
-        "repeat for several layers from one forward pass (default: penultimate)",
-    )
     p.add_argument("--weights", default="DEFAULT", help="DEFAULT, a weights name such as IMAGENET1K_V1, or none")
     p.add_argument("--weights-file", type=Path, help="state dict to load (torch.load with weights_only=True)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation with --weights none")
     p.add_argument("--image-size", type=int, help="crop size (default: the weights' own, usually 224)")
     pre = p.add_argument_group(
         "preprocessing (default: the weights' own; a --weights-file may bring its own in PATH.json)"
@@ -133,6 +111,35 @@ def _add_extract(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
         help="mean: one row per image, the mean of its views (default); none: every view, V*D columns per layer",
     )
     p.add_argument("--dtype", choices=list(STORAGE_DTYPES), default="float32", help="storage precision")
+
+
+def _add_extract(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    from .extraction import COMPRESSIONS, DECODERS, ENGINES
+
+    p = sub.add_parser(
+        "extract",
+        parents=parents,
+        help="extract layer activations of a pretrained CNN into an HDF5 store",
+        description="Extract activations of one or more layers of a torchvision model for every image "
+        "of a folder into an HDF5 feature store (resumable; re-running a finished extraction is a no-op).",
+    )
+    p.add_argument(
+        "--data", default=None, metavar="DATA",
+        help="image folder, manifest (list.csv, list.parquet: path[, label, split, ...]), tar archive or "
+        "WebDataset shards ('train-{000000..000127}.tar'), or a URL (s3://bucket/prefix, gs://, https://) "
+        "(default: data/digits, the built-in handwritten digits)",
+    )
+    p.add_argument(
+        "--model", default="resnet50",
+        help="torchvision model name, or timm/<architecture> (default: resnet50; `models` lists them)",
+    )
+    p.add_argument(
+        "--layer", dest="layers", action="append", metavar="NAME",
+        help="graph node, module path or alias (penultimate, conv5, fc7, block2_pool, ...); "
+        "repeat for several layers from one forward pass (default: penultimate)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation with --weights none")
+    _add_recipe_options(p)
     p.add_argument("--compression", choices=list(COMPRESSIONS), help="compress the feature datasets")
     p.add_argument(
         "--out", type=Path,
@@ -552,7 +559,6 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def _add_sweep(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     from .classification import FAMILIES
-    from .extraction import INTERPOLATIONS, POOLS, PRECISIONS, STORAGE_DTYPES
     from .layer_sweep import AUTO, CONCAT_MODES, SWEEP_CLASSIFIERS
 
     p = sub.add_parser(
@@ -581,19 +587,7 @@ def _add_sweep(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentP
     p.add_argument("--seed", type=int, default=0, help="seed of --weights none, the splits and the classifiers")
     p.add_argument("--features-dir", type=Path, default=Path("features"),
                    help="parent of the stores, at extract's default paths (default: features)")
-    p.add_argument("--weights", default="DEFAULT", help="DEFAULT, a weights name such as IMAGENET1K_V1, or none")
-    p.add_argument("--weights-file", type=Path, help="state dict to load (torch.load with weights_only=True)")
-    p.add_argument("--image-size", type=int, help="crop size (default: the weights' own, usually 224)")
-    pre = p.add_argument_group("preprocessing (default: the weights' own)")
-    pre.add_argument("--resize", type=int, metavar="N", help="resize the shorter side to N pixels")
-    pre.add_argument("--crop", type=int, metavar="N", help="centre crop of NxN pixels")
-    pre.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean subtracted")
-    pre.add_argument("--std", metavar="S[,S,S]", help="per-channel standard deviation divided by")
-    pre.add_argument("--interpolation", choices=list(INTERPOLATIONS), help="interpolation of the resize")
-    p.add_argument("--pool", choices=list(POOLS), default="avg", help="pooling of convolutional outputs (default: avg)")
-    p.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
-                   help="compute precision, as for extract (default: auto)")
-    p.add_argument("--dtype", choices=list(STORAGE_DTYPES), default="float32", help="storage precision")
+    _add_recipe_options(p)
     p.set_defaults(run=_run_sweep)
 
 
@@ -603,7 +597,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     given = dict(
         weights=args.weights, weights_file=args.weights_file, image_size=args.image_size, resize=args.resize,
         crop=args.crop, mean=args.mean, std=args.std, interpolation=args.interpolation, pool=args.pool,
-        precision=args.precision, dtype=args.dtype, batch_size=args.batch_size, workers=args.workers,
+        precision=args.precision, dtype=args.dtype, jpeg=args.jpeg, views=args.views, views_reduce=args.views_reduce,
+        batch_size=args.batch_size, workers=args.workers,
     )
     config = SweepConfig(
         data=args.data if args.data is not None else DEFAULT_DATA / "digits",

@@ -51,7 +51,7 @@ def test_help_texts(capsys):
         text = capsys.readouterr().out
         tail = text.split("\nexamples:\n", 1)[1].splitlines()
         assert 2 <= len(tail) <= 3, (command, tail)
-        assert all(line.startswith(f"  run_pipeline.py ") and f" {command}" in line for line in tail), tail
+        assert all(line.startswith("  run_pipeline.py ") and f" {command}" in line for line in tail), tail
     with pytest.raises(SystemExit):
         parser.parse_args(["extract", "--help"])
     text = "".join(capsys.readouterr().out.split())  # argparse wraps the help at its hyphens
