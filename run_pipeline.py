@@ -3,7 +3,11 @@
 
 import sys
 
-from featx.cli import main
+try:
+    from featx.cli import main
+except KeyboardInterrupt:  # Ctrl-C while Python imports featx: nothing has started, nothing is written
+    print("interrupted: nothing was written", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -750,7 +750,11 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (0 ok, 2 user error, 130 interrupted, 143 terminated)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the options are read: nothing has started
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
     _setup_logging(args.quiet)
     try:
         # Messages raised inside name options as flags (--batch-size), not keywords.
