@@ -66,15 +66,16 @@ def measure_listing(manifest: str) -> dict:
     import resource
 
     from featx.extraction import open_source
-    from featx.store import LayerSpec, StoreWriter
+    from featx.store import AttributeIdentity, LayerSpec, StoreWriter
 
     started = time.perf_counter()
     source = open_source(manifest)
     listed = time.perf_counter() - started
     store = Path(tempfile.mkdtemp()) / "s.h5"
     started = time.perf_counter()
+    meta = {"model": "x", "data_fingerprint": source.fingerprint}
     writer = StoreWriter(
-        store, meta={"model": "x", "data_fingerprint": source.fingerprint},
+        store, meta=meta, identity=AttributeIdentity(meta, ("model",)),
         layers=[LayerSpec(name="f", node="f", pool="none", dim=8, source_shape=(8,))], samples=source,
     )
     plan = writer.open()
