@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 
@@ -147,6 +148,31 @@ def test_bf16_features_are_within_cosine_0_99_of_fp32(tiny_dataset):
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.min() >= 0.99, cosine
     assert not np.array_equal(a, b)  # bf16 did run
+
+
+@pytest.mark.parametrize("model,layer", [("alexnet", "fc7"), ("resnet18", "penultimate")])
+def test_weights_cast_once_give_autocasts_bits(model, layer, monkeypatch):
+    """prepare_extractor casts convolution and linear weights to bf16 once; the features keep autocast's bits."""
+    from featx.extraction import _network
+    from featx.extraction._device import autocast
+
+    network = _network.build_network(FeatureRecipe.request(model, layer, weights="none", precision="bf16", image_size=64))
+    truncated = network.truncated([layer], 3)
+    untouched = copy.deepcopy(truncated)  # prepare_extractor converts a network in place
+    cpu = torch.device("cpu")
+    cast = _network.prepare_extractor(truncated, cpu, "bf16", "channels_last").eval()
+    monkeypatch.setattr(_network, "_cast_autocast_weights", lambda extractor, dtype: None)
+    plain = _network.prepare_extractor(untouched, cpu, "bf16", "channels_last").eval()
+    weighted = [m for m in cast.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert weighted and all(m.weight.dtype == torch.bfloat16 for m in weighted)
+    assert all(m.weight.dtype == torch.float32 for m in plain.modules() if isinstance(m, torch.nn.Conv2d))
+    batch_norms = [m for m in cast.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(m.weight.dtype == torch.float32 for m in batch_norms)  # left to autocast's choice
+    pixels = torch.randn(5, 3, 64, 64)
+    with torch.inference_mode(), autocast(cpu, "bf16"):
+        expected, got = plain(pixels)[layer], cast(pixels)[layer]
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert torch.equal(got, expected)
 
 
 # -- --compile and --jpeg -----------------------------------------------------
