@@ -192,6 +192,11 @@ def compile_network(
     """
     started = time.perf_counter()
     size = extractor.micro_batch or 1
+    if device.type == "cpu":
+        # Inductor imports torch.utils.cpp_extension, which warns on a machine with
+        # torch's CUDA build and no GPU that it "found no CUDA runtime": true, and
+        # nothing to do with a graph compiled for the CPU.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     with _inductor_settings(device, key):
         extractor.body = torch.compile(extractor.body, backend="inductor", dynamic=False)
         pixels = torch.zeros((size, 3, image_size, image_size), device=device)
