@@ -153,16 +153,16 @@ def test_bf16_features_are_within_cosine_0_99_of_fp32(tiny_dataset):
 @pytest.mark.parametrize("model,layer", [("alexnet", "fc7"), ("resnet18", "penultimate")])
 def test_weights_cast_once_give_autocasts_bits(model, layer, monkeypatch):
     """prepare_extractor casts convolution and linear weights to bf16 once; the features keep autocast's bits."""
-    from featx.extraction import _network
     from featx.extraction._device import autocast
+    from featx.extraction._network import build_network, prepare_extractor
 
-    network = _network.build_network(FeatureRecipe.request(model, layer, weights="none", precision="bf16", image_size=64))
+    network = build_network(FeatureRecipe.request(model, layer, weights="none", precision="bf16", image_size=64))
     truncated = network.truncated([layer], 3)
     untouched = copy.deepcopy(truncated)  # prepare_extractor converts a network in place
     cpu = torch.device("cpu")
-    cast = _network.prepare_extractor(truncated, cpu, "bf16", "channels_last").eval()
-    monkeypatch.setattr(_network, "_cast_autocast_weights", lambda extractor, dtype: None)
-    plain = _network.prepare_extractor(untouched, cpu, "bf16", "channels_last").eval()
+    cast = prepare_extractor(truncated, cpu, "bf16", "channels_last").eval()
+    monkeypatch.setattr("featx.extraction._network._cast_autocast_weights", lambda extractor, dtype: None)
+    plain = prepare_extractor(untouched, cpu, "bf16", "channels_last").eval()
     weighted = [m for m in cast.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     assert weighted and all(m.weight.dtype == torch.bfloat16 for m in weighted)
     assert all(m.weight.dtype == torch.float32 for m in plain.modules() if isinstance(m, torch.nn.Conv2d))
