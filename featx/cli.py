@@ -340,7 +340,11 @@ def _add_classify(sub: argparse._SubParsersAction, parents: list[argparse.Argume
         "--overwrite", action="store_true",
         help="write into an --out that holds files: featx's files there are replaced when the run is complete",
     )
-    p.add_argument("--no-plots", action="store_true", help="do not draw confusion matrices")
+    p.add_argument(
+        "--no-plots", action="store_true",
+        help="no pictures: neither confusion-matrix PNGs nor thumbnails of the misclassified images in report.html "
+        "(its tables stay; no image is read)",
+    )
     p.add_argument(
         "--memory", metavar="BYTES",
         help="memory budget, e.g. 4G or 512M (default: the RAM available); a larger feature matrix is "

@@ -32,6 +32,9 @@ Thumbnails = Callable[[Sequence[str]], Mapping[str, bytes]]
 #: Misclassified images shown at most (the first ones in id order): the page stays small.
 MAX_MISCLASSIFIED = 60
 
+# Why the grid of misclassified images has no pictures when no thumbnail callback was given.
+NOT_AT_HAND = "the images were not at hand"
+
 _MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"GIF8", "image/gif"))
 
 _STYLE = """
@@ -115,7 +118,7 @@ def _read_predictions(result: ClassifierResult, classes: Sequence[str]):
 
 
 def _misclassified(ids: np.ndarray, true: np.ndarray, predicted: np.ndarray, classes: Sequence[str],
-                   thumbnails: Thumbnails | None) -> str:
+                   thumbnails: Thumbnails | None, no_thumbnails: str) -> str:
     wrong = np.flatnonzero(true != predicted)
     if wrong.size == 0:
         return '<p class="note">Every evaluation image is classified correctly.</p>'
@@ -134,7 +137,7 @@ def _misclassified(ids: np.ndarray, true: np.ndarray, predicted: np.ndarray, cla
     if wrong.size > shown.size:
         note += f"; the first {shown.size} in id order are shown"
     if thumbnails is None:
-        note += " (no thumbnails: the images were not at hand)"
+        note += f" (no thumbnails: {no_thumbnails})"
     return f'<p class="note">{_e(note)}</p><div class="grid">{"".join(cells)}</div>'
 
 
@@ -149,6 +152,7 @@ def render_report(
     marked: int | None = None,
     figures: Sequence[tuple[str, bytes]] = (),
     thumbnails: Thumbnails | None = None,
+    no_thumbnails: str = NOT_AT_HAND,
 ) -> str:
     """The page as text; see :func:`write_report`."""
     result = best.best
@@ -186,7 +190,7 @@ def render_report(
              for c, m in result.per_class.items()],
         ),
         "<h2>Misclassified evaluation images</h2>",
-        _misclassified(ids, true, predicted, classes, thumbnails),
+        _misclassified(ids, true, predicted, classes, thumbnails, no_thumbnails),
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
@@ -208,6 +212,7 @@ def write_report(
     marked: int | None = None,
     figures: Sequence[tuple[str, bytes]] = (),
     thumbnails: Thumbnails | None = None,
+    no_thumbnails: str = NOT_AT_HAND,
 ) -> Path:
     """Write ``report.html``: one self-contained file that opens offline.
 
@@ -230,6 +235,8 @@ def write_report(
         Plots embedded as they are.
     thumbnails : callable, optional
         ``ids -> {id: encoded image bytes}`` for the misclassified images.
+    no_thumbnails : str
+        Why there is no callback, said next to the grid of ids when *thumbnails* is ``None``.
 
     Returns
     -------
@@ -239,7 +246,7 @@ def write_report(
         best_label = f"{' + '.join(b.spec for b in best.inputs)}, {best.best.name}"
     text = render_report(
         title=title, best=best, best_label=best_label, summary=summary, header=header, rows=rows, marked=marked,
-        figures=figures, thumbnails=thumbnails,
+        figures=figures, thumbnails=thumbnails, no_thumbnails=no_thumbnails,
     )
     path = Path(path)
     path.write_text(text, encoding="utf-8")

@@ -375,6 +375,7 @@ def run_classification(config: ClassifyConfig, *, thumbnails: Thumbnails | None 
     thumbnails : callable, optional
         ``ids -> {id: encoded image bytes}``: the misclassified images of
         ``report.html`` (this side never reads images; the workflows pass one).
+        Not called when ``config.plots`` is false.
 
     Returns
     -------
@@ -470,5 +471,8 @@ def _fit_and_write(config: ClassifyConfig, joined: JoinedFeatures, evaluation: E
         fit=plan,
     )
     run.results_json.write_text(json.dumps(run.to_json(), indent=2, default=json_default) + "\n")
-    write_report(out / "report.html", best=run, thumbnails=thumbnails)
+    if config.plots:
+        write_report(out / "report.html", best=run, thumbnails=thumbnails)
+    else:  # no pictures: no confusion PNG, and no image read for the report's thumbnails
+        write_report(out / "report.html", best=run, no_thumbnails=option("plots", False, flag="no_plots"))
     return run
