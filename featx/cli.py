@@ -430,7 +430,9 @@ def _run_predict(args: argparse.Namespace) -> int:
     summary = format_prediction(result)
     if result.out is None:
         # The predictions are the output (CSV on stdout); the summary goes to the log.
-        print(result.predictions.to_csv(index=False), end="")
+        from .classification import write_predictions
+
+        print(write_predictions(result.predictions), end="")
         log.info(summary)
     else:
         print(summary)

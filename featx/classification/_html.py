@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..formatting import csv_value
 from ._run import ClassifierResult, ClassifyRun
 
 __all__ = ["Thumbnails", "write_report", "render_report", "MAX_MISCLASSIFIED"]
@@ -112,9 +113,10 @@ def _read_predictions(result: ClassifierResult, classes: Sequence[str]):
 
     frame = pd.read_csv(result.predictions, dtype={"id": str, "true": str, "predicted": str}, keep_default_na=False)
     index = {name: k for k, name in enumerate(classes)}
-    true = np.array([index[c] for c in frame["true"]], dtype=np.int64)
-    predicted = np.array([index[c] for c in frame["predicted"]], dtype=np.int64)
-    return frame["id"].to_numpy(dtype=object), true, predicted
+    # The file's ids and class names are quoted against spreadsheet formulas (write_predictions): unquoted here.
+    true = np.array([index[csv_value(c)] for c in frame["true"]], dtype=np.int64)
+    predicted = np.array([index[csv_value(c)] for c in frame["predicted"]], dtype=np.int64)
+    return np.array([csv_value(i) for i in frame["id"]], dtype=object), true, predicted
 
 
 def _misclassified(ids: np.ndarray, true: np.ndarray, predicted: np.ndarray, classes: Sequence[str],
