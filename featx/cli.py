@@ -277,7 +277,8 @@ def _add_models(sub: argparse._SubParsersAction, parents: list[argparse.Argument
         help="list the models that can be extracted, with weights, input size, parameters and cache state",
         description="List torchvision's classification models or timm's architectures: the pretrained weights "
         "(default first), the default input size, the parameter count, the width of the penultimate layer, "
-        "and which weights are in the local cache (usable offline).",
+        "and which weights are in the local cache (usable offline); then the weights a Python package ships "
+        "(--weights lite0-imagenet: no download) and whether they are installed.",
     )
     p.add_argument("--source", choices=list(MODEL_SOURCES), default="torchvision", help="default: torchvision")
     p.add_argument(
