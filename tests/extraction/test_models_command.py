@@ -91,8 +91,6 @@ PACKAGED_HEADER = [
 def test_the_packaged_weights_are_listed_with_their_install_state(run_cli, monkeypatch):
     import importlib.metadata
 
-    from featx.extraction import _packaged
-
     code, out, _ = run_cli("models", "--filter", "lite0")
     assert code == 0
     assert out.splitlines() == [
@@ -118,7 +116,7 @@ def test_the_packaged_weights_are_listed_with_their_install_state(run_cli, monke
             raise importlib.metadata.PackageNotFoundError(name)
         return real(name)
 
-    monkeypatch.setattr(_packaged.importlib.metadata, "distribution", distribution)
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
     code, out, _ = run_cli("models", "--filter", "lite0-imagenet")
     assert code == 0
     assert out.splitlines()[2:] == [
