@@ -208,3 +208,17 @@ def test_classify_predictions_csv_quotes_formula_ids_and_classes(tmp_path):
         html.escape(v[1:] if v.startswith("'") else v) for v in wrong]
     confusion = text.split('<table class="confusion">', 1)[1].split("<tbody>", 1)[1].split("</table>", 1)[0]
     assert re.findall(r'<tr><th class="text">([^<]*)</th>', confusion) == [html.escape(c) for c in sorted(classes)]
+
+
+def test_missing_ids_csv_quotes_formula_ids(tmp_path):
+    ids, labels, splits = dataset()
+    ids = sorted([*ids, "=cmd|' /C calc'!A0.jpg", "-2+3.jpg"])
+    labels = np.arange(len(ids)) % 3
+    full = write_store(tmp_path / "full.h5", ids, labels, {"f": blobs(labels, 3, seed=0)})
+    kept = [k for k, i in enumerate(ids) if i[0] not in "=-"]
+    partial = write_store(tmp_path / "partial.h5", [ids[k] for k in kept], labels[kept],
+                          {"g": blobs(labels[kept], 3, seed=1)})
+    run = featx.classify([str(full), str(partial)], models="bayes", out=tmp_path / "run", plots=False)
+    with open(run.out_dir / "missing-ids.csv", newline="", encoding="utf-8") as f:
+        assert list(csv.reader(f)) == [["id", "missing_from"], ["'-2+3.jpg", f"{partial}:g"],
+                                       ["'=cmd|' /C calc'!A0.jpg", f"{partial}:g"]]
