@@ -277,7 +277,8 @@ def _add_models(sub: argparse._SubParsersAction, parents: list[argparse.Argument
         help="list the models that can be extracted, with weights, input size, parameters and cache state",
         description="List torchvision's classification models or timm's architectures: the pretrained weights "
         "(default first), the default input size, the parameter count, the width of the penultimate layer, "
-        "and which weights are in the local cache (usable offline).",
+        "and which weights are in the local cache (usable offline); then the weights a Python package ships "
+        "(--weights lite0-imagenet: no download) and whether they are installed.",
     )
     p.add_argument("--source", choices=list(MODEL_SOURCES), default="torchvision", help="default: torchvision")
     p.add_argument(
@@ -340,7 +341,11 @@ def _add_classify(sub: argparse._SubParsersAction, parents: list[argparse.Argume
         "--overwrite", action="store_true",
         help="write into an --out that holds files: featx's files there are replaced when the run is complete",
     )
-    p.add_argument("--no-plots", action="store_true", help="do not draw confusion matrices")
+    p.add_argument(
+        "--no-plots", action="store_true",
+        help="no pictures: neither confusion-matrix PNGs nor thumbnails of the misclassified images in report.html "
+        "(its tables stay; no image is read)",
+    )
     p.add_argument(
         "--memory", metavar="BYTES",
         help="memory budget, e.g. 4G or 512M (default: the RAM available); a larger feature matrix is "
@@ -426,7 +431,9 @@ def _run_predict(args: argparse.Namespace) -> int:
     summary = format_prediction(result)
     if result.out is None:
         # The predictions are the output (CSV on stdout); the summary goes to the log.
-        print(result.predictions.to_csv(index=False), end="")
+        from .classification import write_predictions
+
+        print(write_predictions(result.predictions), end="")
         log.info(summary)
     else:
         print(summary)

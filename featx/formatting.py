@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["format_bytes", "format_table", "printable"]
+__all__ = ["csv_text", "csv_text_cells", "csv_value", "format_bytes", "format_table", "printable"]
 
 # Characters that a terminal acts on rather than shows: C0 controls (ESC starts the
 # ANSI sequences that recolour, move the cursor, set the window title), DEL, C1
@@ -65,3 +65,37 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, align:
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+# What a spreadsheet reads as the start of a formula (or of a cell it re-parses), and the quote
+# itself, so that every quoted cell is one quote longer than its value: the quoting can be undone.
+_CSV_QUOTED_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def csv_text(value: str) -> str:
+    """*value* as a CSV text cell: with a ``'`` in front when a spreadsheet would run it as a formula.
+
+    Ids and class names come from file names anyone can choose; a cell such as
+    ``=HYPERLINK(...)`` or ``+cmd|...`` would run in a spreadsheet (CSV
+    injection; OWASP's advice is this quote).  A cell that starts with ``=``,
+    ``+``, ``-``, ``@``, a tab, a carriage return or a ``'`` is quoted, so
+    :func:`csv_value` gives every value back.
+
+    Examples
+    --------
+    >>> csv_text("=1+1"), csv_text("ants/1.jpg"), csv_text("'a")
+    ("'=1+1", 'ants/1.jpg', "''a")
+    """
+    return "'" + value if value.startswith(_CSV_QUOTED_START) else value
+
+
+def csv_text_cells(values: Sequence[str]) -> Sequence[str]:
+    """:func:`csv_text` of each value: *values* itself when none needs a quote (the usual case, no copy), else a list."""
+    if not any(value.startswith(_CSV_QUOTED_START) for value in values):
+        return values
+    return [csv_text(value) for value in values]
+
+
+def csv_value(cell: str) -> str:
+    """The value a :func:`csv_text` cell was written from (its quote, if any, removed)."""
+    return cell[1:] if cell.startswith("'") else cell

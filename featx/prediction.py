@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .classification import FittedClassifier, load_classifier, predictions_frame
+from .classification import FittedClassifier, load_classifier, predictions_frame, write_predictions
 from .errors import ClassifyError, message, option
 from .formatting import printable
 from .paths import check_output_file, temporary_path
@@ -303,7 +303,7 @@ def predict_images(
         written.parent.mkdir(parents=True, exist_ok=True)
         tmp = temporary_path(written)  # whole or not at all; a killed run's leftover is removed by the next one
         try:
-            frame.to_csv(tmp, index=False)
+            write_predictions(frame, tmp)
             os.replace(tmp, written)
         finally:
             tmp.unlink(missing_ok=True)

@@ -164,3 +164,61 @@ def test_a_real_read_only_mount_is_said_as_such(tmp_path, run_cli):
         assert code == 2 and f"'{mount}' is on a read-only file system" in err and "permission" not in err, err
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+# --------------------------------------------------------------------------- predictions CSVs: formulas quoted
+
+FORMULA_IDS = ["'quoted.jpg", "+cmd|' /C calc'!A0.jpg", "-2+3.jpg", "=cmd|' /C calc'!A0.jpg", "@SUM(1+1).jpg"]
+
+
+def test_csv_text_quotes_formula_cells_and_gives_them_back():
+    from featx.formatting import csv_text, csv_text_cells, csv_value
+
+    assert [csv_text(v) for v in [*FORMULA_IDS, "a/b.jpg", "", "\tx", "\rx"]] == [
+        "''quoted.jpg", "'+cmd|' /C calc'!A0.jpg", "'-2+3.jpg", "'=cmd|' /C calc'!A0.jpg", "'@SUM(1+1).jpg",
+        "a/b.jpg", "", "'\tx", "'\rx"]
+    assert [csv_value(csv_text(v)) for v in FORMULA_IDS] == FORMULA_IDS
+    safe = ["a.jpg", "b/c.jpg"]
+    assert csv_text_cells(safe) is safe  # nothing to quote: no copy
+
+
+def test_classify_predictions_csv_quotes_formula_ids_and_classes(tmp_path):
+    import html
+    import re
+
+    evaluated = sorted([*FORMULA_IDS, *(f"val/{i:03d}.jpg" for i in range(10))])
+    ids = sorted([*evaluated, *(f"train/{i:03d}.jpg" for i in range(30))])
+    labels = np.arange(len(ids)) % 3
+    splits = ["train" if i.startswith("train/") else "val" for i in ids]
+    classes = ("=HYPERLINK(\"http://x\")", "-b", "@c")
+    store = write_store(tmp_path / "s.h5", ids, labels, {"f": blobs(labels, 4, seed=0, spread=2.0)}, splits=splits,
+                        classes=classes)
+    run = featx.classify([str(store)], models="bayes", out=tmp_path / "run", plots=False)
+    with open(run.best.predictions, newline="", encoding="utf-8") as f:
+        written = list(csv.DictReader(f))
+    quoted = ["''quoted.jpg", "'+cmd|' /C calc'!A0.jpg", "'-2+3.jpg", "'=cmd|' /C calc'!A0.jpg", "'@SUM(1+1).jpg"]
+    assert [row["id"] for row in written] == [*quoted, *(f"val/{i:03d}.jpg" for i in range(10))]
+    truth = {image_id: classes[label] for image_id, label in zip(ids, labels)}
+    assert [row["true"] for row in written] == ["'" + truth[i] for i in evaluated]
+    assert {row["predicted"] for row in written} <= {"'" + c for c in classes}
+    # The report reads the file back: its ids and class names as they are (HTML-escaped).
+    text = (run.out_dir / "report.html").read_text()
+    wrong = [row["id"] for row in written if row["true"] != row["predicted"]]
+    assert wrong and re.findall(r'<div class="id">([^<]*)</div>', text) == [
+        html.escape(v[1:] if v.startswith("'") else v) for v in wrong]
+    confusion = text.split('<table class="confusion">', 1)[1].split("<tbody>", 1)[1].split("</table>", 1)[0]
+    assert re.findall(r'<tr><th class="text">([^<]*)</th>', confusion) == [html.escape(c) for c in sorted(classes)]
+
+
+def test_missing_ids_csv_quotes_formula_ids(tmp_path):
+    ids, labels, splits = dataset()
+    ids = sorted([*ids, "=cmd|' /C calc'!A0.jpg", "-2+3.jpg"])
+    labels = np.arange(len(ids)) % 3
+    full = write_store(tmp_path / "full.h5", ids, labels, {"f": blobs(labels, 3, seed=0)})
+    kept = [k for k, i in enumerate(ids) if i[0] not in "=-"]
+    partial = write_store(tmp_path / "partial.h5", [ids[k] for k in kept], labels[kept],
+                          {"g": blobs(labels[kept], 3, seed=1)})
+    run = featx.classify([str(full), str(partial)], models="bayes", out=tmp_path / "run", plots=False)
+    with open(run.out_dir / "missing-ids.csv", newline="", encoding="utf-8") as f:
+        assert list(csv.reader(f)) == [["id", "missing_from"], ["'-2+3.jpg", f"{partial}:g"],
+                                       ["'=cmd|' /C calc'!A0.jpg", f"{partial}:g"]]

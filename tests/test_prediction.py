@@ -201,3 +201,27 @@ def test_features_made_with_a_weights_file_need_that_file(trained, tmp_path, run
     expected = pd.read_csv(run.results[0].predictions)
     assert list("val/" + result.predictions["id"]) == list(expected["id"])
     assert list(result.predictions["predicted"]) == list(expected["predicted"])
+
+
+def test_predictions_csv_quotes_ids_a_spreadsheet_would_run(trained, tmp_path, run_cli):
+    data, run = trained
+    # A manifest's paths are its ids: file names anyone can choose, formulas included.
+    images = sorted((data / "val").rglob("*.jpg"))[:4]
+    names = ["+cmd.jpg", "-2+3.jpg", "=cmd|' -C calc'!A0.jpg", "@SUM(1+1).jpg"]
+    for name, src in zip(names, images):
+        shutil.copy(src, tmp_path / name)
+    pd.DataFrame({"path": names, "label": [p.parent.name for p in images]}).to_csv(tmp_path / "new.csv", index=False)
+    artifact = next(r.artifact for r in run.results if r.name == "logreg")
+    out = tmp_path / "p.csv"
+    code, _, stderr = run_cli("predict", "--classifier", artifact, "--data", tmp_path / "new.csv", "--out", out,
+                              "--workers", "0", "--no-progress")
+    assert code == 0, stderr
+    written = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(written["id"]) == ["'" + name for name in names]
+    assert list(written["true"]) == [p.parent.name for p in images]
+    # The API's frame keeps the ids as they are; standard output is the file's text.
+    result = predict_images(artifact, [tmp_path / "new.csv"], workers=0, progress=False)
+    assert list(result.predictions["id"]) == names
+    code, stdout, _ = run_cli("predict", "--classifier", artifact, "--data", tmp_path / "new.csv", "--workers", "0",
+                              "--no-progress")
+    assert code == 0 and stdout == out.read_text()

@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # what _LAZY serves, for type checkers and readers
     from ._html import write_report
     from ._join import JoinedFeatures, join_features
     from ._linear import MinibatchLinearClassifier
-    from ._report import format_results, predictions_frame
+    from ._report import format_results, predictions_frame, write_predictions
     from ._run import ClassifierResult, ClassifyRun
     from ._training import run_classification
 
@@ -70,6 +70,7 @@ __all__ = [
     "load_classifier",
     "save_classifier",
     "predictions_frame",
+    "write_predictions",
     # the pieces a run is made of
     "join_features",
     "JoinedFeatures",
@@ -90,7 +91,7 @@ _LAZY = {
     "write_report": "._html",
     **dict.fromkeys(("JoinedFeatures", "join_features"), "._join"),
     "MinibatchLinearClassifier": "._linear",
-    **dict.fromkeys(("format_results", "predictions_frame"), "._report"),
+    **dict.fromkeys(("format_results", "predictions_frame", "write_predictions"), "._report"),
     **dict.fromkeys(("ClassifierResult", "ClassifyRun"), "._run"),
     "run_classification": "._training",
 }

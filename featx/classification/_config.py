@@ -125,7 +125,8 @@ class ClassifyConfig:
     runs_dir : path
         Parent of the default run folders.
     plots : bool
-        Write the confusion-matrix PNGs.
+        Draw pictures: the confusion-matrix PNGs, and thumbnails of the
+        misclassified images in ``report.html`` (false: neither, and no image is read).
     memory : int or str, optional
         Memory budget in bytes (text such as ``"4G"`` is read into bytes); by
         default the RAM available when the run starts (:meth:`resolve`).  A

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..formatting import csv_value
 from ._run import ClassifierResult, ClassifyRun
 
 __all__ = ["Thumbnails", "write_report", "render_report", "MAX_MISCLASSIFIED"]
@@ -31,6 +32,9 @@ Thumbnails = Callable[[Sequence[str]], Mapping[str, bytes]]
 
 #: Misclassified images shown at most (the first ones in id order): the page stays small.
 MAX_MISCLASSIFIED = 60
+
+# Why the grid of misclassified images has no pictures when no thumbnail callback was given.
+NOT_AT_HAND = "the images were not at hand"
 
 _MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"GIF8", "image/gif"))
 
@@ -109,13 +113,14 @@ def _read_predictions(result: ClassifierResult, classes: Sequence[str]):
 
     frame = pd.read_csv(result.predictions, dtype={"id": str, "true": str, "predicted": str}, keep_default_na=False)
     index = {name: k for k, name in enumerate(classes)}
-    true = np.array([index[c] for c in frame["true"]], dtype=np.int64)
-    predicted = np.array([index[c] for c in frame["predicted"]], dtype=np.int64)
-    return frame["id"].to_numpy(dtype=object), true, predicted
+    # The file's ids and class names are quoted against spreadsheet formulas (write_predictions): unquoted here.
+    true = np.array([index[csv_value(c)] for c in frame["true"]], dtype=np.int64)
+    predicted = np.array([index[csv_value(c)] for c in frame["predicted"]], dtype=np.int64)
+    return np.array([csv_value(i) for i in frame["id"]], dtype=object), true, predicted
 
 
 def _misclassified(ids: np.ndarray, true: np.ndarray, predicted: np.ndarray, classes: Sequence[str],
-                   thumbnails: Thumbnails | None) -> str:
+                   thumbnails: Thumbnails | None, no_thumbnails: str) -> str:
     wrong = np.flatnonzero(true != predicted)
     if wrong.size == 0:
         return '<p class="note">Every evaluation image is classified correctly.</p>'
@@ -134,7 +139,7 @@ def _misclassified(ids: np.ndarray, true: np.ndarray, predicted: np.ndarray, cla
     if wrong.size > shown.size:
         note += f"; the first {shown.size} in id order are shown"
     if thumbnails is None:
-        note += " (no thumbnails: the images were not at hand)"
+        note += f" (no thumbnails: {no_thumbnails})"
     return f'<p class="note">{_e(note)}</p><div class="grid">{"".join(cells)}</div>'
 
 
@@ -149,6 +154,7 @@ def render_report(
     marked: int | None = None,
     figures: Sequence[tuple[str, bytes]] = (),
     thumbnails: Thumbnails | None = None,
+    no_thumbnails: str = NOT_AT_HAND,
 ) -> str:
     """The page as text; see :func:`write_report`."""
     result = best.best
@@ -186,7 +192,7 @@ def render_report(
              for c, m in result.per_class.items()],
         ),
         "<h2>Misclassified evaluation images</h2>",
-        _misclassified(ids, true, predicted, classes, thumbnails),
+        _misclassified(ids, true, predicted, classes, thumbnails, no_thumbnails),
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
@@ -208,6 +214,7 @@ def write_report(
     marked: int | None = None,
     figures: Sequence[tuple[str, bytes]] = (),
     thumbnails: Thumbnails | None = None,
+    no_thumbnails: str = NOT_AT_HAND,
 ) -> Path:
     """Write ``report.html``: one self-contained file that opens offline.
 
@@ -230,6 +237,8 @@ def write_report(
         Plots embedded as they are.
     thumbnails : callable, optional
         ``ids -> {id: encoded image bytes}`` for the misclassified images.
+    no_thumbnails : str
+        Why there is no callback, said next to the grid of ids when *thumbnails* is ``None``.
 
     Returns
     -------
@@ -239,7 +248,7 @@ def write_report(
         best_label = f"{' + '.join(b.spec for b in best.inputs)}, {best.best.name}"
     text = render_report(
         title=title, best=best, best_label=best_label, summary=summary, header=header, rows=rows, marked=marked,
-        figures=figures, thumbnails=thumbnails,
+        figures=figures, thumbnails=thumbnails, no_thumbnails=no_thumbnails,
     )
     path = Path(path)
     path.write_text(text, encoding="utf-8")

@@ -15,10 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from ..formatting import format_table, printable
+from ..formatting import csv_text_cells, format_table, printable
 from ._run import ClassifyRun
 
-__all__ = ["classification_metrics", "predictions_frame", "plot_confusion", "format_results"]
+__all__ = ["classification_metrics", "predictions_frame", "write_predictions", "plot_confusion", "format_results"]
+
+# The columns of a predictions file that hold ids and class names.
+_TEXT_COLUMNS = ("id", "true", "predicted")
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
@@ -95,6 +98,35 @@ def predictions_frame(
         for j, name in enumerate(classes):
             frame[f"proba_{name}"] = proba[:, j]
     return frame
+
+
+def write_predictions(frame, path: str | os.PathLike | None = None) -> str | None:
+    """Write a :func:`predictions_frame` as CSV, its ids and class names safe to open in a spreadsheet.
+
+    A cell of ``id``, ``true`` or ``predicted`` that a spreadsheet would run as
+    a formula (``=``, ``+``, ``-``, ``@``, ...) gets a ``'`` in front, as in
+    ``export --format csv`` (:func:`featx.formatting.csv_text`; ids and class
+    names come from file names anyone can choose); *frame* is left as it is.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+    path : path, optional
+        The file to write; by default the CSV is returned as text.
+
+    Returns
+    -------
+    str or None
+        The CSV text when *path* is ``None``.
+    """
+    quoted = {}
+    for column in _TEXT_COLUMNS:
+        if column in frame.columns:
+            cells = frame[column].tolist()
+            escaped = csv_text_cells(cells)
+            if escaped is not cells:
+                quoted[column] = escaped
+    return (frame.assign(**quoted) if quoted else frame).to_csv(path, index=False)
 
 
 def plot_confusion(

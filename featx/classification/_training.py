@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OutputPathError, message, option
+from ..formatting import csv_text
 from ._artifact import save_classifier
 from ._boosting import fit_xgboost
 from ._config import ClassifyConfig
@@ -43,7 +44,7 @@ from ._json import json_default
 from ._pipeline import build_pipeline, fit_in_place, transform_in_place
 from ._protocol import choose, validation_rows
 from ._registry import BOOSTING, FAMILIES, ONE_PASS, protocol, solver_words
-from ._report import classification_metrics, plot_confusion, predictions_frame
+from ._report import classification_metrics, plot_confusion, predictions_frame, write_predictions
 from ._run import ClassifierResult, ClassifyRun
 from ._run_folder import RunFolder
 from ._streaming import FitPlan, plan_fit, stream_fit, stream_predict
@@ -291,7 +292,7 @@ def _evaluate(
         extra = {"fold": np.concatenate(folds)[order]}
     frame = predictions_frame(joined.ids[rows_all], y_pred, joined.classes, true=y_true, proba=proba, extra=extra)
     predictions = out / f"predictions-{name}.csv"
-    frame.to_csv(predictions, index=False)
+    write_predictions(frame, predictions)
     confusion = None
     if config.plots:
         title = f"{name}: accuracy {metrics['accuracy']:.3f} on {len(y_true):,} samples"
@@ -338,8 +339,9 @@ def _write_missing(out: Path, missing: Mapping[str, list[str]]) -> Path | None:
         return None
     import pandas as pd
 
-    frame = pd.DataFrame(
-        [(image_id, spec) for spec, ids in missing.items() for image_id in ids], columns=["id", "missing_from"]
+    frame = pd.DataFrame(  # quoted like every CSV of featx: the ids come from file names
+        [(csv_text(image_id), csv_text(spec)) for spec, ids in missing.items() for image_id in ids],
+        columns=["id", "missing_from"],
     )
     path = out / "missing-ids.csv"
     frame.to_csv(path, index=False)
@@ -375,6 +377,7 @@ def run_classification(config: ClassifyConfig, *, thumbnails: Thumbnails | None 
     thumbnails : callable, optional
         ``ids -> {id: encoded image bytes}``: the misclassified images of
         ``report.html`` (this side never reads images; the workflows pass one).
+        Not called when ``config.plots`` is false.
 
     Returns
     -------
@@ -470,5 +473,8 @@ def _fit_and_write(config: ClassifyConfig, joined: JoinedFeatures, evaluation: E
         fit=plan,
     )
     run.results_json.write_text(json.dumps(run.to_json(), indent=2, default=json_default) + "\n")
-    write_report(out / "report.html", best=run, thumbnails=thumbnails)
+    if config.plots:
+        write_report(out / "report.html", best=run, thumbnails=thumbnails)
+    else:  # no pictures: no confusion PNG, and no image read for the report's thumbnails
+        write_report(out / "report.html", best=run, no_thumbnails=option("plots", False, flag="no_plots"))
     return run

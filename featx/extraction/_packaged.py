@@ -27,7 +27,10 @@ from ..errors import ConfigError, WeightsError, message, option
 from ..store import sha256_file
 from ._model_sources import LoadedModel, ModelSource, StateDict
 
-__all__ = ["PACKAGED_WEIGHTS", "PackagedWeights", "packaged_file", "packaged_label", "load_packaged", "map_in_order"]
+__all__ = [
+    "PACKAGED_WEIGHTS", "PackagedWeights", "packaged_file", "packaged_label", "load_packaged", "map_in_order",
+    "missing_extras",
+]
 
 
 @dataclass(frozen=True)
@@ -83,11 +86,25 @@ def _entry(model: str, weights: str) -> PackagedWeights | None:
 
 
 def _installed(entry: PackagedWeights) -> bool:
+    return _distribution_installed(entry.distribution)
+
+
+def _distribution_installed(name: str) -> bool:
     try:
-        importlib.metadata.distribution(entry.distribution)
+        importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError:
         return False
     return True
+
+
+def missing_extras(entry: PackagedWeights) -> tuple[str, ...]:
+    """featx's extras to install before *entry* can be used (its model source's, its package's); empty when none."""
+    extras = []
+    if entry.model.startswith("timm/") and not _distribution_installed("timm"):
+        extras.append("timm")
+    if not _installed(entry):
+        extras.append(entry.extra)
+    return tuple(extras)
 
 
 def packaged_file(weights: str) -> Path:

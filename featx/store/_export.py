@@ -15,11 +15,11 @@ parquet     One row per sample: ``id``, ``label``, ``class``, ``split``, then
 csv         The same columns as Parquet; floats printed with ``%.9g``, enough
             digits to read back every float32 value exactly.  A text cell (id,
             class, column name) that starts with ``=``, ``+``, ``-``, ``@``, a
-            tab or a carriage return is written with a ``'`` in front, so that
-            a spreadsheet shows it as text instead of running it as a formula
-            (OWASP's advice against CSV injection: ids and class names come
-            from file names anyone can choose).  npz and Parquet keep every
-            value as it is.
+            tab, a carriage return or a ``'`` is written with a ``'`` in front
+            (:func:`featx.formatting.csv_text`), so that a spreadsheet shows it
+            as text instead of running it as a formula (OWASP's advice against
+            CSV injection: ids and class names come from file names anyone can
+            choose).  npz and Parquet keep every value as it is.
 ==========  ==================================================================
 """
 
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExportError, choices, message, option
-from ..formatting import format_bytes
+from ..formatting import csv_text, csv_text_cells, format_bytes
 from ..paths import check_writable_file, remove_stale_temporaries, temporary_path
 from ._reader import FeatureStore, open_store
 
@@ -193,34 +193,16 @@ def _write_parquet(source: _Source, path: Path) -> None:
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
 
 
-# What a spreadsheet reads as the start of a formula (or of a cell it re-parses).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _as_text_cell(value: str) -> str:
-    """*value* with a ``'`` in front when a spreadsheet would run it as a formula."""
-    return "'" + value if value.startswith(_FORMULA_START) else value
-
-
-def _text_cells(values: np.ndarray) -> np.ndarray:
-    risky = [i for i, value in enumerate(values.tolist()) if value.startswith(_FORMULA_START)]
-    if not risky:
-        return values
-    values = values.copy()
-    values[risky] = ["'" + values[i] for i in risky]
-    return values
-
-
 def _write_csv(source: _Source, path: Path) -> None:
     import pandas as pd
 
-    columns = [_as_text_cell(column) for column in source.columns()]
+    columns = [csv_text(column) for column in source.columns()]
     with open(path, "w", newline="", encoding="utf-8") as f:
         for rows, features in source.blocks():
             values = np.hstack([features[name] for name in source.layers])
             frame = pd.DataFrame(values, columns=columns)
             for position, (name, array) in enumerate(zip(_SAMPLE_COLUMNS, _sample_arrays(source, rows))):
-                frame.insert(position, name, _text_cells(array) if array.dtype == object else array)
+                frame.insert(position, name, csv_text_cells(array.tolist()) if array.dtype == object else array)
             frame.to_csv(f, header=rows.start == 0, index=False, float_format="%.9g", lineterminator="\n")
 
 

