@@ -183,7 +183,7 @@ def compiled_ceiling(loaded, plan, device, precision: str, batch_size: int, seco
     extractor = TruncatedNetwork(copy.deepcopy(loaded.module), plan.nodes, plan.pools, micro_batch=choice.config.micro_batch)
     extractor = prepare_extractor(extractor.eval(), device, precision, choice.config.layout)
     key = compile_key(MODEL, f"device-check-{LAYER}", (choice.config.micro_batch, 3, crop), precision, choice.config.layout)
-    compile_seconds = compile_network(extractor, device=device, precision=precision, image_size=crop, key=key)
+    compile_seconds = compile_network(extractor, device=device, precision=precision, image_size=crop, key=key).seconds
     pixels = torch.randn(batch_size, 3, crop, crop, device=device)
     with torch.inference_mode(), autocast(device, precision):
         extractor(pixels)

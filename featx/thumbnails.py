@@ -84,7 +84,7 @@ def _folder_thumbnails(root: Path, ids: Sequence[str], size: int) -> dict[str, b
         path = _member_path(root, image_id)
         if path is None:
             continue
-        jpeg = _thumbnail(lambda: open(path, "rb"), size)
+        jpeg = _thumbnail(lambda path=path: open(path, "rb"), size)
         if jpeg is not None:
             images[image_id] = jpeg
     return images
@@ -104,7 +104,7 @@ def _source_thumbnails(data: Any, ids: Sequence[str], size: int) -> dict[str, by
         k = bisect.bisect_left(listed, image_id)
         if k == len(listed) or listed[k] != image_id:
             continue
-        jpeg = _thumbnail(lambda: source.open(k), size)
+        jpeg = _thumbnail(lambda k=k: source.open(k), size)
         if jpeg is not None:
             images[image_id] = jpeg
     return images

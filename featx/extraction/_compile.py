@@ -12,8 +12,10 @@ takes a minute or more the first time.  So:
 - ``auto`` compiles only when the expected saving exceeds the expected compile
   time (:func:`decide_compile`): the compile time last measured for the same
   key on this machine (a warm cache: seconds), else :data:`FIRST_COMPILE_SECONDS`;
-  the saving from the forward speed the autotuner measured and
-  :data:`COMPILED_SPEEDUP`;
+  the saving from the eager forward speed the autotuner measured and the
+  compiled one measured after the last compile of the key here (one timed
+  pass), else :data:`COMPILED_SPEEDUP`: where compiling did not pay (a CPU
+  without AMX gains far less than one with it), ``auto`` stops compiling;
 - every pass runs the same fixed number of images
   (:class:`~featx.extraction._network.TruncatedNetwork`), so one static graph
   serves a whole run (no recompilation for a short last batch).
@@ -45,6 +47,7 @@ __all__ = [
     "COMPILED_SPEEDUP",
     "FIRST_COMPILE_SECONDS",
     "CompileDecision",
+    "CompileRecord",
     "compile_key",
     "compile_network",
     "decide_compile",
@@ -59,6 +62,14 @@ FIRST_COMPILE_SECONDS = {"cpu": 90.0, "cuda": 60.0}
 #: Forward speed compiled / eager assumed by ``auto`` (bf16 ResNet-50 on a 2-core AMX CPU:
 #: 49.6 against 25.6 images/s; kept lower, since the decoder bounds a run end to end).
 COMPILED_SPEEDUP = 1.6
+
+
+@dataclass(frozen=True)
+class CompileRecord:
+    """What the last compile of a key measured on this machine."""
+
+    seconds: float
+    images_per_second: float | None = None  # the compiled forward pass's speed (None: not measured)
 
 
 @dataclass(frozen=True)
@@ -89,19 +100,31 @@ def _times_file() -> Path:
     return cache_dir() / "inductor" / "compile-seconds.json"
 
 
-def _read_times() -> dict[str, float]:
+def _record(value: object) -> CompileRecord:
+    if isinstance(value, dict):  # {"seconds": ..., "images_per_second": ...}
+        speed = value.get("images_per_second")
+        return CompileRecord(float(value["seconds"]), float(speed) if speed is not None else None)
+    return CompileRecord(float(value))  # an earlier featx recorded the seconds alone
+
+
+def _read_times() -> dict[str, CompileRecord]:
     try:
         data = json.loads(_times_file().read_text(encoding="utf-8"))
-        return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
-    except (OSError, ValueError, TypeError):
+        return {str(k): _record(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    except (OSError, ValueError, TypeError, KeyError):
         return {}
 
 
-def _record_time(key: str, seconds: float) -> None:
-    """Record the compile time of *key* (atomically; a cache that cannot be written is only a guess lost)."""
+def _record_time(key: str, seconds: float, images_per_second: float | None = None) -> None:
+    """Record what compiling *key* measured (atomically; a cache that cannot be written is only a guess lost)."""
     path = _times_file()
-    times = _read_times()
-    times[key] = round(seconds, 2)
+    times = {
+        k: {"seconds": r.seconds, "images_per_second": r.images_per_second} for k, r in _read_times().items()
+    }
+    times[key] = {
+        "seconds": round(seconds, 2),
+        "images_per_second": round(images_per_second, 2) if images_per_second is not None else None,
+    }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -146,19 +169,30 @@ def decide_compile(
         how = "compiled" if recorded else "eager"
         return CompileDecision(recorded, f"{how} (compile auto: as the store's rows were computed)")
     measured = _read_times().get(key)
-    estimate = measured if measured is not None else FIRST_COMPILE_SECONDS.get(device.type, 90.0)
+    estimate = measured.seconds if measured is not None else FIRST_COMPILE_SECONDS.get(device.type, 90.0)
     source = "measured here" if measured is not None else "not measured here yet"
     if images_per_second is None or images_per_second <= 0:
         compiled = images >= 20_000
         return CompileDecision(
             compiled, f"{'compiled' if compiled else 'eager'} (compile auto: {images:,} images, speed unknown)"
         )
-    saving = images / images_per_second * (1 - 1 / COMPILED_SPEEDUP)
+    compiled_speed = measured.images_per_second if measured is not None else None
+    if compiled_speed is not None:
+        speedup, how = compiled_speed / images_per_second, "measured here"
+        if speedup <= 1.0:
+            return CompileDecision(
+                False,
+                f"eager (compile auto: compiled, the network ran at {compiled_speed:.1f} images/s here, "
+                f"eager at {images_per_second:.1f})",
+            )
+    else:
+        speedup, how = COMPILED_SPEEDUP, "assumed"
+    saving = images / images_per_second * (1 - 1 / speedup)
     compiled = saving > estimate
     return CompileDecision(
         compiled,
         f"{'compiled' if compiled else 'eager'} (compile auto: ~{saving:.0f} s saved on {images:,} images "
-        f"{'>' if compiled else '<='} ~{estimate:.0f} s to compile, {source})",
+        f"at {speedup:.2f}x eager ({how}) {'>' if compiled else '<='} ~{estimate:.0f} s to compile, {source})",
     )
 
 
@@ -183,12 +217,13 @@ def _inductor_settings(device: torch.device, key: str):
 
 def compile_network(
     extractor: torch.nn.Module, *, device: torch.device, precision: str, image_size: int, key: str
-) -> float:
-    """Compile *extractor*'s body in place and warm it up at its pass size; returns the seconds it took.
+) -> CompileRecord:
+    """Compile *extractor*'s body in place and warm it up at its pass size; returns what it measured.
 
     The warm-up pass (zeros, the run's fixed pass size) is where inductor
-    compiles, or loads the graph from :func:`inductor_cache_dir`; the time is
-    recorded for :func:`decide_compile`.
+    compiles, or loads the graph from :func:`inductor_cache_dir`.  One more
+    pass, timed, gives the compiled network's speed; both are recorded for
+    :func:`decide_compile`.
     """
     started = time.perf_counter()
     size = extractor.micro_batch or 1
@@ -202,8 +237,16 @@ def compile_network(
         pixels = torch.zeros((size, 3, image_size, image_size), device=device)
         with torch.inference_mode(), autocast(device, precision):
             extractor(pixels)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - started
-    _record_time(key, seconds)
-    return seconds
+            _synchronize(device)
+            seconds = time.perf_counter() - started
+            timed = time.perf_counter()
+            extractor(pixels)
+            _synchronize(device)
+            images_per_second = size / (time.perf_counter() - timed)
+    _record_time(key, seconds, images_per_second)
+    return CompileRecord(seconds, images_per_second)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -132,11 +132,14 @@ class LocalEngine:
                 recipe.model, recipe.to_json(), (job.forward.micro_batch, 3, job.network.preprocessing.crop),
                 job.network.precision, job.forward.layout,
             )
-            seconds = compile_network(
+            measured = compile_network(
                 network, device=self.device, precision=job.network.precision,
                 image_size=job.network.preprocessing.crop, key=key,
             )
-            log.info(f"compiled the network in {seconds:.1f} s (graph cached for the next run)")
+            log.info(
+                f"compiled the network in {measured.seconds:.1f} s (graph cached for the next run); "
+                f"forward pass compiled: {measured.images_per_second:.1f} images/s"
+            )
         stream = FeatureStream(
             network,
             source,

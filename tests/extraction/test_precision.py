@@ -243,21 +243,54 @@ def test_compile_auto_decides_by_the_images_to_do(monkeypatch, tmp_path):
     # 400 images at 60 images/s: ~2.5 s to save, not worth a first compile.
     small = decide_compile("auto", images=400, device=CPU, key="k", images_per_second=60.0)
     assert not small.compiled
-    assert small.reason == f"eager (compile auto: ~2 s saved on 400 images <= ~{first:.0f} s to compile, not measured here yet)"
+    assert small.reason == (
+        f"eager (compile auto: ~2 s saved on 400 images at 1.60x eager (assumed) <= ~{first:.0f} s to compile, "
+        "not measured here yet)"
+    )
     big = decide_compile("auto", images=100_000, device=CPU, key="k", images_per_second=60.0)
-    assert big.compiled and big.reason.startswith("compiled (compile auto: ~625 s saved on 100,000 images > ")
+    assert big.compiled and big.reason.startswith("compiled (compile auto: ~625 s saved on 100,000 images at 1.60x ")
     assert decide_compile("on", images=1, device=CPU, key="k", images_per_second=None).compiled
     assert not decide_compile("off", images=10**6, device=CPU, key="k", images_per_second=None).compiled
     # A store's own choice wins under auto.
     assert decide_compile("auto", images=10**6, device=CPU, key="k", images_per_second=1.0, recorded=False).reason == (
         "eager (compile auto: as the store's rows were computed)"
     )
-    # A compile time measured here (a warm cache) is the estimate.
+    # A compile time measured here (a warm cache) is the estimate; an earlier featx recorded seconds alone.
     (tmp_path / "inductor").mkdir()
-    (tmp_path / "inductor" / "compile-seconds.json").write_text(json.dumps({"k": 1.5}))
+    times = tmp_path / "inductor" / "compile-seconds.json"
+    times.write_text(json.dumps({"k": 1.5}))
     assert decide_compile("auto", images=400, device=CPU, key="k", images_per_second=60.0).reason == (
-        "compiled (compile auto: ~2 s saved on 400 images > ~2 s to compile, measured here)"
+        "compiled (compile auto: ~2 s saved on 400 images at 1.60x eager (assumed) > ~2 s to compile, measured here)"
     )
+    # The compiled speed measured here replaces the assumed gain: 75 against 60 images/s is 1.25x.
+    times.write_text(json.dumps({"k": {"seconds": 20.0, "images_per_second": 75.0}}))
+    assert decide_compile("auto", images=6_600, device=CPU, key="k", images_per_second=60.0).reason == (
+        "compiled (compile auto: ~22 s saved on 6,600 images at 1.25x eager (measured here) > ~20 s to compile, "
+        "measured here)"
+    )
+    assert not decide_compile("auto", images=5_000, device=CPU, key="k", images_per_second=60.0).compiled
+    # Where compiling did not make the network faster, auto runs it eagerly, however many images.
+    times.write_text(json.dumps({"k": {"seconds": 20.0, "images_per_second": 58.0}}))
+    assert decide_compile("auto", images=10**7, device=CPU, key="k", images_per_second=60.0).reason == (
+        "eager (compile auto: compiled, the network ran at 58.0 images/s here, eager at 60.0)"
+    )
+    assert decide_compile("on", images=1, device=CPU, key="k", images_per_second=60.0).compiled
+
+
+def test_compile_network_records_its_time_and_speed(monkeypatch, tmp_path):
+    """A compile (here a tiny network's) records its seconds and the compiled pass's images/s for auto."""
+    from featx.extraction._compile import compile_network
+
+    monkeypatch.setenv("FEATX_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(torch, "compile", lambda body, **options: body)  # inductor's own work is not under test
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    extractor = torch.nn.Module()
+    extractor.body, extractor.micro_batch = network, 2
+    extractor.forward = lambda pixels: extractor.body(pixels)
+    measured = compile_network(extractor, device=CPU, precision="fp32", image_size=16, key="tiny")
+    assert measured.seconds > 0 and measured.images_per_second > 0
+    recorded = json.loads((tmp_path / "inductor" / "compile-seconds.json").read_text())
+    assert recorded == {"tiny": {"seconds": round(measured.seconds, 2), "images_per_second": round(measured.images_per_second, 2)}}
 
 
 def test_a_cached_measurement_that_a_run_contradicts_is_dropped(tmp_path):
