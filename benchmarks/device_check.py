@@ -131,12 +131,9 @@ def run_gpu_tests(timeout: float) -> None:
         say(f"the GPU tests did not finish within {timeout:.0f} s")
 
 
-def forward_ceiling(loaded, plan, device, precision: str, batch_size: int, seconds: float) -> dict:
-    """images/s of the autotuned truncated network on random tensors on the GPU, and its peak memory."""
-    import torch
-
+def _prepared_network(loaded, plan, device, precision: str, batch_size: int):
+    """The autotuned forward configuration and the truncated network prepared in it, as ``extract`` runs it."""
     from featx.extraction._autotune import choose_forward_config
-    from featx.extraction._device import autocast
     from featx.extraction._network import TruncatedNetwork, prepare_extractor
 
     choice = choose_forward_config(
@@ -146,11 +143,20 @@ def forward_ceiling(loaded, plan, device, precision: str, batch_size: int, secon
     # A copy: preparing converts the weights in place, and the next precision starts from the model as loaded.
     module = copy.deepcopy(loaded.module)
     extractor = TruncatedNetwork(module, plan.nodes, plan.pools, micro_batch=choice.config.micro_batch)
-    extractor = prepare_extractor(extractor.eval(), device, precision, choice.config.layout)
-    pixels = torch.randn(batch_size, 3, loaded.preprocessing.crop, loaded.preprocessing.crop, device=device)
-    torch.cuda.reset_peak_memory_stats(device)
+    return choice, prepare_extractor(extractor.eval(), device, precision, choice.config.layout)
+
+
+def _images_per_second(
+    extractor, device, precision: str, batch_size: int, crop: int, seconds: float, warm_up: int
+) -> float:
+    """Passes of random *crop* x *crop* tensors on the GPU for *seconds*, after *warm_up* passes: images/s."""
+    import torch
+
+    from featx.extraction._device import autocast
+
+    pixels = torch.randn(batch_size, 3, crop, crop, device=device)
     with torch.inference_mode(), autocast(device, precision):
-        for _ in range(3):
+        for _ in range(warm_up):
             extractor(pixels)
         torch.cuda.synchronize(device)
         passes, start = 0, time.perf_counter()
@@ -159,8 +165,19 @@ def forward_ceiling(loaded, plan, device, precision: str, batch_size: int, secon
             passes += 1
         torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
+    return passes * batch_size / elapsed
+
+
+def forward_ceiling(loaded, plan, device, precision: str, batch_size: int, seconds: float) -> dict:
+    """images/s of the autotuned truncated network on random tensors on the GPU, and its peak memory."""
+    import torch
+
+    choice, extractor = _prepared_network(loaded, plan, device, precision, batch_size)
+    torch.cuda.reset_peak_memory_stats(device)
     return {
-        "images_per_second": passes * batch_size / elapsed,
+        "images_per_second": _images_per_second(
+            extractor, device, precision, batch_size, loaded.preprocessing.crop, seconds, warm_up=3
+        ),
         "config": choice.config.describe(),
         "peak_bytes": torch.cuda.max_memory_allocated(device),
     }
@@ -168,34 +185,17 @@ def forward_ceiling(loaded, plan, device, precision: str, batch_size: int, secon
 
 def compiled_ceiling(loaded, plan, device, precision: str, batch_size: int, seconds: float) -> dict:
     """The forward-only ceiling of the network compiled (``--compile on``): images/s and the compile time."""
-    import torch
-
-    from featx.extraction._autotune import choose_forward_config
     from featx.extraction._compile import compile_key, compile_network
-    from featx.extraction._device import autocast
-    from featx.extraction._network import TruncatedNetwork, prepare_extractor
 
-    choice = choose_forward_config(
-        loaded, plan, path=Path("/nonexistent/featx.h5"), overwrite=True, batch_size=batch_size,
-        device=device, precision=precision, autotune=True,
-    )
+    choice, extractor = _prepared_network(loaded, plan, device, precision, batch_size)
     crop = loaded.preprocessing.crop
-    extractor = TruncatedNetwork(copy.deepcopy(loaded.module), plan.nodes, plan.pools, micro_batch=choice.config.micro_batch)
-    extractor = prepare_extractor(extractor.eval(), device, precision, choice.config.layout)
     key = compile_key(MODEL, f"device-check-{LAYER}", (choice.config.micro_batch, 3, crop), precision, choice.config.layout)
     compile_seconds = compile_network(extractor, device=device, precision=precision, image_size=crop, key=key).seconds
-    pixels = torch.randn(batch_size, 3, crop, crop, device=device)
-    with torch.inference_mode(), autocast(device, precision):
-        extractor(pixels)
-        torch.cuda.synchronize(device)
-        passes, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            extractor(pixels)
-            passes += 1
-        torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - start
-    return {"images_per_second": passes * batch_size / elapsed, "compile_seconds": compile_seconds,
-            "config": choice.config.describe()}
+    return {
+        "images_per_second": _images_per_second(extractor, device, precision, batch_size, crop, seconds, warm_up=1),
+        "compile_seconds": compile_seconds,
+        "config": choice.config.describe(),
+    }
 
 
 def decode_ceiling(data: Path, preprocessing, device, decode: str, batch_size: int, seconds: float) -> float:
