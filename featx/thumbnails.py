@@ -11,7 +11,8 @@ reads, whatever the number of images: a store gives its ``data_root`` from
 its root attributes alone (not its sample table), and a local folder's image
 is the file ``root / id`` (ids are the paths relative to it), opened without
 listing the folder.  Other sources (a manifest, archives, a URL) are listed
-once, on the first call, and each id found in the sorted listing by bisection.
+when the callback is called (a report calls it once), and each id is found in
+the sorted listing by bisection.
 """
 
 from __future__ import annotations

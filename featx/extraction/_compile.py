@@ -34,7 +34,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -115,16 +115,11 @@ def _read_times() -> dict[str, CompileRecord]:
         return {}
 
 
-def _record_time(key: str, seconds: float, images_per_second: float | None = None) -> None:
+def _record_time(key: str, record: CompileRecord) -> None:
     """Record what compiling *key* measured (atomically; a cache that cannot be written is only a guess lost)."""
     path = _times_file()
-    times = {
-        k: {"seconds": r.seconds, "images_per_second": r.images_per_second} for k, r in _read_times().items()
-    }
-    times[key] = {
-        "seconds": round(seconds, 2),
-        "images_per_second": round(images_per_second, 2) if images_per_second is not None else None,
-    }
+    times = {k: asdict(r) for k, r in _read_times().items()}
+    times[key] = {name: round(value, 2) if value is not None else None for name, value in asdict(record).items()}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -204,11 +199,19 @@ def _inductor_settings(device: torch.device, key: str):
     folder.mkdir(parents=True, exist_ok=True)
     before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    # Inductor imports torch.utils.cpp_extension, which warns on a machine with torch's
+    # CUDA build and no GPU that it "found no CUDA runtime": true, and nothing to do
+    # with a graph compiled for the CPU.
+    extension_log = logging.getLogger("torch.utils.cpp_extension")
+    level = extension_log.level
+    if device.type == "cpu":
+        extension_log.setLevel(logging.ERROR)
     # Freezing folds the weights (and batch norms) into the graph: inference only, CPU only.
     try:
         with inductor.patch(freezing=device.type == "cpu", fx_graph_cache=True):
             yield
     finally:
+        extension_log.setLevel(level)
         if before is None:
             os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
         else:
@@ -227,11 +230,6 @@ def compile_network(
     """
     started = time.perf_counter()
     size = extractor.micro_batch or 1
-    if device.type == "cpu":
-        # Inductor imports torch.utils.cpp_extension, which warns on a machine with
-        # torch's CUDA build and no GPU that it "found no CUDA runtime": true, and
-        # nothing to do with a graph compiled for the CPU.
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     with _inductor_settings(device, key):
         extractor.body = torch.compile(extractor.body, backend="inductor", dynamic=False)
         pixels = torch.zeros((size, 3, image_size, image_size), device=device)
@@ -243,8 +241,9 @@ def compile_network(
             extractor(pixels)
             _synchronize(device)
             images_per_second = size / (time.perf_counter() - timed)
-    _record_time(key, seconds, images_per_second)
-    return CompileRecord(seconds, images_per_second)
+    record = CompileRecord(seconds, images_per_second)
+    _record_time(key, record)
+    return record
 
 
 def _synchronize(device: torch.device) -> None:

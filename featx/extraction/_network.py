@@ -369,7 +369,10 @@ def prepare_extractor(
     Parameters
     ----------
     extractor : TruncatedNetwork
-        Its parameters are moved (and, for ``channels_last``, converted) in place.
+        Its parameters are moved (and, for ``channels_last``, converted) in place;
+        in bf16/fp16 the convolution and linear weights are cast once
+        (:func:`_cast_autocast_weights`), in place too: modules it shares with
+        its model are changed with it.
     device : torch.device
     precision : str
         One of :data:`~featx.extraction.PRECISIONS`.
